@@ -1,0 +1,272 @@
+"""Configuration: `DudaConfig` (every knob of METHOD.md on top of `TrainingArguments`), plus model and data arguments.
+
+One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022, `configs/daformer/*` and
+`mmseg/models/uda/dacs.py`) and the DUDA components as METHOD.md reconstructs them. Recipes in
+`configs/` override only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from .data.labels import NUM_CLASSES, THING_CLASSES
+
+METHODS = ("duda", "self_training", "source_only")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+def _check(condition: bool, name: str, allowed: str, value) -> None:
+    if not condition:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def resolve_steps(value: float, max_steps: int) -> int:
+    """A step count given as an int, or as a fraction of `max_steps` when below 1 (like `warmup_steps`)."""
+    return int(round(value * max_steps)) if 0 < value < 1 else int(value)
+
+
+@dataclass
+class DudaConfig(TrainingArguments):
+    """Training arguments for `DudaTrainer`: DUDA's knobs with DAFormer defaults, plus Trainer's own."""
+
+    # --- method ---
+    method: str = field(
+        default="duda",
+        metadata=_help(
+            "Training method: 'duda' (large EMA pair distilled into the student, METHOD.md), "
+            "'self_training' (DAFormer-style EMA self-training of the student alone) or 'source_only'.",
+            choices=list(METHODS),
+        ),
+    )
+    # --- EMA teacher ---
+    ema_alpha: float = field(
+        default=0.999,
+        metadata=_help("EMA decay of the teacher; alpha_t = min(1 - 1/(t+1), ema_alpha), t = 0-based optimizer step. DAFormer: 0.999."),
+    )
+    teacher_train_mode: bool = field(
+        default=False,
+        metadata=_help(
+            "Run the EMA teacher in train mode (BatchNorm on the target batch's statistics, dropout and drop-path "
+            "off), as DAFormer does. Default: eval mode with buffers averaged like the weights."
+        ),
+    )
+    # --- pseudo-labels ---
+    pseudo_label_threshold: float = field(
+        default=0.968, metadata=_help("Confidence a pseudo-labelled pixel needs to count in the quality weight q. DAFormer: 0.968.")
+    )
+    pseudo_label_ignore_top: int = field(
+        default=15, metadata=_help("Rows at the top of each target crop whose pseudo-label weight is 0. DAFormer (Cityscapes, 512 crops): 15.")
+    )
+    pseudo_label_ignore_bottom: int = field(
+        default=120, metadata=_help("Rows at the bottom of each target crop whose pseudo-label weight is 0 (ego car). DAFormer: 120.")
+    )
+    # --- mixing and strong augmentation ---
+    class_mix: bool = field(
+        default=True,
+        metadata=_help("ClassMix source classes onto the target image (half of each source image's classes). Off: the student sees the plain target image."),
+    )
+    color_jitter_strength: float = field(
+        default=0.2, metadata=_help("Colour-jitter strength for brightness, contrast, saturation and hue. DAFormer: 0.2.")
+    )
+    color_jitter_p: float = field(default=0.8, metadata=_help("Probability of colour jitter per mixed image (METHOD.md: 0.8)."))
+    blur_p: float = field(default=0.5, metadata=_help("Probability of Gaussian blur per mixed image. DAFormer: 0.5."))
+    blur_sigma_min: float = field(default=0.15, metadata=_help("Smallest Gaussian-blur sigma. DAFormer: 0.15."))
+    blur_sigma_max: float = field(default=1.15, metadata=_help("Largest Gaussian-blur sigma. DAFormer: 1.15."))
+    # --- gradual distillation ---
+    preadapt_steps: float = field(
+        default=0.25,
+        metadata=_help("Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 25%."),
+    )
+    distill_ramp_steps: float = field(
+        default=0.25,
+        metadata=_help("Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 25%."),
+    )
+    kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
+    # --- inconsistency weighting ---
+    inconsistency_beta: float = field(
+        default=1.0, metadata=_help("beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.")
+    )
+    inconsistency_momentum: float = field(
+        default=0.99, metadata=_help("EMA momentum of the per-class discrepancy d_c = 1 - IoU_c(student, pseudo-label).")
+    )
+    # --- multiple teachers ---
+    extra_teachers: list[str] = field(
+        default_factory=list,
+        metadata=_help("Frozen extra teachers (SegFormer Hub ids or folders with 19 Cityscapes classes), fused with the EMA teacher."),
+    )
+    teacher_weights: list[float] = field(
+        default_factory=list,
+        metadata=_help("Fusion weights, EMA teacher first, then each extra teacher. Empty: equal weights."),
+    )
+    # --- ImageNet feature distance ---
+    fd_lambda: float = field(
+        default=0.005,
+        metadata=_help("Weight of DAFormer's ImageNet feature distance on the auxiliary student. Used only when it starts from ImageNet weights."),
+    )
+    fd_classes: list[int] = field(
+        default_factory=lambda: list(THING_CLASSES), metadata=_help("trainIds the feature distance applies to. DAFormer: thing classes.")
+    )
+    fd_scale_min_ratio: float = field(
+        default=0.75, metadata=_help("Share of a feature cell a class must cover to count in the feature distance. DAFormer: 0.75.")
+    )
+    # --- rare class sampling (source) ---
+    rare_class_sampling: bool = field(default=True, metadata=_help("Sample source images by rare classes (DAFormer RCS)."))
+    rcs_temperature: float = field(default=0.01, metadata=_help("RCS temperature T in p_c ~ exp((1 - f_c) / T). DAFormer: 0.01."))
+    rcs_min_pixels: int = field(
+        default=3000, metadata=_help("Pixels a class needs in an image for that image to be sampled for the class. DAFormer: 3000.")
+    )
+    rcs_min_crop_ratio: float = field(
+        default=0.5,
+        metadata=_help("Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: 0.5."),
+    )
+    # --- optimisation ---
+    head_lr_multiplier: float = field(default=10.0, metadata=_help("Learning-rate multiplier of the decode heads. DAFormer: 10."))
+    poly_power: float = field(default=1.0, metadata=_help("Power of the polynomial learning-rate decay after warmup. DAFormer: 1.0."))
+    # --- monitoring ---
+    debug_image_steps: int = field(
+        default=0,
+        metadata=_help("Every N steps save a debug picture (source, target, mix, pseudo-label, prediction) to output_dir/debug and the loggers; 0 = off."),
+    )
+
+    # --- Trainer defaults that differ for DUDA (DAFormer recipe) ---
+    learning_rate: float = field(default=6e-5, metadata=_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5."))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay; never applied to norms and biases. DAFormer: 0.01."))
+    max_steps: int = field(default=40000, metadata=_help("Training iterations. DAFormer: 40000."))
+    warmup_steps: float = field(default=1500, metadata=_help("Linear warmup steps (below 1: fraction of max_steps). DAFormer: 1500."))
+    lr_scheduler_type: str = field(default="polynomial", metadata=_help("Learning-rate schedule after warmup. DAFormer: polynomial decay to 0."))
+    max_grad_norm: float = field(default=0.0, metadata=_help("Gradient clipping norm; 0 = off, as in DAFormer."))
+    per_device_train_batch_size: int = field(
+        default=2, metadata=_help("Source images per device per micro-step; as many target images are drawn. DAFormer: 2 + 2.")
+    )
+    per_device_eval_batch_size: int = field(default=1, metadata=_help("Target validation images per device per evaluation step."))
+    logging_steps: float = field(default=50, metadata=_help("Log every N steps."))
+    eval_strategy: str = field(default="steps", metadata=_help("When to evaluate on the target validation set."))
+    eval_steps: float | None = field(default=4000, metadata=_help("Evaluate every N steps. DAFormer: 4000."))
+    save_steps: float = field(default=4000, metadata=_help("Checkpoint every N steps."))
+    remove_unused_columns: bool = field(default=False, metadata=_help("Keep every column: the DUDA batch has source and target fields."))
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata=_help("Every trainable parameter is used in each step."))
+
+    def __post_init__(self):
+        _check(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
+        _check(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
+        _check(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
+        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
+            _check(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
+        _check(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
+        for name in ("color_jitter_p", "blur_p", "inconsistency_momentum", "rcs_min_crop_ratio", "fd_scale_min_ratio"):
+            _check(0 <= getattr(self, name) <= 1, f"DudaConfig.{name}", "in [0, 1]", getattr(self, name))
+        _check(
+            0 < self.blur_sigma_min <= self.blur_sigma_max,
+            "DudaConfig.blur_sigma_min/blur_sigma_max",
+            "0 < blur_sigma_min <= blur_sigma_max",
+            (self.blur_sigma_min, self.blur_sigma_max),
+        )
+        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda"):
+            _check(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
+        _check(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
+        _check(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)
+        _check(self.head_lr_multiplier > 0, "DudaConfig.head_lr_multiplier", "> 0", self.head_lr_multiplier)
+        _check(self.poly_power > 0, "DudaConfig.poly_power", "> 0", self.poly_power)
+        _check(
+            all(0 <= c < NUM_CLASSES for c in self.fd_classes), "DudaConfig.fd_classes", f"trainIds in [0, {NUM_CLASSES - 1}]", self.fd_classes
+        )
+        if self.teacher_weights:
+            expected = 1 + len(self.extra_teachers)
+            _check(
+                len(self.teacher_weights) == expected,
+                "DudaConfig.teacher_weights",
+                f"empty or {expected} values (EMA teacher + {len(self.extra_teachers)} extra teachers)",
+                self.teacher_weights,
+            )
+            _check(
+                all(w >= 0 for w in self.teacher_weights) and sum(self.teacher_weights) > 0,
+                "DudaConfig.teacher_weights",
+                "non-negative with a positive sum",
+                self.teacher_weights,
+            )
+        if self.extra_teachers and self.method != "duda":
+            raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
+        _check(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per run on CPU
+        if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:
+            # DAFormer decays to exactly 0; transformers' default lr_end is 1e-7.
+            self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
+        super().__post_init__()
+
+    # Resolved step counts (a fraction below 1 means a share of max_steps).
+    @property
+    def preadapt_steps_resolved(self) -> int:
+        return resolve_steps(self.preadapt_steps, self.max_steps)
+
+    @property
+    def distill_ramp_steps_resolved(self) -> int:
+        return resolve_steps(self.distill_ramp_steps, self.max_steps)
+
+
+@dataclass
+class ModelArguments:
+    """Which networks to build (METHOD.md, "The networks")."""
+
+    student: str = field(
+        default="mit-b0",
+        metadata=_help("Deployed student: mit-b0..mit-b5, tiny, tiny-wide, a Hub id or a local SegFormer folder."),
+    )
+    aux_student: str = field(
+        default="mit-b5", metadata=_help("Auxiliary student whose EMA is the teacher (method=duda); same choices as --student.")
+    )
+    init: str = field(
+        default="imagenet",
+        metadata=_help(
+            "Initialisation of mit-bN students: 'imagenet' (encoder from the Hub checkpoint nvidia/mit-bN) or 'random' "
+            "(no download).",
+            choices=["imagenet", "random"],
+        ),
+    )
+
+    def __post_init__(self):
+        _check(self.init in ("imagenet", "random"), "ModelArguments.init", "'imagenet' or 'random'", self.init)
+
+
+@dataclass
+class DataArguments:
+    """Where the domains come from (DESIGN.md data contract) and how they are cropped."""
+
+    source_dataset: str | None = field(default=None, metadata=_help("Labelled source domain: Hub dataset id or save_to_disk folder."))
+    target_dataset: str | None = field(default=None, metadata=_help("Unlabelled target training domain (labels, if any, are dropped)."))
+    target_eval_dataset: str | None = field(default=None, metadata=_help("Labelled target validation domain for mIoU."))
+    source_split: str = field(default="train", metadata=_help("Split of the source dataset (Hub ids and DatasetDict folders)."))
+    target_split: str = field(default="train", metadata=_help("Split of the target dataset."))
+    target_eval_split: str = field(default="validation", metadata=_help("Split of the target validation dataset."))
+    image_column: str = field(default="image", metadata=_help("Image column name in the datasets."))
+    label_column: str = field(default="label", metadata=_help("Label column name (Cityscapes trainIds, 255 = ignore)."))
+    crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata=_help("Training crop H W. DAFormer: 512 512."))
+    source_resize: list[int] = field(
+        default_factory=list, metadata=_help("Resize source images to W H before cropping (GTA: 1280 720). Empty: keep size.")
+    )
+    target_resize: list[int] = field(
+        default_factory=list, metadata=_help("Resize target images to W H before cropping (Cityscapes: 1024 512). Empty: keep size.")
+    )
+    eval_resize: list[int] = field(
+        default_factory=list,
+        metadata=_help("Evaluation input size W H; logits are upsampled to label size (Cityscapes: 1024 512). Empty: native size."),
+    )
+    crop_cat_max_ratio: float = field(
+        default=0.75, metadata=_help("Source crops are retried (up to 10 times) while one class covers more than this share. DAFormer: 0.75.")
+    )
+    max_eval_samples: int | None = field(default=None, metadata=_help("Evaluate on the first N target validation images only."))
+
+    def __post_init__(self):
+        _check(len(self.crop_size) in (1, 2), "DataArguments.crop_size", "one or two integers (H W)", self.crop_size)
+        if len(self.crop_size) == 1:
+            self.crop_size = [self.crop_size[0]] * 2
+        _check(0 < self.crop_cat_max_ratio <= 1, "DataArguments.crop_cat_max_ratio", "in (0, 1]", self.crop_cat_max_ratio)
+        for name in ("source_resize", "target_resize", "eval_resize"):
+            value = getattr(self, name)
+            _check(len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value)

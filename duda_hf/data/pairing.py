@@ -1,0 +1,130 @@
+"""Paired source/target training samples, deterministic in (seed, sample index).
+
+Sample `i` is drawn from `numpy.random.default_rng([seed, i])`: which source image (rare class sampling),
+which target image, crops and flips. With a sequential sampler, sample indices are a function of the step,
+so a resumed run sees exactly the samples it would have seen, and DDP processes (which take different
+batches of indices) never repeat each other's samples.
+"""
+
+from __future__ import annotations
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+
+from .labels import IGNORE_INDEX, NUM_CLASSES
+from .rcs import RareClassSampler
+
+CROP_TRIES = 10
+
+
+def to_rgb_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+    """RGB uint8 `(H, W, 3)`, resized bilinearly to `size = (W, H)` when given."""
+    image = image.convert("RGB")
+    if size and image.size != tuple(size):
+        image = image.resize(tuple(size), Image.BILINEAR)
+    return np.asarray(image)
+
+
+def to_label_array(label: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Label uint8 `(H, W)`, resized with nearest neighbour to `size = (W, H)` when given."""
+    if size and label.size != tuple(size):
+        label = label.resize(tuple(size), Image.NEAREST)
+    return np.asarray(label, dtype=np.uint8)
+
+
+def pad_to(array: np.ndarray, height: int, width: int, value: int) -> np.ndarray:
+    """Pad the bottom/right of `(H, W, ...)` up to at least `(height, width)` with `value`."""
+    pad_h, pad_w = max(0, height - array.shape[0]), max(0, width - array.shape[1])
+    if not (pad_h or pad_w):
+        return array
+    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, widths, constant_values=value)
+
+
+def random_crop_box(rng: np.random.Generator, shape: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner of a uniformly random `crop = (h, w)` window inside `shape = (H, W)`."""
+    return int(rng.integers(0, shape[0] - crop[0] + 1)), int(rng.integers(0, shape[1] - crop[1] + 1))
+
+
+class DudaTrainDataset(torch.utils.data.Dataset):
+    """Map-style dataset of `num_samples` (source, target) pairs.
+
+    Items: `source_image` uint8 `(3, h, w)`, `source_label` long `(h, w)`, `target_image` uint8 `(3, h, w)`,
+    with `(h, w) = crop_size`.
+    """
+
+    def __init__(
+        self,
+        source: datasets.Dataset,
+        target: datasets.Dataset,
+        crop_size: tuple[int, int],
+        seed: int = 0,
+        source_resize: tuple[int, int] | None = None,
+        target_resize: tuple[int, int] | None = None,
+        rare_class_sampler: RareClassSampler | None = None,
+        rcs_min_crop_pixels: float = 0.0,
+        cat_max_ratio: float = 0.75,
+        num_samples: int = 1,
+    ):
+        if len(source) == 0 or len(target) == 0:
+            raise ValueError(f"empty domain: source has {len(source)} images, target has {len(target)}")
+        self.source, self.target = source, target
+        self.crop_size = tuple(crop_size)
+        self.seed = seed
+        self.source_resize, self.target_resize = source_resize, target_resize
+        self.rare_class_sampler = rare_class_sampler
+        self.rcs_min_crop_pixels = rcs_min_crop_pixels
+        self.cat_max_ratio = cat_max_ratio
+        self.num_samples = num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _crop_source(self, rng, image: np.ndarray, label: np.ndarray, rare_class: int | None):
+        """DAFormer's crop: retry until no class covers more than `cat_max_ratio` and the RCS class is in."""
+        height, width = self.crop_size
+        image = pad_to(image, height, width, 0)
+        label = pad_to(label, height, width, IGNORE_INDEX)
+        for _ in range(CROP_TRIES):
+            top, left = random_crop_box(rng, label.shape, self.crop_size)
+            crop = label[top : top + height, left : left + width]
+            counts = np.bincount(crop.ravel(), minlength=256)[:NUM_CLASSES]
+            balanced = self.cat_max_ratio >= 1 or counts.max() < self.cat_max_ratio * max(counts.sum(), 1)
+            has_rare = rare_class is None or counts[rare_class] > self.rcs_min_crop_pixels
+            if balanced and has_rare:
+                break
+        return image[top : top + height, left : left + width], crop
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        if self.rare_class_sampler is not None:
+            rare_class, source_index = self.rare_class_sampler.sample(rng)
+        else:
+            rare_class, source_index = None, int(rng.integers(len(self.source)))
+        target_index = int(rng.integers(len(self.target)))
+
+        source = self.source[source_index]
+        source_image = to_rgb_array(source["image"], self.source_resize)
+        source_label = to_label_array(source["label"], self.source_resize)
+        if source_image.shape[:2] != source_label.shape:
+            raise ValueError(
+                f"source image #{source_index} is {source_image.shape[1]}x{source_image.shape[0]} but its label is "
+                f"{source_label.shape[1]}x{source_label.shape[0]}; image and label must have the same size"
+            )
+        source_image, source_label = self._crop_source(rng, source_image, source_label, rare_class)
+
+        target_image = pad_to(to_rgb_array(self.target[target_index]["image"], self.target_resize), *self.crop_size, 0)
+        top, left = random_crop_box(rng, target_image.shape[:2], self.crop_size)
+        target_image = target_image[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+
+        if rng.random() < 0.5:
+            source_image, source_label = source_image[:, ::-1], source_label[:, ::-1]
+        if rng.random() < 0.5:
+            target_image = target_image[:, ::-1]
+        return {
+            "source_image": torch.from_numpy(np.ascontiguousarray(source_image.transpose(2, 0, 1))),
+            "source_label": torch.from_numpy(np.ascontiguousarray(source_label)).long(),
+            "target_image": torch.from_numpy(np.ascontiguousarray(target_image.transpose(2, 0, 1))),
+        }

@@ -1,0 +1,277 @@
+"""SegFormer networks by name or checkpoint, the DUDA container (students + EMA teacher), and export.
+
+The deployable student is a plain `SegformerForSemanticSegmentation`; everything DUDA-specific lives in
+`DudaModel`, which is what the Trainer trains and checkpoints (all networks in one `model.safetensors`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+from .data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# MiT encoder sizes (Xie et al., 2021; the nvidia/mit-bN configs). Decoder width: 256 for b0/b1, 768 above.
+_MIT_SIZES = {
+    "mit-b0": ([2, 2, 2, 2], [32, 64, 160, 256], 256),
+    "mit-b1": ([2, 2, 2, 2], [64, 128, 320, 512], 256),
+    "mit-b2": ([3, 4, 6, 3], [64, 128, 320, 512], 768),
+    "mit-b3": ([3, 4, 18, 3], [64, 128, 320, 512], 768),
+    "mit-b4": ([3, 8, 27, 3], [64, 128, 320, 512], 768),
+    "mit-b5": ([3, 6, 40, 3], [64, 128, 320, 512], 768),
+}
+# Test and CPU sizes (random init only). METHOD.md: a 16-128 large network trains well from scratch on
+# the synthetic benchmark and is clearly stronger than an 8-64 student.
+_SMALL_SIZES = {
+    "tiny": ([1, 1, 1, 1], [8, 16, 32, 64], 32),
+    "tiny-wide": ([1, 1, 1, 1], [16, 32, 64, 128], 64),
+}
+MODEL_PRESETS = tuple(_MIT_SIZES) + tuple(_SMALL_SIZES)
+
+
+def preset_config(name: str) -> SegformerConfig:
+    """SegformerConfig for a preset name with 19 Cityscapes labels (no download)."""
+    depths, hidden_sizes, decoder = {**_MIT_SIZES, **_SMALL_SIZES}[name]
+    heads = [1, 2, 5, 8] if name.startswith("mit") else [1, 1, 2, 4]
+    return SegformerConfig(
+        depths=depths,
+        hidden_sizes=hidden_sizes,
+        decoder_hidden_size=decoder,
+        num_attention_heads=heads,
+        num_labels=NUM_CLASSES,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+    )
+
+
+class ModelUnavailableError(OSError):
+    """Weights that cannot be had: offline and not cached, or no such repo/folder."""
+
+
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """Fast check that the Hub endpoint accepts connections (a missing network otherwise costs ~23 s of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(name_or_path: str, **kwargs) -> SegformerForSemanticSegmentation:
+    """`from_pretrained` that uses the cache first and fails within seconds, with a way forward, when offline."""
+    kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
+    if Path(name_or_path).is_dir():
+        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+    try:
+        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise ModelUnavailableError(
+            f"Cannot load '{name_or_path}': it is not a local folder, not in the Hugging Face cache, and the Hub is "
+            "unreachable (offline or HF_HUB_OFFLINE=1). Either pass --init random to train from scratch, or download "
+            f"the weights where there is network (`hf download {name_or_path} --local-dir DIR`) and pass the folder instead."
+        )
+    try:
+        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:
+        raise ModelUnavailableError(f"Cannot load '{name_or_path}' from the Hub: {error}") from error
+
+
+def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSegmentation:
+    """A 19-class SegFormer by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`), Hub id or local folder.
+
+    Args:
+        name: preset, Hub id or folder of a SegFormer checkpoint.
+        init: for `mit-bN`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head new);
+            'random' builds the architecture from scratch. Small presets are always random.
+    """
+    if name in _SMALL_SIZES or (name in _MIT_SIZES and init == "random"):
+        return SegformerForSemanticSegmentation(preset_config(name))
+    if name in _MIT_SIZES:
+        # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
+        return _from_pretrained(f"nvidia/{name}", ignore_mismatched_sizes=True)
+    return _from_pretrained(name)
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """ImageNet normalisation of `(B, 3, H, W)` RGB in [0, 1], matching the exported image processor."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def _set_dropout_eval(module: nn.Module) -> None:
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout) or type(sub).__name__.endswith("DropPath"):
+            sub.eval()
+
+
+class DudaModel(nn.Module):
+    """The networks of one DUDA run, trained and checkpointed as one module.
+
+    - `student`: the deployed network, trained by gradient.
+    - `aux_student`: the large network (method 'duda' only), trained by gradient.
+    - `teacher`: EMA of `aux_student` ('duda') or of `student` ('self_training'); no gradient.
+    - `extra_teachers`: frozen networks fused with the teacher.
+    - `ema_source`: the network the teacher follows.
+    Buffers `class_discrepancy`/`class_seen` hold the inconsistency state so that resuming is exact.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        aux_student: nn.Module | None = None,
+        method: str = "duda",
+        extra_teachers: list[nn.Module] | None = None,
+        imagenet_encoder: nn.Module | None = None,
+        teacher_train_mode: bool = False,
+    ):
+        super().__init__()
+        if method == "duda" and aux_student is None:
+            raise ValueError("method='duda' needs an auxiliary student")
+        self.method = method
+        self.student = student
+        self.aux_student = aux_student if method == "duda" else None
+        self.teacher = None
+        if method != "source_only":
+            self.teacher = copy.deepcopy(self.ema_source)
+            self.teacher.requires_grad_(False)
+        self.extra_teachers = nn.ModuleList(extra_teachers or [])
+        self.extra_teachers.requires_grad_(False)
+        # Frozen ImageNet encoder for DAFormer's feature distance (None: feature distance off).
+        self.imagenet_encoder = imagenet_encoder
+        if imagenet_encoder is not None:
+            imagenet_encoder.requires_grad_(False)
+        self.teacher_train_mode = teacher_train_mode
+        self.register_buffer("class_discrepancy", torch.zeros(NUM_CLASSES))
+        self.register_buffer("class_seen", torch.zeros(NUM_CLASSES, dtype=torch.bool))
+        self.train()
+
+    @property
+    def ema_source(self) -> nn.Module:
+        return self.aux_student if self.aux_student is not None else self.student
+
+    def train(self, mode: bool = True) -> DudaModel:
+        super().train(mode)
+        # Trainer calls model.train() every step: frozen networks must stay in inference mode.
+        if self.teacher is not None:
+            self.teacher.train(mode and self.teacher_train_mode)
+            _set_dropout_eval(self.teacher)
+        self.extra_teachers.eval()
+        if self.imagenet_encoder is not None:
+            self.imagenet_encoder.eval()
+        return self
+
+    def forward(self, pixel_values: torch.Tensor, output_features: bool = False) -> dict[str, torch.Tensor]:
+        """One forward pass of the trained networks on `(B, 3, H, W)` RGB in [0, 1].
+
+        Returns logits `(B, 19, H/4, W/4)` under `student_logits` and, for 'duda', `aux_logits`; with
+        `output_features`, the last encoder stage of the network that gets the feature distance.
+        """
+        inputs = normalize_images(pixel_values)
+        outputs = {}
+        student_out = self.student(pixel_values=inputs, output_hidden_states=output_features and self.aux_student is None)
+        outputs["student_logits"] = student_out.logits
+        fd_out = student_out
+        if self.aux_student is not None:
+            fd_out = self.aux_student(pixel_values=inputs, output_hidden_states=output_features)
+            outputs["aux_logits"] = fd_out.logits
+        if output_features:
+            outputs["features"] = fd_out.hidden_states[-1]
+        return outputs
+
+    @torch.no_grad()
+    def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of the EMA teacher and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
+        inputs = normalize_images(pixel_values)
+        return [net(pixel_values=inputs).logits for net in [self.teacher, *self.extra_teachers]]
+
+    @torch.no_grad()
+    def imagenet_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Last encoder stage of the frozen ImageNet encoder."""
+        return self.imagenet_encoder(pixel_values=normalize_images(pixel_values), output_hidden_states=True).hidden_states[-1]
+
+    @torch.no_grad()
+    def update_teacher(self, step: int, ema_alpha: float) -> float:
+        """EMA update after optimizer step `step` (0-based): alpha = min(1 - 1/(step+1), ema_alpha).
+
+        Floating parameters and buffers (BatchNorm statistics) are averaged with fused `torch._foreach_*`
+        ops; integer buffers (BatchNorm's counter) are copied. Returns alpha.
+        """
+        alpha = min(1 - 1 / (step + 1), ema_alpha)
+        teacher_params = list(self.teacher.parameters())
+        source_params = [p.detach() for p in self.ema_source.parameters()]
+        teacher_float, source_float, teacher_int, source_int = [], [], [], []
+        for t_buf, s_buf in zip(self.teacher.buffers(), self.ema_source.buffers()):
+            (teacher_float if t_buf.is_floating_point() else teacher_int).append(t_buf)
+            (source_float if s_buf.is_floating_point() else source_int).append(s_buf)
+        teachers, sources = teacher_params + teacher_float, source_params + source_float
+        torch._foreach_mul_(teachers, alpha)
+        torch._foreach_add_(teachers, sources, alpha=1 - alpha)
+        if teacher_int:
+            torch._foreach_copy_(teacher_int, source_int)
+        return alpha
+
+
+def build_duda_model(
+    method: str,
+    student: str,
+    aux_student: str | None = None,
+    init: str = "imagenet",
+    extra_teachers: list[str] | None = None,
+    fd_lambda: float = 0.0,
+    teacher_train_mode: bool = False,
+) -> DudaModel:
+    """Build every network of a run by name (see `build_segformer`).
+
+    The feature-distance encoder is a frozen copy of the ImageNet network the trained large network
+    starts from; with `init='random'` or a non-MiT preset there is none and the feature distance is off.
+    """
+    student_net = build_segformer(student, init)
+    aux_net = build_segformer(aux_student, init) if method == "duda" else None
+    fd_base = aux_net if aux_net is not None else student_net
+    fd_name = aux_student if method == "duda" else student
+    imagenet_encoder = None
+    if fd_lambda > 0 and fd_name in _MIT_SIZES and init == "imagenet" and method != "source_only":
+        imagenet_encoder = copy.deepcopy(fd_base.segformer)
+    teachers = [build_segformer(name, init) for name in (extra_teachers or [])]
+    return DudaModel(student_net, aux_net, method, teachers, imagenet_encoder, teacher_train_mode)
+
+
+def export_segformer(
+    model: SegformerForSemanticSegmentation, output_dir: str | os.PathLike, eval_size: tuple[int, int] | None = None
+) -> Path:
+    """Write `model` as a plain transformers SegFormer: config (Cityscapes labels), safetensors, image processor.
+
+    Args:
+        eval_size: `(H, W)` the image processor resizes to (Cityscapes: 512 x 1024); None keeps 512 x 512.
+    """
+    from transformers import SegformerImageProcessor
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.config.id2label = dict(ID2LABEL)
+    model.config.label2id = dict(LABEL2ID)
+    model.save_pretrained(output_dir)
+    height, width = eval_size or (512, 512)
+    SegformerImageProcessor(
+        size={"height": height, "width": width},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_reduce_labels=False,
+    ).save_pretrained(output_dir)
+    return output_dir

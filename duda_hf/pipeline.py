@@ -1,0 +1,123 @@
+"""The training job behind `scripts/train_duda.py`: recipe + flags -> data -> networks -> DudaTrainer -> student/."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import DataArguments, DudaConfig, ModelArguments
+from .data.domains import load_domain
+from .data.pairing import DudaTrainDataset
+from .data.rcs import RareClassSampler, class_pixel_counts
+from .models import build_duda_model, export_segformer
+from .trainer import DudaTrainer
+
+logger = logging.getLogger(__name__)
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, DudaConfig)
+
+
+class RecipeError(ValueError):
+    """A YAML recipe that cannot be used."""
+
+
+def load_recipe(path: str | os.PathLike) -> dict:
+    """Read a YAML recipe and check that every key is a known flag."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe '{path}' does not exist (see configs/ for the shipped recipes)")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise RecipeError(f"recipe '{path}' must be a mapping of flag: value, got {type(recipe).__name__}")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `python scripts/train_duda.py --help` for the flags")
+    return recipe
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, DudaConfig]:
+    """Flags override the recipe given by `--config`; the recipe overrides the dataclass defaults."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML recipe (see configs/); command-line flags override it.")
+    config_path = None
+    if "--config" in argv:
+        position = argv.index("--config")
+        config_path = argv[position + 1]
+    elif any(arg.startswith("--config=") for arg in argv):
+        config_path = next(arg for arg in argv if arg.startswith("--config=")).split("=", 1)[1]
+    if config_path:
+        parser.set_defaults(**load_recipe(config_path))
+    model_args, data_args, config, _ = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, data_args, config
+
+
+def _require(value, flag: str) -> None:
+    if not value:
+        raise RecipeError(f"{flag} is required (a save_to_disk folder or a Hub dataset id), in the recipe or on the command line")
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
+    """Train, evaluate and export. Returns the final evaluation results (also written to eval_results.json)."""
+    for flag in ("source_dataset", "target_dataset", "target_eval_dataset"):
+        _require(getattr(data_args, flag), f"--{flag}")
+    set_seed(config.seed)
+    started = time.monotonic()
+    source = load_domain(data_args.source_dataset, data_args.source_split, True, data_args.image_column, data_args.label_column, "--source_dataset")
+    target = load_domain(data_args.target_dataset, data_args.target_split, False, data_args.image_column, data_args.label_column, "--target_dataset")
+    target_eval = load_domain(
+        data_args.target_eval_dataset, data_args.target_eval_split, True, data_args.image_column, data_args.label_column, "--target_eval_dataset"
+    )
+    if data_args.max_eval_samples:
+        target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
+    # Class statistics validate every label and drive rare class sampling; computed once, then cached.
+    with config.main_process_first(desc="class statistics"):
+        source_counts = class_pixel_counts(source, "--source_dataset")
+        class_pixel_counts(target_eval, "--target_eval_dataset")
+    sampler = RareClassSampler(source_counts, config.rcs_temperature, config.rcs_min_pixels) if config.rare_class_sampling else None
+    train_dataset = DudaTrainDataset(
+        source,
+        target,
+        crop_size=tuple(data_args.crop_size),
+        seed=config.seed,
+        source_resize=tuple(data_args.source_resize) or None,
+        target_resize=tuple(data_args.target_resize) or None,
+        rare_class_sampler=sampler,
+        rcs_min_crop_pixels=config.rcs_min_crop_ratio * config.rcs_min_pixels,
+        cat_max_ratio=data_args.crop_cat_max_ratio,
+    )
+    model = build_duda_model(
+        config.method, model_args.student, model_args.aux_student, model_args.init, config.extra_teachers, config.fd_lambda,
+        config.teacher_train_mode,
+    )  # fmt: skip
+    trainer = DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None)
+    resume = config.resume_from_checkpoint
+    if resume in ("last", "true", "True"):
+        resume = get_last_checkpoint(config.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+    results = {
+        "method": config.method,
+        "student": model_args.student,
+        "aux_student": model_args.aux_student if config.method == "duda" else None,
+        "max_steps": config.max_steps,
+        "seed": config.seed,
+        "target_eval_dataset": data_args.target_eval_dataset,
+        **trainer.last_eval_results,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if trainer.is_world_process_zero():
+        width_height = data_args.eval_resize or target_eval[0]["image"].size
+        export_segformer(model.student, Path(config.output_dir) / "student", eval_size=(width_height[1], width_height[0]))
+        (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
+    return results
