@@ -1,0 +1,146 @@
+"""Exact-value tests of the pure loss functions on hand-made tensors."""
+
+import math
+
+import pytest
+import torch
+
+from duda_hf.losses import (
+    class_iou_counts,
+    distillation_weight,
+    feature_distance,
+    fuse_teacher_probs,
+    inconsistency_class_weights,
+    kd_loss,
+    pseudo_label,
+    target_pixel_weight,
+    update_class_discrepancy,
+    weighted_cross_entropy,
+)
+
+
+def logits(*values):
+    """(1, C, 1, 1) logits from per-class values."""
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def test_fuse_teacher_probs_weighted_mean_and_temperature():
+    first, second = logits(0.0, math.log(3)), logits(math.log(3), 0.0)  # softmax (.25, .75) and (.75, .25)
+    probs, probs_tau = fuse_teacher_probs([first, second], weights=[1.0, 3.0], temperature=2.0)
+    assert probs.flatten().tolist() == pytest.approx([0.25 * 0.25 + 0.75 * 0.75, 0.25 * 0.75 + 0.75 * 0.25])
+    r3 = math.sqrt(3)
+    expected_first = [1 / (1 + r3), r3 / (1 + r3)]
+    expected = [0.25 * expected_first[0] + 0.75 * expected_first[1], 0.25 * expected_first[1] + 0.75 * expected_first[0]]
+    assert probs_tau.flatten().tolist() == pytest.approx(expected)
+
+
+def test_fuse_teacher_probs_single_teacher_upsamples_and_checks_weights():
+    probs, _ = fuse_teacher_probs([torch.zeros(1, 2, 2, 2)], size=(4, 4))
+    assert probs.shape == (1, 2, 4, 4) and torch.all(probs == 0.5)
+    with pytest.raises(ValueError, match="2 teachers but 1 teacher_weights"):
+        fuse_teacher_probs([torch.zeros(1, 2, 1, 1)] * 2, weights=[1.0])
+
+
+def test_pseudo_label_and_quality():
+    confidence = torch.tensor([0.99, 0.6, 0.97, 0.968])
+    probs = torch.stack([confidence, 1 - confidence], dim=0).view(1, 2, 1, 4)
+    labels, quality = pseudo_label(probs, threshold=0.968)
+    assert labels.tolist() == [[[0, 0, 0, 0]]]
+    assert quality.item() == pytest.approx(0.75)  # 0.968 itself counts
+    labels, _ = pseudo_label(1 - probs, threshold=0.968)
+    assert labels.tolist() == [[[1, 1, 1, 1]]]
+
+
+def test_target_pixel_weight_zeroes_margins():
+    weight = target_pixel_weight(torch.tensor(0.5), (1, 4, 2), ignore_top=1, ignore_bottom=1)
+    assert weight.tolist() == [[[0, 0], [0.5, 0.5], [0.5, 0.5], [0, 0]]]
+    assert torch.all(target_pixel_weight(torch.tensor(0.25), (2, 3, 3)) == 0.25)
+
+
+def test_weighted_cross_entropy_mean_over_valid_pixels():
+    two_class = torch.zeros(1, 2, 1, 3)  # ln 2 per pixel
+    labels = torch.tensor([[[0, 1, 255]]])
+    weight = torch.tensor([[[1.0, 0.5, 7.0]]])
+    assert weighted_cross_entropy(two_class, labels, weight).item() == pytest.approx(0.75 * math.log(2))
+    assert weighted_cross_entropy(two_class, labels).item() == pytest.approx(math.log(2))
+    # A zero weight still counts in the denominator (the quality weight scales the loss).
+    zero = torch.tensor([[[0.0, 1.0, 1.0]]])
+    assert weighted_cross_entropy(two_class, labels, zero).item() == pytest.approx(0.5 * math.log(2))
+
+
+def test_weighted_cross_entropy_upsamples_logits():
+    small = torch.tensor([[[[2.0]], [[0.0]]]])  # (1, 2, 1, 1)
+    labels = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert weighted_cross_entropy(small, labels).item() == pytest.approx(-math.log(math.exp(2) / (math.exp(2) + 1)))
+
+
+def test_kd_loss_exact():
+    target = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)
+    student = logits(0.0, math.log(3))
+    assert kd_loss(student, target).item() == pytest.approx(0.5 * math.log(4 / 3))
+    r3 = math.sqrt(3)
+    q = [1 / (1 + r3), r3 / (1 + r3)]
+    expected = 4 * (0.5 * math.log(0.5 / q[0]) + 0.5 * math.log(0.5 / q[1]))
+    assert kd_loss(student, target, temperature=2.0).item() == pytest.approx(expected)
+    one_hot = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert kd_loss(student, one_hot).item() == pytest.approx(-math.log(0.25))
+
+
+def test_kd_loss_weight_and_valid():
+    student = torch.zeros(1, 2, 1, 2)
+    target = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]])  # one-hot class 0: KL = ln 2 per pixel
+    weight = torch.tensor([[[0.5, 1.0]]])
+    assert kd_loss(student, target, weight=weight).item() == pytest.approx(0.75 * math.log(2))
+    valid = torch.tensor([[[True, False]]])
+    assert kd_loss(student, target, weight=weight, valid=valid).item() == pytest.approx(0.5 * math.log(2))
+
+
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.5), (19, 0.9), (20, 1.0), (100, 1.0)]
+)
+def test_distillation_weight_ramp(step, expected):
+    assert distillation_weight(step, preadapt_steps=10, ramp_steps=10) == pytest.approx(expected)
+
+
+def test_distillation_weight_without_ramp_is_a_step():
+    assert distillation_weight(4, 5, 0) == 0.0 and distillation_weight(5, 5, 0) == 1.0
+
+
+def test_class_iou_counts():
+    prediction = torch.tensor([[[0, 0, 1, 1, 2]]])
+    target = torch.tensor([[[0, 1, 1, 1, 255]]])
+    valid = torch.tensor([[[True, True, True, True, True]]])
+    intersection, union = class_iou_counts(prediction, target, valid, num_classes=3)
+    assert intersection.tolist() == [1, 2, 0]
+    assert union.tolist() == [2, 3, 0]  # the ignore pixel (predicted 2) counts nowhere
+    intersection, union = class_iou_counts(prediction, target, valid & torch.tensor([[[True, False, True, True, True]]]), 3)
+    assert intersection.tolist() == [1, 2, 0] and union.tolist() == [1, 2, 0]
+
+
+def test_update_class_discrepancy_first_sight_then_ema():
+    d, seen = torch.zeros(3), torch.zeros(3, dtype=torch.bool)
+    d, seen = update_class_discrepancy(d, seen, torch.tensor([1.0, 2.0, 0.0]), torch.tensor([2.0, 3.0, 0.0]), momentum=0.9)
+    assert d.tolist() == pytest.approx([0.5, 1 / 3, 0.0]) and seen.tolist() == [True, True, False]
+    d, seen = update_class_discrepancy(d, seen, torch.tensor([2.0, 0.0, 1.0]), torch.tensor([2.0, 0.0, 4.0]), momentum=0.9)
+    assert d.tolist() == pytest.approx([0.45, 1 / 3, 0.75]) and seen.tolist() == [True, True, True]
+
+
+def test_inconsistency_class_weights():
+    d = torch.tensor([0.5, 0.25, 0.0])
+    seen = torch.tensor([True, True, False])
+    assert inconsistency_class_weights(d, seen, beta=1.0).tolist() == pytest.approx([7 / 6, 5 / 6, 1.0])
+    assert inconsistency_class_weights(d, seen, beta=0.0).tolist() == [1.0, 1.0, 1.0]
+    assert inconsistency_class_weights(d, torch.zeros(3, dtype=torch.bool)).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_feature_distance_on_thing_cells_only():
+    features = torch.zeros(1, 1, 2, 2)
+    reference = torch.tensor([[[[3.0, 5.0], [7.0, 11.0]]]])
+    labels = torch.zeros(4, 4, dtype=torch.long)
+    labels[:2, :2] = 11  # person fills the top-left cell
+    labels[:2, 2:] = torch.tensor([[11, 11], [11, 0]])  # person covers 3/4 of the top-right cell
+    labels[2:, :2] = torch.tensor([[11, 11], [0, 0]])  # 1/2: below the 0.75 ratio
+    labels[2:, 2:] = 255
+    value = feature_distance(features, reference, labels.unsqueeze(0), classes=(11,), scale_min_ratio=0.75)
+    assert value.item() == pytest.approx((3.0 + 5.0) / 2)
+    assert feature_distance(features, reference, labels.unsqueeze(0), classes=(13,)).item() == 0.0
