@@ -66,17 +66,15 @@ def _require(value, flag: str) -> None:
         raise RecipeError(f"{flag} is required (a save_to_disk folder or a Hub dataset id), in the recipe or on the command line")
 
 
-def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
-    """Train, evaluate and export. Returns the final evaluation results (also written to eval_results.json)."""
+def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> DudaTrainer:
+    """Load and validate the domains, build the networks and return a ready `DudaTrainer`."""
     for flag in ("source_dataset", "target_dataset", "target_eval_dataset"):
         _require(getattr(data_args, flag), f"--{flag}")
     set_seed(config.seed)
-    started = time.monotonic()
-    source = load_domain(data_args.source_dataset, data_args.source_split, True, data_args.image_column, data_args.label_column, "--source_dataset")
-    target = load_domain(data_args.target_dataset, data_args.target_split, False, data_args.image_column, data_args.label_column, "--target_dataset")
-    target_eval = load_domain(
-        data_args.target_eval_dataset, data_args.target_eval_split, True, data_args.image_column, data_args.label_column, "--target_eval_dataset"
-    )
+    columns = (data_args.image_column, data_args.label_column)
+    source = load_domain(data_args.source_dataset, data_args.source_split, True, *columns, role="--source_dataset")
+    target = load_domain(data_args.target_dataset, data_args.target_split, False, *columns, role="--target_dataset")
+    target_eval = load_domain(data_args.target_eval_dataset, data_args.target_eval_split, True, *columns, role="--target_eval_dataset")
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
     # Class statistics validate every label and drive rare class sampling; computed once, then cached.
@@ -99,7 +97,13 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         config.method, model_args.student, model_args.aux_student, model_args.init, config.extra_teachers, config.fd_lambda,
         config.teacher_train_mode,
     )  # fmt: skip
-    trainer = DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None)
+    return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None)
+
+
+def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
+    """Train, evaluate and export. Returns the final evaluation results (also written to eval_results.json)."""
+    started = time.monotonic()
+    trainer = build_trainer(model_args, data_args, config)
     resume = config.resume_from_checkpoint
     if resume in ("last", "true", "True"):
         resume = get_last_checkpoint(config.output_dir)
@@ -117,7 +121,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         "seconds": round(time.monotonic() - started, 1),
     }
     if trainer.is_world_process_zero():
-        width_height = data_args.eval_resize or target_eval[0]["image"].size
-        export_segformer(model.student, Path(config.output_dir) / "student", eval_size=(width_height[1], width_height[0]))
+        width_height = data_args.eval_resize or trainer.eval_dataset[0]["image"].size
+        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size=(width_height[1], width_height[0]))
         (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
     return results

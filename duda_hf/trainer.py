@@ -347,7 +347,7 @@ class DudaTrainer(Trainer):
         for index in range(self.args.process_index, len(dataset), self.args.world_size):
             row = dataset[index]
             label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
-            image = torch.from_numpy(to_rgb_array(row["image"], self.eval_resize)).to(device)
+            image = torch.from_numpy(to_rgb_array(row["image"], self.eval_resize).copy()).to(device)
             image = normalize_images(image.permute(2, 0, 1).unsqueeze(0).float() / 255)
             with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
                 for name, network in networks.items():

@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny synthetic benchmark made by the tests, and tiny DUDA arguments."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    """Paths of a 16/16/6-image synthetic benchmark at 64x128."""
+    from duda_hf.data.synthetic import build_synthetic_benchmark
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return build_synthetic_benchmark(root, num_source=16, num_target=16, num_target_val=6, height=64, width=128, seed=0)
+
+
+def tiny_argv(benchmark, output_dir, *extra):
+    """Command-line flags of a few-step DUDA run on the tiny benchmark with tiny random networks."""
+    return [
+        "--source_dataset", benchmark["source"],
+        "--target_dataset", benchmark["target"],
+        "--target_eval_dataset", benchmark["target_val"],
+        "--student", "tiny", "--aux_student", "tiny-wide", "--init", "random",
+        "--crop_size", "64", "--per_device_train_batch_size", "2",
+        "--rcs_min_pixels", "50", "--pseudo_label_ignore_top", "2", "--pseudo_label_ignore_bottom", "4",
+        "--max_steps", "4", "--warmup_steps", "1", "--preadapt_steps", "1", "--distill_ramp_steps", "2",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--eval_strategy", "no", "--save_strategy", "no",
+        "--disable_tqdm", "true", "--seed", "3",
+        "--output_dir", str(output_dir),
+        *extra,
+    ]  # fmt: skip

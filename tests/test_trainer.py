@@ -1,0 +1,154 @@
+"""Tiny end-to-end DudaTrainer runs: every network learns, the EMA is exact, checkpoints resume exactly."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from duda_hf.pipeline import build_trainer, parse_args
+from duda_hf.trainer import NonFiniteLossError
+
+from .conftest import tiny_argv
+
+
+def make_trainer(benchmark, output_dir, *extra):
+    return build_trainer(*parse_args(tiny_argv(benchmark, output_dir, *extra)))
+
+
+class SnapshotAux(TrainerCallback):
+    """Keeps the auxiliary student's parameters and float buffers after every optimizer step."""
+
+    def __init__(self):
+        self.snapshots = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        tensors = list(model.aux_student.parameters()) + [b for b in model.aux_student.buffers() if b.is_floating_point()]
+        self.snapshots.append([t.detach().clone() for t in tensors])
+
+
+def test_duda_run_trains_both_students_and_keeps_an_exact_ema(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--save_strategy", "steps", "--save_steps", "4")
+    duda = trainer.model
+    before = {name: p.detach().clone() for name, p in duda.named_parameters() if p.requires_grad}
+    assert before and all(name.startswith(("student.", "aux_student.")) for name in before)
+    teacher = [t.detach().clone() for t in list(duda.teacher.parameters()) + [b for b in duda.teacher.buffers() if b.is_floating_point()]]
+    snapshots = SnapshotAux()
+    trainer.add_callback(snapshots)
+    trainer.train()
+
+    unchanged = [name for name, p in duda.named_parameters() if p.requires_grad and torch.equal(p, before[name])]
+    assert unchanged == []
+    assert not any(p.requires_grad for p in duda.teacher.parameters())
+
+    assert len(snapshots.snapshots) == 4
+    for step, aux in enumerate(snapshots.snapshots):
+        alpha = min(1 - 1 / (step + 1), 0.999)
+        teacher = [alpha * t + (1 - alpha) * a for t, a in zip(teacher, aux)]
+    actual = list(duda.teacher.parameters()) + [b for b in duda.teacher.buffers() if b.is_floating_point()]
+    for expected, value in zip(teacher, actual):
+        torch.testing.assert_close(value, expected, rtol=0, atol=1e-6)
+
+    state = load_file(tmp_path / "checkpoint-4" / "model.safetensors")
+    prefixes = {key.split(".")[0] for key in state}
+    assert {"student", "aux_student", "teacher", "class_discrepancy", "class_seen"} <= prefixes
+    for key, value in duda.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+    assert not (tmp_path / ".partial-checkpoints" / "checkpoint-4").exists()
+
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    expected_terms = {"loss_student_source", "loss_aux_source", "loss_aux_mix", "loss_student_mix", "loss_student_kd"}
+    assert expected_terms | {"pseudo_label_quality", "lam_t", "class_weight_road"} <= logged
+    lams = [entry["lam_t"] for entry in trainer.state.log_history if "lam_t" in entry]
+    assert lams == [0.0, 0.0, 0.5, 1.0]  # preadapt 1 step, ramp 2 steps
+    assert bool(duda.class_seen.any())
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_benchmark, tmp_path):
+    full = make_trainer(tiny_benchmark, tmp_path / "full", "--save_strategy", "steps", "--save_steps", "2")
+    full.train()
+    resumed = make_trainer(tiny_benchmark, tmp_path / "full", "--save_strategy", "no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-2"))
+
+    def losses(trainer):
+        return {e["step"]: (e["loss"], e["loss_aux_mix"], e.get("loss_student_kd")) for e in trainer.state.log_history if "loss" in e}
+
+    expected = losses(full)
+    got = losses(resumed)
+    assert sorted(got) == [1, 2, 3, 4]  # steps 1-2 come back with the checkpoint's log history
+    for step in (3, 4):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method, terms", [("self_training", {"loss_student_mix"}), ("source_only", set())])
+def test_baselines(tiny_benchmark, tmp_path, method, terms):
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--method", method, "--max_steps", "2")
+    assert trainer.model.aux_student is None
+    trainer.train()
+    logged = {key for entry in trainer.state.log_history for key in entry if key.startswith("loss_")}
+    assert logged == {"loss_student_source"} | terms
+    metrics = trainer.evaluate()
+    assert 0 <= metrics["eval_student_mIoU"] <= 100
+    assert ("eval_teacher_mIoU" in metrics) == (method == "self_training")
+
+
+def test_optimizer_groups_head_lr_and_no_decay(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--weight_decay", "0.05")
+    optimizer = trainer.create_optimizer()
+    seen = set()
+    trainable = {id(p): n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    for group in optimizer.param_groups:
+        names = [trainable[id(p)] for p in group["params"]]
+        seen.update(id(p) for p in group["params"])
+        heads = {".decode_head." in f".{name}" for name in names}
+        assert len(heads) == 1
+        assert group["lr"] == pytest.approx(1e-3 * (10 if heads.pop() else 1))
+        no_decay = {p.ndim <= 1 for p in group["params"]}
+        assert len(no_decay) == 1
+        assert group["weight_decay"] == (0.0 if no_decay.pop() else 0.05)
+    assert seen == set(trainable)  # every trainable parameter once, teachers never
+
+
+def test_non_finite_loss_names_step_and_term(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path)
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / "checkpoint-7" / "trainer_state.json").write_text("{}")
+    batch = trainer.train_dataset[0]
+    inputs = {key: value.unsqueeze(0) for key, value in batch.items()}
+    inputs["source_image"] = inputs["source_image"].float() * math.nan
+    with pytest.raises(NonFiniteLossError, match=r"step 1: term 'loss_student_source'.*checkpoint-7"):
+        trainer.compute_loss(trainer.model, inputs)
+
+
+def test_training_script_writes_student_results_tensorboard_and_debug_images(tiny_benchmark, tmp_path):
+    import subprocess
+    import sys
+
+    argv = tiny_argv(tiny_benchmark, tmp_path, "--report_to", "tensorboard", "--debug_image_steps", "2", "--eval_strategy", "steps",
+                     "--eval_steps", "2")  # fmt: skip
+    done = subprocess.run([sys.executable, "scripts/train_duda.py", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "target-validation mIoU (6 images): student" in done.stdout and "teacher" in done.stdout
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["method"] == "duda" and results["student"]["num_images"] == 6
+    assert len(results["student"]["per_class_iou"]) == 19 and 0 <= results["teacher"]["mIoU"] <= 1
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["step_2.png", "step_4.png"]
+    # The student loads with plain transformers, in a process that never imports duda_hf.
+    check = (
+        "import sys, torch\n"
+        "from transformers import SegformerForSemanticSegmentation, AutoImageProcessor\n"
+        f"model = SegformerForSemanticSegmentation.from_pretrained({str(tmp_path / 'student')!r})\n"
+        f"processor = AutoImageProcessor.from_pretrained({str(tmp_path / 'student')!r})\n"
+        "assert 'duda_hf' not in sys.modules\n"
+        "out = model(pixel_values=torch.zeros(1, 3, 64, 128)).logits\n"
+        "print(model.config.id2label[0], model.config.id2label[18], tuple(out.shape), processor.size['height'], processor.size['width'])\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.split() == ["road", "bicycle", "(1,", "19,", "16,", "32)", "64", "128"]
