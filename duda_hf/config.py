@@ -26,6 +26,11 @@ def _check(condition: bool, name: str, allowed: str, value) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
 def resolve_steps(value: float, max_steps: int) -> int:
     """A step count given as an int, or as a fraction of `max_steps` when below 1 (like `warmup_steps`)."""
     return int(round(value * max_steps)) if 0 < value < 1 else int(value)
@@ -193,8 +198,11 @@ class DudaConfig(TrainingArguments):
         if self.extra_teachers and self.method != "duda":
             raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
         _check(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
-        if not torch.cuda.is_available():
-            self.dataloader_pin_memory = False  # pinning needs an accelerator; avoids a warning per run on CPU
+        if not _has_accelerator():
+            # Without this, `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine leaves every
+            # process alone (distributed type NO); with it they form one gloo DDP group.
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
         if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:
             # DAFormer decays to exactly 0; transformers' default lr_end is 1e-7.
             self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}

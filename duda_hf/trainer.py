@@ -110,6 +110,15 @@ class DudaTrainer(Trainer):
         self._term_count = 0
         self._micro_step = (-1, 0)
 
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self.args.world_size > 1:
+            # DDP syncs buffers from rank 0 at the start of each forward; after the last one every process has
+            # updated its own BatchNorm statistics. Make them identical, as the next forward would.
+            for buffer in _unwrap(self.model).buffers():
+                torch.distributed.broadcast(buffer, src=0)
+        return output
+
     # ---- data ----
     def _get_train_sampler(self, train_dataset=None):
         # Sample i is a pure function of (seed, i): sequential indices make the data a function of the step.

@@ -1,0 +1,46 @@
+"""A real two-process DDP run on CPU through `accelerate launch`."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import tiny_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    command = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        str(ROOT / "tests" / "helpers" / "ddp_probe.py"),
+        *tiny_argv(tiny_benchmark, tmp_path, "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["steps"] for r in ranks] == [4, 4]
+    # Each process drew its own samples: no index twice, 4 steps x 2 processes x 1 image.
+    indices = ranks[0]["indices"] + ranks[1]["indices"]
+    assert len(indices) == 8 and len(set(indices)) == 8
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]  # the confusion matrices were summed across processes
+    for network in ("student", "teacher"):
+        first, second = (load_file(tmp_path / f"{network}_rank{r}.safetensors") for r in (0, 1))
+        assert first.keys() == second.keys()
+        for key in first:
+            assert torch.equal(first[key], second[key]), f"{network}.{key} differs between ranks"
