@@ -64,6 +64,8 @@ MATERIALS: dict[str, tuple[list, list, float]] = {
     "motorcycle": ([(110, 40, 180)], [(150, 30, 30), (30, 30, 30)], 0.05),
 }  # fmt: skip
 _EMISSIVE = {"lamp", "tail_light"}  # light sources keep their brightness at dusk
+# Target camera: dusk exposure range, sensor noise sigma range (0-255 scale), texture gain.
+_TARGET_EXPOSURE, _TARGET_NOISE, _TARGET_TEXTURE = (0.55, 0.85), (3.0, 8.0), 1.0
 
 
 class _Scene:
@@ -294,17 +296,17 @@ def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
     if target:
         strength = np.float32([MATERIALS[m][2] for m in s.materials])[s.inst]
         grain = 0.6 * _value_noise(rng, h, w, 2) + 0.4 * _value_noise(rng, h, w, 8)
-        img *= (1 + strength * grain)[..., None]
+        img *= (1 + _TARGET_TEXTURE * strength * grain)[..., None]
         rows = (np.arange(h, dtype=np.float32) / h)[:, None]
         glow = np.clip(rows / 0.45, 0, 1)[..., None] ** 2  # dusk sky: orange towards the horizon
         sky = (1 - glow) * table[0] + glow * np.float32([235, 150, 95]) * np.float32(rng.uniform(0.85, 1.1))
         img = np.where((s.inst == 0)[..., None], sky, img)
         cols = (np.arange(w, dtype=np.float32) / w)[None, :] - 0.5
-        light = rng.uniform(0.55, 0.85) * (1 + rng.uniform(-0.35, 0.35) * cols)  # one side darker
+        light = rng.uniform(*_TARGET_EXPOSURE) * (1 + rng.uniform(-0.35, 0.35) * cols)  # one side darker
         light = light * (1 - rng.uniform(0.2, 0.45) * 2 * (cols**2 + (rows - 0.5) ** 2))  # vignetting
         emissive = np.array([m in _EMISSIVE for m in s.materials])[s.inst]
         img *= np.where(emissive, 1, light.astype(np.float32))[..., None] * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)  # colour cast
-        img = _blur(img) + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(3, 8)  # optics, then sensor noise
+        img = _blur(img) + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*_TARGET_NOISE)  # optics, then sensor noise
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 

@@ -1,0 +1,85 @@
+"""Target mIoU on the synthetic benchmark: source_only, self_training and duda with the same student, over seeds.
+
+    python benchmarks/quality_synthetic.py [--seeds 0 1 2] [--methods source_only self_training duda] [-- extra flags]
+
+Each run is `scripts/train_duda.py --config configs/synthetic_cpu.yaml --method M --seed S`; results (the
+student's and the teacher's target mIoU per run, mean and spread per method) go to
+benchmarks/results/quality_synthetic.json and a Markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(method: str, seed: int, output_root: Path, extra: list[str]) -> dict:
+    output_dir = output_root / f"{method}_seed{seed}"
+    results_file = output_dir / "eval_results.json"
+    if not results_file.exists():
+        command = [sys.executable, "scripts/train_duda.py", "--config", "configs/synthetic_cpu.yaml", "--method", method,
+                   "--seed", str(seed), "--output_dir", str(output_dir), "--save_strategy", "no", *extra]  # fmt: skip
+        started = time.monotonic()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{method} seed {seed} failed:\n{done.stderr[-3000:]}")
+        print(f"{method} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
+    results = json.loads(results_file.read_text())
+    return {
+        "method": method,
+        "seed": seed,
+        "student_mIoU": round(100 * results["student"]["mIoU"], 2),
+        "teacher_mIoU": round(100 * results["teacher"]["mIoU"], 2) if "teacher" in results else None,
+        "seconds": results["seconds"],
+    }
+
+
+def summarise(runs: list[dict], key: str) -> dict | None:
+    values = [r[key] for r in runs if r[key] is not None]
+    if not values:
+        return None
+    return {"mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=["source_only", "self_training", "duda"])
+    parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality_synthetic.json"))
+    args, extra = parser.parse_known_args()
+    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
+    runs = [run(method, seed, Path(args.output_root), extra) for seed in args.seeds for method in args.methods]
+    summary = {
+        method: {key: summarise([r for r in runs if r["method"] == method], key) for key in ("student_mIoU", "teacher_mIoU")}
+        for method in args.methods
+    }
+    report = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, {platform.python_version()}",
+        "recipe": "configs/synthetic_cpu.yaml",
+        "extra_flags": extra,
+        "runs": runs,
+        "summary": summary,
+    }
+    Path(args.results).write_text(json.dumps(report, indent=2))
+    print(f"\n| method | student target mIoU (mean ± std, {len(args.seeds)} seeds) | teacher target mIoU |")
+    print("|---|---|---|")
+    for method, values in summary.items():
+        teacher = values["teacher_mIoU"]
+        student = values["student_mIoU"]
+        teacher_text = f"{teacher['mean']:.2f} ± {teacher['std']:.2f}" if teacher else "—"
+        print(f"| {method} | {student['mean']:.2f} ± {student['std']:.2f} | {teacher_text} |")
+
+
+if __name__ == "__main__":
+    main()

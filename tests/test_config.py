@@ -1,0 +1,119 @@
+"""DudaConfig defaults and validation messages; recipes parse; offline model errors are fast and clear."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from duda_hf.config import DudaConfig, ModelArguments
+from duda_hf.pipeline import RecipeError, load_recipe, parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_daformer_defaults(tmp_path):
+    config = DudaConfig(output_dir=str(tmp_path))
+    assert (config.learning_rate, config.weight_decay, config.max_steps, config.warmup_steps) == (6e-5, 0.01, 40000, 1500)
+    assert (config.ema_alpha, config.pseudo_label_threshold, config.head_lr_multiplier) == (0.999, 0.968, 10.0)
+    assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == (15, 120)
+    assert (config.rcs_temperature, config.rcs_min_pixels, config.rcs_min_crop_ratio) == (0.01, 3000, 0.5)
+    assert config.lr_scheduler_kwargs == {"lr_end": 0.0, "power": 1.0}
+    assert config.preadapt_steps_resolved == 10000 and config.distill_ramp_steps_resolved == 10000
+    assert config.remove_unused_columns is False and config.ddp_find_unused_parameters is False
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    from duda_hf.config import DataArguments
+
+    for cls in (DudaConfig, ModelArguments, DataArguments):
+        own = [f for f in dataclasses.fields(cls) if cls is not DudaConfig or f.name in DudaConfig.__annotations__]
+        missing = [f.name for f in own if not f.metadata.get("help")]
+        assert missing == [], f"{cls.__name__} fields without help: {missing}"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("method", "dacs", r"DudaConfig.method must be one of \('duda', 'self_training', 'source_only'\), got 'dacs'"),
+        ("ema_alpha", 1.0, r"DudaConfig.ema_alpha must be in \[0, 1\), got 1.0"),
+        ("pseudo_label_threshold", 1.5, r"DudaConfig.pseudo_label_threshold must be in \[0, 1\], got 1.5"),
+        ("color_jitter_p", -0.1, r"DudaConfig.color_jitter_p must be in \[0, 1\], got -0.1"),
+        ("blur_sigma_min", 2.0, r"DudaConfig.blur_sigma_min/blur_sigma_max must be 0 < blur_sigma_min <= blur_sigma_max"),
+        ("kd_temperature", 0.0, r"DudaConfig.kd_temperature must be > 0, got 0.0"),
+        ("inconsistency_beta", -1.0, r"DudaConfig.inconsistency_beta must be >= 0, got -1.0"),
+        ("fd_classes", [19], r"DudaConfig.fd_classes must be trainIds in \[0, 18\], got \[19\]"),
+        ("max_steps", -1, r"DudaConfig.max_steps must be > 0"),
+        ("teacher_weights", [1.0, 2.0], r"DudaConfig.teacher_weights must be empty or 1 values"),
+    ],
+)
+def test_validation_names_field_and_range(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        DudaConfig(output_dir=str(tmp_path), **{field: value})
+
+
+def test_extra_teachers_need_duda(tmp_path):
+    with pytest.raises(ValueError, match="extra_teachers needs method='duda'"):
+        DudaConfig(output_dir=str(tmp_path), method="self_training", extra_teachers=["some/teacher"])
+
+
+def test_model_init_choices():
+    with pytest.raises(ValueError, match="ModelArguments.init must be 'imagenet' or 'random', got 'scratch'"):
+        ModelArguments(init="scratch")
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_parse_into_configs(recipe, tmp_path):
+    model_args, data_args, config = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+    assert data_args.source_dataset and data_args.target_dataset and data_args.target_eval_dataset
+    assert config.output_dir == str(tmp_path)  # the command line overrides the recipe
+    if recipe.name != "synthetic_cpu.yaml":
+        assert (model_args.student, model_args.aux_student, config.method) == ("mit-b0", "mit-b5", "duda")
+        assert config.max_steps == 40000 and config.learning_rate == 6e-5 and data_args.crop_size == [512, 512]
+
+
+def test_command_line_overrides_recipe(tmp_path):
+    recipe = ROOT / "configs" / "synthetic_cpu.yaml"
+    _, data_args, config = parse_args(["--config", str(recipe), "--max_steps", "7", "--crop_size", "32", "48", "--output_dir", str(tmp_path)])
+    assert config.max_steps == 7 and data_args.crop_size == [32, 48] and config.learning_rate == 6e-4
+
+
+def test_recipe_with_unknown_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 10\nema_alfa: 0.99\n")
+    with pytest.raises(RecipeError, match=r"unknown keys \['ema_alfa'\]"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def _offline_build(tmp_path, **env):
+    code = (
+        "import time\n"
+        "from duda_hf.models import build_segformer, ModelUnavailableError\n"
+        "start = time.monotonic()\n"
+        "try:\n"
+        "    build_segformer('mit-b0', 'imagenet')\n"
+        "except ModelUnavailableError as error:\n"
+        "    print(f'{time.monotonic() - start:.2f}'); print(error)\n"
+    )
+    environment = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), **env}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, message = done.stdout.split("\n", 1)
+    return float(seconds), message
+
+
+def test_missing_weights_offline_fail_fast_with_a_way_forward(tmp_path):
+    seconds, message = _offline_build(tmp_path, HF_HUB_OFFLINE="1")
+    assert seconds < 2.0
+    assert "nvidia/mit-b0" in message and "--init random" in message and "local" in message
+
+
+def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path):
+    seconds, message = _offline_build(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    assert seconds < 2.0 and "--init random" in message
