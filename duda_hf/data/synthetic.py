@@ -27,7 +27,7 @@ DOMAINS = ("source", "target")
  SKY, PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
 
 # Bump whenever the generator's output changes, so cached benchmarks get rebuilt.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 3
 
 # material -> (source colours, target colours, target texture strength). Each object picks one
 # colour per domain. Target colours deliberately drift: buildings turn road-grey, terrain turns
@@ -65,7 +65,9 @@ MATERIALS: dict[str, tuple[list, list, float]] = {
 }  # fmt: skip
 _EMISSIVE = {"lamp", "tail_light"}  # light sources keep their brightness at dusk
 # Target camera: dusk exposure range, sensor noise sigma range (0-255 scale), texture gain.
-_TARGET_EXPOSURE, _TARGET_NOISE, _TARGET_TEXTURE = (0.55, 0.85), (3.0, 8.0), 1.0
+_TARGET_EXPOSURE, _TARGET_NOISE, _TARGET_TEXTURE = (0.65, 0.9), (2.0, 5.0), 0.5
+# Share of the way each target colour moves from its source colour to the target palette above.
+_TARGET_COLOUR_DRIFT = 0.25
 
 
 class _Scene:
@@ -285,12 +287,20 @@ def _blur(img: np.ndarray) -> np.ndarray:
     return (v[:, :-2] + 2 * v[:, 1:-1] + v[:, 2:]) / 4
 
 
+def _pick(rng: np.random.Generator, colours: list) -> tuple:
+    return colours[rng.integers(len(colours))]
+
+
 def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
     """Colour a laid-out scene in the given domain's style."""
     h, w = s.label.shape
     target = domain == "target"
-    options = [MATERIALS[m][1 if target else 0] for m in s.materials]
-    table = np.array([o[rng.integers(len(o))] for o in options], np.float32)
+    table = np.array([_pick(rng, MATERIALS[m][0]) for m in s.materials], np.float32)
+    if target:
+        # Target colours drift part of the way to another palette: a clear shift, yet not unrelated colours
+        # (with a full drift a source-trained network scores near chance and no adaptation can start).
+        drifted = np.array([_pick(rng, MATERIALS[m][1]) for m in s.materials], np.float32)
+        table = (1 - _TARGET_COLOUR_DRIFT) * table + _TARGET_COLOUR_DRIFT * drifted
     table += rng.uniform(-1, 1, table.shape).astype(np.float32) * (22 if target else 8)  # per-object colour variation
     img = table[s.inst]
     if target:
