@@ -152,3 +152,34 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split() == ["road", "bicycle", "(1,", "19,", "16,", "32)", "64", "128"]
+
+
+def test_extra_teacher_is_frozen_and_fused(tiny_benchmark, tmp_path):
+    from duda_hf.models import build_segformer, export_segformer
+
+    folder = export_segformer(build_segformer("tiny"), tmp_path / "extra_teacher")
+    trainer = make_trainer(tiny_benchmark, tmp_path / "run", "--extra_teachers", str(folder), "--teacher_weights", "3", "1",
+                           "--max_steps", "2")  # fmt: skip
+    duda = trainer.model
+    assert len(duda.extra_teachers) == 1 and not any(p.requires_grad for p in duda.extra_teachers.parameters())
+    frozen = {k: v.clone() for k, v in duda.extra_teachers.state_dict().items()}
+    trainer.train()
+    assert not duda.extra_teachers.training
+    for key, value in duda.extra_teachers.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+    assert len(duda.teacher_logits(torch.rand(1, 3, 64, 64))) == 2
+
+
+def test_feature_distance_with_an_imagenet_encoder(tiny_benchmark, tmp_path):
+    import copy
+
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--max_steps", "2", "--fd_lambda", "0.5", "--fd_classes", "0", "2", "10")
+    duda = trainer.model
+    duda.imagenet_encoder = copy.deepcopy(duda.aux_student.segformer).requires_grad_(False)
+    # Perturb the reference so the distance is non-zero from the first step.
+    with torch.no_grad():
+        for p in duda.imagenet_encoder.parameters():
+            p.add_(0.05)
+    trainer.train()
+    logged = [e["loss_feature_distance"] for e in trainer.state.log_history if "loss_feature_distance" in e]
+    assert len(logged) == 2 and min(logged) > 0

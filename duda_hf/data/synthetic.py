@@ -30,9 +30,9 @@ DOMAINS = ("source", "target")
 _GENERATOR_VERSION = 3
 
 # material -> (source colours, target colours, target texture strength). Each object picks one
-# colour per domain. Target colours deliberately drift: buildings turn road-grey, terrain turns
-# sidewalk-beige, vegetation goes dark olive, cars/people/signs get unrelated colours and poles
-# flip from dark to light, while layout stays the only fully reliable cue.
+# colour per domain. Target colours drift a share (_TARGET_COLOUR_DRIFT) of the way towards these: buildings towards road-grey, terrain towards
+# sidewalk-beige, vegetation towards dark olive, cars/people/signs towards unrelated colours and poles
+# from dark towards light, while layout stays the most reliable cue.
 MATERIALS: dict[str, tuple[list, list, float]] = {
     "sky": ([(110, 180, 250)], [(60, 55, 110)], 0.02),
     "road": ([(85, 85, 95)], [(150, 122, 102)], 0.12),
