@@ -252,6 +252,19 @@ class DataArguments:
     source_split: str = field(default="train", metadata=_help("Split of the source dataset (Hub ids and DatasetDict folders)."))
     target_split: str = field(default="train", metadata=_help("Split of the target dataset."))
     target_eval_split: str = field(default="validation", metadata=_help("Split of the target validation dataset."))
+    source_format: str | None = field(
+        default=None,
+        metadata=_help("Native layout of --source_dataset, read in place: gta5, synthia, cityscapes, acdc, darkzurich. Empty: a save_to_disk folder or Hub id."),
+    )
+    target_format: str | None = field(default=None, metadata=_help("Native layout of --target_dataset (see --source_format)."))
+    target_eval_format: str | None = field(default=None, metadata=_help("Native layout of --target_eval_dataset (see --source_format)."))
+    source_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the source (empty: all; Dark Zurich: night)."))
+    target_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC (fog night rain snow) / Dark Zurich (day twilight night) conditions of the target."))
+    target_eval_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the target validation set."))
+    source_label_type: str = field(
+        default="trainid", metadata=_help("Label encoding of a stored or Hub source: trainid, labelid (Cityscapes ids) or color (Cityscapes palette).")
+    )
+    target_eval_label_type: str = field(default="trainid", metadata=_help("Label encoding of a stored or Hub target validation set (see --source_label_type)."))
     image_column: str = field(default="image", metadata=_help("Image column name in the datasets."))
     label_column: str = field(default="label", metadata=_help("Label column name (Cityscapes trainIds, 255 = ignore)."))
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata=_help("Training crop H W. DAFormer: 512 512."))
@@ -275,6 +288,13 @@ class DataArguments:
         if len(self.crop_size) == 1:
             self.crop_size = [self.crop_size[0]] * 2
         _check(0 < self.crop_cat_max_ratio <= 1, "DataArguments.crop_cat_max_ratio", "in (0, 1]", self.crop_cat_max_ratio)
+        from .data.domains import LABEL_TYPES
+        from .data.native import FORMATS
+
+        for name in ("source_format", "target_format", "target_eval_format"):
+            _check(getattr(self, name) in (None, "", *FORMATS), f"DataArguments.{name}", f"empty or one of {sorted(FORMATS)}", getattr(self, name))
+        for name in ("source_label_type", "target_eval_label_type"):
+            _check(getattr(self, name) in LABEL_TYPES, f"DataArguments.{name}", f"one of {list(LABEL_TYPES)}", getattr(self, name))
         for name in ("source_resize", "target_resize", "eval_resize"):
             value = getattr(self, name)
             _check(len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value)

@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 def _require(value, flag: str) -> None:
     if not value:
-        raise RecipeError(f"{flag} is required (a save_to_disk folder or a Hub dataset id), in the recipe or on the command line")
+        raise RecipeError(f"{flag} is required (a save_to_disk folder, a Hub dataset id, or a native folder with --*_format), in the recipe or on the command line")
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> DudaTrainer:
@@ -71,10 +71,14 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     for flag in ("source_dataset", "target_dataset", "target_eval_dataset"):
         _require(getattr(data_args, flag), f"--{flag}")
     set_seed(config.seed)
-    columns = (data_args.image_column, data_args.label_column)
-    source = load_domain(data_args.source_dataset, data_args.source_split, True, *columns, role="--source_dataset")
-    target = load_domain(data_args.target_dataset, data_args.target_split, False, *columns, role="--target_dataset")
-    target_eval = load_domain(data_args.target_eval_dataset, data_args.target_eval_split, True, *columns, role="--target_eval_dataset")
+    source, target, target_eval = (
+        load_domain(
+            getattr(data_args, f"{name}_dataset"), getattr(data_args, f"{name}_split"), with_labels, data_args.image_column,
+            data_args.label_column, role=f"--{name}_dataset", format=getattr(data_args, f"{name}_format"),
+            conditions=tuple(getattr(data_args, f"{name}_conditions")), label_type=getattr(data_args, f"{name}_label_type", "trainid"),
+        )
+        for name, with_labels in (("source", True), ("target", False), ("target_eval", True))
+    )  # fmt: skip
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
     # Class statistics validate every label and drive rare class sampling; computed once, then cached.

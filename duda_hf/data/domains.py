@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import numpy as np
+from PIL import Image
+
+from .labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
 
 
 class DomainError(ValueError):
@@ -18,8 +22,11 @@ def load_domain(
     image_column: str = "image",
     label_column: str = "label",
     role: str = "dataset",
+    format: str | None = None,
+    conditions: tuple[str, ...] = (),
+    label_type: str = "trainid",
 ) -> datasets.Dataset:
-    """Open a domain from a `save_to_disk` folder or a Hub dataset id.
+    """Open a domain from a `save_to_disk` folder, a Hub dataset id, or a native dataset folder.
 
     Args:
         spec: folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, or a Hub dataset id.
@@ -27,12 +34,23 @@ def load_domain(
         with_labels: keep the label column (False for the target training set, whatever it holds).
         image_column, label_column: column names in the stored dataset, renamed to `image` / `label`.
         role: the flag the spec came from, for error messages (e.g. '--source_dataset').
+        format: a native layout (`gta5`, `synthia`, `cityscapes`, `acdc`, `darkzurich`): `spec` is then the
+            dataset's own top folder, read in place (see `duda_hf.data.native`).
+        conditions: ACDC / Dark Zurich conditions to include (empty: all, or Dark Zurich's night).
+        label_type: how a stored or Hub dataset encodes labels: `trainid`, `labelid` (Cityscapes ids) or `color`
+            (Cityscapes palette). Native formats know their own encoding.
 
     Returns:
         A Dataset with `image` and, if `with_labels`, `label`.
     """
     if spec is None:
-        raise DomainError(f"{role} is required: a save_to_disk folder or a Hub dataset id")
+        raise DomainError(f"{role} is required: a save_to_disk folder, a Hub dataset id, or a native folder with its format")
+    if format:
+        from .native import load_native  # late: native imports this module for DomainError
+
+        return load_native(spec, format, split, tuple(conditions), with_labels)
+    if label_type not in LABEL_TYPES:
+        raise DomainError(f"{role}: unknown label type '{label_type}'; choose from {list(LABEL_TYPES)}")
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -54,10 +72,48 @@ def load_domain(
                 "Offline, pass a local save_to_disk folder instead."
             ) from error
     if isinstance(loaded, datasets.DatasetDict):
+        aliases = {"validation": "val", "val": "validation"}  # native folders say `val`, the Hub says `validation`
+        if split not in loaded and aliases.get(split) in loaded:
+            split = aliases[split]
         if split not in loaded:
             raise DomainError(f"{role} '{spec}' has splits {sorted(loaded)}, not '{split}'; pick one with the matching --*_split flag")
         loaded = loaded[split]
-    return _select_columns(loaded, spec, role, with_labels, image_column, label_column)
+    dataset = _select_columns(loaded, spec, role, with_labels, image_column, label_column)
+    if with_labels and label_type != "trainid":
+        dataset = dataset.with_transform(LabelConverter(label_type, f"{role} '{spec}'"))
+    return dataset
+
+
+LABEL_TYPES = ("trainid", "labelid", "color")
+
+
+class LabelConverter:
+    """`datasets` transform turning Cityscapes label ids or palette colours into trainIds on access. Picklable."""
+
+    def __init__(self, label_type: str, where: str):
+        self.label_type = label_type
+        self.where = where
+
+    def __call__(self, batch: dict) -> dict:
+        if "label" in batch:
+            batch["label"] = [Image.fromarray(self.convert(label)) for label in batch["label"]]
+        return batch
+
+    def convert(self, label) -> np.ndarray:
+        array = np.asarray(label)
+        if self.label_type == "color":
+            if array.ndim != 3:
+                raise DomainError(f"{self.where}: --*_label_type color needs RGB labels, got shape {array.shape}")
+            train_ids, bad = colors_to_trainids(array)
+            what = "colours outside the Cityscapes palette"
+        else:
+            if array.ndim != 2:
+                raise DomainError(f"{self.where}: --*_label_type labelid needs single-channel labels, got shape {array.shape}")
+            train_ids, bad = apply_lookup(array, CITYSCAPES_ID_TO_TRAINID)
+            what = "values that are not Cityscapes label ids (0..33)"
+        if len(bad):
+            raise DomainError(f"{self.where}: labels hold {what}: {bad[:8].tolist()}. Check --*_label_type.")
+        return train_ids
 
 
 def _select_columns(

@@ -35,7 +35,8 @@ def compute_class_pixel_counts(dataset: datasets.Dataset, role: str = "--source_
     Raises:
         DomainError: naming the first images whose labels hold values other than 0..18 and 255.
     """
-    labels = dataset.select_columns(["label"])
+    # native folders hold `label_path` (decoded by their transform); read labels alone, not the images
+    labels = dataset.select_columns([c for c in ("label", "label_path") if c in dataset.column_names])
     counts = np.zeros((len(labels), NUM_CLASSES), dtype=np.int64)
     offenders = []
     start = time.monotonic()
