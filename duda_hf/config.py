@@ -281,6 +281,9 @@ class DataArguments:
     crop_cat_max_ratio: float = field(
         default=0.75, metadata=_help("Source crops are retried (up to 10 times) while one class covers more than this share. DAFormer: 0.75.")
     )
+    eval_synthia_subsets: bool = field(
+        default=False, metadata=_help("Also report mIoU16 and mIoU13 (SYNTHIA -> Cityscapes); on by itself with --source_format synthia.")
+    )
     max_eval_samples: int | None = field(default=None, metadata=_help("Evaluate on the first N target validation images only."))
 
     def __post_init__(self):

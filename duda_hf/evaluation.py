@@ -5,11 +5,15 @@ Memory is O(classes^2) whatever the number of images: no logits or predictions a
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
+from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
+from .data.pairing import to_label_array, to_rgb_array
+from .models import IMAGENET_MEAN, IMAGENET_STD
 
 
 def confusion_matrix(
@@ -17,18 +21,63 @@ def confusion_matrix(
 ) -> torch.Tensor:
     """`(C, C)` int64 counts, rows = label, columns = prediction, over pixels whose label is a class.
 
-    Ignored or out-of-range labels go to one extra bin that is dropped, so no boolean-mask indexing (and
-    no copy of the valid pixels) is needed.
+    No boolean-mask indexing: the pair index `label * C + prediction` is counted over every pixel, and the bins
+    of labels outside `0..C-1` (ignore) are dropped afterwards. Counting runs on the tensors' device.
+
+    Args:
+        prediction: `(...)` integer class map with values in `0..C-1` (an argmax).
+        label: `(...)` integer label map of the same shape; any value outside `0..C-1` is ignored.
     """
-    label = label.long()
-    valid = (label >= 0) & (label < num_classes) & (label != ignore_index)
-    index = torch.where(valid, label * num_classes + prediction.long(), num_classes * num_classes)
-    counts = torch.bincount(index.flatten(), minlength=num_classes * num_classes + 1)
-    return counts[: num_classes * num_classes].view(num_classes, num_classes)
+    del ignore_index  # every label outside 0..C-1 is ignored; kept for the evaluate-style signature
+    if prediction.shape != label.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} must have the same shape")
+    if label.dtype == torch.uint8:
+        # the common case, in one fused kernel: int16 pair indices (255 * C + C < 2**15) with uint8 labels promoted
+        index, bins = torch.add(prediction.to(torch.int16), label, alpha=num_classes), 256 * num_classes
+    else:  # signed or wide labels: fold everything outside 0..C-1 into the dropped row C
+        label = torch.where((label < 0) | (label >= num_classes), num_classes, label).to(torch.int32)
+        index, bins = torch.add(prediction.to(torch.int32), label, alpha=num_classes), (num_classes + 1) * num_classes
+    counts = torch.bincount(index.flatten(), minlength=bins)
+    return counts[: num_classes * num_classes].view(num_classes, num_classes).long()
 
 
-def metrics_from_confusion(matrix: torch.Tensor | np.ndarray, class_names=CITYSCAPES_CLASSES) -> dict:
-    """mIoU (nan-mean over classes present in label or prediction), per-class IoU/accuracy, overall accuracy."""
+class StreamingConfusion:
+    """A confusion matrix accumulated batch by batch where the predictions live; memory O(classes^2).
+
+    `update` per batch, `reduce` once across processes (a sum), `compute` for the metrics.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu"):
+        self.num_classes = num_classes
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+
+    def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
+        """Add one batch: `prediction` and `label` integer maps of the same shape (labels outside 0..C-1 ignored)."""
+        prediction = prediction.to(torch.int16)  # classes < 2**15; the cast also halves the traffic of the range check
+        if prediction.numel():
+            low, high = torch.aminmax(prediction)
+            if int(low) < 0 or int(high) >= self.num_classes:
+                raise ValueError(f"predictions must be class indices in 0..{self.num_classes - 1}, got {int(low)}..{int(high)}")
+        self.matrix += confusion_matrix(prediction, label.to(prediction.device), self.num_classes)
+
+    def reduce(self) -> StreamingConfusion:
+        """Sum the matrices of all processes (torch.distributed, when initialised); every process gets the total."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(self.matrix, op=torch.distributed.ReduceOp.SUM)
+        return self
+
+    def compute(self, class_names=CITYSCAPES_CLASSES, class_subsets: dict[str, tuple[int, ...]] | None = None) -> dict:
+        return metrics_from_confusion(self.matrix, class_names, class_subsets)
+
+
+def metrics_from_confusion(
+    matrix: torch.Tensor | np.ndarray, class_names=CITYSCAPES_CLASSES, class_subsets: dict[str, tuple[int, ...]] | None = None
+) -> dict:
+    """Metrics of a `(C, C)` confusion matrix (rows = label), as mmseg and `evaluate`'s mean_iou define them.
+
+    mIoU is the nan-mean of per-class IoU over the classes present in label or prediction (absent classes
+    have no union and are skipped); `class_subsets` adds e.g. `{"mIoU16": (...), "mIoU13": (...)}` the same way.
+    """
     matrix = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.float64)
     intersection = np.diag(matrix)
     label_count = matrix.sum(axis=1)
@@ -36,13 +85,27 @@ def metrics_from_confusion(matrix: torch.Tensor | np.ndarray, class_names=CITYSC
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, intersection / union, np.nan)
         accuracy = np.where(label_count > 0, intersection / label_count, np.nan)
+
+    def nan_mean(values: np.ndarray) -> float:
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
     total = matrix.sum()
-    return {
-        "mIoU": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+    metrics = {
+        "mIoU": nan_mean(iou),
+        "mean_accuracy": nan_mean(accuracy),
         "overall_accuracy": float(intersection.sum() / total) if total else float("nan"),
-        "per_class_iou": {name: float(v) for name, v in zip(class_names, iou)},
-        "per_class_accuracy": {name: float(v) for name, v in zip(class_names, accuracy)},
     }
+    for name, classes in (class_subsets or {}).items():
+        metrics[name] = nan_mean(iou[list(classes)])
+    metrics["per_class_iou"] = {name: float(v) for name, v in zip(class_names, iou)}
+    metrics["per_class_accuracy"] = {name: float(v) for name, v in zip(class_names, accuracy)}
+    return metrics
+
+
+# `evaluate.load(METRIC_PATH)`: the same metric as an `evaluate` module (numpy only), loadable offline.
+METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "streaming_miou")
+
+SYNTHIA_SUBSETS = {"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES}
 
 
 @torch.no_grad()
@@ -57,3 +120,104 @@ def predict_whole(model, images: torch.Tensor, label_size: tuple[int, int], inpu
     logits = model(pixel_values=images).logits
     logits = F.interpolate(logits.float(), size=label_size, mode="bilinear", align_corners=False)
     return logits.argmax(dim=1)
+
+
+def _sliding_windows(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets of windows covering `0..size` (mmseg's slide_inference grid; the last window is flush with the end)."""
+    count = max(size - window + stride - 1, 0) // stride + 1
+    return sorted({max(min(i * stride, size - window), 0) for i in range(count)})
+
+
+@torch.no_grad()
+def predict_slide(
+    model,
+    images: torch.Tensor,
+    label_size: tuple[int, int],
+    window: tuple[int, int],
+    stride: tuple[int, int],
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Sliding-window inference: windows of `window` (h, w) every `stride`, run `batch_size` at a time.
+
+    Each window's logits are upsampled to the window, overlapping windows are averaged, and the full-image
+    logits are upsampled to `label_size` (as mmseg's `slide` mode, after resizing the input to `input_size`).
+
+    Args:
+        images: `(B, 3, H, W)` normalised inputs.
+
+    Returns:
+        `(B, H_label, W_label)` long class map.
+    """
+    if input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
+        images = F.interpolate(images, size=input_size, mode="bilinear", align_corners=False)
+    batch, _, height, width = images.shape
+    crops = [(y, x) for y in _sliding_windows(height, window[0], stride[0]) for x in _sliding_windows(width, window[1], stride[1])]
+    logits_sum = counts = None
+    for start in range(0, len(crops), batch_size):
+        chunk = crops[start : start + batch_size]
+        tiles = torch.cat([images[:, :, y : y + window[0], x : x + window[1]] for y, x in chunk])
+        tile_h, tile_w = tiles.shape[-2:]
+        logits = model(pixel_values=tiles).logits.float()
+        logits = F.interpolate(logits, size=(tile_h, tile_w), mode="bilinear", align_corners=False)
+        if logits_sum is None:
+            logits_sum = logits.new_zeros(batch, logits.shape[1], height, width)
+            counts = logits.new_zeros(1, 1, height, width)
+        for number, (y, x) in enumerate(chunk):
+            logits_sum[:, :, y : y + tile_h, x : x + tile_w] += logits[number * batch : (number + 1) * batch]
+            counts[:, :, y : y + tile_h, x : x + tile_w] += 1
+    logits = logits_sum / counts
+    if tuple(label_size) != (height, width):
+        logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
+    return logits.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate_networks(
+    networks: dict[str, torch.nn.Module],
+    dataset,
+    device: torch.device,
+    input_size: tuple[int, int] | None = None,
+    mode: str = "whole",
+    window: tuple[int, int] = (512, 512),
+    stride: tuple[int, int] = (341, 341),
+    autocast_dtype: torch.dtype | None = None,
+    process_index: int = 0,
+    world_size: int = 1,
+    image_mean=IMAGENET_MEAN,
+    image_std=IMAGENET_STD,
+    progress: bool = False,
+) -> dict[str, StreamingConfusion]:
+    """Score several networks on a labelled dataset in one pass over the images; returns reduced confusion matrices.
+
+    Each process takes a disjoint stride of the images (no padding duplicates, so the reduced sum is exact);
+    nothing but the `(C, C)` matrices outlives an image.
+
+    Args:
+        dataset: rows with `image` (PIL) and `label` (PIL, trainIds).
+        input_size: `(H, W)` the image is resized to before inference; None keeps the native size.
+        mode: `whole` (DAFormer's protocol) or `slide` (`window`, `stride`).
+    """
+    from tqdm.auto import tqdm
+
+    if mode not in ("whole", "slide"):
+        raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    matrices = {name: StreamingConfusion(NUM_CLASSES, device) for name in networks}
+    mean = torch.tensor(image_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(image_std, device=device).view(1, 3, 1, 1)
+    indices = range(process_index, len(dataset), world_size)
+    for index in tqdm(indices, desc="evaluating", unit="img", disable=not progress):
+        row = dataset[index]
+        label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
+        image = torch.from_numpy(to_rgb_array(row["image"]).copy()).to(device)
+        image = (image.permute(2, 0, 1).unsqueeze(0).float() / 255 - mean) / std
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            for name, network in networks.items():
+                if mode == "whole":
+                    prediction = predict_whole(network, image, tuple(label.shape), input_size)[0]
+                else:
+                    prediction = predict_slide(network, image, tuple(label.shape), window, stride, input_size)[0]
+                matrices[name].update(prediction, label)
+    for matrix in matrices.values():
+        matrix.reduce()
+    return matrices

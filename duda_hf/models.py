@@ -70,7 +70,9 @@ def _hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
-def _from_pretrained(name_or_path: str, **kwargs) -> SegformerForSemanticSegmentation:
+def _from_pretrained(
+    name_or_path: str, hint: str = "pass --init random to train from scratch", **kwargs
+) -> SegformerForSemanticSegmentation:
     """`from_pretrained` that uses the cache first and fails within seconds, with a way forward, when offline."""
     kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
     if Path(name_or_path).is_dir():
@@ -82,8 +84,8 @@ def _from_pretrained(name_or_path: str, **kwargs) -> SegformerForSemanticSegment
     if not _hub_reachable():
         raise ModelUnavailableError(
             f"Cannot load '{name_or_path}': it is not a local folder, not in the Hugging Face cache, and the Hub is "
-            "unreachable (offline or HF_HUB_OFFLINE=1). Either pass --init random to train from scratch, or download "
-            f"the weights where there is network (`hf download {name_or_path} --local-dir DIR`) and pass the folder instead."
+            f"unreachable (offline or HF_HUB_OFFLINE=1). Either {hint}, or download the weights where there is network "
+            f"(`hf download {name_or_path} --local-dir DIR`) and pass that folder."
         )
     try:
         return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)

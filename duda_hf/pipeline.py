@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, DudaConfig, ModelArguments
 from .data.domains import load_domain
+from .evaluation import SYNTHIA_SUBSETS
 from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
 from .models import build_duda_model, export_segformer
@@ -101,7 +102,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         config.method, model_args.student, model_args.aux_student, model_args.init, config.extra_teachers, config.fd_lambda,
         config.teacher_train_mode,
     )  # fmt: skip
-    return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None)
+    # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (LABELS.md section 3)
+    subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None
+    return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None, eval_class_subsets=subsets)
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
@@ -126,6 +129,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     }
     if trainer.is_world_process_zero():
         width_height = data_args.eval_resize or trainer.eval_dataset[0]["image"].size
-        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size=(width_height[1], width_height[0]))
+        eval_size = (width_height[1], width_height[0])
+        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size=eval_size)
+        if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
+            export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
         (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -15,8 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from .config import DudaConfig
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
-from .data.pairing import to_label_array, to_rgb_array
-from .evaluation import confusion_matrix, metrics_from_confusion, predict_whole
+from .evaluation import evaluate_networks
 from .losses import (
     class_iou_counts,
     distillation_weight,
@@ -30,7 +29,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
-from .models import DudaModel, normalize_images
+from .models import DudaModel
 
 STAGING_DIR = ".partial-checkpoints"
 
@@ -95,14 +94,19 @@ class DudaTrainer(Trainer):
         train_dataset: `DudaTrainDataset` (paired source/target samples).
         eval_dataset: labelled target `datasets.Dataset` (`image`, `label`), scored by streaming mIoU.
         eval_resize: `(W, H)` input size for evaluation; logits are upsampled to label size.
+        eval_class_subsets: extra class-subset means, e.g. `evaluation.SYNTHIA_SUBSETS` (mIoU16, mIoU13).
     """
 
-    def __init__(self, model: DudaModel, args: DudaConfig, train_dataset=None, eval_dataset=None, eval_resize=None, callbacks=None, **kwargs):
+    def __init__(
+        self, model: DudaModel, args: DudaConfig, train_dataset=None, eval_dataset=None, eval_resize=None, callbacks=None,
+        eval_class_subsets: dict | None = None, **kwargs,
+    ):  # fmt: skip
         callbacks = [EmaTeacherCallback(), *(callbacks or [])]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
         self.eval_resize = tuple(eval_resize) if eval_resize else None
+        self.eval_class_subsets = eval_class_subsets
         self.debug_tensors = None
         self.last_eval_results: dict | None = None
         self.last_eval_step = -1
@@ -346,29 +350,20 @@ class DudaTrainer(Trainer):
         networks = {"student": duda.student}
         if duda.teacher is not None:
             networks["teacher"] = duda.teacher
-        device = self.args.device
-        matrices = {name: torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long, device=device) for name in networks}
         was_training = duda.training
         duda.eval()
-        use_autocast = device.type == "cuda" and (self.args.bf16 or self.args.fp16)
-        dtype = torch.bfloat16 if self.args.bf16 else torch.float16
-        # Each process scores a disjoint stride of the images; no padding duplicates, so the sum is exact.
-        for index in range(self.args.process_index, len(dataset), self.args.world_size):
-            row = dataset[index]
-            label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
-            image = torch.from_numpy(to_rgb_array(row["image"], self.eval_resize).copy()).to(device)
-            image = normalize_images(image.permute(2, 0, 1).unsqueeze(0).float() / 255)
-            with torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
-                for name, network in networks.items():
-                    prediction = predict_whole(network, image, tuple(label.shape))[0]
-                    matrices[name] += confusion_matrix(prediction, label)
+        use_autocast = self.args.device.type == "cuda" and (self.args.bf16 or self.args.fp16)
+        matrices = evaluate_networks(
+            networks, dataset, self.args.device,
+            input_size=tuple(reversed(self.eval_resize)) if self.eval_resize else None,
+            autocast_dtype=(torch.bfloat16 if self.args.bf16 else torch.float16) if use_autocast else None,
+            process_index=self.args.process_index, world_size=self.args.world_size,
+        )  # fmt: skip
         duda.train(was_training)
         results = {}
         metrics = {}
         for name, matrix in matrices.items():
-            if self.args.world_size > 1:
-                matrix = self.accelerator.reduce(matrix, reduction="sum")
-            results[name] = metrics_from_confusion(matrix)
+            results[name] = matrix.compute(class_subsets=self.eval_class_subsets)
             results[name]["num_images"] = len(dataset)
             metrics[f"{metric_key_prefix}_{name}_mIoU"] = round(100 * results[name]["mIoU"], 2)
         self.last_eval_results = results

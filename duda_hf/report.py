@@ -1,0 +1,96 @@
+"""Evaluation reports people read: a Markdown per-class table and PNG plots (per-class IoU bars, confusion heatmap)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+
+def _percent(value: float) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def markdown_report(results: dict[str, dict], title: str, details: dict[str, str] | None = None) -> str:
+    """A per-class IoU / accuracy table for one model, or side by side (with the difference) for two.
+
+    Args:
+        results: model name -> metrics (`metrics_from_confusion` output); one or two entries.
+        details: extra lines shown above the table (dataset, mode, image count, seconds).
+    """
+    names = list(results)
+    lines = [f"# {title}", ""]
+    for key, value in (details or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    lines.append("")
+    summary_keys = [k for k in ("mIoU", "mIoU16", "mIoU13", "mean_accuracy", "overall_accuracy") if k in results[names[0]]]
+    header = "| | " + " | ".join(names) + (f" | {names[1]} − {names[0]} |" if len(names) == 2 else " |")
+    lines += [header, "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
+    for key in summary_keys:
+        values = [results[n][key] for n in names]
+        row = f"| **{key}** | " + " | ".join(f"**{_percent(v)}**" for v in values)
+        lines.append(row + (f" | {100 * (values[1] - values[0]):+.2f} |" if len(names) == 2 else " |"))
+    lines += ["", "Per class (IoU %, accuracy % in brackets):", "", header.replace("| |", "| class |", 1)]
+    lines.append("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
+    for cls in results[names[0]]["per_class_iou"]:
+        ious = [results[n]["per_class_iou"][cls] for n in names]
+        accs = [results[n]["per_class_accuracy"][cls] for n in names]
+        row = f"| {cls} | " + " | ".join(f"{_percent(i)} ({_percent(a)})" for i, a in zip(ious, accs))
+        if len(names) == 2:
+            delta = "—" if any(math.isnan(v) for v in ious) else f"{100 * (ious[1] - ious[0]):+.2f}"
+            row += f" | {delta}"
+        lines.append(row + " |")
+    lines += ["", "mIoU is the mean over classes present in the labels or the predictions (— = absent from both)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_per_class_iou(results: dict[str, dict], path: str | Path, title: str) -> None:
+    """Horizontal bars of per-class IoU (one colour per model when comparing; class colours otherwise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = list(next(iter(results.values()))["per_class_iou"])
+    figure, axis = plt.subplots(figsize=(8, 0.35 * len(classes) + 1.5))
+    height = 0.8 / len(results)
+    positions = np.arange(len(classes))
+    for number, (name, metrics) in enumerate(results.items()):
+        values = np.nan_to_num([100 * metrics["per_class_iou"][c] for c in classes])
+        colours = [np.asarray(CITYSCAPES_PALETTE[CITYSCAPES_CLASSES.index(c)]) / 255 for c in classes] if len(results) == 1 else None
+        axis.barh(positions + number * height, values, height, label=f"{name} (mIoU {100 * metrics['mIoU']:.1f})", color=colours)
+    axis.set_yticks(positions + height * (len(results) - 1) / 2, classes)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 100)
+    axis.set_xlabel("IoU (%)")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def plot_confusion(matrix: np.ndarray, path: str | Path, title: str, class_names=CITYSCAPES_CLASSES) -> None:
+    """Row-normalised confusion matrix heatmap (rows: label, columns: prediction), in percent of each label's pixels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.asarray(matrix, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = 100 * matrix / matrix.sum(axis=1, keepdims=True)
+    figure, axis = plt.subplots(figsize=(9, 8))
+    image = axis.imshow(np.nan_to_num(normalised), cmap="viridis", vmin=0, vmax=100)
+    axis.set_xticks(range(len(class_names)), class_names, rotation=90)
+    axis.set_yticks(range(len(class_names)), class_names)
+    axis.set_xlabel("prediction")
+    axis.set_ylabel("label")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="% of the label's pixels")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

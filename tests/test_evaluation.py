@@ -1,0 +1,214 @@
+"""Streaming metric (parity, reduction, evaluate module), whole/slide inference and the evaluation script's reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import evaluate
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from duda_hf.data.labels import SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
+from duda_hf.evaluation import (
+    METRIC_PATH,
+    StreamingConfusion,
+    _sliding_windows,
+    evaluate_networks,
+    metrics_from_confusion,
+    predict_slide,
+    predict_whole,
+)
+from duda_hf.models import build_segformer, export_segformer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def reference_metrics(predictions, labels, num_classes=19, ignore_index=255):
+    """Plain numpy, per class, by the definition: IoU = |pred=c & label=c| / |pred=c or label=c| over non-ignored pixels."""
+    iou, accuracy = [], []
+    correct = total = 0
+    for c in range(num_classes):
+        inter = union = label_area = 0
+        for prediction, label in zip(predictions, labels):
+            keep = (label != ignore_index) & (label >= 0) & (label < num_classes)
+            p, t = prediction[keep], label[keep]
+            inter += int(np.sum((p == c) & (t == c)))
+            union += int(np.sum((p == c) | (t == c)))
+            label_area += int(np.sum(t == c))
+        iou.append(inter / union if union else np.nan)
+        accuracy.append(inter / label_area if label_area else np.nan)
+    for prediction, label in zip(predictions, labels):
+        keep = (label != ignore_index) & (label >= 0) & (label < num_classes)
+        correct += int(np.sum(prediction[keep] == label[keep]))
+        total += int(keep.sum())
+    return np.array(iou), np.array(accuracy), correct / total
+
+
+def random_maps(seed, count=4, shape=(37, 53)):
+    rng = np.random.default_rng(seed)
+    predictions = [rng.integers(0, 19, shape) for _ in range(count)]
+    labels = [rng.integers(0, 19, shape).astype(np.uint8) for _ in range(count)]
+    for prediction, label in zip(predictions, labels):
+        label[rng.random(shape) < 0.2] = 255  # ignore pixels
+        label[label == 16] = 255  # a class absent from every label ...
+        prediction[prediction == 16] = 0  # ... and from every prediction: its IoU is nan and leaves the mean
+        label[label == 9] = 4  # terrain only ever predicted: IoU 0, counted
+    return predictions, labels
+
+
+def test_streaming_metric_equals_plain_numpy_definition():
+    predictions, labels = random_maps(0)
+    metric = StreamingConfusion()
+    for prediction, label in zip(predictions, labels):
+        metric.update(torch.from_numpy(prediction), torch.from_numpy(label))
+    result = metric.compute()
+    iou, accuracy, overall = reference_metrics(predictions, labels)
+    assert np.array_equal(np.array(list(result["per_class_iou"].values())), iou, equal_nan=True)
+    assert np.array_equal(np.array(list(result["per_class_accuracy"].values())), accuracy, equal_nan=True)
+    assert np.isnan(iou[16]) and iou[9] == 0.0
+    assert result["mIoU"] == pytest.approx(np.nanmean(iou), abs=1e-15)
+    assert result["overall_accuracy"] == pytest.approx(overall, abs=1e-15)
+
+
+def test_wide_and_signed_labels_ignore_everything_outside_the_classes():
+    prediction = torch.tensor([[0, 1, 2, 3]])
+    label = torch.tensor([[0, -1, 19, 3]])  # int64 with -1 and 19: both ignored
+    metric = StreamingConfusion(num_classes=4)
+    metric.update(prediction, label)
+    assert metric.matrix.tolist() == [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]
+    with pytest.raises(ValueError, match=r"class indices in 0..3, got 7..7"):
+        metric.update(torch.tensor([[7]]), torch.tensor([[0]]))
+
+
+def test_class_subsets_exact():
+    matrix = np.diag(np.arange(1, 20)).astype(float)
+    matrix[0, 1] = 1  # road: IoU 1/2; sidewalk: IoU 2/3
+    result = metrics_from_confusion(matrix, class_subsets={"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES})
+    assert result["mIoU"] == pytest.approx((0.5 + 2 / 3 + 17) / 19)
+    assert result["mIoU16"] == pytest.approx((0.5 + 2 / 3 + 14) / 16)
+    assert result["mIoU13"] == pytest.approx((0.5 + 2 / 3 + 11) / 13)
+    assert len(SYNTHIA_16_CLASSES) == 16 and len(SYNTHIA_13_CLASSES) == 13 and 9 not in SYNTHIA_16_CLASSES
+
+
+def test_evaluate_module_loads_offline_and_matches(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    predictions, labels = random_maps(1)
+    module = evaluate.load(METRIC_PATH)
+    module.add_batch(predictions=predictions[:2], references=labels[:2])
+    for prediction, label in zip(predictions[2:], labels[2:]):
+        module.add(prediction=prediction, reference=label)
+    result = module.compute()
+    iou, accuracy, overall = reference_metrics(predictions, labels)
+    assert np.array_equal(result["per_category_iou"], iou, equal_nan=True)
+    assert np.array_equal(result["per_category_accuracy"], accuracy, equal_nan=True)
+    assert result["mean_iou"] == pytest.approx(np.nanmean(iou), abs=1e-15)
+    assert result["overall_accuracy"] == pytest.approx(overall, abs=1e-15)
+    # compute() starts afresh; predictions can also be passed straight to compute
+    again = module.compute(predictions=predictions, references=labels)
+    assert again["mean_iou"] == result["mean_iou"]
+
+
+def _reduce_worker(rank, world_size, port, predictions, labels, out):
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    metric = StreamingConfusion()
+    for index in range(rank, len(labels), world_size):
+        metric.update(torch.from_numpy(predictions[index]), torch.from_numpy(labels[index]))
+    metric.reduce()
+    torch.save(metric.matrix, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_reduction_equals_one_process(tmp_path):
+    import socket
+
+    predictions, labels = random_maps(2, count=5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torch.multiprocessing.spawn(_reduce_worker, args=(2, port, predictions, labels, str(tmp_path)), nprocs=2)
+    single = StreamingConfusion()
+    for prediction, label in zip(predictions, labels):
+        single.update(torch.from_numpy(prediction), torch.from_numpy(label))
+    for rank in range(2):
+        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), single.matrix)
+
+
+def test_sliding_window_grid():
+    assert _sliding_windows(10, 4, 3) == [0, 3, 6]
+    assert _sliding_windows(1024, 512, 341) == [0, 341, 512]
+    assert _sliding_windows(300, 512, 341) == [0]
+
+
+def test_slide_equals_whole_when_one_window_covers_the_image():
+    torch.manual_seed(0)
+    model = build_segformer("tiny", "random").eval()
+    images = torch.randn(2, 3, 48, 80)
+    whole = predict_whole(model, images, (48, 80))
+    slide = predict_slide(model, images, (48, 80), window=(64, 96), stride=(32, 32))
+    assert torch.equal(whole, slide)
+    overlapping = predict_slide(model, images, (96, 160), window=(32, 32), stride=(24, 24), batch_size=3)
+    assert overlapping.shape == (2, 96, 160)
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    torch.manual_seed(0)
+    for name in ("student", "teacher"):
+        export_segformer(build_segformer("tiny" if name == "student" else "tiny-wide", "random"), root / name, eval_size=(32, 64))
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "label": []}
+    for _ in range(5):
+        rows["image"].append(Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)))
+        rows["label"].append(Image.fromarray(rng.choice(np.r_[0:19, 255], (48, 96)).astype(np.uint8)))
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column("label", datasets.Image()).save_to_disk(str(root / "data"))
+    return root
+
+
+def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
+    root = eval_setup
+    out = root / "report"
+    argv = ["--model", root / "student", "--compare", root / "teacher", "--dataset", root / "data", "--output_dir", out, "--synthia_subsets"]
+    done = subprocess.run([sys.executable, "scripts/evaluate_duda.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["num_images"] == 5 and results["eval_size"] == [64, 32]
+    # the same numbers, computed in this process with the models loaded by plain transformers
+    from transformers import SegformerForSemanticSegmentation
+
+    from duda_hf.data.domains import load_domain
+
+    networks = {n: SegformerForSemanticSegmentation.from_pretrained(root / n).eval() for n in ("student", "teacher")}
+    matrices = evaluate_networks(networks, load_domain(str(root / "data")), torch.device("cpu"), input_size=(32, 64))
+    report = (out / "report.md").read_text()
+    for name in ("student", "teacher"):
+        expected = matrices[name].compute()
+        assert results["models"][name]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
+        assert results["models"][name]["confusion_matrix"] == matrices[name].matrix.tolist()
+        assert "mIoU16" in results["models"][name] and "mIoU13" in results["models"][name]
+        assert f"**{100 * expected['mIoU']:.2f}**" in report
+    assert "| class | student | teacher | teacher − student |" in report
+    assert f"| road | {100 * results['models']['student']['per_class_iou']['road']:.2f}" in report
+    for png in ("per_class_iou.png", "confusion_matrix.png", "confusion_matrix_compare.png"):
+        with Image.open(out / png) as image:
+            assert image.format == "PNG" and image.size[0] > 300
+
+
+def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
+    root = eval_setup
+    base = [sys.executable, "scripts/evaluate_duda.py", "--dataset", str(root / "data")]
+    done = subprocess.run(base + ["--model", str(root / "student"), "--mode", "slide", "--window", "32", "32", "--stride", "16", "16",
+                                  "--native_size", "--output_dir", str(tmp_path / "slide")], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "slide/eval_results.json").read_text())["mode"] == "slide"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(base + ["--model", "org/not-downloaded"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "Cannot load 'org/not-downloaded'" in done.stderr and "local folder" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(base[:2] + ["--dataset", str(tmp_path / "missing"), "--model", str(root / "student")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "does not exist" in done.stderr
