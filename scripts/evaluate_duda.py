@@ -54,7 +54,10 @@ def parse(argv):
 
 def load_model(name_or_path: str):
     """The SegFormer and its (W, H) evaluation size and normalisation from its image processor, if it has one."""
-    from transformers import SegformerImageProcessor
+    try:  # the PIL processor: the default one wants torchvision, which this project does not use
+        from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+    except ImportError:
+        from transformers import SegformerImageProcessor
 
     from duda_hf.models import _from_pretrained
 
