@@ -17,6 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import DataArguments, DudaConfig, ModelArguments
 from .data.domains import load_domain
 from .evaluation import SYNTHIA_SUBSETS
+from .hub import build_model_card, push_folder, recipe_summary
 from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
 from .models import build_duda_model, export_segformer
@@ -126,6 +127,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         "target_eval_dataset": data_args.target_eval_dataset,
         **trainer.last_eval_results,
         "seconds": round(time.monotonic() - started, 1),
+        "recipe": recipe_summary(model_args, data_args, config),
     }
     if trainer.is_world_process_zero():
         width_height = data_args.eval_resize or trainer.eval_dataset[0]["image"].size
@@ -134,4 +136,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
             export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
         (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
+        repo_id = config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
+        card = build_model_card(results, repo_id, eval_size=tuple(width_height))
+        card.save(Path(config.output_dir) / "student" / "README.md")
+        if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
+            push_folder(Path(config.output_dir) / "student", repo_id, private=bool(config.hub_private_repo),
+                        commit_message=f"DUDA student after {trainer.state.global_step} steps", token=config.hub_token)  # fmt: skip
     return results

@@ -1,0 +1,153 @@
+"""The Hub: model cards from evaluation results and the recipe, and pushing an exported model with clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "duda_student.md"
+DATASET_NAMES = {"gta5": "GTA5", "synthia": "SYNTHIA", "cityscapes": "Cityscapes", "acdc": "ACDC", "darkzurich": "Dark Zurich"}
+# What the card's recipe table shows, in this order (keys of `recipe_summary`).
+RECIPE_KEYS = (
+    "method", "student", "aux_student", "init", "source_dataset", "target_dataset", "max_steps", "batch_size", "crop_size",
+    "learning_rate", "ema_alpha", "pseudo_label_threshold", "preadapt_steps", "distill_ramp_steps", "kd_temperature",
+    "inconsistency_beta", "class_mix", "rare_class_sampling", "extra_teachers", "teacher_weights", "seed",
+)  # fmt: skip
+
+
+class HubError(RuntimeError):
+    """A push that could not happen, with the cause and what to do; local files are untouched."""
+
+
+def dataset_label(spec: str | None, format: str | None = None) -> str:
+    """Readable dataset name: the native format's name, or the folder / Hub id."""
+    if format:
+        return DATASET_NAMES.get(format, format)
+    return Path(spec).name if spec and os.path.isdir(spec) else (spec or "unknown")
+
+
+def recipe_summary(model_args, data_args, config) -> dict:
+    """The settings a model card reports, as plain JSON values (saved in eval_results.json under `recipe`)."""
+    return {
+        "method": config.method, "student": model_args.student, "aux_student": model_args.aux_student, "init": model_args.init,
+        "source_dataset": dataset_label(data_args.source_dataset, data_args.source_format),
+        "target_dataset": dataset_label(data_args.target_dataset, data_args.target_format),
+        "target_eval_dataset": dataset_label(data_args.target_eval_dataset, data_args.target_eval_format),
+        "max_steps": config.max_steps, "batch_size": f"{config.per_device_train_batch_size} source + "
+        f"{config.per_device_train_batch_size} target per device x {config.world_size} x {config.gradient_accumulation_steps} accumulation",
+        "crop_size": "x".join(map(str, data_args.crop_size)), "learning_rate": config.learning_rate, "ema_alpha": config.ema_alpha,
+        "pseudo_label_threshold": config.pseudo_label_threshold, "preadapt_steps": config.preadapt_steps_resolved,
+        "distill_ramp_steps": config.distill_ramp_steps_resolved, "kd_temperature": config.kd_temperature,
+        "inconsistency_beta": config.inconsistency_beta, "class_mix": config.class_mix, "rare_class_sampling": config.rare_class_sampling,
+        "extra_teachers": list(config.extra_teachers or []), "teacher_weights": list(config.teacher_weights or []), "seed": config.seed,
+    }  # fmt: skip
+
+
+def _percent(value) -> str:
+    return "—" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def build_model_card(results: dict, repo_id: str, license: str = "other", eval_size: tuple[int, int] | None = None) -> ModelCard:
+    """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
+
+    Args:
+        results: the run's eval_results.json: `student` (and `teacher`) metrics and `recipe`.
+        repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
+        eval_size: `(W, H)` the image processor resizes to.
+    """
+    recipe = results.get("recipe", {})
+    student_metrics = results["student"]
+    eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
+    extra = [k for k in ("mIoU16", "mIoU13") if k in student_metrics]
+    models = [("student (this model)", student_metrics)]
+    if results.get("teacher"):
+        models.append((f"teacher ({recipe.get('aux_student', 'auxiliary')}, EMA)", results["teacher"]))
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        license=license,
+        tags=["semantic-segmentation", "segformer", "domain-adaptation", "unsupervised-domain-adaptation", "distillation", "duda"],
+        datasets=[d for d in (recipe.get("source_dataset"), recipe.get("target_dataset")) if d],
+        base_model=f"nvidia/{recipe['student']}" if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b") else None,
+        metrics=["mean_iou"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=[
+            EvalResult(
+                task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=eval_dataset.lower().replace(" ", "_"),
+                dataset_name=eval_dataset, dataset_split="validation", metric_type="mean_iou", metric_name="mIoU",
+                metric_value=round(100 * student_metrics["mIoU"], 2),
+            )
+        ],
+    )  # fmt: skip
+    per_class_rows = [
+        {"name": cls, "cells": " | ".join(_percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
+    ]
+    eval_width, eval_height = eval_size or ("native", "native")
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        student=recipe.get("student", "student"),
+        aux_student=recipe.get("aux_student", "auxiliary student"),
+        source=recipe.get("source_dataset", "the source domain"),
+        target=recipe.get("target_dataset", "the target domain"),
+        eval_dataset=eval_dataset,
+        num_images=student_metrics.get("num_images", "?"),
+        eval_width=eval_width,
+        eval_height=eval_height,
+        extra_metrics=extra,
+        summary_rows=[{"name": n, "mIoU": _percent(m["mIoU"]), "extra": [_percent(m.get(k)) for k in extra]} for n, m in models],
+        per_class_header=" | ".join(n for n, _ in models),
+        per_class_rule="|".join("---" for _ in models),
+        per_class_rows=per_class_rows,
+        recipe=[(key, recipe[key]) for key in RECIPE_KEYS if key in recipe],
+    )
+
+
+def check_export(model_dir: str | os.PathLike) -> Path:
+    """The folder, if it is a safetensors SegFormer export; HubError otherwise."""
+    folder = Path(model_dir)
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"'{folder}' is not an exported model (missing {missing}); push the run's student/ folder")
+    pickles = sorted(p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+    if pickles:
+        raise HubError(f"'{folder}' holds pickle files {pickles}; only safetensors exports are pushed")
+    return folder
+
+
+def push_folder(model_dir: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token: str | None = None) -> str:  # fmt: skip
+    """Create the repo if needed and upload `model_dir` in one commit; returns the commit URL.
+
+    Raises:
+        HubError: offline, no token, refused by the server, or a folder that is not an export; names the cause.
+    """
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    folder = check_export(model_dir)
+    api = HfApi(token=token)
+    where = f"The local files in '{folder}' are unchanged."
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), revision=revision, repo_type="model",
+            commit_message=commit_message or f"Upload DUDA student from {folder.name}",
+        )  # fmt: skip
+    except OfflineModeIsEnabled as error:
+        raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it where there is network. {where}") from error
+    except LocalTokenNotFoundError as error:
+        raise HubError(f"cannot push to '{repo_id}': no Hugging Face token. Run `hf auth login` or set HF_TOKEN. {where}") from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        cause = {401: "the token is invalid or expired", 403: "the token may not write to this repo or organisation",
+                 404: "the repo or organisation does not exist"}.get(status, f"the server refused it ({status})")  # fmt: skip
+        raise HubError(f"cannot push to '{repo_id}': {cause}: {error}. {where}") from error
+    except OSError as error:  # connection errors (requests / httpx raise OSError subclasses)
+        raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
+    return str(getattr(info, "commit_url", info))

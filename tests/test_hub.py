@@ -1,0 +1,130 @@
+"""Export, model card and push (HfApi patched, no network) for a model trained by a tiny run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from .conftest import tiny_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_benchmark, tmp_path_factory):
+    output = tmp_path_factory.mktemp("hub") / "run"
+    done = subprocess.run(
+        [sys.executable, "scripts/train_duda.py", *tiny_argv(tiny_benchmark, output, "--hub_model_id", "org/duda-tiny-synthetic")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return output
+
+
+def test_export_has_no_pickles_and_card_validates_with_the_numbers(trained_run):
+    results = json.loads((trained_run / "eval_results.json").read_text())
+    for folder in ("student", "teacher"):
+        names = sorted(p.name for p in (trained_run / folder).iterdir())
+        assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+        assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(names)
+    card = ModelCard.load(trained_run / "student" / "README.md")
+    # ModelCard.validate() asks the Hub (network); locally, the metadata must parse back into EvalResults
+    parsed = card.data.eval_results
+    assert len(parsed) == 1 and parsed[0].metric_type == "mean_iou" and parsed[0].task_type == "image-segmentation"
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
+    index = data["model-index"][0]
+    assert index["name"] == "duda-tiny-synthetic"
+    metric = index["results"][0]["metrics"][0]
+    assert metric["type"] == "mean_iou" and metric["value"] == round(100 * results["student"]["mIoU"], 2)
+    text = card.text
+    assert 'pipeline("image-segmentation", model="org/duda-tiny-synthetic")' in text
+    road = results["student"]["per_class_iou"]["road"]
+    assert f"| road | {100 * road:.2f} | " in text  # student, then teacher
+    assert "| max_steps | 4 |" in text and "| method | duda |" in text and "arXiv 2504.09814" in text
+
+
+def test_pipeline_returns_cityscapes_named_masks(trained_run):
+    code = (
+        "import sys, numpy as np\n"
+        "from PIL import Image\n"
+        "from transformers import pipeline\n"
+        "segmenter = pipeline('image-segmentation', model=sys.argv[1])\n"
+        "out = segmenter(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 70, 3), dtype=np.uint8)))\n"
+        "assert 'duda_hf' not in sys.modules\n"
+        "print(sorted({o['label'] for o in out}), out[0]['mask'].size)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(trained_run / "student")], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+
+    labels = eval(done.stdout.splitlines()[-1].rsplit("]", 1)[0] + "]")
+    assert labels and set(labels) <= set(CITYSCAPES_CLASSES)
+    assert done.stdout.strip().endswith("(70, 40)")
+
+
+class RecordingApi:
+    """Stands in for huggingface_hub.HfApi: records the calls and the files of each upload."""
+
+    calls: list = []
+
+    def __init__(self, token=None):
+        self.token = token
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", repo_id, {**kwargs, "files": files}))
+
+        class Info:
+            commit_url = f"https://hub.example/{repo_id}/commit/abc"
+
+        return Info()
+
+
+def test_push_sends_exactly_the_export_with_the_commit(trained_run, monkeypatch):
+    import duda_hf.hub as hub
+
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import push_to_hub
+
+    code = push_to_hub.main(["--model_dir", str(trained_run / "student"), "--repo_id", "me/duda-b0", "--private",
+                             "--revision", "v1", "--commit_message", "first student"])  # fmt: skip
+    assert code == 0
+    kinds = [c[0] for c in RecordingApi.calls]
+    assert kinds == ["create_repo", "create_branch", "upload_folder"]
+    assert RecordingApi.calls[0][2]["private"] is True
+    upload = RecordingApi.calls[2][2]
+    assert upload["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert upload["commit_message"] == "first student" and upload["revision"] == "v1"
+    assert 'model="me/duda-b0"' in (trained_run / "student" / "README.md").read_text()
+
+
+def test_push_offline_fails_clearly_and_leaves_files(trained_run, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import importlib
+
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import push_to_hub
+
+    importlib.reload(push_to_hub)
+    before = {p.name: p.read_bytes() for p in (trained_run / "student").iterdir()}
+    assert push_to_hub.main(["--model_dir", str(trained_run / "student"), "--repo_id", "me/other-name"]) == 2
+    message = capsys.readouterr().err
+    assert "cannot push to 'me/other-name'" in message and "unchanged" in message
+    assert {p.name: p.read_bytes() for p in (trained_run / "student").iterdir()} == before
+    assert push_to_hub.main(["--model_dir", str(trained_run), "--repo_id", "me/x"]) == 2
+    assert "not an exported model" in capsys.readouterr().err
