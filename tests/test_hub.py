@@ -1,11 +1,14 @@
 """Export, model card and push (HfApi patched, no network) for a model trained by a tiny run."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 
 from .conftest import tiny_argv
@@ -128,3 +131,91 @@ def test_push_offline_fails_clearly_and_leaves_files(trained_run, monkeypatch, c
     assert {p.name: p.read_bytes() for p in (trained_run / "student").iterdir()} == before
     assert push_to_hub.main(["--model_dir", str(trained_run), "--repo_id", "me/x"]) == 2
     assert "not an exported model" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _olah_cli() -> str | None:
+    candidate = Path(os.environ.get("OLAH_CLI", ROOT / ".venv-olah" / "bin" / "olah-cli"))
+    return str(candidate) if candidate.is_file() else None
+
+
+@pytest.fixture
+def olah_mirror(trained_run, tmp_path):
+    """olah (a Hub mirror, its own venv, installed by .ci/run) serving the exported student as git repo org/duda-mitb0-gta2cs."""
+    cli = _olah_cli()
+    if cli is None:
+        if os.environ.get("DUDA_REQUIRE_SYSTEM_TESTS") == "1":
+            pytest.fail("olah is not installed in .venv-olah (or OLAH_CLI); .ci/run installs it")
+        pytest.skip("olah not installed: python3 -m venv .venv-olah && .venv-olah/bin/pip install olah")
+    repo = tmp_path / "mirrors" / "models" / "org" / "duda-mitb0-gta2cs"
+    shutil.copytree(trained_run / "student", repo)
+    git = ["git", "-c", "user.email=ci@duda-hf", "-c", "user.name=ci"]
+    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "DUDA student"]):
+        subprocess.run([*git, *command], cwd=repo, check=True)
+    port = _free_port()
+    config = tmp_path / "olah.toml"
+    config.write_text(
+        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "cache"}"\nmirrors-path = ["{tmp_path / "mirrors"}"]\n'
+        f'mirror-netloc = "127.0.0.1:{port}"\nmirror-lfs-netloc = "127.0.0.1:{port}"\nlog-path = "{tmp_path / "logs"}"\n\n'
+        "[accessibility]\noffline = true\n"
+    )
+    server = subprocess.Popen([cli, "-c", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            break
+        except urllib.error.HTTPError:  # any HTTP answer means the server is up
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail("olah did not start within 60 s")
+            time.sleep(0.5)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tmp_path):
+    code = (
+        "import sys, torch\n"
+        "from transformers import SegformerForSemanticSegmentation, pipeline\n"
+        "from PIL import Image\n"
+        "model = SegformerForSemanticSegmentation.from_pretrained('org/duda-mitb0-gta2cs')\n"
+        "torch.manual_seed(0)\n"
+        "torch.save(model.eval()(pixel_values=torch.randn(1, 3, 64, 128)).logits, sys.argv[1])\n"
+        # olah answers 401 (not the Hub's 404) for files a repo lacks, which pipeline() probes by repo id
+        # (processor_config.json); so the pipeline runs on the snapshot that came through the mirror.
+        "from huggingface_hub import snapshot_download\n"
+        "folder = snapshot_download('org/duda-mitb0-gta2cs')\n"
+        "out = pipeline('image-segmentation', model=folder)(Image.new('RGB', (96, 48), (120, 90, 60)))\n"
+        "print(sorted(o['label'] for o in out))\n"
+        "assert 'duda_hf' not in sys.modules\n"
+    )
+    env = {**os.environ, "HF_ENDPOINT": olah_mirror, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home")}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logits.pt")], env=env, cwd="/", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "hf_home").rglob("model.safetensors")), "the weights came through the mirror into the cache"
+    from transformers import SegformerForSemanticSegmentation
+
+    local = SegformerForSemanticSegmentation.from_pretrained(trained_run / "student").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = local(pixel_values=torch.randn(1, 3, 64, 128)).logits
+    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+
+    labels = eval(done.stdout.strip().splitlines()[-1])
+    assert labels and set(labels) <= set(CITYSCAPES_CLASSES)
