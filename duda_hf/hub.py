@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -119,26 +120,14 @@ def check_export(model_dir: str | os.PathLike) -> Path:
     return folder
 
 
-def push_folder(model_dir: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, token: str | None = None) -> str:  # fmt: skip
-    """Create the repo if needed and upload `model_dir` in one commit; returns the commit URL.
-
-    Raises:
-        HubError: offline, no token, refused by the server, or a folder that is not an export; names the cause.
-    """
+@contextlib.contextmanager
+def hub_errors(repo_id: str, local: str | os.PathLike):
+    """Turn huggingface_hub failures into a HubError naming the cause, the fix, and that `local` is untouched."""
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
-    folder = check_export(model_dir)
-    api = HfApi(token=token)
-    where = f"The local files in '{folder}' are unchanged."
+    where = f"The local files in '{local}' are unchanged."
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id, folder_path=str(folder), revision=revision, repo_type="model",
-            commit_message=commit_message or f"Upload DUDA student from {folder.name}",
-        )  # fmt: skip
+        yield
     except OfflineModeIsEnabled as error:
         raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it where there is network. {where}") from error
     except LocalTokenNotFoundError as error:
@@ -150,4 +139,36 @@ def push_folder(model_dir: str | os.PathLike, repo_id: str, private: bool = Fals
         raise HubError(f"cannot push to '{repo_id}': {cause}: {error}. {where}") from error
     except OSError as error:  # connection errors (requests / httpx raise OSError subclasses)
         raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
+
+
+def create_repo(repo_id: str, private: bool = False, revision: str | None = None, token: str | None = None, local: str = ".") -> str:
+    """Create the model repo (and branch) if missing; returns the repo id. HubError on failure."""
+    api = HfApi(token=token)
+    with hub_errors(repo_id, local):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return repo_id
+
+
+def upload_folder(folder: str | os.PathLike, repo_id: str, commit_message: str, path_in_repo: str | None = None,
+                  revision: str | None = None, token: str | None = None) -> str:  # fmt: skip
+    """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure."""
+    with hub_errors(repo_id, folder):
+        info = HfApi(token=token).upload_folder(
+            repo_id=repo_id, folder_path=str(folder), path_in_repo=path_in_repo, revision=revision, repo_type="model",
+            commit_message=commit_message,
+        )  # fmt: skip
     return str(getattr(info, "commit_url", info))
+
+
+def push_folder(model_dir: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token: str | None = None) -> str:  # fmt: skip
+    """Create the repo if needed and upload the export `model_dir` to its root in one commit; returns the commit URL.
+
+    Raises:
+        HubError: offline, no token, refused by the server, or a folder that is not an export; names the cause.
+    """
+    folder = check_export(model_dir)
+    create_repo(repo_id, private, revision, token, local=str(folder))
+    return upload_folder(folder, repo_id, commit_message or f"Upload DUDA student from {folder.name}", revision=revision, token=token)

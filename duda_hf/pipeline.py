@@ -17,7 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from .config import DataArguments, DudaConfig, ModelArguments
 from .data.domains import load_domain
 from .evaluation import SYNTHIA_SUBSETS
-from .hub import build_model_card, push_folder, recipe_summary
+from .hub import build_model_card, recipe_summary
 from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
 from .models import build_duda_model, export_segformer
@@ -136,10 +136,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
             export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
         (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
-        repo_id = config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
+        repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(results, repo_id, eval_size=tuple(width_height))
         card.save(Path(config.output_dir) / "student" / "README.md")
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
-            push_folder(Path(config.output_dir) / "student", repo_id, private=bool(config.hub_private_repo),
-                        commit_message=f"DUDA student after {trainer.state.global_step} steps", token=config.hub_token)  # fmt: skip
+            trainer.push_to_hub(commit_message=f"DUDA student after {trainer.state.global_step} steps")
     return results

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
@@ -16,6 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from .config import DudaConfig
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
 from .evaluation import evaluate_networks
+from .hub import HubError, check_export, create_repo, upload_folder
 from .losses import (
     class_iou_counts,
     distillation_weight,
@@ -343,6 +345,47 @@ class DudaTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
+    # ---- the Hub: the repo root holds the deployable student (plain SegFormer); checkpoints live in subfolders ----
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
+        if not self.is_world_process_zero():
+            return
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        token = token if token is not None else self.args.hub_token
+        private = bool(private if private is not None else self.args.hub_private_repo)
+        self.hub_model_id = create_repo(repo_id, private, self.args.hub_revision, token, local=self.args.output_dir)
+        self.push_in_progress = None
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Push a checkpoint to `last-checkpoint/` (hub_strategy checkpoint) or `checkpoint-N/` (all_checkpoints).
+
+        Unlike `Trainer`, never to the repo root: the root keeps the student that `from_pretrained(repo_id)` loads,
+        not the training container of every network. `every_save` pushes to `last-checkpoint/` too.
+        """
+        if not self.is_world_process_zero() or self.args.hub_strategy == "end":
+            return
+        path_in_repo = Path(checkpoint_folder).name if self.args.hub_strategy == "all_checkpoints" else "last-checkpoint"
+        upload_folder(
+            checkpoint_folder, self.hub_model_id, f"Training in progress, step {self.state.global_step}, checkpoint",
+            path_in_repo=path_in_repo, revision=self.args.hub_revision, token=self.args.hub_token,
+        )  # fmt: skip
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, private: bool | None = None, **kwargs) -> str | None:  # fmt: skip
+        """Push `output_dir/student/` (the exported student with its model card) to the repo root."""
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        if not self.is_world_process_zero():
+            return None
+        student = Path(self.args.output_dir) / "student"
+        if not (student / "model.safetensors").exists():
+            raise HubError(f"no exported student in '{student}'; run_training exports it (or call export_segformer) before pushing")
+        return upload_folder(
+            check_export(student), self.hub_model_id, commit_message or "End of training",
+            revision=revision or self.args.hub_revision, token=token if token is not None else self.args.hub_token,
+        )  # fmt: skip
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Target-validation mIoU of the student and (if any) the teacher; logs `eval_student_mIoU`, `eval_teacher_mIoU`."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset

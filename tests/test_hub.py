@@ -219,3 +219,32 @@ def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tm
 
     labels = eval(done.stdout.strip().splitlines()[-1])
     assert labels and set(labels) <= set(CITYSCAPES_CLASSES)
+
+
+def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_the_root(tiny_benchmark, tmp_path, monkeypatch):
+    import duda_hf.hub as hub
+    from duda_hf.pipeline import parse_args, run_training
+
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-live",
+                     "--hub_strategy", "checkpoint", "--save_strategy", "steps", "--save_steps", "2")  # fmt: skip
+    run_training(*parse_args(argv))
+    uploads = [c[2] for c in RecordingApi.calls if c[0] == "upload_folder"]
+    assert RecordingApi.calls[0][:2] == ("create_repo", "me/duda-live")
+    assert [u["path_in_repo"] for u in uploads] == ["last-checkpoint", "last-checkpoint", None]
+    assert "model.safetensors" in uploads[0]["files"] and "trainer_state.json" in uploads[0]["files"]
+    assert uploads[-1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert uploads[-1]["commit_message"] == "DUDA student after 4 steps"
+    assert 'model="me/duda-live"' in (tmp_path / "run/student/README.md").read_text()
+
+
+def test_trainer_push_offline_stops_before_training(tiny_benchmark, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from duda_hf.hub import HubError
+    from duda_hf.pipeline import build_trainer, parse_args
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="cannot push to 'me/duda-offline': offline mode is on"):
+        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-offline")))

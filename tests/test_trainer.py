@@ -136,7 +136,7 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["method"] == "duda" and results["student"]["num_images"] == 6
     assert len(results["student"]["per_class_iou"]) == 19 and 0 <= results["teacher"]["mIoU"] <= 1
-    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert list(tmp_path.rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["step_2.png", "step_4.png"]
     # The student loads with plain transformers, in a process that never imports duda_hf.

@@ -1,0 +1,418 @@
+"""The Gradio Space (spaces/duda-demo): the /segment endpoint through gradio_client, every bad input, a real browser."""
+
+import ast
+import importlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from duda_hf.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "spaces" / "duda-demo"
+REQUIRED = os.environ.get("DUDA_REQUIRE_SYSTEM_TESTS") == "1"  # CI: a missing browser or package fails, never skips
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+
+
+def _require(module: str, why: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        if REQUIRED:
+            pytest.fail(f"{module} is needed ({why}) and DUDA_REQUIRE_SYSTEM_TESTS=1: {err}", pytrace=False)
+        pytest.skip(f"{module} not installed ({why}): pip install -e '.[dev]'", allow_module_level=True)
+
+
+gr = _require("gradio", "the Space")
+gradio_client = _require("gradio_client", "calling the Space's endpoint")
+
+
+def load_space():
+    """app.py imported from its path (the Space is not a package); registered so dataclasses resolve it."""
+    if "duda_space_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("duda_space_app", SPACE / "app.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["duda_space_app"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["duda_space_app"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Running:
+    """A launched Space and a gradio_client connected to it."""
+
+    def __init__(self, demo):
+        self.demo = demo
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=_free_port(), quiet=True)
+        self.url = demo.local_url
+        self.client = gradio_client.Client(self.url, verbose=False)
+
+    def segment(self, path, opacity=0.6):
+        upload = gradio_client.handle_file(str(path)) if path is not None else None
+        return self.client.predict(upload, opacity, api_name="/segment")
+
+    def close(self):
+        self.demo.close()
+
+
+def _export(folder: Path, name: str, eval_size: tuple[int, int]) -> Path:
+    from duda_hf.models import build_segformer, export_segformer
+
+    if not (folder / "model.safetensors").is_file():
+        export_segformer(build_segformer(name, "random"), folder, eval_size=eval_size)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("space") / "tiny", "tiny", (64, 128))
+
+
+@pytest.fixture(scope="module")
+def app():
+    return load_space()
+
+
+@pytest.fixture(scope="module")
+def space(app, tiny_model):
+    running = Running(app.build_demo(model=str(tiny_model)))
+    yield running
+    running.close()
+
+
+def _size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
+
+
+def _check_overlay(result, size: tuple[int, int]) -> list[str]:
+    """Assert the overlay, masks and shares agree with each other and with `size` (W, H); returns the class names."""
+    overlay, _teacher, shares, timing = result
+    assert _size(overlay["image"]) == size
+    names = [a["label"] for a in overlay["annotations"]]
+    assert names and set(names) <= set(CITYSCAPES_CLASSES)
+    colours = dict(zip(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE))
+    for annotation in overlay["annotations"]:
+        with Image.open(annotation["image"]) as mask:
+            assert mask.size == size and mask.mode == "P"
+            assert tuple(mask.getpalette()[3:6]) == colours[annotation["label"]]  # index 1 = the class colour
+    share_names = [c["label"] for c in shares["confidences"]]
+    assert sorted(share_names) == sorted(names)
+    assert sum(c["confidence"] for c in shares["confidences"]) == pytest.approx(1.0, abs=1e-4)
+    assert re.search(r"Inference time:\*\* \d+\.\d\d s", timing)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Space files
+
+
+def test_space_files_declare_a_gradio_space_that_needs_no_duda_hf():
+    text = (SPACE / "README.md").read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    assert header["sdk"] == "gradio" and header["app_file"] == "app.py"
+    assert str(header["sdk_version"]).split(".")[0] == gr.__version__.split(".")[0] == "6"
+    assert "org/duda-mitb0-gta2cs" in header["models"]
+    assert {"title", "emoji", "colorFrom", "colorTo", "license", "short_description"} <= set(header)
+    requirements = (SPACE / "requirements.txt").read_text().lower()
+    for package in ("gradio", "transformers", "torch", "pillow", "numpy"):
+        assert package in requirements
+    assert "duda" not in requirements
+    imported = {
+        alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+        for node in ast.walk(ast.parse((SPACE / "app.py").read_text()))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert "duda_hf" not in imported
+    assert imported - {"__future__"} <= {"gradio", "numpy", "torch", "PIL", "transformers", "json", "os", "time", "traceback", "dataclasses", "pathlib"}
+
+
+def test_examples_are_small_generated_street_images(app):
+    examples = sorted(SPACE.glob("examples/*"))
+    assert 2 <= len(examples) <= 3
+    for path in examples:
+        assert path.stat().st_size < 100_000
+        assert _size(path) == (1024, 512)
+
+
+def test_palette_and_class_names_match_the_library(app):
+    assert app.CITYSCAPES_CLASSES == CITYSCAPES_CLASSES
+    assert app.CITYSCAPES_PALETTE == CITYSCAPES_PALETTE
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def test_class_shares_and_nearest_resize_exact(app):
+    label_map = np.array([[0, 0, 10, 10], [0, 13, 13, 13]], np.uint8)
+    assert app.class_shares(label_map, CITYSCAPES_CLASSES) == {"road": 0.375, "car": 0.375, "sky": 0.25}
+    assert app.resize_nearest(label_map, 4, 8).tolist()[0] == [0, 0, 0, 0, 10, 10, 10, 10]
+    assert app.resize_nearest(label_map, 4, 8)[2:].tolist() == [[0, 0, 13, 13, 13, 13, 13, 13]] * 2
+    assert app.resize_nearest(label_map, 2, 2).tolist() == [[0, 10], [13, 13]]  # pixel centres: columns 1 and 3
+
+
+def test_downscale_to_cap_keeps_aspect_and_leaves_small_images(app):
+    assert app.downscale_to_cap(Image.new("RGB", (4096, 1024))).size == (app.MAX_SIDE, app.MAX_SIDE // 4)
+    assert app.downscale_to_cap(Image.new("RGB", (1000, 3000)), 300).size == (100, 300)
+    small = Image.new("RGB", (8, 8))
+    assert app.downscale_to_cap(small) is small
+
+
+def test_overlay_opacity_is_the_masks_transparency(app, tmp_path):
+    component = app.ClassOverlay(render=False)
+    label_map = np.array([[0, 13], [13, 13]], np.uint8)
+    for opacity, alpha in ((0.25, 64), (1.0, 255), (0.0, 0)):
+        data = component.postprocess(app.Overlay(Image.new("RGB", (2, 2)), label_map, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, opacity))
+        assert [a.label for a in data.annotations] == ["road", "car"]
+        with Image.open(data.annotations[1].image.path) as mask:
+            rgba = np.asarray(mask.convert("RGBA"))
+        assert rgba[..., 3].tolist() == [[0, alpha], [alpha, alpha]]  # road's pixel is see-through in car's mask
+        assert tuple(rgba[1, 1, :3]) == CITYSCAPES_PALETTE[13]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The endpoint
+
+
+def test_segment_endpoint_returns_overlay_legend_shares_and_timing(space):
+    result = space.segment(SPACE / "examples" / "street_dusk.jpg")
+    assert result[1] is None  # no teacher configured
+    _check_overlay(result, (1024, 512))
+    assert "image 1024x512" in result[3] and "downscaled" not in result[3]
+
+
+def _rgba(path: Path) -> Path:
+    pixels = np.zeros((32, 64, 4), np.uint8)
+    pixels[:, 32:] = (0, 200, 0, 255)  # left half fully transparent
+    Image.fromarray(pixels, "RGBA").save(path)
+    return path
+
+
+def test_rgba_transparency_is_composited_over_white(space, tmp_path):
+    result = space.segment(_rgba(tmp_path / "rgba.png"))
+    _check_overlay(result, (64, 32))
+    with Image.open(result[0]["image"]) as base:
+        assert np.asarray(base.convert("RGB"))[16, 8].min() > 240  # white, not black
+        assert np.asarray(base.convert("RGB"))[16, 50, 1] > 150
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "P", "1", "CMYK"])
+def test_other_colour_modes_are_segmented(space, tmp_path, mode):
+    image = Image.fromarray(np.tile(np.arange(48, dtype=np.uint8) * 5, (24, 1)), "L")
+    if mode == "I;16":
+        image = Image.fromarray(np.tile(np.arange(48, dtype=np.uint16) * 1365, (24, 1)))
+        assert image.mode == "I;16"
+    elif mode != "L":
+        image = image.convert(mode)
+    path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    image.save(path)
+    result = space.segment(path)
+    _check_overlay(result, (48, 24))
+    if mode == "I;16":
+        with Image.open(result[0]["image"]) as base:  # 16-bit values scaled to 8 bits, not clipped to white
+            assert 200 < np.asarray(base.convert("L"))[12, 47] and np.asarray(base.convert("L"))[12, 20] < 160
+
+
+def test_exif_rotated_photo_is_shown_upright(space, tmp_path):
+    pixels = np.zeros((32, 64, 3), np.uint8)
+    pixels[:, :32] = (255, 0, 0)
+    pixels[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the viewer rotates 90 degrees clockwise, the left half ends on top
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+    result = space.segment(path)
+    _check_overlay(result, (32, 64))
+    with Image.open(result[0]["image"]) as base:
+        upright = np.asarray(base.convert("RGB")).astype(int)
+    assert upright[8, 16, 0] > 200 and upright[8, 16, 2] < 60  # top: red
+    assert upright[56, 16, 2] > 200 and upright[56, 16, 0] < 60  # bottom: blue
+
+
+@pytest.mark.parametrize("size", [(8, 8), (1, 1), (3, 1)])
+def test_tiny_images_are_segmented(space, tmp_path, size):
+    path = tmp_path / "tiny.png"
+    Image.new("RGB", size, (90, 90, 90)).save(path)
+    _check_overlay(space.segment(path), size)
+
+
+def test_large_image_is_downscaled_for_inference_and_shown_at_original_size(space, app, tmp_path):
+    path = tmp_path / "large.jpg"
+    with Image.open(SPACE / "examples" / "street_dusk.jpg") as example:
+        example.resize((3000, 1500)).save(path, quality=80)
+    result = space.segment(path)
+    _check_overlay(result, (3000, 1500))
+    assert f"downscaled to {app.MAX_SIDE}x{app.MAX_SIDE // 2} for inference" in result[3]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs: a message, never a traceback
+
+
+def _error_message(space, path) -> str:
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+        space.segment(path)
+    message = str(caught.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def test_empty_submit_says_to_upload_an_image(space):
+    assert "No image: upload a street photo" in _error_message(space, None)
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [("notes.txt", b"not an image at all\n"), ("fake.png", b"\x00\x01 definitely not a PNG " * 20), ("drawing.svg", b"<svg xmlns='http://www.w3.org/2000/svg'/>"), ("empty.jpg", b"")],
+)
+def test_non_image_upload_is_named_and_explained(space, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    message = _error_message(space, path)
+    assert f"'{name}' is not an image this demo can read" in message and "PNG, JPEG" in message
+
+
+def test_truncated_image_is_reported_as_undecodable(space, tmp_path):
+    path = tmp_path / "cut.jpg"
+    path.write_bytes((SPACE / "examples" / "street_dusk.jpg").read_bytes()[:3000])
+    message = _error_message(space, path)
+    assert "'cut.jpg' looks like an image but could not be decoded" in message
+
+
+def test_image_above_the_pixel_limit_is_refused_with_the_limit(space, app, tmp_path):
+    path = tmp_path / "huge.png"
+    Image.new("L", (8000, 6400)).save(path, compress_level=1)  # 51.2 megapixels, a small file
+    message = _error_message(space, path)
+    assert "too large (8000x6400 = 51 megapixels)" in message and f"up to {app.MAX_PIXELS / 1e6:.0f} megapixels" in message
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Models: a clear page when loading fails, the teacher beside the student, loaded once
+
+
+def test_missing_model_fails_fast_offline_with_the_fix(app, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("DUDA_MODEL", raising=False)
+    start = time.perf_counter()
+    demo = app.build_demo()
+    assert time.perf_counter() - start < 15
+    banners = [b.value for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-error"]
+    assert len(banners) == 1
+    for expected in ("Model not loaded", "org/duda-mitb0-gta2cs", "HF_HUB_OFFLINE is set", "set DUDA_MODEL to a local folder", "Hub model id"):
+        assert expected in banners[0]
+    running = Running(demo)
+    try:
+        message = _error_message(running, SPACE / "examples" / "street_dusk.jpg")
+    finally:
+        running.close()
+    assert "Could not load the model 'org/duda-mitb0-gta2cs'" in message and "DUDA_MODEL=path/to/student" in message
+
+
+def test_missing_folder_and_folder_without_weights_are_explained(app, tmp_path):
+    with pytest.raises(app.ModelLoadError, match=r"'\./no/such/student': there is no such folder\. To fix it, set DUDA_MODEL"):
+        app.load_segmenter("./no/such/student")
+    with pytest.raises(app.ModelLoadError, match=r"from the folder: .*To fix it, set DUDA_TEACHER"):
+        app.load_segmenter(str(tmp_path), "DUDA_TEACHER")
+
+
+def test_teacher_beside_student_and_each_model_loads_once(app, tiny_model, monkeypatch):
+    loads = []
+    original = app.SegformerForSemanticSegmentation.from_pretrained
+
+    def counting(source, **kwargs):
+        loads.append(source)
+        return original(source, **kwargs)
+
+    monkeypatch.setattr(app.SegformerForSemanticSegmentation, "from_pretrained", counting)
+    running = Running(app.build_demo(model=str(tiny_model), teacher=str(tiny_model)))
+    try:
+        for _ in range(2):
+            result = running.segment(SPACE / "examples" / "street_game_style.jpg")
+    finally:
+        running.close()
+    assert len(loads) == 2  # student and teacher, at start-up only
+    names = _check_overlay(result, (1024, 512))
+    teacher = result[1]
+    assert _size(teacher["image"]) == (1024, 512) and [a["label"] for a in teacher["annotations"]] == names
+    assert "student agrees with the teacher on 100.0% of pixels" in result[3]
+
+
+def test_requests_are_queued_one_at_a_time(space, app):
+    segment = next(fn for fn in space.demo.fns.values() if fn.name == "segment")
+    assert segment.concurrency_limit == app.QUEUE_CONCURRENCY == 1
+    assert space.demo._queue.max_size == app.QUEUE_MAX_SIZE
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A real browser
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if path is None:
+        if REQUIRED:
+            pytest.fail("Debian's chromium is not installed and DUDA_REQUIRE_SYSTEM_TESTS=1 (.ci/run installs it)", pytrace=False)
+        pytest.skip("chromium not installed: apt-get install chromium")
+    return path
+
+
+def browser_round_trip(url: str, image: Path, screenshot: Path) -> tuple[float, list[str], str]:
+    """Upload `image` in Chromium, press Segment, wait for the legend and the timing.
+
+    Returns:
+        `(seconds from the click to the legend and timing on the page, legend labels, timing text)`.
+    """
+    sync_api = _require("playwright.sync_api", "driving Chromium")
+    executable = _chromium()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            local = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)[:/]")
+            page.route("**/*", lambda route: route.continue_() if local.match(route.request.url) or route.request.url.startswith("data:") else route.abort())
+            page.goto(url, wait_until="domcontentloaded")
+            page.locator("#input-image input[type=file]").set_input_files(str(image))
+            page.locator("#input-image img").first.wait_for(state="visible", timeout=30_000)
+            start = time.perf_counter()
+            page.locator("#segment-button").click()
+            page.locator("#student-overlay .legend-item").first.wait_for(state="visible", timeout=60_000)
+            page.get_by_text(re.compile(r"Inference time: \d+\.\d\d s")).wait_for(state="visible", timeout=60_000)
+            seconds = time.perf_counter() - start
+            legend = page.locator("#student-overlay .legend-item").all_inner_texts()
+            timing = page.locator("#timing").inner_text()
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return seconds, legend, timing
+
+
+def test_browser_upload_shows_legend_and_timing(space, tmp_path):
+    screenshot = tmp_path / "space.png"
+    seconds, legend, timing = browser_round_trip(space.url, SPACE / "examples" / "street_dusk.jpg", screenshot)
+    print(f"browser round trip (tiny model, 1024x512): {seconds:.2f} s; screenshot {screenshot}")
+    assert legend and set(legend) <= set(CITYSCAPES_CLASSES)
+    assert "image 1024x512" in timing
+    assert _size(screenshot)[0] >= 1400 and screenshot.stat().st_size > 10_000
+    assert seconds < 3.0
