@@ -359,10 +359,25 @@ def test_teacher_beside_student_and_each_model_loads_once(app, tiny_model, monke
     assert "student agrees with the teacher on 100.0% of pixels" in result[3]
 
 
-def test_requests_are_queued_one_at_a_time(space, app):
-    segment = next(fn for fn in space.demo.fns.values() if fn.name == "segment")
-    assert segment.concurrency_limit == app.QUEUE_CONCURRENCY == 1
-    assert space.demo._queue.max_size == app.QUEUE_MAX_SIZE
+def test_requests_are_queued_one_at_a_time(space, app, monkeypatch):
+    spans = []
+    predict = app.Segmenter.predict
+
+    def slow_predict(self, image):
+        begin = time.perf_counter()
+        time.sleep(0.3)
+        result = predict(self, image)
+        spans.append((begin, time.perf_counter()))
+        return result
+
+    monkeypatch.setattr(app.Segmenter, "predict", slow_predict)
+    upload = gradio_client.handle_file(str(SPACE / "examples" / "street_dusk.jpg"))
+    jobs = [space.client.submit(upload, 0.6, api_name="/segment") for _ in range(3)]
+    for job in jobs:
+        job.result(timeout=60)
+    spans.sort()
+    assert len(spans) == 3
+    assert all(previous_end <= begin for (_, previous_end), (begin, _) in zip(spans, spans[1:]))  # never two at once
 
 
 # ---------------------------------------------------------------------------------------------------------------------

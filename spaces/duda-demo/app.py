@@ -148,7 +148,7 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     rng = np.random.default_rng(0)  # fixed colours for classes outside the Cityscapes palette
     palette = tuple(colours.get(name) or tuple(int(c) for c in rng.integers(0, 256, 3)) for name in names)
     size = processor["size"]
-    return Segmenter(
+    segmenter = Segmenter(
         source=source,
         model=model,
         input_size=(int(size["height"]), int(size["width"])),
@@ -157,6 +157,11 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
         class_names=names,
         palette=palette,
     )
+    try:  # warm-up: the first forward pass is the slowest, better paid at start-up than by the first visitor
+        segmenter.predict(Image.new("RGB", segmenter.input_size[::-1]))
+    except Exception as err:
+        raise ModelLoadError(f"The model '{source}' loaded but could not run ({type(err).__name__}: {err}). {_fix_hint(env_var)}") from err
+    return segmenter
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -407,7 +412,7 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
             gr.Markdown(f"**Model not loaded.** {problem}", elem_id="model-error", elem_classes=["model-error"])
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(type="filepath", label="Street image", sources=["upload", "clipboard"], elem_id="input-image")
+                image = ImageUpload(type="filepath", image_mode=None, label="Street image", sources=["upload", "clipboard"], elem_id="input-image")
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity", elem_id="opacity")
                 submit = gr.Button("Segment", variant="primary", elem_id="segment-button", interactive=student is not None)
                 examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))

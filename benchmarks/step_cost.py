@@ -1,0 +1,150 @@
+"""What one DUDA training step costs beyond the networks themselves: time and peak memory against its floor.
+
+    python benchmarks/step_cost.py [--shapes tiny-128 b5b0-256] [--steps 6] [--warmup 2]
+
+For each shape, two child processes (so each has its own peak-memory high-water mark) time, after warm-up:
+  - `step`: `DudaTrainer.training_step` (METHOD.md steps 1-5: teacher pseudo-labels, ClassMix, strong
+    augmentation, the auxiliary student and the student on source + mixed in one forward pass each, all loss
+    terms, the inconsistency update, backward), then AdamW and the fused EMA teacher update;
+  - `floor`: the same networks' own passes on the same shapes: the teacher's forward on the target batch
+    (no grad), the auxiliary student's and the student's forward + backward on the 2B images they see (a plain
+    cross-entropy), then AdamW over the same parameter groups.
+Reports the median step time, the ratio step / floor, and each process's peak RSS; writes
+benchmarks/results/step_cost.json. The target is a ratio of at most 1.15. On a GPU (when one is present) the
+`b5b0-512` shape uses bf16 autocast and reports CUDA peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+SHAPES = {  # name: (student, aux_student, crop, batch per domain)
+    "tiny-128": ("tiny", "tiny-wide", 128, 2),
+    "b5b0-256": ("mit-b0", "mit-b5", 256, 2),
+    "b5b0-512": ("mit-b0", "mit-b5", 512, 2),
+}
+
+
+def build(shape: str, device: str):
+    import torch
+
+    from duda_hf.config import DudaConfig
+    from duda_hf.models import build_duda_model
+    from duda_hf.trainer import DudaTrainer
+
+    student, aux, crop, batch = SHAPES[shape]
+    torch.manual_seed(0)
+    config = DudaConfig(output_dir="/tmp/duda_step_cost", method="duda", max_steps=1000, per_device_train_batch_size=batch,
+                        report_to=[], save_strategy="no", eval_strategy="no", rcs_min_pixels=10, bf16=device == "cuda", use_cpu=device == "cpu")  # fmt: skip
+    model = build_duda_model("duda", student, aux, "random")
+    trainer = DudaTrainer(model.to(device), config)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop, which this bypasses
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 19, (batch, crop, crop), generator=generator)
+    label[:, : crop // 4] = 10  # a sky band and a road band, like street scenes
+    label[:, -crop // 4 :] = 0
+    inputs = {
+        "source_image": torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=generator).to(device),
+        "source_label": label.to(device),
+        "target_image": torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=generator).to(device),
+    }
+    return trainer, model, inputs
+
+
+def run_step(trainer, model, inputs, step: int) -> None:
+    trainer.state.global_step = step
+    trainer.training_step(model, inputs)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    model.update_teacher(step, trainer.args.ema_alpha)
+
+
+def run_floor(trainer, model, inputs, step: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from duda_hf.models import normalize_images
+
+    source = normalize_images(inputs["source_image"].float() / 255)
+    target = normalize_images(inputs["target_image"].float() / 255)
+    label = inputs["source_label"]
+    autocast = torch.autocast(source.device.type, dtype=torch.bfloat16, enabled=source.device.type == "cuda")
+    with autocast:
+        with torch.no_grad():
+            model.teacher(pixel_values=target)
+        both = torch.cat([source, target])  # what each trained network sees: source + mixed, 2B images
+        labels = torch.cat([label, label])
+        for network in (model.aux_student, model.student):
+            logits = network(pixel_values=both).logits
+            logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            F.cross_entropy(logits, labels, ignore_index=255).backward()
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def child(shape: str, kind: str, steps: int, warmup: int) -> dict:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trainer, model, inputs = build(shape, device)
+    function = run_step if kind == "step" else run_floor
+    times = []
+    for step in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        function(trainer, model, inputs, step)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"median_s": statistics.median(times), "times_s": [round(t, 4) for t in times], "peak_mib": round(peak, 1), "device": device}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["tiny-128", "b5b0-256"], choices=sorted(SHAPES))
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--child", nargs=2, metavar=("SHAPE", "KIND"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], args.steps, args.warmup)))
+        return
+    import torch
+
+    report = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+              "steps": args.steps, "warmup": args.warmup, "shapes": {}}  # fmt: skip
+    for shape in args.shapes:
+        measured = {}
+        for kind in ("floor", "step"):
+            command = [sys.executable, __file__, "--child", shape, kind, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{shape} {kind} failed:\n{done.stderr[-3000:]}")
+            measured[kind] = json.loads(done.stdout.strip().splitlines()[-1])
+        ratio = measured["step"]["median_s"] / measured["floor"]["median_s"]
+        student, aux, crop, batch = SHAPES[shape]
+        report["shapes"][shape] = {"student": student, "aux_student": aux, "crop": crop, "batch": batch, **measured, "ratio": round(ratio, 3)}
+        print(f"{shape:9s} ({aux}/{student}, {crop} px, batch {batch}+{batch}, {measured['step']['device']}): "
+              f"step {measured['step']['median_s']:.3f} s, floor {measured['floor']['median_s']:.3f} s, ratio {ratio:.3f}; "
+              f"peak {measured['step']['peak_mib']:.0f} / {measured['floor']['peak_mib']:.0f} MiB", flush=True)  # fmt: skip
+    out = Path(__file__).resolve().parent / "results" / "step_cost.json"
+    out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
