@@ -20,8 +20,12 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import torch
+from gradio import processing_utils
+from gradio.components.annotated_image import AnnotatedImageData, Annotation
+from gradio.data_classes import FileData
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import SegformerForSemanticSegmentation
+from transformers.utils import cached_file
 
 DEFAULT_MODEL = "org/duda-mitb0-gta2cs"
 MAX_SIDE = 2048  # longest side the model output is computed at; larger images are downscaled, the overlay is not
@@ -106,8 +110,6 @@ def _fix_hint(env_var: str) -> str:
 
 
 def _read_processor_config(source: str, local_only: bool) -> dict:
-    from transformers.utils import cached_file
-
     path = cached_file(source, "preprocessor_config.json", local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
     config = dict(PROCESSOR_DEFAULTS)
     if path is not None:
@@ -133,11 +135,11 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
             model = SegformerForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
             processor = _read_processor_config(source, local_only)
             break
-        except (OSError, ValueError, json.JSONDecodeError) as err:  # transformers reports a missing repo/file as OSError
+        except (OSError, ValueError) as err:  # transformers reports a missing repo or file as OSError
             error = err
     else:
         where = "the folder" if is_folder else ("the local cache (HF_HUB_OFFLINE is set)" if _offline() else "the Hub or the local cache")
-        reason = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else type(error).__name__
+        reason = str(error).strip().splitlines()[0].rstrip(".") if error is not None and str(error).strip() else type(error).__name__
         raise ModelLoadError(f"Could not load the model '{source}' from {where}: {reason}. {_fix_hint(env_var)}")
 
     id2label = {int(k): v for k, v in model.config.id2label.items()}
@@ -148,6 +150,9 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     rng = np.random.default_rng(0)  # fixed colours for classes outside the Cityscapes palette
     palette = tuple(colours.get(name) or tuple(int(c) for c in rng.integers(0, 256, 3)) for name in names)
     size = processor["size"]
+    if not (isinstance(size, dict) and {"height", "width"} <= set(size)):
+        needed = "{'height': H, 'width': W}"
+        raise ModelLoadError(f"The model '{source}' has preprocessor size {size}; this demo needs {needed}. {_fix_hint(env_var)}")
     segmenter = Segmenter(
         source=source,
         model=model,
@@ -172,9 +177,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB: transparency over white, 16-bit and float greys scaled to 8 bits."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         grey = np.asarray(image, dtype=np.float64)
-        if grey.max(initial=0) > 255:  # 16-bit data; a float image in [0, 1] is stretched too
+        if grey.max(initial=0) > 255:  # 16-bit range
             grey = grey * (255.0 / 65535.0)
-        elif image.mode == "F" and grey.max(initial=0) <= 1.0:
+        elif image.mode == "F" and grey.max(initial=0) <= 1.0:  # float range [0, 1]
             grey = grey * 255.0
         return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
@@ -196,8 +201,6 @@ def read_image(path: str | os.PathLike | None) -> Image.Image:
         with Image.open(path) as opened:
             if opened.width * opened.height > MAX_PIXELS:
                 raise InputError(_too_large(opened.width, opened.height))
-            if opened.width < 1 or opened.height < 1:
-                raise InputError(f"'{name}' is empty ({opened.width}x{opened.height} pixels).")
             try:
                 image = ImageOps.exif_transpose(opened)
             except Exception:  # a broken EXIF block should not lose the picture: keep it unrotated
@@ -269,11 +272,7 @@ class ClassOverlay(gr.AnnotatedImage):
 
     is_template = True  # use AnnotatedImage's front end
 
-    def postprocess(self, value: Overlay | None):  # type: ignore[override]
-        from gradio import processing_utils
-        from gradio.components.annotated_image import Annotation, AnnotatedImageData
-        from gradio.data_classes import FileData
-
+    def postprocess(self, value: Overlay | None) -> AnnotatedImageData | None:  # type: ignore[override]
         if value is None:
             return None
         if not isinstance(value, Overlay):
@@ -313,8 +312,11 @@ class ImageUpload(gr.Image):
 # App
 
 
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
+def _color_map(segmenter: Segmenter | None) -> dict[str, str] | None:
+    """Class name -> '#rrggbb': the legend's colours, the same as the masks'."""
+    if segmenter is None:
+        return None
+    return {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in zip(segmenter.class_names, segmenter.palette)}
 
 
 def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | None) -> str:
@@ -393,7 +395,7 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
             timing = _timing(student_seconds, original.size, work.size, teacher_line)
         except Exception as err:  # never a traceback on the page: say what failed, keep the details in the log
             traceback.print_exc()
-            raise gr.Error(f"Segmentation failed ({type(err).__name__}: {err}). Try another image.") from None
+            raise gr.Error(f"Segmentation failed ({type(err).__name__}: {err}). Try another image.", print_exception=False) from None
         return student_overlay, teacher_overlay, shares, timing, state
 
     def recolor(opacity: float, state: dict | None):
@@ -402,17 +404,15 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
             return None, None
         return overlays(state, opacity)
 
-    color_map = {name: _hex(rgb) for name, rgb in zip(student.class_names, student.palette)} if student else None
-    teacher_map_colors = (
-        {name: _hex(rgb) for name, rgb in zip(teacher_model.class_names, teacher_model.palette)} if teacher_model else None
-    )
     with gr.Blocks(title="DUDA street segmentation") as demo:
         gr.Markdown(_intro(student, student_source, teacher_model))
         for problem in problems:
-            gr.Markdown(f"**Model not loaded.** {problem}", elem_id="model-error", elem_classes=["model-error"])
+            gr.Markdown(f"**Model not loaded.** {problem}", elem_classes=["model-error"])
         with gr.Row():
             with gr.Column(scale=1):
-                image = ImageUpload(type="filepath", image_mode=None, label="Street image", sources=["upload", "clipboard"], elem_id="input-image")
+                image = ImageUpload(
+                    type="filepath", image_mode=None, label="Street image", sources=["upload", "clipboard"], elem_id="input-image"
+                )  # image_mode=None: the file as uploaded (alpha, 16 bits, EXIF), converted by read_image
                 opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity", elem_id="opacity")
                 submit = gr.Button("Segment", variant="primary", elem_id="segment-button", interactive=student is not None)
                 examples = sorted(str(p) for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -420,15 +420,22 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
                     gr.Examples(examples=[[p] for p in examples], inputs=[image], label="Examples (procedurally generated streets)")
             with gr.Column(scale=2):
                 with gr.Row():
-                    student_out = ClassOverlay(label="Student", color_map=color_map, format="jpeg", elem_id="student-overlay")
+                    student_out = ClassOverlay(label="Student", color_map=_color_map(student), elem_id="student-overlay")
                     teacher_out = ClassOverlay(
-                        label="Teacher", color_map=teacher_map_colors, format="jpeg", elem_id="teacher-overlay", visible=teacher_model is not None
+                        label="Teacher", color_map=_color_map(teacher_model), elem_id="teacher-overlay", visible=teacher_model is not None
                     )
                 timing = gr.Markdown(elem_id="timing")
                 shares = gr.Label(label="Share of pixels per class", num_top_classes=len(CITYSCAPES_CLASSES), elem_id="shares")
         state = gr.State(None)
         submit.click(segment, inputs=[image, opacity], outputs=[student_out, teacher_out, shares, timing, state], api_name="segment")
-        opacity.release(recolor, inputs=[opacity, state], outputs=[student_out, teacher_out], api_visibility="private")
+        opacity.change(
+            recolor,
+            inputs=[opacity, state],
+            outputs=[student_out, teacher_out],
+            api_visibility="private",
+            trigger_mode="always_last",  # dragging the slider redraws once per pause, not once per step
+            show_progress="hidden",
+        )
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 
