@@ -101,6 +101,19 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """A quick connection probe: without network, from_pretrained would spend ~30 s in retries before failing."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _fix_hint(env_var: str) -> str:
     return (
         f"To fix it, set {env_var} to a local folder holding config.json, model.safetensors and preprocessor_config.json "
@@ -128,16 +141,21 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     if not is_folder and looks_like_path:
         raise ModelLoadError(f"Could not load the model '{source}': there is no such folder. {_fix_hint(env_var)}")
     source = str(Path(source).expanduser()) if is_folder else source
-    attempts = [True] if is_folder or _offline() else [True, False]  # cached copy first: fails fast without network
+    # the cached copy first; the Hub only when online and reachable (fails within seconds without network)
+    attempts = [True] if is_folder or _offline() else [True, False]
     error: Exception | None = None
+    model = processor = None
     for local_only in attempts:
+        if not local_only and not _hub_reachable():
+            error = ConnectionError("the Hub is unreachable (no network)")
+            continue
         try:
             model = SegformerForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
             processor = _read_processor_config(source, local_only)
             break
         except (OSError, ValueError) as err:  # transformers reports a missing repo or file as OSError
             error = err
-    else:
+    if model is None:
         where = "the folder" if is_folder else ("the local cache (HF_HUB_OFFLINE is set)" if _offline() else "the Hub or the local cache")
         reason = str(error).strip().splitlines()[0].rstrip(".") if error is not None and str(error).strip() else type(error).__name__
         raise ModelLoadError(f"Could not load the model '{source}' from {where}: {reason}. {_fix_hint(env_var)}")
