@@ -152,7 +152,8 @@ def list_native_files(
     if missing:
         raise DomainError(
             f"{format} folder '{root}': {len(missing)} of {len(images)} images have no label file; missing: "
-            f"{_listing(missing, root)}. Restore the labels, or remove those images."
+            f"{_listing(missing, root)}. Restore the labels, or remove those images; an unlabelled split (e.g. Dark Zurich "
+            "train) is read without labels: as the training target, or with prepare_data.py --without_labels."
         )
     expected = {Path(label) for label in labels}
     orphans = sorted(
