@@ -58,6 +58,8 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
         eval_size: `(W, H)` the image processor resizes to.
     """
+    if not TEMPLATE.is_file():
+        raise HubError(f"model card template not found at {TEMPLATE}; install duda-hf from its repository (pip install -e .)")
     recipe = results.get("recipe", {})
     student_metrics = results["student"]
     eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
