@@ -16,10 +16,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, DudaConfig, ModelArguments
 from .data.domains import load_domain
-from .evaluation import SYNTHIA_SUBSETS
-from .hub import build_model_card, recipe_summary
 from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
+from .evaluation import SYNTHIA_SUBSETS
+from .hub import build_model_card, recipe_summary
 from .models import build_duda_model, export_segformer
 from .trainer import DudaTrainer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from pathlib import Path
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -344,7 +344,6 @@ class DudaTrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
-    # ---- evaluation: streaming confusion matrices, no logits kept ----
     # ---- the Hub: the repo root holds the deployable student (plain SegFormer); checkpoints live in subfolders ----
 
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
@@ -386,6 +385,7 @@ class DudaTrainer(Trainer):
             revision=revision or self.args.hub_revision, token=token if token is not None else self.args.hub_token,
         )  # fmt: skip
 
+    # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Target-validation mIoU of the student and (if any) the teacher; logs `eval_student_mIoU`, `eval_teacher_mIoU`."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
