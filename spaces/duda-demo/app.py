@@ -102,7 +102,10 @@ def _offline() -> bool:
 
 
 def _hub_reachable(timeout: float = 1.5) -> bool:
-    """A quick connection probe: without network, from_pretrained would spend ~30 s in retries before failing."""
+    """A quick connection probe: without network, from_pretrained would spend ~30 s in retries before failing.
+
+    The same probe as `duda_hf.models._hub_reachable`, repeated because a Space installs requirements.txt, not duda_hf.
+    """
     import socket
     from urllib.parse import urlparse
 
