@@ -199,7 +199,9 @@ class DudaTrainer(Trainer):
             duda.teacher_logits(target_image), args.teacher_weights or None, args.kd_temperature, size=label_size
         )
         pseudo, quality = pseudo_label(probs, args.pseudo_label_threshold)
-        target_weight = target_pixel_weight(quality, pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom)
+        # 1 outside the ignore margins, 0 in them; scaled by the quality weight for the loss
+        inside = target_pixel_weight(torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom)
+        target_weight = quality * inside
 
         # 2. ClassMix and strong augmentation.
         if args.class_mix:
@@ -245,8 +247,7 @@ class DudaTrainer(Trainer):
                 terms["loss_student_kd"] = kd_loss(student_mix, soft_target, args.kd_temperature, pixel_weight, valid)
                 loss = loss + lam * terms["loss_student_kd"]
             # Discrepancy on every pseudo-labelled pixel outside the margins, even while the quality weight is ~0.
-            inside = target_pixel_weight(torch.ones((), device=mask.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom) > 0
-            self._update_inconsistency(duda, student_mix, mixed_label, target_pixels & inside)
+            self._update_inconsistency(duda, student_mix, mixed_label, target_pixels & (inside > 0))
             terms["lam_t"] = torch.tensor(float(lam))
             terms.update({f"class_weight_{name.replace(' ', '_')}": w for name, w in zip(CITYSCAPES_CLASSES, class_weights)})
         # 6. Optional ImageNet feature distance on the network that makes the pseudo-labels.
