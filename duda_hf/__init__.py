@@ -1,17 +1,33 @@
-"""duda-hf: Distilled Unsupervised Domain Adaptation (DUDA) for SegFormer, on Hugging Face transformers."""
+"""duda-hf: Distilled Unsupervised Domain Adaptation (DUDA) for SegFormer, on Hugging Face transformers.
 
-from .config import DataArguments, DudaConfig, ModelArguments
-from .models import DudaModel, build_duda_model, build_segformer, export_segformer
-from .trainer import DudaTrainer
+The top-level names load on first use (PEP 562), so that `duda_hf.data` and the light scripts (dataset
+conversion) start without importing torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "DataArguments",
-    "DudaConfig",
-    "DudaModel",
-    "DudaTrainer",
-    "ModelArguments",
-    "build_duda_model",
-    "build_segformer",
-    "export_segformer",
-]
+
+_EXPORTS = {
+    "DataArguments": ".config",
+    "DudaConfig": ".config",
+    "ModelArguments": ".config",
+    "DudaModel": ".models",
+    "build_duda_model": ".models",
+    "build_segformer": ".models",
+    "export_segformer": ".models",
+    "DudaTrainer": ".trainer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'duda_hf' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
