@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from .data.pairing import to_label_array, to_rgb_array
-from .models import IMAGENET_MEAN, IMAGENET_STD
+from .models import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 
 def confusion_matrix(
@@ -203,14 +203,12 @@ def evaluate_networks(
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
     matrices = {name: StreamingConfusion(NUM_CLASSES, device) for name in networks}
-    mean = torch.tensor(image_mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(image_std, device=device).view(1, 3, 1, 1)
     indices = range(process_index, len(dataset), world_size)
     for index in tqdm(indices, desc="evaluating", unit="img", disable=not progress):
         row = dataset[index]
         label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
         image = torch.from_numpy(to_rgb_array(row["image"]).copy()).to(device)
-        image = (image.permute(2, 0, 1).unsqueeze(0).float() / 255 - mean) / std
+        image = normalize_images(image.permute(2, 0, 1).unsqueeze(0).float() / 255, image_mean, image_std)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             for name, network in networks.items():
                 if mode == "whole":

@@ -109,10 +109,10 @@ def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSe
     return _from_pretrained(name)
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of `(B, 3, H, W)` RGB in [0, 1], matching the exported image processor."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Normalisation of `(B, 3, H, W)` RGB in [0, 1]: ImageNet statistics (the exported image processor's) by default."""
+    mean = images.new_tensor(mean).view(1, 3, 1, 1)
+    std = images.new_tensor(std).view(1, 3, 1, 1)
     return (images - mean) / std
 
 

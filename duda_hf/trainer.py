@@ -17,7 +17,7 @@ from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from .config import DudaConfig
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
 from .evaluation import evaluate_networks
-from .hub import HubError, check_export, create_repo, upload_folder
+from .hub import check_export, create_repo, upload_folder
 from .losses import (
     class_iou_counts,
     distillation_weight,
@@ -378,11 +378,8 @@ class DudaTrainer(Trainer):
             self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
-        student = Path(self.args.output_dir) / "student"
-        if not (student / "model.safetensors").exists():
-            raise HubError(f"no exported student in '{student}'; run_training exports it (or call export_segformer) before pushing")
         return upload_folder(
-            check_export(student), self.hub_model_id, commit_message or "End of training",
+            check_export(Path(self.args.output_dir) / "student"), self.hub_model_id, commit_message or "End of training",
             revision=revision or self.args.hub_revision, token=token if token is not None else self.args.hub_token,
         )  # fmt: skip
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    first_model, model_size, mean, std = next(iter(models.values()))
+    _, model_size, mean, std = next(iter(models.values()))
     size = tuple(args.eval_size) if args.eval_size else (None if args.native_size else model_size)
     device = state.device
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"dataset": args.dataset, "format": args.format, "split": args.split, "mode": args.mode,
               "eval_size": list(size) if size else None, "num_images": len(dataset), "seconds": round(seconds, 2), "models": results}  # fmt: skip
     (out / "eval_results.json").write_text(json.dumps(report, indent=2))
-    text = markdown_report({n: r for n, r in results.items()}, "Evaluation", details)
+    text = markdown_report(results, "Evaluation", details)
     (out / "report.md").write_text(text)
     plot_per_class_iou(results, out / "per_class_iou.png", f"Per-class IoU, {Path(args.dataset).name}")
     for number, (name, metrics) in enumerate(results.items()):

@@ -159,8 +159,6 @@ def list_native_files(
     orphans = sorted(
         p for folder in folders for p in _label_folder(fmt, root, folder).rglob(f"*{fmt.label_suffixes[0]}") if p not in expected
     )
-    if format == "cityscapes":  # each frame has several label files; only the chosen kind can be an orphan
-        orphans = [p for p in orphans if any(str(p).endswith(s) for s in fmt.label_suffixes)]
     if orphans:
         raise DomainError(
             f"{format} folder '{root}': {len(orphans)} label files have no image; e.g. {_listing(orphans, root)}. "
