@@ -24,6 +24,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from duda_hf.jsonio import write_json
+
 
 def child(preset: str, width: int, height: int, repeats: int) -> dict:
     import torch
@@ -87,7 +89,7 @@ def main() -> None:
             print(f"{size:10s} {large} / {small}: {row['speedup']}x latency, {row['memory_ratio']}x peak memory", flush=True)
         report["results"][size] = row
     out = Path(__file__).resolve().parent / "results" / "inference_speed.json"
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Best of `repeats` runs for each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from duda_hf.evaluation import StreamingConfusion, metrics_from_confusion
+from duda_hf.jsonio import write_json
 
 NUM_CLASSES = 19
 
@@ -104,7 +104,7 @@ def main() -> None:
     }  # fmt: skip
     out = Path(__file__).resolve().parent / "results" / "metric_speed.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from duda_hf.jsonio import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> flags added to a `duda` run; {self_training_student} is that seed's self_training student folder.
@@ -92,7 +94,7 @@ def main() -> None:
         "runs": runs,
         "summary": summary,
     }
-    Path(args.results).write_text(json.dumps(report, indent=2))
+    write_json(args.results, report)
     print(f"\n| method | student target mIoU (mean ± std, {len(args.seeds)} seeds) | teacher target mIoU |")
     print("|---|---|---|")
     for method, values in summary.items():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "duda_student.md"
+# The model card template ships inside the package (package data), so installed wheels write cards too.
+TEMPLATE = resources.files("duda_hf") / "templates" / "duda_student.md"
 DATASET_NAMES = {"gta5": "GTA5", "synthia": "SYNTHIA", "cityscapes": "Cityscapes", "acdc": "ACDC", "darkzurich": "Dark Zurich"}
 # What the card's recipe table shows, in this order (keys of `recipe_summary`).
 RECIPE_KEYS = (
@@ -58,8 +60,6 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
         eval_size: `(W, H)` the image processor resizes to.
     """
-    if not TEMPLATE.is_file():
-        raise HubError(f"model card template not found at {TEMPLATE}; install duda-hf from its repository (pip install -e .)")
     recipe = results.get("recipe", {})
     student_metrics = results["student"]
     eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
@@ -90,7 +90,7 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
     eval_width, eval_height = eval_size or ("native", "native")
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE),
+        template_str=TEMPLATE.read_text(encoding="utf-8"),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         student=recipe.get("student", "student"),

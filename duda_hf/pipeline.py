@@ -1,9 +1,9 @@
-"""The training job behind `scripts/train_duda.py`: recipe + flags -> data -> networks -> DudaTrainer -> student/."""
+"""The training job behind `duda-train` (`duda_hf/cli/train_duda.py`): recipe + flags -> data -> networks -> DudaTrainer -> student/."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -20,11 +20,16 @@ from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
 from .evaluation import SYNTHIA_SUBSETS
 from .hub import build_model_card, recipe_summary
+from .jsonio import write_json
 from .models import build_duda_model, export_segformer
 from .trainer import DudaTrainer
 
 logger = logging.getLogger(__name__)
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, DudaConfig)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written (its examples keep their lines), every flag with its default."""
 
 
 class RecipeError(ValueError):
@@ -42,14 +47,18 @@ def load_recipe(path: str | os.PathLike) -> dict:
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `python scripts/train_duda.py --help` for the flags")
+        raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `duda-train --help` for the flags")
     return recipe
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, DudaConfig]:
-    """Flags override the recipe given by `--config`; the recipe overrides the dataclass defaults."""
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> tuple[ModelArguments, DataArguments, DudaConfig]:
+    """Flags override the recipe given by `--config`; the recipe overrides the dataclass defaults.
+
+    Args:
+        description: text `--help` shows above the flags.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, description=description, formatter_class=_HelpFormatter)
     parser.add_argument("--config", default=None, help="YAML recipe (see configs/); command-line flags override it.")
     config_path = None
     if "--config" in argv:
@@ -103,7 +112,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         config.method, model_args.student, model_args.aux_student, model_args.init, config.extra_teachers, config.fd_lambda,
         config.teacher_train_mode,
     )  # fmt: skip
-    # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (LABELS.md section 3)
+    # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (docs/datasets.md, "SYNTHIA")
     subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None
     return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None, eval_class_subsets=subsets)
 
@@ -135,7 +144,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size=eval_size)
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
             export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
-        (Path(config.output_dir) / "eval_results.json").write_text(json.dumps(results, indent=2))
+        write_json(Path(config.output_dir) / "eval_results.json", results)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(results, repo_id, eval_size=tuple(width_height))
         card.save(Path(config.output_dir) / "student" / "README.md")

@@ -1,38 +1,8 @@
-"""Build the synthetic two-domain street-scene benchmark (source / target / target_val).
+"""`duda-make-synthetic` in a clone of the repository: the code and its help live in `duda_hf/cli/make_synthetic.py`."""
 
-Example:
-    python scripts/make_synthetic.py --out data_synthetic
-"""
+import sys
 
-from __future__ import annotations
-
-import argparse
-
-from duda_hf.data.synthetic import build_synthetic_benchmark
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="folder that receives source/, target/, target_val/")
-    parser.add_argument("--num_source", type=int, default=600)
-    parser.add_argument("--num_target", type=int, default=600)
-    parser.add_argument("--num_target_val", type=int, default=100)
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    paths = build_synthetic_benchmark(
-        args.out,
-        num_source=args.num_source,
-        num_target=args.num_target,
-        num_target_val=args.num_target_val,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-    )
-    for split, path in paths.items():
-        print(f"{split}: {path}")
-
+from duda_hf.cli.make_synthetic import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,30 +1,8 @@
-"""Train DUDA (or a baseline) and export the student.
+"""`duda-train` in a clone of the repository: the code and its help live in `duda_hf/cli/train_duda.py`."""
 
-    accelerate launch scripts/train_duda.py --config configs/synthetic_cpu.yaml [--field value ...]
-
-Every field of DudaConfig, ModelArguments and DataArguments is a flag; flags override the recipe.
-Writes Trainer checkpoints, `student/` (plain SegFormer) and `eval_results.json` to --output_dir.
-"""
-
-import logging
 import sys
 
-from duda_hf.pipeline import parse_args, run_training
-
-
-def main(argv=None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, config = parse_args(argv)
-    results = run_training(model_args, data_args, config)
-    if config.process_index == 0:
-        line = f"target-validation mIoU ({results['student']['num_images']} images): "
-        line += f"student {100 * results['student']['mIoU']:.2f}"
-        if "teacher" in results:
-            line += f", teacher {100 * results['teacher']['mIoU']:.2f}"
-        print(line)
-        print(f"student exported to {config.output_dir}/student")
-    return 0
-
+from duda_hf.cli.train_duda import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny synthetic benchmark made by the tests, and tiny DUDA arguments."""
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,12 @@ def tiny_argv(benchmark, output_dir, *extra):
         "--output_dir", str(output_dir),
         *extra,
     ]  # fmt: skip
+
+
+def load_strict_json(path):
+    """Parse a file as strict JSON, as `JSON.parse` and jq do: Python's NaN / Infinity / -Infinity are errors."""
+
+    def reject(constant):
+        raise ValueError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(Path(path).read_text(), parse_constant=reject)

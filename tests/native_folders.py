@@ -1,4 +1,4 @@
-"""Native-format dataset folders built by the tests (LABELS.md layouts), with the trainIds they must give."""
+"""Native-format dataset folders built by the tests (docs/datasets.md layouts), with the trainIds they must give."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-# Cityscapes label id -> trainId, row by row from LABELS.md section 1 (kept apart from the library's table on purpose).
+# Cityscapes label id -> trainId, row by row from docs/datasets.md, "Cityscapes" (kept apart from the library's table on purpose).
 CITYSCAPES_TABLE = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
                     27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
 SYNTHIA_TABLE = {1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17, 15: 6, 16: 9, 17: 12,

@@ -24,6 +24,18 @@ def test_daformer_defaults(tmp_path):
     assert config.remove_unused_columns is False and config.ddp_find_unused_parameters is False
 
 
+def test_feature_distance_classes_are_daformers_thing_classes(tmp_path):
+    # DAFormer (lhoyer/DAFormer), configs/_base_/uda/dacs_a999_fdthings.py, the config of its GTA->Cityscapes result:
+    # imnet_feature_dist_classes=[6, 7, 11, 12, 13, 14, 15, 16, 17, 18]. Pole (5) is a "stuff" class there.
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+
+    config = DudaConfig(output_dir=str(tmp_path))
+    assert config.fd_classes == [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+    assert [CITYSCAPES_CLASSES[c] for c in config.fd_classes] == [
+        "traffic light", "traffic sign", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"
+    ]  # fmt: skip
+
+
 def test_every_field_has_help():
     import dataclasses
 

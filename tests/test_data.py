@@ -1,6 +1,5 @@
 """Domains, class statistics, rare class sampling and paired samples, with their error messages."""
 
-import json
 import math
 
 import datasets
@@ -13,6 +12,8 @@ from duda_hf.data import rcs
 from duda_hf.data.domains import DomainError, load_domain
 from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts, compute_class_pixel_counts, rcs_class_probabilities
+
+from .conftest import load_strict_json
 
 
 def make_domain(path, labels, size=(8, 6)):
@@ -71,7 +72,7 @@ def test_class_counts_exact_and_cached(tmp_path, monkeypatch):
     expected[0, 0], expected[0, 13], expected[1, 1], expected[1, 18] = 2, 3, 4, 1
     np.testing.assert_array_equal(counts, expected)
     cache_files = list((tmp_path / "cache").rglob("*.json"))
-    assert len(cache_files) == 1 and json.loads(cache_files[0].read_text())["num_rows"] == 2
+    assert len(cache_files) == 1 and load_strict_json(cache_files[0])["num_rows"] == 2
 
     def fail(*args, **kwargs):
         raise AssertionError("recomputed despite the cache")

@@ -25,6 +25,8 @@ from duda_hf.evaluation import (
 )
 from duda_hf.models import build_segformer, export_segformer
 
+from .conftest import load_strict_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -212,3 +214,20 @@ def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
     assert "Traceback" not in done.stderr
     done = subprocess.run(base[:2] + ["--dataset", str(tmp_path / "missing"), "--model", str(root / "student")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_evaluate_results_are_strict_json_with_null_for_absent_classes(eval_setup, tmp_path):
+    rows = {"image": [Image.new("RGB", (96, 48), (90, 90, 90))] * 2, "label": [Image.new("L", (96, 48), 0)] * 2}
+    rows["label"][1] = Image.fromarray(np.where(np.arange(96)[None, :] < 48, 0, 255).repeat(48, 0).astype(np.uint8))
+    data = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column("label", datasets.Image())
+    data.save_to_disk(str(tmp_path / "road_only"))
+    argv = ["--model", eval_setup / "student", "--dataset", tmp_path / "road_only", "--output_dir", tmp_path / "out"]
+    command = [sys.executable, "scripts/evaluate_duda.py", *map(str, argv)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = load_strict_json(tmp_path / "out" / "eval_results.json")["models"]["student"]
+    accuracy = metrics["per_class_accuracy"]
+    assert isinstance(accuracy["road"], float) and [v for k, v in accuracy.items() if k != "road"] == [None] * 18  # not in the labels
+    predicted = {c for c, row in enumerate(np.asarray(metrics["confusion_matrix"]).T) if row.sum()}
+    for number, iou in enumerate(metrics["per_class_iou"].values()):
+        assert (iou is None) == (number != 0 and number not in predicted)  # null: in neither labels nor predictions

@@ -15,7 +15,7 @@ from duda_hf.data.native import list_native_files, load_native
 from duda_hf.data.prepare import prepare_native
 from duda_hf.data.rcs import compute_class_pixel_counts
 
-from .conftest import tiny_argv
+from .conftest import load_strict_json, tiny_argv
 from .native_folders import (
     CITYSCAPES_TABLE,
     SYNTHIA_TABLE,
@@ -41,7 +41,7 @@ def label_of(dataset, index=0) -> np.ndarray:
 
 
 def test_lookup_tables_match_labels_md():
-    # LABELS.md section 1 and 3 spell out the tables as lists indexed by raw id
+    # docs/datasets.md ("Cityscapes", "SYNTHIA") spells out the tables as lists indexed by raw id
     assert CITYSCAPES_ID_TO_TRAINID.tolist() == [255, 255, 255, 255, 255, 255, 255, 0, 1, 255, 255, 2, 3, 4, 255, 255, 255, 5,
                                                  255, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 255, 255, 16, 17, 18]  # fmt: skip
     assert SYNTHIA_ID_TO_TRAINID.tolist() == [255, 10, 2, 0, 1, 4, 8, 5, 13, 7, 11, 18, 17, 255, 255, 6, 9, 12, 14, 15, 16, 3, 255]
@@ -202,6 +202,7 @@ def test_prepare_resumes_after_an_interruption(tmp_path):
         prepare_native(tmp_path / "gta5", "gta5", tmp_path / "out", num_proc=2, shard_size=2, progress=False)
     assert not (tmp_path / "out").exists()  # nothing half-written looks complete
     assert sorted(p.name for p in (tmp_path / "out.partial").glob("*.arrow")) == ["train-00000.arrow", "train-00001.arrow"]
+    assert load_strict_json(tmp_path / "out.partial" / "manifest.json")["format"] == "gta5"
     (tmp_path / "gta5/images/00005.png").write_bytes(good)
     result = prepare_native(tmp_path / "gta5", "gta5", tmp_path / "out", num_proc=2, shard_size=2, progress=False)
     assert result.images_converted == 1 and len(result.dataset["train"]) == 5

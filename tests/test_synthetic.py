@@ -12,6 +12,8 @@ from duda_hf.data import synthetic
 from duda_hf.data.labels import CITYSCAPES_CLASSES
 from duda_hf.data.synthetic import DOMAINS, build_synthetic_benchmark, render_scene
 
+from .conftest import load_strict_json
+
 VALID_IDS = set(range(19)) | {255}
 TINY = dict(num_source=8, num_target=8, num_target_val=4, height=64, width=128)
 
@@ -102,6 +104,7 @@ def test_build_writes_loadable_splits(tiny_benchmark):
         assert row["label"].mode == "L" and row["label"].size == (128, 64)
         assert set(np.unique(np.asarray(row["label"])).tolist()) <= VALID_IDS
     assert not [name for name in os.listdir(out) if "tmp" in name]  # no leftover temp folders
+    assert load_strict_json(out / "synthetic_meta.json")["num_target_val"] == 4
 
 
 def test_splits_do_not_share_scenes(tiny_benchmark):

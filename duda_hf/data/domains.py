@@ -1,4 +1,4 @@
-"""Load a domain as a `datasets.Dataset` with columns `image` and (where labelled) `label` (DESIGN.md data contract)."""
+"""Load a domain as a `datasets.Dataset` with columns `image` and (where labelled) `label` (docs/design.md, "Data contract")."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def load_domain(
         if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             raise DomainError(
                 f"{role} '{spec}' is a folder but not a `datasets` save_to_disk folder (no dataset_info.json or "
-                "dataset_dict.json). Convert it first (e.g. `python scripts/make_synthetic.py`, or Dataset.save_to_disk)."
+                "dataset_dict.json). If it is a native dataset folder, pass its --*_format or convert it with `duda-prepare-data`; "
+                "otherwise write it with Dataset.save_to_disk."
             )
         loaded = datasets.load_from_disk(str(path))
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:

@@ -20,8 +20,9 @@ CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
     (0, 80, 100), (0, 0, 230), (119, 11, 32),
 )  # fmt: skip
 
-# "thing" classes (DAFormer's feature-distance default): pole .. bicycle minus vegetation/terrain/sky.
-THING_CLASSES: tuple[int, ...] = (5, 6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+# "thing" classes, the feature distance's default: DAFormer's `imnet_feature_dist_classes` (traffic light, traffic
+# sign, person .. bicycle), https://github.com/lhoyer/DAFormer/blob/master/configs/_base_/uda/dacs_a999_fdthings.py
+THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 
 ID2LABEL: dict[int, str] = dict(enumerate(CITYSCAPES_CLASSES))
 LABEL2ID: dict[str, int] = {name: i for i, name in ID2LABEL.items()}
@@ -52,13 +53,13 @@ def _lookup_table(pairs: dict[int, int], size: int, default: int = IGNORE_INDEX)
     return lut
 
 
-# Cityscapes label id (0..33; GTA5 palette indices use the same ids) -> trainId. LABELS.md section 1.
+# Cityscapes label id (0..33; GTA5 palette indices use the same ids) -> trainId. docs/datasets.md, "Cityscapes".
 CITYSCAPES_ID_TO_TRAINID: np.ndarray = _lookup_table(
     {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
      28: 15, 31: 16, 32: 17, 33: 18}, 34,
 )  # fmt: skip
 
-# SYNTHIA-RAND-CITYSCAPES class id (0..22) -> trainId. LABELS.md section 3 (the DAFormer/ADVENT dictionary).
+# SYNTHIA-RAND-CITYSCAPES class id (0..22) -> trainId. docs/datasets.md, "SYNTHIA" (the DAFormer/ADVENT dictionary).
 SYNTHIA_ID_TO_TRAINID: np.ndarray = _lookup_table(
     {1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17, 15: 6, 16: 9, 17: 12, 18: 14,
      19: 15, 20: 16, 21: 3}, 23,
@@ -67,7 +68,7 @@ SYNTHIA_ID_TO_TRAINID: np.ndarray = _lookup_table(
 # trainId labels (ACDC, Dark Zurich, prepared folders): 0..18 and 255 pass unchanged, anything else is invalid.
 TRAINID_IDENTITY: np.ndarray = _lookup_table({**{i: i for i in range(NUM_CLASSES)}, IGNORE_INDEX: IGNORE_INDEX}, 256, INVALID)
 
-# SYNTHIA -> Cityscapes is also scored on 16 and 13 classes (LABELS.md section 3).
+# SYNTHIA -> Cityscapes is also scored on 16 and 13 classes (docs/datasets.md, "SYNTHIA").
 SYNTHIA_16_CLASSES: tuple[int, ...] = tuple(c for c in range(NUM_CLASSES) if c not in (9, 14, 16))
 SYNTHIA_13_CLASSES: tuple[int, ...] = tuple(c for c in SYNTHIA_16_CLASSES if c not in (3, 4, 5))
 

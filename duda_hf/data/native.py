@@ -1,4 +1,4 @@
-"""The five native dataset layouts of LABELS.md read as `datasets.Dataset`s in the data contract.
+"""The five native dataset layouts of docs/datasets.md read as `datasets.Dataset`s in the data contract.
 
 A native domain is a Dataset of file paths (`image_path`, `label_path`) whose transform decodes each row
 into `image` (RGB) and `label` (Cityscapes trainIds, 255 = ignore) on access: nothing is converted up

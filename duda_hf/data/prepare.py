@@ -23,6 +23,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..jsonio import write_json
 from .domains import DomainError
 from .native import NativeDecoder, list_native_files, read_image
 
@@ -119,7 +120,7 @@ def prepare_native(
         if previous != manifest:  # different files or settings: the finished shards do not belong to this run
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json(work / "manifest.json", manifest, indent=1)
 
     tasks = []
     for split, (images, labels) in listed.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from ..jsonio import dumps
 from .domains import DomainError
 from .labels import IGNORE_INDEX, NUM_CLASSES, invalid_label_values
 
@@ -75,7 +76,7 @@ def class_pixel_counts(dataset: datasets.Dataset, role: str = "--source_dataset"
     counts = compute_class_pixel_counts(dataset, role)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump({"num_rows": len(dataset), "counts": counts.tolist()}, handle)
+        handle.write(dumps({"num_rows": len(dataset), "counts": counts}))
     os.replace(handle.name, path)
     return counts
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..jsonio import write_json
+
 DOMAINS = ("source", "target")
 
 # Cityscapes trainIds, in the order of duda_hf.data.labels.CITYSCAPES_CLASSES.
@@ -377,6 +379,6 @@ def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_targe
         shutil.rmtree(paths[name], ignore_errors=True)
         os.replace(tmp, paths[name])
     tmp_meta = out / f".synthetic_meta.json.tmp-{os.getpid()}"
-    tmp_meta.write_text(json.dumps(meta, indent=2))
+    write_json(tmp_meta, meta)
     os.replace(tmp_meta, meta_path)
     return paths

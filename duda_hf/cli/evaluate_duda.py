@@ -1,0 +1,169 @@
+"""Evaluate SegFormer models (an exported student, a teacher, any Hub id) on a labelled dataset, streaming.
+
+Writes to --output_dir: `eval_results.json` (mIoU, per-class IoU and accuracy, mIoU16/13 for SYNTHIA sources,
+image count, seconds, confusion matrix), `report.md` (the per-class table) and `per_class_iou.png` /
+`confusion_matrix.png`; prints the table. `--compare` scores a second model on the same pass and puts the two
+side by side (student vs teacher: what distillation kept). Runs under `accelerate launch` too (the images are
+split across processes and the confusion matrices summed).
+
+Examples (`duda-evaluate` is the same as `python scripts/evaluate_duda.py` in a clone):
+    duda-evaluate --model outputs/run/student --dataset data/cityscapes --split val
+    duda-evaluate --model outputs/run/student --compare outputs/run/teacher \\
+        --dataset /data/cityscapes --format cityscapes --split val --eval_size 1024 512
+    duda-evaluate --model org/duda-mitb0-gta2cs --dataset /data/acdc --format acdc --split val --mode slide
+    accelerate launch -m duda_hf.cli.evaluate_duda --model ... --dataset ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="SegFormer folder or Hub id (19 Cityscapes classes)")
+    parser.add_argument("--compare", help="a second model scored in the same pass (e.g. the teacher)")
+    parser.add_argument("--name", default=None, help="label of --model in the report (default: its folder name)")
+    parser.add_argument("--compare_name", default=None, help="label of --compare in the report")
+    parser.add_argument("--dataset", required=True, help="save_to_disk folder, Hub dataset id, or native folder with --format")
+    parser.add_argument("--split", default="validation", help="split (native folders: val; `validation` also works)")
+    parser.add_argument("--format", default=None, help="native layout: gta5, synthia, cityscapes, acdc, darkzurich")
+    parser.add_argument("--conditions", nargs="*", default=[], help="ACDC / Dark Zurich conditions")
+    parser.add_argument("--image_column", default="image")
+    parser.add_argument("--label_column", default="label")
+    parser.add_argument("--label_type", default="trainid", help="trainid, labelid or color (stored and Hub datasets)")
+    parser.add_argument("--eval_size", nargs=2, type=int, metavar=("W", "H"),
+                        help="inference size (logits upsampled to the label size); default: the model's image processor size, "
+                        "or the native size")  # fmt: skip
+    parser.add_argument("--native_size", action="store_true", help="ignore the image processor's size: infer at the image size")
+    parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image (DAFormer protocol) or sliding window")
+    parser.add_argument("--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size")
+    parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride")
+    parser.add_argument("--synthia_subsets", action="store_true", help="also report mIoU16 and mIoU13 (SYNTHIA -> Cityscapes)")
+    parser.add_argument("--max_samples", type=int, default=None, help="score the first N images only")
+    parser.add_argument(
+        "--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="autocast (auto: bf16 on GPU, fp32 on CPU)"
+    )
+    parser.add_argument("--output_dir", default=None, help="where the results go (default: eval_<model name>)")
+    return parser.parse_args(argv)
+
+
+def load_model(name_or_path: str):
+    """The SegFormer and its (W, H) evaluation size and normalisation from its image processor, if it has one."""
+    try:  # the PIL processor: the default one wants torchvision, which this project does not use
+        from transformers import SegformerImageProcessorPil as SegformerImageProcessor
+    except ImportError:
+        from transformers import SegformerImageProcessor
+
+    from duda_hf.models import _from_pretrained
+
+    model = _from_pretrained(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
+    size, mean, std = None, None, None
+    try:
+        processor = SegformerImageProcessor.from_pretrained(name_or_path, local_files_only=Path(name_or_path).is_dir() or None)
+        if processor.do_resize and processor.size:
+            size = (processor.size["width"], processor.size["height"])
+        mean, std = processor.image_mean, processor.image_std
+    except OSError:
+        pass  # no preprocessor_config.json: native size, ImageNet statistics
+    return model, size, mean, std
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from accelerate import PartialState
+
+    from duda_hf.data.domains import DomainError, load_domain
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+    from duda_hf.evaluation import SYNTHIA_SUBSETS, evaluate_networks
+    from duda_hf.jsonio import write_json
+    from duda_hf.models import IMAGENET_MEAN, IMAGENET_STD, ModelUnavailableError
+    from duda_hf.report import markdown_report, plot_confusion, plot_per_class_iou
+
+    state = PartialState()
+    try:
+        dataset = load_domain(
+            args.dataset, args.split, True, args.image_column, args.label_column, role="--dataset", format=args.format,
+            conditions=tuple(args.conditions), label_type=args.label_type,
+        )  # fmt: skip
+        models = {args.name or Path(args.model.rstrip("/")).name: load_model(args.model)}
+        if args.compare:
+            compare_name = args.compare_name or Path(args.compare.rstrip("/")).name
+            if compare_name in models:
+                compare_name += " (compare)"
+            models[compare_name] = load_model(args.compare)
+    except (DomainError, ModelUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name, (model, *_rest) in models.items():
+        if model.config.num_labels != len(CITYSCAPES_CLASSES):
+            print(
+                f"error: model '{name}' predicts {model.config.num_labels} classes; this evaluates the 19 Cityscapes trainIds",
+                file=sys.stderr,
+            )
+            return 2
+    if args.max_samples:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    _, model_size, mean, std = next(iter(models.values()))
+    size = tuple(args.eval_size) if args.eval_size else (None if args.native_size else model_size)
+    device = state.device
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+    networks = {name: model.to(device).eval() for name, (model, *_rest) in models.items()}
+    subsets = SYNTHIA_SUBSETS if args.synthia_subsets else None
+
+    started = time.monotonic()
+    try:
+        matrices = evaluate_networks(
+            networks, dataset, device, input_size=(size[1], size[0]) if size else None, mode=args.mode,
+            window=tuple(args.window), stride=tuple(args.stride), autocast_dtype=dtype,
+            process_index=state.process_index, world_size=state.num_processes,
+            image_mean=mean or IMAGENET_MEAN, image_std=std or IMAGENET_STD, progress=state.is_main_process,
+        )  # fmt: skip
+    except DomainError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seconds = time.monotonic() - started
+    if not state.is_main_process:
+        return 0
+
+    results = {}
+    for name, matrix in matrices.items():
+        metrics = matrix.compute(class_subsets=subsets)
+        metrics.update(model=args.model if name == next(iter(models)) else args.compare, num_images=len(dataset),
+                       confusion_matrix=matrix.matrix.cpu().tolist())  # fmt: skip
+        results[name] = metrics
+    details = {
+        "dataset": f"{args.dataset} ({args.format or 'datasets'}, split {args.split}{', ' + ' '.join(args.conditions) if args.conditions else ''})",
+        "images": str(len(dataset)),
+        "inference": f"{args.mode}, input {f'{size[0]}x{size[1]}' if size else 'native size'}"
+        + (f", window {args.window[0]}x{args.window[1]} stride {args.stride[0]}x{args.stride[1]}" if args.mode == "slide" else ""),
+        "seconds": f"{seconds:.1f} on {device} x{state.num_processes}",
+    }
+    out = Path(args.output_dir or f"eval_{next(iter(models)).replace(' ', '_')}")
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"dataset": args.dataset, "format": args.format, "split": args.split, "mode": args.mode,
+              "eval_size": list(size) if size else None, "num_images": len(dataset), "seconds": round(seconds, 2), "models": results}  # fmt: skip
+    write_json(out / "eval_results.json", report)
+    text = markdown_report(results, "Evaluation", details)
+    (out / "report.md").write_text(text)
+    plot_per_class_iou(results, out / "per_class_iou.png", f"Per-class IoU, {Path(args.dataset).name}")
+    for number, (name, metrics) in enumerate(results.items()):
+        suffix = "" if number == 0 else "_compare"
+        plot_confusion(
+            np.asarray(metrics["confusion_matrix"]), out / f"confusion_matrix{suffix}.png", f"{name}: confusion (row-normalised)"
+        )
+    print(text)
+    print(f"written to {out}/ (eval_results.json, report.md, per_class_iou.png, confusion_matrix*.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

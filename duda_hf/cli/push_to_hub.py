@@ -1,0 +1,62 @@
+"""Push an exported model folder (a run's student/ or teacher/) to the Hub, with a model card.
+
+The model card (README.md) is rewritten for --repo_id from the run's eval_results.json (the folder's parent, or
+--eval_results); --keep_card pushes the folder's README.md as it is. Only safetensors exports are pushed, and a
+failed push leaves the local folder as it was.
+
+Example (`duda-push` is the same as `python scripts/push_to_hub.py` in a clone):
+    duda-push --model_dir outputs/gta2cs/student --repo_id my-org/duda-mitb0-gta2cs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from duda_hf.hub import HubError, build_model_card, check_export, push_folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="exported model folder (config.json, model.safetensors, ...)")
+    parser.add_argument("--repo_id", required=True, help="ORG/NAME on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--eval_results", default=None, help="eval_results.json for the card (default: MODEL_DIR/../eval_results.json)")
+    parser.add_argument("--license", default="other", help="license in the card metadata")
+    parser.add_argument("--keep_card", action="store_true", help="push the existing README.md unchanged")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model_dir)
+    card_path = model_dir / "README.md"
+    previous_card = card_path.read_bytes() if card_path.exists() else None
+    try:
+        check_export(model_dir)
+        results_path = Path(args.eval_results) if args.eval_results else model_dir.parent / "eval_results.json"
+        if not (args.keep_card and card_path.exists()):
+            if not results_path.is_file():
+                raise HubError(f"no eval_results.json at '{results_path}' to write the model card from; pass --eval_results")
+            config = (
+                json.loads((model_dir / "preprocessor_config.json").read_text())
+                if (model_dir / "preprocessor_config.json").exists()
+                else {}
+            )
+            size = config.get("size") or {}
+            eval_size = (size["width"], size["height"]) if "width" in size else None
+            build_model_card(json.loads(results_path.read_text()), args.repo_id, args.license, eval_size).save(card_path)
+        url = push_folder(model_dir, args.repo_id, args.private, args.revision, args.commit_message)
+    except HubError as error:
+        if previous_card is not None:  # leave the folder as it was
+            card_path.write_bytes(previous_card)
+        elif card_path.exists():
+            card_path.unlink()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {model_dir} to {args.repo_id}: {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Train DUDA (or a baseline) and export the student.
+
+    duda-train --config configs/synthetic_cpu.yaml [--field value ...]
+    accelerate launch -m duda_hf.cli.train_duda --config RECIPE.yaml [--field value ...]
+    accelerate launch scripts/train_duda.py --config RECIPE.yaml [--field value ...]     # in a clone
+
+Every field of DudaConfig, ModelArguments and DataArguments is a flag; flags override the recipe.
+Writes Trainer checkpoints, `student/` (plain SegFormer) and `eval_results.json` to --output_dir.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from duda_hf.pipeline import parse_args, run_training
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, config = parse_args(argv, description=__doc__)
+    results = run_training(model_args, data_args, config)
+    if config.process_index == 0:
+        line = f"target-validation mIoU ({results['student']['num_images']} images): "
+        line += f"student {100 * results['student']['mIoU']:.2f}"
+        if "teacher" in results:
+            line += f", teacher {100 * results['teacher']['mIoU']:.2f}"
+        print(line)
+        print(f"student exported to {config.output_dir}/student")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

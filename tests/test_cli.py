@@ -1,0 +1,52 @@
+"""Every program answers --help, and each console command is its script (the same program, flags and help)."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROGRAMS = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyproject.toml)
+    "train_duda.py": "duda-train",
+    "evaluate_duda.py": "duda-evaluate",
+    "prepare_data.py": "duda-prepare-data",
+    "push_to_hub.py": "duda-push",
+    "make_synthetic.py": "duda-make-synthetic",
+}
+ENV = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
+
+
+def help_text(command: list[str]) -> str:
+    done = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+    assert done.returncode == 0, f"{command} --help failed:\n{done.stderr[-3000:]}"
+    assert done.stdout.startswith("usage: "), done.stdout[:200]
+    return done.stdout
+
+
+def without_program_name(text: str, name: str) -> str:
+    """The help with the program's own name taken out and the layout (which depends on the name's length) ignored."""
+    return " ".join(text.replace(f"usage: {name} ", "usage: PROGRAM ", 1).split())
+
+
+@pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_help_works_and_the_console_command_is_the_same_program(path):
+    text = help_text([sys.executable, str(path)])
+    command = CONSOLE_COMMANDS.get(path.name)
+    if command is None:
+        assert path.parent.name == "benchmarks", f"{path.name} is a script without a console command"
+        return
+    installed = Path(sys.executable).parent / command
+    assert installed.is_file(), f"console command {command} is not installed; run pip install -e . again"
+    assert without_program_name(help_text([str(installed)]), command) == without_program_name(text, path.name)
+
+
+def test_every_console_command_has_its_script():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    declared = dict(re.findall(r'^(duda-[\w-]+) = "duda_hf\.cli\.(\w+):main"$', pyproject, flags=re.MULTILINE))
+    assert declared == {command: Path(script).stem for script, command in CONSOLE_COMMANDS.items()}
+    for module in declared.values():
+        assert (ROOT / "duda_hf" / "cli" / f"{module}.py").is_file() and (ROOT / "scripts" / f"{module}.py").is_file()

@@ -1,0 +1,122 @@
+"""The project documents itself: every link and file reference in the README, docs/, the recipes and the code's
+docstrings and comments resolves inside the repository (a clone has nothing beside it)."""
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ("method.md", "datasets.md", "design.md", "reproducibility.md")
+
+MARKDOWN_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)\]>`'\"]+")
+# a run of path characters: `docs/method.md`, `../x/Y.md`, `configs/*.yaml`, `spaces/duda-demo/`
+PATH_TOKEN = re.compile(r"[\w.~/*<>{}-]+")
+FILE_SUFFIXES = (".md", ".py", ".yaml", ".yml", ".toml", ".json", ".txt", ".png", ".jpg")
+DOC_NAME = re.compile(r"^[A-Z][A-Z0-9_-]*\.md$")  # README.md, METHOD.md, LABELS.md: a document, by name
+
+
+def scanned_files() -> list[Path]:
+    """The README, docs/, the Space's README, the card template, the recipes and the code outside tests/."""
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "configs").glob("*.yaml"))]
+    files += sorted((ROOT / "duda_hf" / "templates").glob("*.md")) + [ROOT / "spaces" / "duda-demo" / "README.md"]
+    for folder in ("duda_hf", "scripts", "benchmarks", "spaces"):
+        files += sorted((ROOT / folder).rglob("*.py"))
+    return files
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Anchors of the headings of a Markdown file (outside fenced code)."""
+    found, fenced = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            found.add(slug(line.lstrip("#")))
+    return found
+
+
+@functools.cache
+def repository_names() -> tuple[set[str], set[str]]:
+    """The top-level entries of the repository, and the name of every file in it (environments and caches aside)."""
+    top_level = {entry.name for entry in ROOT.iterdir()} - {".git"}
+    names = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith((".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"))]
+        names.update(files)
+    return top_level, names
+
+
+def inside(path: Path) -> bool:
+    return path.resolve().is_relative_to(ROOT)
+
+
+def unresolved(text: str, source: Path) -> list[str]:
+    """References in `text` (from the file `source`) that do not resolve inside the repository."""
+    problems = []
+    top_level, names = repository_names()
+    for target in MARKDOWN_LINK.findall(text):
+        if URL.match(target) or target.startswith("mailto:"):
+            continue
+        file_part, _, anchor = target.partition("#")
+        linked = (source.parent / file_part) if file_part else source
+        if not (inside(linked) and linked.exists()):
+            problems.append(f"link ({target}): no such file in the repository")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            problems.append(f"link ({target}): no heading with that anchor")
+    for token in PATH_TOKEN.findall(URL.sub(" ", text)):
+        token = token.rstrip(".,:;")
+        if DOC_NAME.match(Path(token).name) and Path(token).name not in names:
+            problems.append(f"'{token}': no document of that name in the repository")
+        elif token.startswith(("../", "./")):
+            if not inside(source.parent / token) or not (source.parent / token).exists():
+                problems.append(f"'{token}': does not resolve inside the repository")
+        elif "/" in token and token.split("/")[0] in top_level and (token.endswith(FILE_SUFFIXES) or token.endswith("/")):
+            if any(mark in token for mark in "<>{}"):
+                continue  # a pattern with placeholders, not a file
+            if not (list(ROOT.glob(token.rstrip("/"))) if "*" in token else (ROOT / token).exists()):
+                problems.append(f"'{token}': no such file or folder in the repository")
+    return problems
+
+
+def test_the_documentation_is_in_the_repository():
+    for name in DOCS:
+        assert (ROOT / "docs" / name).is_file(), f"docs/{name} is missing"
+    readme = (ROOT / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1]
+    assert "docs/" in layout, "the README's Layout names docs/"
+    for name in DOCS:
+        assert f"(docs/{name})" in readme, f"the README links docs/{name}"
+
+
+@pytest.mark.parametrize("path", scanned_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_reference_resolves_inside_the_repository(path):
+    assert unresolved(path.read_text(), path) == []
+
+
+def test_the_checker_catches_references_outside_the_repository():
+    text = (
+        "The method is in [`../shared/docs/METHOD.md`](../shared/docs/METHOD.md); tables in LABELS.md section 3.\n"
+        "See `docs/missing.md`, [Datasets](#no-such-heading), [x](docs/method.md#nor-this) and `configs/*.toml`.\n"
+        "Fine: `docs/method.md`, [SYNTHIA](docs/datasets.md#synthia), `student/README.md`, https://x.org/a/METHOD.md.\n"
+    )
+    problems = unresolved(text, ROOT / "README.md")
+    assert problems == [
+        "link (../shared/docs/METHOD.md): no such file in the repository",
+        "link (#no-such-heading): no heading with that anchor",
+        "link (docs/method.md#nor-this): no heading with that anchor",
+        "'../shared/docs/METHOD.md': no document of that name in the repository",
+        "'../shared/docs/METHOD.md': no document of that name in the repository",
+        "'LABELS.md': no document of that name in the repository",
+        "'docs/missing.md': no such file or folder in the repository",
+        "'configs/*.toml': no such file or folder in the repository",
+    ]

@@ -1,0 +1,92 @@
+"""The package works without the repository: a wheel built from it, installed into a fresh environment, trains
+(through `accelerate launch -m`), writes the model card, evaluates and prepares data with its console commands."""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from .conftest import load_strict_json, tiny_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_each_dependency_line_carries_its_own_comment():
+    # a comment belongs to the line of the requirement it explains (opencv: SYNTHIA labels; matplotlib: plots)
+    lines = (ROOT / "pyproject.toml").read_text().split("dependencies = [", 1)[1].split("]", 1)[0].splitlines()
+    comments = {line.split('"')[1]: line.split("#", 1)[1].strip() for line in lines if line.strip().startswith('"') and "#" in line}
+    assert all(comment.count("#") == 0 for comment in comments.values()), comments
+    assert "SYNTHIA" in comments["opencv-python-headless>=4.8"] and "plots" in comments["matplotlib>=3.7"]
+
+
+def run(command: list[str], env: dict, cwd: Path, timeout: int = 600) -> str:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{command[:3]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory):
+    """A fresh virtual environment holding duda-hf from a wheel built here; its dependencies come from this one.
+
+    Returns `(environment variables, bin folder, work folder)`; the work folder is outside the repository.
+    """
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"  # what the source distribution holds, away from the checkout's build folders
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "duda_hf", source / "duda_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(root / "dist")]
+    run([*build, str(source)], env, root)
+    (wheel,) = (root / "dist").glob("duda_hf-*.whl")
+    venv = root / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], env, root)
+    bin_dir = venv / "bin"
+    site_packages = Path(
+        run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env, root).strip()
+    )
+    # the dependencies (torch, transformers, ...) from this environment; its .pth files (the editable duda_hf) are not read
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in paths))
+    run([str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], env, root)
+    work = root / "work"
+    work.mkdir()
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf_home"), COLUMNS="120")
+    return env, bin_dir, work
+
+
+def test_the_wheel_installs_a_self_contained_package(installed_wheel):
+    env, bin_dir, work = installed_wheel
+    code = (
+        "import duda_hf, duda_hf.hub as hub, duda_hf.evaluation as evaluation, os\n"
+        "print(duda_hf.__file__, hub.TEMPLATE.is_file(), os.path.isfile(os.path.join(evaluation.METRIC_PATH, 'streaming_miou.py')))\n"
+    )
+    location, template, metric = run([str(bin_dir / "python"), "-c", code], env, work).split()
+    assert Path(location).is_relative_to(bin_dir.parent) and not Path(location).is_relative_to(ROOT)
+    assert template == metric == "True"
+    for command in ("duda-train", "duda-evaluate", "duda-prepare-data", "duda-push", "duda-make-synthetic"):
+        assert run([str(bin_dir / command), "--help"], env, work).startswith(f"usage: {command} ")
+
+
+def test_the_installed_package_trains_by_module_writes_the_card_and_evaluates(installed_wheel):
+    env, bin_dir, work = installed_wheel
+    run([str(bin_dir / "duda-make-synthetic"), "--out", "data", "--num_source", "8", "--num_target", "8", "--num_target_val", "3",
+         "--height", "64", "--width", "128"], env, work)  # fmt: skip
+    benchmark = {name: str(work / "data" / name) for name in ("source", "target", "target_val")}
+    launch = [str(bin_dir / "python"), "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "duda_hf.cli.train_duda"]  # fmt: skip
+    output = run([*launch, *tiny_argv(benchmark, work / "run", "--max_steps", "2", "--hub_model_id", "org/wheel-student")], env, work)
+    assert "target-validation mIoU (3 images)" in output
+    results = load_strict_json(work / "run" / "eval_results.json")
+    card = ModelCard.load(work / "run" / "student" / "README.md")
+    assert card.data.to_dict()["model-index"][0]["results"][0]["metrics"][0]["value"] == round(100 * results["student"]["mIoU"], 2)
+    assert 'pipeline("image-segmentation", model="org/wheel-student")' in card.text
+    run([str(bin_dir / "duda-evaluate"), "--model", "run/student", "--dataset", "data/target_val", "--output_dir", "scores"], env, work)
+    assert load_strict_json(work / "scores" / "eval_results.json")["num_images"] == 3
