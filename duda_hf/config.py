@@ -1,7 +1,7 @@
-"""Configuration: `DudaConfig` (every knob of METHOD.md on top of `TrainingArguments`), plus model and data arguments.
+"""Configuration: `DudaConfig` (every knob of docs/method.md on top of `TrainingArguments`), plus model and data arguments.
 
-One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022, `configs/daformer/*` and
-`mmseg/models/uda/dacs.py`) and the DUDA components as METHOD.md reconstructs them. Recipes in
+One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022; in the DAFormer repository `configs/daformer/*` and
+`mmseg/models/uda/dacs.py`) and the DUDA components as docs/method.md reconstructs them. Recipes in
 `configs/` override only what differs.
 """
 
@@ -44,7 +44,7 @@ class DudaConfig(TrainingArguments):
     method: str = field(
         default="duda",
         metadata=_help(
-            "Training method: 'duda' (large EMA pair distilled into the student, METHOD.md), "
+            "Training method: 'duda' (large EMA pair distilled into the student, docs/method.md), "
             "'self_training' (DAFormer-style EMA self-training of the student alone) or 'source_only'.",
             choices=list(METHODS),
         ),
@@ -79,18 +79,18 @@ class DudaConfig(TrainingArguments):
     color_jitter_strength: float = field(
         default=0.2, metadata=_help("Colour-jitter strength for brightness, contrast, saturation and hue. DAFormer: 0.2.")
     )
-    color_jitter_p: float = field(default=0.8, metadata=_help("Probability of colour jitter per mixed image (METHOD.md: 0.8)."))
+    color_jitter_p: float = field(default=0.8, metadata=_help("Probability of colour jitter per mixed image (docs/method.md: 0.8)."))
     blur_p: float = field(default=0.5, metadata=_help("Probability of Gaussian blur per mixed image. DAFormer: 0.5."))
     blur_sigma_min: float = field(default=0.15, metadata=_help("Smallest Gaussian-blur sigma. DAFormer: 0.15."))
     blur_sigma_max: float = field(default=1.15, metadata=_help("Largest Gaussian-blur sigma. DAFormer: 1.15."))
     # --- gradual distillation ---
     preadapt_steps: float = field(
         default=0.25,
-        metadata=_help("Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 25%."),
+        metadata=_help("Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 0.25."),
     )
     distill_ramp_steps: float = field(
         default=0.25,
-        metadata=_help("Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 25%."),
+        metadata=_help("Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 0.25."),
     )
     kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
     # --- inconsistency weighting ---
@@ -133,6 +133,11 @@ class DudaConfig(TrainingArguments):
     # --- optimisation ---
     head_lr_multiplier: float = field(default=10.0, metadata=_help("Learning-rate multiplier of the decode heads. DAFormer: 10."))
     poly_power: float = field(default=1.0, metadata=_help("Power of the polynomial learning-rate decay after warmup. DAFormer: 1.0."))
+    # --- speed (GPU) ---
+    channels_last: bool = field(
+        default=False,
+        metadata=_help("Store every network's convolution weights channels-last (NHWC). Measured by benchmarks/gpu_check.py."),
+    )
     # --- monitoring ---
     debug_image_steps: int = field(
         default=0,
@@ -156,6 +161,13 @@ class DudaConfig(TrainingArguments):
     save_steps: float = field(default=4000, metadata=_help("Checkpoint every N steps."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep every column: the DUDA batch has source and target fields."))
     ddp_find_unused_parameters: bool | None = field(default=False, metadata=_help("Every trainable parameter is used in each step."))
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata=_help(
+            "Trainer's filter of non-finite losses from the logged mean. Off: a non-finite loss term stops the run before "
+            "the optimizer step instead (and the filter would read the loss on the host every step)."
+        ),
+    )
 
     def __post_init__(self):
         _check(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
@@ -203,6 +215,15 @@ class DudaConfig(TrainingArguments):
             # process alone (distributed type NO); with it they form one gloo DDP group.
             self.use_cpu = True
             self.dataloader_pin_memory = False
+        # `--torch_compile` compiles each network in place (`Module.compile`), so that the teacher's and the frozen
+        # networks' calls, which do not go through the wrapped model, are compiled too and checkpoint keys do not
+        # change; accelerate's own compilation of the wrapper is left off.
+        compile_requested = bool(self.torch_compile or self.torch_compile_backend or self.torch_compile_mode)
+        self.compile_networks = {"backend": self.torch_compile_backend or "inductor", "mode": self.torch_compile_mode} if compile_requested else None
+        self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
+        if self.accelerator_config is None and _has_accelerator():
+            # Batches are copied to the device from pinned memory without waiting for it.
+            self.accelerator_config = {"non_blocking": True}
         if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:
             # DAFormer decays to exactly 0; transformers' default lr_end is 1e-7.
             self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
@@ -220,7 +241,7 @@ class DudaConfig(TrainingArguments):
 
 @dataclass
 class ModelArguments:
-    """Which networks to build (METHOD.md, "The networks")."""
+    """Which networks to build (docs/method.md, "The networks")."""
 
     student: str = field(
         default="mit-b0",
@@ -244,7 +265,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """Where the domains come from (DESIGN.md data contract) and how they are cropped."""
+    """Where the domains come from (docs/design.md, "Data contract") and how they are cropped."""
 
     source_dataset: str | None = field(default=None, metadata=_help("Labelled source domain: Hub dataset id or save_to_disk folder."))
     target_dataset: str | None = field(default=None, metadata=_help("Unlabelled target training domain (labels, if any, are dropped)."))

@@ -1,4 +1,4 @@
-"""Pure tensor functions of the DUDA objective (METHOD.md steps 1, 3 and 4).
+"""Pure tensor functions of the DUDA objective (docs/method.md, steps 1, 3 and 4).
 
 Nothing here touches I/O, modules or global state: every function takes tensors and returns tensors,
 so each one is unit-tested on hand-made inputs.
@@ -163,13 +163,18 @@ def class_iou_counts(
         `(intersection, union)`, each `(num_classes,)` float.
     """
     valid = valid & (target >= 0) & (target < num_classes)
-    # Out-of-range ids go to an extra bin that is dropped, which avoids boolean-mask indexing.
-    pred = torch.where(valid, prediction, num_classes)
-    true = torch.where(valid, target, num_classes)
-    pred_count = torch.bincount(pred.flatten(), minlength=num_classes + 1)[:num_classes]
-    true_count = torch.bincount(true.flatten(), minlength=num_classes + 1)[:num_classes]
+    # Out-of-range ids go to an extra bin that is dropped, which avoids boolean-mask indexing. Counting by
+    # scatter_add into a fixed-size vector (not bincount, whose output size needs the input's max) keeps the
+    # training step free of host synchronisations on an accelerator.
+    pred = torch.where(valid, prediction, num_classes).flatten()
+    true = torch.where(valid, target, num_classes).flatten()
     hit = torch.where(pred == true, true, num_classes)
-    intersection = torch.bincount(hit.flatten(), minlength=num_classes + 1)[:num_classes]
+
+    def count(index: torch.Tensor) -> torch.Tensor:
+        bins = torch.zeros(num_classes + 1, dtype=torch.long, device=index.device)
+        return bins.scatter_add_(0, index, torch.ones_like(index))[:num_classes]
+
+    pred_count, true_count, intersection = count(pred), count(true), count(hit)
     union = pred_count + true_count - intersection
     return intersection.float(), union.float()
 
@@ -201,14 +206,15 @@ def inconsistency_class_weights(discrepancy: torch.Tensor, seen: torch.Tensor, b
         `(C,)` float tensor.
     """
     weights = torch.ones_like(discrepancy)
-    if beta == 0 or not bool(seen.any()):
+    if beta == 0:
         return weights
-    mean_d = discrepancy[seen].mean()
-    if mean_d <= 0:
-        return weights
-    raw = 1.0 + beta * discrepancy / mean_d
-    raw = raw / raw[seen].mean()
-    return torch.where(seen, raw, weights)
+    # Written without data-dependent branches (no host synchronisation): no class seen, or a zero mean
+    # discrepancy, gives weights of 1.
+    seen_count = seen.sum()
+    mean_d = torch.where(seen, discrepancy, 0).sum() / seen_count.clamp(min=1)
+    raw = 1.0 + beta * discrepancy / mean_d.clamp(min=torch.finfo(discrepancy.dtype).tiny)
+    raw = raw / (torch.where(seen, raw, 0).sum() / seen_count.clamp(min=1))
+    return torch.where(seen & (mean_d > 0), raw, weights)
 
 
 def feature_distance(
@@ -237,6 +243,10 @@ def feature_distance(
     onehot = F.one_hot(binned, num_classes + 1).permute(0, 3, 1, 2).float()
     share = F.adaptive_avg_pool2d(onehot, (h, w))
     top_share, top_class = share[:, :num_classes].max(dim=1)
-    selected = (top_share >= scale_min_ratio) & torch.isin(top_class, torch.tensor(classes, device=labels.device))
+    # compared with Python ints: a class tensor copied from the host would wait for the device
+    in_classes = torch.zeros_like(top_class, dtype=torch.bool)
+    for cls in classes:
+        in_classes |= top_class == cls
+    selected = (top_share >= scale_min_ratio) & in_classes
     distance = torch.linalg.vector_norm(features.float() - reference_features.float(), dim=1)
     return (distance * selected).sum() / selected.sum().clamp(min=1)

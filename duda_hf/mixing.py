@@ -1,4 +1,4 @@
-"""ClassMix and strong augmentation (METHOD.md step 2), as batched tensor ops on the training device.
+"""ClassMix and strong augmentation (docs/method.md, step 2), as batched tensor ops on the training device.
 
 Randomness comes from an explicit `torch.Generator`, so a step's mix is a function of (seed, step) and a
 resumed run repeats it exactly. Parameter sampling and application are separate functions, so the
@@ -12,30 +12,36 @@ from dataclasses import dataclass
 
 import kornia
 import torch
+import torch.nn.functional as F
 
-from .data.labels import IGNORE_INDEX
+from .data.labels import NUM_CLASSES
 
 
 def class_mix_masks(source_labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-image ClassMix masks: half (rounded up) of the classes present in each source label map.
 
+    Each image gives its present classes random keys and keeps the ceil(n/2) smallest, a uniform draw of
+    that many classes. Batched, with no data-dependent shapes, so nothing waits for the device.
+
     Args:
-        source_labels: `(B, H, W)` long trainIds with `IGNORE_INDEX`.
+        source_labels: `(B, H, W)` long trainIds with `IGNORE_INDEX` (any value outside 0..18 is never chosen).
         generator: random source; must live on `source_labels.device`.
 
     Returns:
         `(B, H, W)` float mask, 1 where the source pixel is pasted onto the target image.
     """
-    masks = torch.zeros(source_labels.shape, dtype=torch.float32, device=source_labels.device)
-    for i, labels in enumerate(source_labels):
-        classes = torch.unique(labels)
-        classes = classes[classes != IGNORE_INDEX]
-        if classes.numel() == 0:
-            continue
-        order = torch.randperm(classes.numel(), generator=generator, device=classes.device)
-        chosen = classes[order[: math.ceil(classes.numel() / 2)]]
-        masks[i] = torch.isin(labels, chosen).float()
-    return masks
+    batch = source_labels.shape[0]
+    # every value outside the classes goes to an extra bin that is never chosen
+    bins = torch.where((source_labels >= 0) & (source_labels < NUM_CLASSES), source_labels, NUM_CLASSES).view(batch, -1)
+    present = torch.zeros(batch, NUM_CLASSES + 1, dtype=torch.bool, device=bins.device)
+    present.scatter_(1, bins, True)
+    present[:, NUM_CLASSES] = False
+    keys = torch.rand(batch, NUM_CLASSES + 1, generator=generator, device=bins.device)
+    keys = torch.where(present, keys, 2.0)  # absent classes sort last
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    wanted = (present.sum(dim=1, keepdim=True) + 1) // 2
+    chosen = present & (rank < wanted)
+    return chosen.gather(1, bins).view(source_labels.shape).float()
 
 
 def mix(mask: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -62,6 +68,7 @@ class AugmentParams:
     hue: torch.Tensor
     blur: torch.Tensor
     sigma: torch.Tensor
+    sigma_max: float | None = None  # host-side bound on `sigma`: the blur kernel size without reading the device
 
 
 def sample_augment_params(
@@ -87,12 +94,13 @@ def sample_augment_params(
         hue=uniform(-min(s, 0.5), min(s, 0.5)),
         blur=torch.rand(batch_size, generator=generator, device=device) < blur_p,
         sigma=uniform(*blur_sigma),
+        sigma_max=float(blur_sigma[1]),
     )
 
 
 def _grayscale(images: torch.Tensor) -> torch.Tensor:
-    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    # Python scalars, not a weight tensor copied from the host (which would wait for the device)
+    return images[:, 0:1] * 0.299 + images[:, 1:2] * 0.587 + images[:, 2:3] * 0.114
 
 
 def color_jitter(
@@ -120,11 +128,22 @@ def color_jitter(
     return kornia.color.hsv_to_rgb(torch.cat([shifted_h, hsv[:, 1:]], dim=1)).clamp(0, 1)
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image isotropic Gaussian blur with standard deviation `sigma` `(B,)`; kernel radius ceil(3 * max sigma)."""
-    radius = max(1, math.ceil(3 * float(sigma.max())))
-    sigma_xy = sigma.view(-1, 1).expand(-1, 2).to(images.dtype)
-    return kornia.filters.gaussian_blur2d(images, (2 * radius + 1, 2 * radius + 1), sigma_xy, border_type="reflect")
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, sigma_max: float | None = None) -> torch.Tensor:
+    """Per-image isotropic Gaussian blur with standard deviation `sigma` `(B,)`, reflecting at the borders.
+
+    Separable, as two grouped convolutions with one normalised kernel per image. The kernel radius is
+    ceil(3 * sigma_max); `sigma_max` defaults to `sigma.max()`, which reads the device: the training step
+    passes its host-side bound instead.
+    """
+    radius = max(1, math.ceil(3 * (float(sigma.max()) if sigma_max is None else sigma_max)))
+    batch, channels, height, width = images.shape
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    taps = torch.exp(-offsets.square() / (2 * sigma.to(images.dtype).view(-1, 1).square()))
+    taps = (taps / taps.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B * C, 2r + 1)
+    planes = F.pad(images.reshape(1, batch * channels, height, width), (radius,) * 4, mode="reflect")
+    planes = F.conv2d(planes, taps.view(batch * channels, 1, 1, -1), groups=batch * channels)
+    planes = F.conv2d(planes, taps.view(batch * channels, 1, -1, 1), groups=batch * channels)
+    return planes.view(batch, channels, height, width)
 
 
 def strong_augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
@@ -134,10 +153,9 @@ def strong_augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         images: `(B, 3, H, W)` RGB in [0, 1].
     """
     view = (-1, 1, 1, 1)
-    if bool(params.jitter.any()):
-        jittered = color_jitter(images, params.brightness, params.contrast, params.saturation, params.hue)
-        images = torch.where(params.jitter.view(view), jittered, images)
-    if bool(params.blur.any()):
-        blurred = gaussian_blur(images, params.sigma)
-        images = torch.where(params.blur.view(view), blurred, images)
-    return images
+    # Both transforms run on the whole batch and are selected per image: no data-dependent branch, so no
+    # host synchronisation (the cost is a few element-wise passes over the batch).
+    jittered = color_jitter(images, params.brightness, params.contrast, params.saturation, params.hue)
+    images = torch.where(params.jitter.view(view), jittered, images)
+    blurred = gaussian_blur(images, params.sigma, params.sigma_max)
+    return torch.where(params.blur.view(view), blurred, images)

@@ -1,4 +1,4 @@
-"""`DudaTrainer`: one step of METHOD.md as `compute_loss`, the rest deferred to `transformers.Trainer`."""
+"""`DudaTrainer`: one step of docs/method.md as `compute_loss`, the rest deferred to `transformers.Trainer`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
-from .models import DudaModel
+from .models import DudaModel, prepare_networks
 
 STAGING_DIR = ".partial-checkpoints"
 
@@ -42,6 +42,46 @@ class NonFiniteLossError(FloatingPointError):
 
 def _unwrap(model) -> DudaModel:
     return getattr(model, "module", model)
+
+
+class StepLog:
+    """Sums of the logged step values between two logging steps.
+
+    Tensors are summed where they live (no host synchronisation per micro-step) and read back together, once,
+    when the Trainer logs; host floats (such as `lam_t`) are summed on the host. A vector value `name` of 19
+    entries is logged per Cityscapes class as `name_<class>`.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.count = 0
+
+    def add(self, values: dict[str, torch.Tensor | float]) -> None:
+        for name, value in values.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[name] = value if name not in self.sums else self.sums[name] + value
+        self.count += 1
+
+    def pop_means(self, digits: int = 5) -> dict[str, float]:
+        """Means since the last call, as host floats (one device-to-host copy), then start again."""
+        if not self.count:
+            return {}
+        tensors = {name: value for name, value in self.sums.items() if isinstance(value, torch.Tensor)}
+        flat = torch.cat([value.reshape(-1) for value in tensors.values()]).cpu().tolist() if tensors else []
+        means, offset = {}, 0
+        for name, value in self.sums.items():
+            if not isinstance(value, torch.Tensor):
+                means[name] = round(value / self.count, digits)
+                continue
+            numbers = flat[offset : offset + value.numel()]
+            offset += value.numel()
+            if value.dim() == 0:
+                means[name] = round(numbers[0] / self.count, digits)
+            else:
+                for class_name, number in zip(CITYSCAPES_CLASSES, numbers):
+                    means[f"{name}_{class_name.replace(' ', '_')}"] = round(number / self.count, digits)
+        self.sums, self.count = {}, 0
+        return means
 
 
 class EmaTeacherCallback(TrainerCallback):
@@ -107,13 +147,13 @@ class DudaTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
+        prepare_networks(_unwrap(self.model), channels_last=args.channels_last, compile_options=args.compile_networks)
         self.eval_resize = tuple(eval_resize) if eval_resize else None
         self.eval_class_subsets = eval_class_subsets
         self.debug_tensors = None
         self.last_eval_results: dict | None = None
         self.last_eval_step = -1
-        self._term_sums: dict[str, torch.Tensor] = defaultdict(float)
-        self._term_count = 0
+        self._step_log = StepLog()
         self._micro_step = (-1, 0)
 
     def train(self, *args, **kwargs):
@@ -161,7 +201,7 @@ class DudaTrainer(Trainer):
             self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
-    # ---- one step (METHOD.md) ----
+    # ---- one step (docs/method.md) ----
     def _step_generator(self, device: torch.device) -> torch.Generator:
         """Random source for this micro-step: a function of (seed, step, micro-step, process), so resumes are exact."""
         step = self.state.global_step
@@ -171,21 +211,28 @@ class DudaTrainer(Trainer):
         return torch.Generator(device=device).manual_seed(int(seed))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One micro-step: the loss to optimise. Named loss terms and diagnostics are kept for the log.
+
+        Precision: the networks' forward passes run under the run's autocast (`--bf16`/`--fp16`); everything after
+        them (teacher softmax, pseudo-labels, confidence, KD targets, losses) is computed in fp32.
+        Host synchronisation: one per micro-step, the finiteness check of the loss terms, which stops the run
+        before a non-finite loss reaches the optimizer. Logged values stay on the device and are read once per
+        logging step.
+        """
         args: DudaConfig = self.args
         duda = _unwrap(model)
         source_image = inputs["source_image"].float() / 255
         source_label = inputs["source_label"].long()
         target_image = inputs["target_image"].float() / 255
         if args.method == "source_only":
-            outputs = model(source_image)
-            terms = {"loss_student_source": weighted_cross_entropy(outputs["student_logits"], source_label)}
-            loss = terms["loss_student_source"]
+            with self.accelerator.autocast():
+                outputs = model(source_image)
+            losses = {"loss_student_source": weighted_cross_entropy(outputs["student_logits"], source_label)}
+            loss, diagnostics = losses["loss_student_source"], {}
         else:
-            loss, terms, outputs = self._adaptation_loss(model, duda, source_image, source_label, target_image)
-        self._check_finite(terms)
-        for name, value in terms.items():
-            self._term_sums[name] = self._term_sums[name] + value.detach()
-        self._term_count += 1
+            loss, losses, diagnostics, outputs = self._adaptation_loss(model, duda, source_image, source_label, target_image)
+        self._check_finite({**losses, "loss": loss})
+        self._step_log.add({**losses, **diagnostics})
         return (loss, outputs) if return_outputs else loss
 
     def _adaptation_loss(self, model, duda: DudaModel, source_image, source_label, target_image):
@@ -194,13 +241,15 @@ class DudaTrainer(Trainer):
         batch, label_size = source_image.shape[0], source_label.shape[-2:]
         step = self.state.global_step
 
-        # 1. Pseudo-labels from the (fused) teachers on the clean target images.
-        probs, probs_tau = fuse_teacher_probs(
-            duda.teacher_logits(target_image), args.teacher_weights or None, args.kd_temperature, size=label_size
-        )
+        # 1. Pseudo-labels from the (fused) teachers on the clean target images (softmax and labels in fp32).
+        with self.accelerator.autocast():
+            teacher_logits = duda.teacher_logits(target_image)
+        probs, probs_tau = fuse_teacher_probs(teacher_logits, args.teacher_weights or None, args.kd_temperature, size=label_size)
         pseudo, quality = pseudo_label(probs, args.pseudo_label_threshold)
         # 1 outside the ignore margins, 0 in them; scaled by the quality weight for the loss
-        inside = target_pixel_weight(torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom)
+        inside = target_pixel_weight(
+            torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom
+        )
         target_weight = quality * inside
 
         # 2. ClassMix and strong augmentation.
@@ -212,52 +261,62 @@ class DudaTrainer(Trainer):
         mixed_label = mix(mask, source_label, pseudo)
         mixed_weight = mix(mask, torch.ones_like(target_weight), target_weight)
         params = sample_augment_params(
-            batch, generator, source_image.device, args.color_jitter_strength, args.color_jitter_p, args.blur_p,
-            (args.blur_sigma_min, args.blur_sigma_max),
-        )  # fmt: skip
+            batch,
+            generator,
+            source_image.device,
+            jitter_strength=args.color_jitter_strength,
+            jitter_p=args.color_jitter_p,
+            blur_p=args.blur_p,
+            blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
+        )
         mixed_image = strong_augment(mixed_image, params)
 
         # Source and mixed batches through one forward pass of each trained network.
         use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0
-        outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd)
+        with self.accelerator.autocast():
+            outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd)
+            reference_features = duda.imagenet_features(source_image) if use_fd else None
         student_source, student_mix = outputs["student_logits"].split(batch)
 
-        terms = {"loss_student_source": weighted_cross_entropy(student_source, source_label)}
+        losses = {"loss_student_source": weighted_cross_entropy(student_source, source_label)}
+        diagnostics = {"pseudo_label_quality": quality}
         if duda.aux_student is None:  # self-training: the student learns like DAFormer's network
-            terms["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, mixed_weight)
-            loss = terms["loss_student_source"] + terms["loss_student_mix"]
+            losses["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, mixed_weight)
+            loss = losses["loss_student_source"] + losses["loss_student_mix"]
         else:
             # 3. Auxiliary student (DAFormer recipe).
             aux_source, aux_mix = outputs["aux_logits"].split(batch)
-            terms["loss_aux_source"] = weighted_cross_entropy(aux_source, source_label)
-            terms["loss_aux_mix"] = weighted_cross_entropy(aux_mix, mixed_label, mixed_weight)
+            losses["loss_aux_source"] = weighted_cross_entropy(aux_source, source_label)
+            losses["loss_aux_mix"] = weighted_cross_entropy(aux_mix, mixed_label, mixed_weight)
             # 4. Student: hard pseudo-labels, then more and more the teacher's soft output, class-weighted.
             lam = distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
             target_pixels = mask == 0
             class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
             pixel_weight = mixed_weight * torch.where(target_pixels, class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)], 1.0)
-            loss = terms["loss_aux_source"] + terms["loss_aux_mix"] + terms["loss_student_source"]
+            loss = losses["loss_aux_source"] + losses["loss_aux_mix"] + losses["loss_student_source"]
             if lam < 1:
-                terms["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, pixel_weight)
-                loss = loss + (1 - lam) * terms["loss_student_mix"]
+                losses["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, pixel_weight)
+                loss = loss + (1 - lam) * losses["loss_student_mix"]
             if lam > 0:
                 source_onehot = F.one_hot(source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
                 soft_target = mix(mask, source_onehot, probs_tau)
                 valid = mixed_label != IGNORE_INDEX
-                terms["loss_student_kd"] = kd_loss(student_mix, soft_target, args.kd_temperature, pixel_weight, valid)
-                loss = loss + lam * terms["loss_student_kd"]
+                losses["loss_student_kd"] = kd_loss(student_mix, soft_target, args.kd_temperature, pixel_weight, valid)
+                loss = loss + lam * losses["loss_student_kd"]
             # Discrepancy on every pseudo-labelled pixel outside the margins, even while the quality weight is ~0.
             self._update_inconsistency(duda, student_mix, mixed_label, target_pixels & (inside > 0))
-            terms["lam_t"] = torch.tensor(float(lam))
-            terms.update({f"class_weight_{name.replace(' ', '_')}": w for name, w in zip(CITYSCAPES_CLASSES, class_weights)})
+            diagnostics["lam_t"] = lam  # a host float: logged as is
+            diagnostics["class_weight"] = class_weights
         # 6. Optional ImageNet feature distance on the network that makes the pseudo-labels.
         if use_fd:
-            terms["loss_feature_distance"] = feature_distance(
-                outputs["features"][:batch], duda.imagenet_features(source_image), source_label, tuple(args.fd_classes),
-                args.fd_scale_min_ratio,
-            )  # fmt: skip
-            loss = loss + args.fd_lambda * terms["loss_feature_distance"]
-        terms["pseudo_label_quality"] = quality
+            losses["loss_feature_distance"] = feature_distance(
+                outputs["features"][:batch],
+                reference_features,
+                source_label,
+                tuple(args.fd_classes),
+                scale_min_ratio=args.fd_scale_min_ratio,
+            )
+            loss = loss + args.fd_lambda * losses["loss_feature_distance"]
         if args.debug_image_steps and (step + 1) % args.debug_image_steps == 0:
             self.debug_tensors = {
                 "source_image": source_image.detach(),
@@ -266,8 +325,7 @@ class DudaTrainer(Trainer):
                 "mixed_label": mixed_label.detach(),
                 "prediction": F.interpolate(student_mix.detach().float(), size=label_size, mode="bilinear").argmax(1),
             }
-        terms["loss"] = loss
-        return loss, terms, outputs
+        return loss, losses, diagnostics, outputs
 
     @torch.no_grad()
     def _update_inconsistency(self, duda: DudaModel, student_mix, mixed_label, valid):
@@ -284,25 +342,24 @@ class DudaTrainer(Trainer):
         duda.class_discrepancy.copy_(discrepancy)
         duda.class_seen.copy_(seen)
 
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([value.detach().float().reshape(()) for value in terms.values()])
-        if bool(torch.isfinite(values).all()):
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        """Stop before the optimizer step if a loss term is NaN or infinite (the step's one host synchronisation)."""
+        values = torch.stack([value.detach().float().reshape(()) for value in losses.values()])
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
             return
-        name = next(name for name, value in terms.items() if not torch.isfinite(value.detach()).all())
+        name, value = next((name, v) for (name, v), ok in zip(losses.items(), finite.tolist()) if not ok)
         last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
         raise NonFiniteLossError(
-            f"non-finite loss at step {self.state.global_step + 1}: term '{name}' is {terms[name].detach().float().item()}. "
+            f"non-finite loss at step {self.state.global_step + 1}: term '{name}' is {value.detach().float().item()}. "
             f"Last good checkpoint: {last or 'none (no checkpoint was saved yet)'}. Lower --learning_rate, enable "
             "--max_grad_norm, or check the inputs, then resume with --resume_from_checkpoint."
         )
 
     # ---- logging ----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._term_count:
-            for name, total in self._term_sums.items():
-                if name != "loss":
-                    logs[name] = round(float(total / self._term_count), 5)
-            self._term_sums, self._term_count = defaultdict(float), 0
+        if "loss" in logs:
+            logs.update(self._step_log.pop_means())
         super().log(logs, start_time)
 
     # ---- checkpoints: written in a staging folder, then renamed (atomic for readers) ----
