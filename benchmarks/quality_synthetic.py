@@ -1,107 +1,127 @@
-"""Target mIoU on the synthetic benchmark: source_only, self_training and duda with the same student, over seeds.
+"""What DUDA buys on the synthetic benchmark: baselines and DUDA from random init and from a pretrained pair, over seeds.
 
-    python benchmarks/quality_synthetic.py [--seeds 0 1 2] [--methods source_only self_training duda] [--ablations] [-- extra flags]
+    python benchmarks/quality_synthetic.py [--seeds 0 1 2] [--rows ROW ...] [--jobs 2] [-- extra flags]
 
-Each run is `scripts/train_duda.py --config configs/synthetic_cpu.yaml --method M --seed S`; results (the
-student's and the teacher's target mIoU per run, mean and spread per method) go to
-benchmarks/results/quality_synthetic.json and a Markdown table is printed.
-
-`--ablations` adds `duda` runs with one component changed at a time (ABLATIONS below). The extra-teacher row
-adds the `self_training` run's student of the same seed (a pre-adapted network) as a frozen extra teacher,
-so it needs the `self_training` runs.
+Every row trains the same `tiny` student for the same 1500 steps (batch 2 + 2, 128x128 crops) and reports the
+target mIoU of the student, the auxiliary student (`duda`) and the EMA teacher, per seed and as mean ± std:
+  - random init, `configs/synthetic_cpu.yaml` (today's recipe): source_only, self_training, duda;
+  - the pretrained pair, `configs/synthetic_pretrained_cpu.yaml` (both networks pretrained the same way on a
+    labelled pretraining domain with no target data, `scripts/pretrain_synthetic.py`, run first if needed):
+    source_only, self_training, duda, and duda without each of its components (soft KD, gradual
+    distillation, inconsistency weighting).
+Runs whose `eval_results.json` exists are reused. Writes benchmarks/results/quality_synthetic.json and prints a
+Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+RANDOM, PRETRAINED = "configs/synthetic_cpu.yaml", "configs/synthetic_pretrained_cpu.yaml"
+MAX_STEPS = 1500  # both recipes' budget
 
-# name -> flags added to a `duda` run; {self_training_student} is that seed's self_training student folder.
-ABLATIONS = {
-    "duda, no gradual distillation (lam_t = 1 from step 0)": ["--preadapt_steps", "0", "--distill_ramp_steps", "0"],
-    "duda, no inconsistency weighting (beta = 0)": ["--inconsistency_beta", "0"],
-    "duda, no ClassMix (target images unmixed)": ["--class_mix", "false"],
-    "duda + extra teacher (the self_training student, weights 1 1)": [
-        "--extra_teachers", "{self_training_student}", "--teacher_weights", "1", "1",
-    ],
+# key -> (label, recipe, flags)
+ROWS = {
+    "random_source_only": ("random init: source_only", RANDOM, ["--method", "source_only"]),
+    "random_self_training": ("random init: self_training", RANDOM, ["--method", "self_training"]),
+    "random_duda": ("random init: duda", RANDOM, ["--method", "duda"]),
+    "pretrained_source_only": ("pretrained pair: source_only", PRETRAINED, ["--method", "source_only"]),
+    "pretrained_self_training": ("pretrained pair: self_training", PRETRAINED, ["--method", "self_training"]),
+    "pretrained_duda": ("pretrained pair: duda", PRETRAINED, ["--method", "duda"]),
+    # lam_t stays 0: hard pseudo-labels only, no soft KD term
+    "pretrained_duda_no_kd": ("pretrained pair: duda without soft KD", PRETRAINED,
+                              ["--preadapt_steps", str(MAX_STEPS), "--distill_ramp_steps", "0"]),  # fmt: skip
+    # lam_t = 1 from the first step: soft KD only, no pre-adaptation or ramp
+    "pretrained_duda_no_gradual": ("pretrained pair: duda without gradual distillation", PRETRAINED,
+                                   ["--preadapt_steps", "0", "--distill_ramp_steps", "0"]),  # fmt: skip
+    "pretrained_duda_no_inconsistency": ("pretrained pair: duda without inconsistency weighting", PRETRAINED,
+                                         ["--inconsistency_beta", "0"]),  # fmt: skip
 }
+NETWORKS = ("student", "auxiliary", "teacher")
 
 
-def run(method: str, seed: int, output_root: Path, extra: list[str], variant: str | None = None) -> dict:
-    output_dir = output_root / (f"{method}_seed{seed}" if variant is None else f"ablation{list(ABLATIONS).index(variant)}_seed{seed}")
+def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None) -> dict:
+    label, recipe, flags = ROWS[row]
+    output_dir = output_root / f"{row}_seed{seed}"
     results_file = output_dir / "eval_results.json"
-    if variant is not None:
-        student = output_root / f"self_training_seed{seed}" / "student"
-        extra = [*extra, *(flag.format(self_training_student=student) for flag in ABLATIONS[variant])]
     if not results_file.exists():
-        command = [sys.executable, "scripts/train_duda.py", "--config", "configs/synthetic_cpu.yaml", "--method", method,
-                   "--seed", str(seed), "--output_dir", str(output_dir), "--save_strategy", "no", *extra]  # fmt: skip
+        command = [sys.executable, "scripts/train_duda.py", "--config", recipe, *flags, "--seed", str(seed),
+                   "--output_dir", str(output_dir), "--save_strategy", "no", *extra]  # fmt: skip
         started = time.monotonic()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise SystemExit(f"{variant or method} seed {seed} failed:\n{done.stderr[-3000:]}")
-        print(f"{variant or method} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
+            raise SystemExit(f"{label} seed {seed} failed:\n{done.stderr[-3000:]}")
+        print(f"{label} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
     results = json.loads(results_file.read_text())
-    return {
-        "method": variant or method,
-        "seed": seed,
-        "student_mIoU": round(100 * results["student"]["mIoU"], 2),
-        "teacher_mIoU": round(100 * results["teacher"]["mIoU"], 2) if "teacher" in results else None,
-        "seconds": results["seconds"],
-    }
+    record = {"row": row, "label": label, "seed": seed, "seconds": results["seconds"]}
+    for name in NETWORKS:
+        record[f"{name}_mIoU"] = round(100 * results[name]["mIoU"], 2) if isinstance(results.get(name), dict) else None
+    return record
 
 
 def summarise(runs: list[dict], key: str) -> dict | None:
     values = [r[key] for r in runs if r[key] is not None]
     if not values:
         return None
-    return {"mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+    return {"mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+            "per_seed": values}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=["source_only", "self_training", "duda"])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run (default: all).")
+    parser.add_argument("--jobs", type=int, default=1, help="Runs at a time, each with cores/jobs threads (default: 1).")
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
-    parser.add_argument("--ablations", action="store_true", help="also run the DUDA ablations (needs the self_training runs)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality_synthetic.json"))
     args, extra = parser.parse_known_args()
     subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
-    runs = [run(method, seed, Path(args.output_root), extra) for seed in args.seeds for method in args.methods]
-    if args.ablations:
-        runs += [run("duda", seed, Path(args.output_root), extra, variant) for variant in ABLATIONS for seed in args.seeds]
-    names = list(args.methods) + (list(ABLATIONS) if args.ablations else [])
-    summary = {
-        name: {key: summarise([r for r in runs if r["method"] == name], key) for key in ("student_mIoU", "teacher_mIoU")}
-        for name in names
-    }
+    if any(ROWS[row][1] == PRETRAINED for row in args.rows):
+        subprocess.run([sys.executable, "scripts/pretrain_synthetic.py"], cwd=ROOT, check=True, capture_output=True)
+    jobs = [(row, seed) for seed in args.seeds for row in args.rows]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
+    with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait for them
+        runs = list(pool.map(lambda job: run(*job, Path(args.output_root), extra, threads), jobs))
+    summary = {row: {f"{name}_mIoU": summarise([r for r in runs if r["row"] == row], f"{name}_mIoU") for name in NETWORKS} for row in args.rows}
+    pretraining = {}
+    for name in ("tiny", "tiny-wide"):
+        record = ROOT / "pretrained_synthetic" / name / "pretraining.json"
+        if record.is_file():
+            pretraining[name] = json.loads(record.read_text())
     report = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {platform.python_version()}",
-        "recipe": "configs/synthetic_cpu.yaml",
+        "rows": {row: {"label": ROWS[row][0], "recipe": ROWS[row][1], "flags": ROWS[row][2]} for row in args.rows},
         "extra_flags": extra,
+        "pretraining": pretraining,
         "runs": runs,
         "summary": summary,
     }
     write_json(args.results, report)
-    print(f"\n| method | student target mIoU (mean ± std, {len(args.seeds)} seeds) | teacher target mIoU |")
-    print("|---|---|---|")
-    for method, values in summary.items():
-        teacher = values["teacher_mIoU"]
-        student = values["student_mIoU"]
-        teacher_text = f"{teacher['mean']:.2f} ± {teacher['std']:.2f}" if teacher else "—"
-        print(f"| {method} | {student['mean']:.2f} ± {student['std']:.2f} | {teacher_text} |")
+
+    def cell(value: dict | None) -> str:
+        if value is None:
+            return "—"
+        return f"{value['mean']:.2f} ± {value['std']:.2f} ({' / '.join(f'{v:.2f}' for v in value['per_seed'])})"
+
+    print(f"\n| row ({len(args.seeds)} seeds) | student | auxiliary | teacher |")
+    print("|---|---|---|---|")
+    for row, values in summary.items():
+        print(f"| {ROWS[row][0]} | " + " | ".join(cell(values[f"{name}_mIoU"]) for name in NETWORKS) + " |")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
+from .report import teacher_premise
+
 # The model card template ships inside the package (package data), so installed wheels write cards too.
 TEMPLATE = resources.files("duda_hf") / "templates" / "duda_student.md"
 DATASET_NAMES = {"gta5": "GTA5", "synthia": "SYNTHIA", "cityscapes": "Cityscapes", "acdc": "ACDC", "darkzurich": "Dark Zurich"}
@@ -65,6 +67,8 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
     eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
     extra = [k for k in ("mIoU16", "mIoU13") if k in student_metrics]
     models = [("student (this model)", student_metrics)]
+    if results.get("auxiliary"):
+        models.append((f"auxiliary student ({recipe.get('aux_student', 'large network')})", results["auxiliary"]))
     if results.get("teacher"):
         models.append((f"teacher ({recipe.get('aux_student', 'auxiliary')}, EMA)", results["teacher"]))
     card_data = ModelCardData(
@@ -107,6 +111,7 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         per_class_rule="|".join("---" for _ in models),
         per_class_rows=per_class_rows,
         recipe=[(key, recipe[key]) for key in RECIPE_KEYS if key in recipe],
+        premise=teacher_premise(results),
     )
 
 

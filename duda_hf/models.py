@@ -7,6 +7,7 @@ The deployable student is a plain `SegformerForSemanticSegmentation`; everything
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 from pathlib import Path
@@ -14,7 +15,7 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from transformers import SegformerConfig, SegformerForSemanticSegmentation
+from transformers import AutoModelForSemanticSegmentation, SegformerConfig, SegformerForSemanticSegmentation
 
 from .data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 
@@ -93,8 +94,35 @@ def _from_pretrained(
         raise ModelUnavailableError(f"Cannot load '{name_or_path}' from the Hub: {error}") from error
 
 
+NETWORKS_FILE = "networks.json"  # in a DudaTrainer checkpoint: each network's config by role
+
+
+def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> SegformerForSemanticSegmentation:
+    """One network (`student`, `aux_student`, `teacher`, `extra_teacher_N`) of a DudaTrainer checkpoint folder."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    folder = Path(checkpoint)
+    networks_path, weights_path = folder / NETWORKS_FILE, folder / "model.safetensors"
+    if not networks_path.is_file() or not weights_path.is_file():
+        raise ModelUnavailableError(
+            f"'{folder}' is not a DUDA training checkpoint: it needs {NETWORKS_FILE} and model.safetensors "
+            "(checkpoints written by duda-hf have both; an exported network folder is passed without '@role')"
+        )
+    configs = json.loads(networks_path.read_text())
+    if role not in configs:
+        raise ModelUnavailableError(f"checkpoint '{folder}' has no network '{role}'; it holds {sorted(configs)}")
+    config = configs[role]
+    network = AutoModelForSemanticSegmentation.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    prefix = "extra_teachers." + role.rsplit("_", 1)[1] + "." if role.startswith("extra_teacher_") else f"{role}."
+    state = {key[len(prefix) :]: value for key, value in load_file(weights_path).items() if key.startswith(prefix)}
+    network.load_state_dict(state, strict=True)
+    return network
+
+
 def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSegmentation:
-    """A 19-class SegFormer by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`), Hub id or local folder.
+    """A 19-class SegFormer by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`), Hub id, local folder, or one
+    network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role` (`student`, `aux_student`, `teacher`).
 
     Args:
         name: preset, Hub id or folder of a SegFormer checkpoint.
@@ -106,6 +134,9 @@ def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSe
     if name in _MIT_SIZES:
         # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
         return _from_pretrained(f"nvidia/{name}", ignore_mismatched_sizes=True)
+    path, _, role = name.rpartition("@")
+    if path and Path(path).is_dir():
+        return load_from_checkpoint(path, role)
     return _from_pretrained(name)
 
 
@@ -164,6 +195,12 @@ class DudaModel(nn.Module):
         self.register_buffer("class_discrepancy", torch.zeros(NUM_CLASSES))
         self.register_buffer("class_seen", torch.zeros(NUM_CLASSES, dtype=torch.bool))
         self.train()
+
+    def network_configs(self) -> dict:
+        """Each network's transformers config by role, as written beside a checkpoint's weights (`NETWORKS_FILE`)."""
+        roles = {"student": self.student, "aux_student": self.aux_student, "teacher": self.teacher}
+        roles.update({f"extra_teacher_{i}": net for i, net in enumerate(self.extra_teachers)})
+        return {role: net.config.to_dict() for role, net in roles.items() if net is not None}
 
     @property
     def ema_source(self) -> nn.Module:

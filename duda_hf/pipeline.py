@@ -22,6 +22,7 @@ from .evaluation import SYNTHIA_SUBSETS
 from .hub import build_model_card, recipe_summary
 from .jsonio import write_json
 from .models import build_duda_model, export_segformer
+from .report import teacher_premise
 from .trainer import DudaTrainer
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         "seed": config.seed,
         "target_eval_dataset": data_args.target_eval_dataset,
         **trainer.last_eval_results,
+        # every evaluation of the run: the networks' target mIoU over training (DUDA's premise, step by step)
+        "history": [entry for entry in trainer.state.log_history if any(key.endswith("_mIoU") for key in entry)],
         "seconds": round(time.monotonic() - started, 1),
         "recipe": recipe_summary(model_args, data_args, config),
     }
@@ -145,6 +148,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
             export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
         write_json(Path(config.output_dir) / "eval_results.json", results)
+        premise = teacher_premise(results)
+        if premise:
+            logger.warning(premise)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(results, repo_id, eval_size=tuple(width_height))
         card.save(Path(config.output_dir) / "student" / "README.md")

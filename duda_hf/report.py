@@ -94,3 +94,37 @@ def plot_confusion(matrix: np.ndarray, path: str | Path, title: str, class_names
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+# How much stronger (mIoU points) the teacher must be than the student for DUDA's premise to count as holding.
+PREMISE_MARGIN = 1.0
+
+
+def teacher_premise(results: dict) -> str | None:
+    """Whether DUDA's premise held in a run: a teacher clearly stronger than the student it teaches.
+
+    Args:
+        results: a run's `eval_results.json` content (`method`, `student`, `auxiliary`, `teacher` metrics).
+
+    Returns:
+        None for the baselines or when the teacher is at least `PREMISE_MARGIN` mIoU above the student;
+        otherwise a plain statement with the numbers and the ways forward.
+    """
+    if results.get("method") != "duda" or not isinstance(results.get("teacher"), dict):
+        return None
+    student, teacher = 100 * results["student"]["mIoU"], 100 * results["teacher"]["mIoU"]
+    if teacher >= student + PREMISE_MARGIN:
+        return None
+    auxiliary = results.get("auxiliary")
+    lag = ""
+    if isinstance(auxiliary, dict) and 100 * auxiliary["mIoU"] > teacher + PREMISE_MARGIN:
+        lag = (
+            f" The auxiliary student itself scores {100 * auxiliary['mIoU']:.2f}: its EMA lags it, so for a short run "
+            "lower --ema_alpha (0.99 averages about the last 100 steps, 0.999 about the last 1000)."
+        )
+    return (
+        f"The teacher ({teacher:.2f} mIoU) is not stronger than the student it teaches ({student:.2f} mIoU), so "
+        "distillation had little to pass on and this run is close to self-training. DUDA needs a large network "
+        "that starts stronger: start the auxiliary student from pretrained weights (--init imagenet for MiT "
+        "presets, or a pretrained folder, Hub id or checkpoint as --aux_student), or train it longer." + lag
+    )

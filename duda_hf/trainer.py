@@ -31,7 +31,8 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
-from .models import DudaModel, prepare_networks
+from .jsonio import write_json
+from .models import NETWORKS_FILE, DudaModel, prepare_networks
 
 STAGING_DIR = ".partial-checkpoints"
 
@@ -386,6 +387,8 @@ class DudaTrainer(Trainer):
             raise
         finally:
             del self._get_output_dir  # back to the class method
+        if self.args.should_save:  # what each network is, so that `--student CHECKPOINT@role` can rebuild one
+            write_json(os.path.join(staging, name, NETWORKS_FILE), _unwrap(model).network_configs())
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
@@ -442,10 +445,16 @@ class DudaTrainer(Trainer):
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Target-validation mIoU of the student and (if any) the teacher; logs `eval_student_mIoU`, `eval_teacher_mIoU`."""
+        """Target-validation mIoU of the student, the auxiliary student (`duda`) and the EMA teacher.
+
+        Logs `eval_student_mIoU`, `eval_auxiliary_mIoU` and `eval_teacher_mIoU`, so that every evaluation shows
+        whether the teacher is stronger than the student it teaches (DUDA's premise).
+        """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         duda = _unwrap(self.model)
         networks = {"student": duda.student}
+        if duda.aux_student is not None:
+            networks["auxiliary"] = duda.aux_student
         if duda.teacher is not None:
             networks["teacher"] = duda.teacher
         was_training = duda.training

@@ -183,3 +183,45 @@ def test_feature_distance_with_an_imagenet_encoder(tiny_benchmark, tmp_path):
     trainer.train()
     logged = [e["loss_feature_distance"] for e in trainer.state.log_history if "loss_feature_distance" in e]
     assert len(logged) == 2 and min(logged) > 0
+
+
+def test_evaluation_reports_the_auxiliary_student_beside_teacher_and_student(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--max_steps", "1")
+    metrics = trainer.evaluate()
+    assert {"eval_auxiliary_mIoU", "eval_student_mIoU", "eval_teacher_mIoU"} <= set(metrics)
+    assert set(trainer.last_eval_results) == {"student", "auxiliary", "teacher"}
+
+
+def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchmark, tmp_path):
+    from duda_hf.models import ModelUnavailableError, build_segformer
+
+    trainer = make_trainer(tiny_benchmark, tmp_path / "run", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    trainer.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    images = torch.rand(1, 3, 32, 64)
+    for role in ("student", "aux_student", "teacher"):
+        network = build_segformer(f"{checkpoint}@{role}").eval()
+        original = getattr(trainer.model, role).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(network(pixel_values=images).logits, original(pixel_values=images).logits, rtol=0, atol=0)
+    with pytest.raises(ModelUnavailableError, match=r"no network 'extra_teacher_0'.*aux_student"):
+        build_segformer(f"{checkpoint}@extra_teacher_0")
+    # the teacher of one run as the auxiliary student of the next (and as an extra teacher)
+    again = make_trainer(tiny_benchmark, tmp_path / "next", "--aux_student", f"{checkpoint}@teacher", "--extra_teachers",
+                         f"{checkpoint}@student", "--max_steps", "1")  # fmt: skip
+    torch.testing.assert_close(again.model.aux_student.state_dict(), trainer.model.teacher.state_dict(), rtol=0, atol=0)
+
+
+def test_the_run_says_when_the_teacher_is_not_stronger_than_the_student():
+    from duda_hf.report import teacher_premise
+
+    def results(student, auxiliary, teacher, method="duda"):
+        return {"method": method, "student": {"mIoU": student}, "auxiliary": {"mIoU": auxiliary}, "teacher": {"mIoU": teacher}}
+
+    assert teacher_premise(results(0.50, 0.60, 0.58)) is None  # 8 points stronger: the premise holds
+    assert teacher_premise(results(0.50, 0.40, 0.40, method="self_training")) is None
+    note = teacher_premise(results(0.30, 0.31, 0.2341))
+    assert note.startswith("The teacher (23.41 mIoU) is not stronger than the student it teaches (30.00 mIoU)")
+    assert "pretrained" in note and "--ema_alpha" not in note
+    lagging = teacher_premise(results(0.30, 0.35, 0.28))
+    assert "auxiliary student itself scores 35.00" in lagging and "--ema_alpha" in lagging

@@ -16,6 +16,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from duda_hf.pipeline import parse_args, run_training
+    from duda_hf.report import teacher_premise
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, config = parse_args(argv, description=__doc__)
@@ -23,9 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     if config.process_index == 0:
         line = f"target-validation mIoU ({results['student']['num_images']} images): "
         line += f"student {100 * results['student']['mIoU']:.2f}"
-        if "teacher" in results:
-            line += f", teacher {100 * results['teacher']['mIoU']:.2f}"
+        for name in ("auxiliary", "teacher"):
+            if name in results:
+                line += f", {name} {100 * results[name]['mIoU']:.2f}"
         print(line)
+        premise = teacher_premise(results)
+        if premise:
+            print(f"note: {premise}")
         print(f"student exported to {config.output_dir}/student")
     return 0
 

@@ -22,7 +22,11 @@ from PIL import Image
 
 from ..jsonio import write_json
 
-DOMAINS = ("source", "target")
+DOMAINS = ("source", "target", "pretrain")
+# The pretraining domain (a stand-in for ImageNet pretraining, docs/reproducibility.md): the same layouts with
+# every material instance in a random colour, random texture, exposure, colour cast, noise and blur, so that only
+# shape and context identify a class. It holds no target image or label.
+_PRETRAIN_TEXTURE, _PRETRAIN_EXPOSURE, _PRETRAIN_NOISE = (0.0, 0.6), (0.5, 1.2), (0.0, 8.0)
 
 # Cityscapes trainIds, in the order of duda_hf.data.labels.CITYSCAPES_CLASSES.
 (ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN,
@@ -296,6 +300,8 @@ def _pick(rng: np.random.Generator, colours: list) -> tuple:
 def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
     """Colour a laid-out scene in the given domain's style."""
     h, w = s.label.shape
+    if domain == "pretrain":
+        return _random_appearance(s, rng)
     target = domain == "target"
     table = np.array([_pick(rng, MATERIALS[m][0]) for m in s.materials], np.float32)
     if target:
@@ -319,6 +325,19 @@ def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
         emissive = np.array([m in _EMISSIVE for m in s.materials])[s.inst]
         img *= np.where(emissive, 1, light.astype(np.float32))[..., None] * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)  # colour cast
         img = _blur(img) + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*_TARGET_NOISE)  # optics, then sensor noise
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def _random_appearance(s: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """The pretraining domain's look: a random colour per material instance, then random camera effects."""
+    h, w = s.label.shape
+    img = rng.uniform(0, 255, (len(s.materials), 3)).astype(np.float32)[s.inst]
+    grain = 0.6 * _value_noise(rng, h, w, 2) + 0.4 * _value_noise(rng, h, w, 8)
+    img *= (1 + rng.uniform(*_PRETRAIN_TEXTURE) * grain)[..., None]
+    img *= rng.uniform(*_PRETRAIN_EXPOSURE) * np.exp(rng.normal(0, 0.15, 3)).astype(np.float32)
+    if rng.random() < 0.5:
+        img = _blur(img)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*_PRETRAIN_NOISE)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -349,21 +368,36 @@ def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_targe
     written to temporary folders and renamed into place, and `synthetic_meta.json` is written
     last; if it matches the requested parameters the existing folders are reused untouched.
     """
-    import datasets  # heavy import; rendering alone doesn't need it
-
-    out = Path(out_dir)
     splits = {"source": ("source", num_source), "target": ("target", num_target), "target_val": ("target", num_target_val)}
-    paths = {name: str(out / name) for name in splits}
     meta = dict(version=_GENERATOR_VERSION, num_source=num_source, num_target=num_target,
                 num_target_val=num_target_val, height=height, width=width, seed=seed)  # fmt: skip
-    meta_path = out / "synthetic_meta.json"
+    return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height, width, seed)
+
+
+def build_pretraining_domain(out_dir, num_train=1200, num_val=100, height=128, width=256, seed=1000) -> dict[str, str]:
+    """Write the labelled pretraining domain (`pretrain`, `pretrain_val`) under `out_dir`; return their paths.
+
+    Random appearance on the benchmark's layouts (see `DOMAINS`), from a seed of its own: it stands in for
+    ImageNet, which both networks of a real run start from, and holds nothing of the target domain.
+    """
+    splits = {"pretrain": ("pretrain", num_train), "pretrain_val": ("pretrain", num_val)}
+    meta = dict(version=_GENERATOR_VERSION, num_train=num_train, num_val=num_val, height=height, width=width, seed=seed)
+    return _write_splits(Path(out_dir), splits, meta, "pretraining_meta.json", height, width, seed)
+
+
+def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, meta_name: str, height: int, width: int, seed: int):
+    """Render and save each split `name: (domain, count)` atomically; reuse them when `meta_name` matches `meta`."""
+    import datasets  # heavy import; rendering alone doesn't need it
+
+    paths = {name: str(out / name) for name in splits}
+    meta_path = out / meta_name
     try:
         if json.loads(meta_path.read_text()) == meta and all(os.path.isdir(p) for p in paths.values()):
             return paths
     except (OSError, ValueError):
         pass
     out.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)  # a half-rebuilt benchmark must not look complete
+    meta_path.unlink(missing_ok=True)  # a half-rebuilt set must not look complete
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     for (name, (domain, count)), split_seed in zip(splits.items(), np.random.SeedSequence(seed).spawn(len(splits))):
         rng = np.random.default_rng(split_seed)
@@ -378,7 +412,7 @@ def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_targe
         dataset.save_to_disk(str(tmp))
         shutil.rmtree(paths[name], ignore_errors=True)
         os.replace(tmp, paths[name])
-    tmp_meta = out / f".synthetic_meta.json.tmp-{os.getpid()}"
+    tmp_meta = out / f".{meta_name}.tmp-{os.getpid()}"
     write_json(tmp_meta, meta)
     os.replace(tmp_meta, meta_path)
     return paths

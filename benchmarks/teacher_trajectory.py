@@ -1,0 +1,58 @@
+"""Why the teacher is weak in short runs: the auxiliary student and its EMA teacher over training, per EMA setting.
+
+    python benchmarks/teacher_trajectory.py [--recipe configs/synthetic_cpu.yaml] [--alphas 0.999 0.99]
+                                            [--eval_steps 250] [--seed 0] [-- extra flags]
+
+One `duda` run per `--ema_alpha`, evaluated every `--eval_steps` steps on the 100 target validation images;
+prints the student's, the auxiliary student's and the teacher's target mIoU at each evaluation and writes
+benchmarks/results/teacher_trajectory.json. Runs whose `eval_results.json` exists are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+from duda_hf.jsonio import write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+NETWORKS = ("student", "auxiliary", "teacher")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="configs/synthetic_cpu.yaml")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.999, 0.99])
+    parser.add_argument("--eval_steps", type=int, default=250)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output_root", default=str(ROOT / "outputs" / "teacher_trajectory"))
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "teacher_trajectory.json"))
+    args, extra = parser.parse_known_args()
+    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
+    trajectories = {}
+    for alpha in args.alphas:
+        output_dir = Path(args.output_root) / f"{Path(args.recipe).stem}_alpha{alpha}_seed{args.seed}"
+        if not (output_dir / "eval_results.json").exists():
+            command = [sys.executable, "scripts/train_duda.py", "--config", args.recipe, "--method", "duda", "--ema_alpha", str(alpha),
+                       "--eval_steps", str(args.eval_steps), "--seed", str(args.seed), "--output_dir", str(output_dir),
+                       "--save_strategy", "no", *extra]  # fmt: skip
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"alpha {alpha} failed:\n{done.stderr[-3000:]}")
+        history = json.loads((output_dir / "eval_results.json").read_text())["history"]
+        trajectories[str(alpha)] = [{"step": e["step"], **{n: e.get(f"eval_{n}_mIoU") for n in NETWORKS}} for e in history]
+    write_json(args.results, {"date": date.today().isoformat(), "recipe": args.recipe, "seed": args.seed, "extra_flags": extra,
+                              "trajectories": trajectories})  # fmt: skip
+    print("| ema_alpha | step | student | auxiliary | teacher | teacher − auxiliary |")
+    print("|---|---|---|---|---|---|")
+    for alpha, points in trajectories.items():
+        for p in points:
+            print(f"| {alpha} | {p['step']} | {p['student']:.2f} | {p['auxiliary']:.2f} | {p['teacher']:.2f} | {p['teacher'] - p['auxiliary']:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Pretrain the synthetic benchmark's networks on a labelled pretraining domain (cached): the CPU analogue of ImageNet.
+
+    duda-pretrain-synthetic [--out pretrained_synthetic] [--networks tiny tiny-wide] [--steps 2000]
+    python scripts/pretrain_synthetic.py ...                                                  # in a clone
+
+In the paper both networks start from ImageNet weights, of which the large MiT-B5 makes far more than the
+MiT-B0. Here each network is trained the same way (same data, steps, batch and learning rate) on the
+pretraining domain: the benchmark's street layouts with every object in a random colour, texture and
+lighting, so that only shape and context tell the classes apart (docs/reproducibility.md). No target image
+or label is used. Each network is written as a plain SegFormer folder, `OUT/NAME/`, for `--student`,
+`--aux_student` or `--extra_teachers`, with `pretraining.json` (the settings and its mIoU on the pretraining
+domain's validation split). A folder whose settings match is reused as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+
+def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) -> dict:
+    """Train preset `name` on the pretraining domain (source-only) and write it to `out/name`; return its record."""
+    from duda_hf.jsonio import write_json
+    from duda_hf.pipeline import parse_args, run_training
+
+    settings = {"network": name, "steps": steps, "seed": seed, "batch_size": 4, "crop_size": 128, "learning_rate": 6e-4}
+    target = out / name
+    record_path = target / "pretraining.json"
+    if record_path.is_file() and json.loads(record_path.read_text()).get("settings") == settings:
+        print(f"{name}: reusing {target}")
+        return json.loads(record_path.read_text())
+    run_dir = out / ".runs" / name
+    flags = ["--method", "source_only", "--student", name, "--init", "random",
+             "--source_dataset", data["pretrain"], "--target_dataset", data["pretrain"], "--target_eval_dataset", data["pretrain_val"],
+             "--crop_size", "128", "--per_device_train_batch_size", "4", "--max_steps", str(steps),
+             "--learning_rate", str(settings["learning_rate"]), "--warmup_steps", "100", "--rcs_min_pixels", "150",
+             "--pseudo_label_ignore_top", "0", "--pseudo_label_ignore_bottom", "0", "--eval_strategy", "no",
+             "--save_strategy", "no", "--logging_steps", "200", "--disable_tqdm", "true", "--report_to", "none",
+             "--seed", str(seed), "--output_dir", str(run_dir)]  # fmt: skip
+    results = run_training(*parse_args(flags))
+    record = {"settings": settings, "pretrain_val_mIoU": round(100 * results["student"]["mIoU"], 2), "seconds": results["seconds"]}
+    write_json(run_dir / "student" / "pretraining.json", record)
+    # the finished folder appears in one rename: a cached folder is always complete
+    staging = out / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(run_dir / "student", staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"{name}: pretrain-domain mIoU {record['pretrain_val_mIoU']:.2f} after {steps} steps ({record['seconds']:.0f} s) -> {target}")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="pretrained_synthetic", help="Folder of the pretrained networks (default: %(default)s).")
+    parser.add_argument("--data", default="data_synthetic_pretrain", help="Folder of the pretraining domain (built if missing).")
+    parser.add_argument("--networks", nargs="+", default=["tiny", "tiny-wide"], help="Presets to pretrain (default: %(default)s).")
+    parser.add_argument("--steps", type=int, default=2000, help="Training steps per network, batch 4 (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=0, help="Training seed (default: %(default)s).")
+    args = parser.parse_args(argv)
+    from duda_hf.data.synthetic import build_pretraining_domain
+
+    data = build_pretraining_domain(args.data)
+    out = Path(args.out)
+    for name in args.networks:
+        pretrain(name, data, out, args.steps, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

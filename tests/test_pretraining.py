@@ -1,0 +1,49 @@
+"""The pretraining domain and `duda-pretrain-synthetic`: the CPU analogue of the paper's ImageNet start."""
+
+import json
+
+import numpy as np
+import torch
+
+from duda_hf.data.synthetic import build_pretraining_domain, render_scene
+
+
+def test_pretraining_scenes_share_the_layouts_and_randomise_the_look():
+    pretrain = render_scene(np.random.default_rng(5), "pretrain", 64, 128)
+    source = render_scene(np.random.default_rng(5), "source", 64, 128)
+    again = render_scene(np.random.default_rng(5), "pretrain", 64, 128)
+    assert np.array_equal(pretrain[1], source[1])  # the same label map: only the appearance differs
+    assert np.array_equal(pretrain[0], again[0])  # deterministic for a seed
+    other = render_scene(np.random.default_rng(6), "pretrain", 64, 128)
+    sky = (pretrain[1] == 10) & (other[1] == 10)
+    # the same class gets unrelated colours in two scenes (the source domain keeps one sky colour)
+    assert sky.any() and np.abs(pretrain[0][sky].astype(int).mean(0) - other[0][sky].astype(int).mean(0)).max() > 20
+
+
+def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path, tiny_benchmark, capsys):
+    from duda_hf.cli.pretrain_synthetic import main
+    from duda_hf.pipeline import build_trainer, parse_args
+
+    from .conftest import tiny_argv
+
+    argv = ["--out", str(tmp_path / "pretrained"), "--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "2"]
+    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4, height=64, width=128)
+    assert sorted(data) == ["pretrain", "pretrain_val"]
+    assert main(argv) == 0
+    folder = tmp_path / "pretrained" / "tiny"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json",
+                                                         "pretraining.json"]  # fmt: skip
+    record = json.loads((folder / "pretraining.json").read_text())
+    assert record["settings"] == {"network": "tiny", "steps": 2, "seed": 0, "batch_size": 4, "crop_size": 128, "learning_rate": 6e-4}
+    assert 0 <= record["pretrain_val_mIoU"] <= 100
+    weights = (folder / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 0  # cached: reused, not trained again
+    assert "tiny: reusing" in capsys.readouterr().out and (folder / "model.safetensors").read_bytes() == weights
+
+    trainer = build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--student", str(folder), "--max_steps", "1")))
+    from transformers import AutoModelForSemanticSegmentation
+
+    torch.testing.assert_close(
+        trainer.model.student.state_dict(), AutoModelForSemanticSegmentation.from_pretrained(folder).state_dict(), rtol=0, atol=0
+    )
