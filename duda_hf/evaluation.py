@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .data.domains import DomainError
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from .data.pairing import to_label_array, to_rgb_array
 from .models import IMAGENET_MEAN, IMAGENET_STD, normalize_images
@@ -28,28 +29,47 @@ def confusion_matrix(
         prediction: `(...)` integer class map with values in `0..C-1` (an argmax).
         label: `(...)` integer label map of the same shape; any value outside `0..C-1` is ignored.
     """
-    del ignore_index  # every label outside 0..C-1 is ignored; kept for the evaluate-style signature
+    return label_pair_counts(prediction, label, num_classes, ignore_index)[0]
+
+
+def label_pair_counts(
+    prediction: torch.Tensor, label: torch.Tensor, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(confusion matrix, ignored pixels, other pixels)`: the matrix of `confusion_matrix`, the number of pixels
+    labelled `ignore_index`, and the number whose label is neither a class nor `ignore_index` (0-d tensors).
+
+    One bincount over every pixel, on the tensors' device, with no host synchronisation.
+    """
     if prediction.shape != label.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} must have the same shape")
     if label.dtype == torch.uint8:
         # the common case, in one fused kernel: int16 pair indices (255 * C + C < 2**15) with uint8 labels promoted
-        index, bins = torch.add(prediction.to(torch.int16), label, alpha=num_classes), 256 * num_classes
-    else:  # signed or wide labels: fold everything outside 0..C-1 into the dropped row C
-        label = torch.where((label < 0) | (label >= num_classes), num_classes, label).to(torch.int32)
-        index, bins = torch.add(prediction.to(torch.int32), label, alpha=num_classes), (num_classes + 1) * num_classes
-    counts = torch.bincount(index.flatten(), minlength=bins)
-    return counts[: num_classes * num_classes].view(num_classes, num_classes).long()
+        index, rows = torch.add(prediction.to(torch.int16), label, alpha=num_classes), 256
+        ignore_row = ignore_index if num_classes <= ignore_index < 256 else None
+    else:  # signed or wide labels: ignore_index into row C, every other value outside 0..C-1 into row C + 1
+        outside = torch.where(label == ignore_index, num_classes, num_classes + 1)
+        label = torch.where((label < 0) | (label >= num_classes), outside, label).to(torch.int32)
+        index, rows, ignore_row = torch.add(prediction.to(torch.int32), label, alpha=num_classes), num_classes + 2, num_classes
+    counts = torch.bincount(index.flatten(), minlength=rows * num_classes).view(rows, num_classes)
+    outside_rows = counts[num_classes:].sum(dim=1)
+    ignored = outside_rows[ignore_row - num_classes] if ignore_row is not None else outside_rows.new_zeros(())
+    return counts[:num_classes].long(), ignored, outside_rows.sum() - ignored
 
 
 class StreamingConfusion:
     """A confusion matrix accumulated batch by batch where the predictions live; memory O(classes^2).
 
-    `update` per batch, `reduce` once across processes (a sum), `compute` for the metrics.
+    `update` per batch, `reduce` once across processes (a sum), `compute` for the metrics. Besides the matrix
+    (the scored pixels) it counts the pixels labelled `ignore_index` and those whose label is neither a class
+    nor `ignore_index` (`invalid_pixels`: a label encoding the metric does not know, e.g. Cityscapes label ids).
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu"):
+    def __init__(self, num_classes: int = NUM_CLASSES, device: torch.device | str = "cpu", ignore_index: int = IGNORE_INDEX):
         self.num_classes = num_classes
+        self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.long, device=device)
+        self.ignored_pixels = torch.zeros((), dtype=torch.long, device=device)
+        self.invalid_pixels = torch.zeros((), dtype=torch.long, device=device)
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
         """Add one batch: `prediction` and `label` integer maps of the same shape (labels outside 0..C-1 ignored)."""
@@ -58,16 +78,27 @@ class StreamingConfusion:
             low, high = torch.aminmax(prediction)
             if int(low) < 0 or int(high) >= self.num_classes:
                 raise ValueError(f"predictions must be class indices in 0..{self.num_classes - 1}, got {int(low)}..{int(high)}")
-        self.matrix += confusion_matrix(prediction, label.to(prediction.device), self.num_classes)
+        matrix, ignored, invalid = label_pair_counts(prediction, label.to(prediction.device), self.num_classes, self.ignore_index)
+        self.matrix += matrix
+        self.ignored_pixels += ignored
+        self.invalid_pixels += invalid
 
     def reduce(self) -> StreamingConfusion:
-        """Sum the matrices of all processes (torch.distributed, when initialised); every process gets the total."""
+        """Sum the counts of all processes (torch.distributed, when initialised); every process gets the totals."""
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            torch.distributed.all_reduce(self.matrix, op=torch.distributed.ReduceOp.SUM)
+            flat = torch.cat([self.matrix.flatten(), self.ignored_pixels.view(1), self.invalid_pixels.view(1)])
+            torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+            self.matrix.copy_(flat[:-2].view_as(self.matrix))
+            self.ignored_pixels.copy_(flat[-2])
+            self.invalid_pixels.copy_(flat[-1])
         return self
 
     def compute(self, class_names=CITYSCAPES_CLASSES, class_subsets: dict[str, tuple[int, ...]] | None = None) -> dict:
-        return metrics_from_confusion(self.matrix, class_names, class_subsets)
+        """`metrics_from_confusion`, plus `pixels_scored` (labelled with a class) and `pixels_ignored` (`ignore_index`)."""
+        metrics = metrics_from_confusion(self.matrix, class_names, class_subsets)
+        metrics["pixels_scored"] = int(self.matrix.sum())
+        metrics["pixels_ignored"] = int(self.ignored_pixels)
+        return metrics
 
 
 def metrics_from_confusion(
@@ -218,4 +249,18 @@ def evaluate_networks(
                 matrices[name].update(prediction, label)
     for matrix in matrices.values():
         matrix.reduce()
+    _check_labels(next(iter(matrices.values())), len(dataset))
     return matrices
+
+
+def _check_labels(matrix: StreamingConfusion, num_images: int) -> None:
+    """Refuse a result that silently dropped pixels: labels holding values that are neither a class nor ignore."""
+    invalid = int(matrix.invalid_pixels)
+    if invalid:
+        total = invalid + int(matrix.ignored_pixels) + int(matrix.matrix.sum())
+        raise DomainError(
+            f"{invalid:,} of {total:,} label pixels in {num_images} images hold values that are neither a class "
+            f"(0..{matrix.num_classes - 1}) nor ignore ({matrix.ignore_index}): the labels are not Cityscapes trainIds, so no "
+            "mIoU is reported. Cityscapes label ids (7 = road, 26 = car ...) need label_type 'labelid' "
+            "(duda-evaluate --label_type labelid), colour labels 'color'."
+        )

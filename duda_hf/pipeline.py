@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DataArguments, DudaConfig, ModelArguments
+from .data.checks import check_training_data
 from .data.domains import load_domain
 from .data.pairing import DudaTrainDataset
 from .data.rcs import RareClassSampler, class_pixel_counts
@@ -22,7 +22,9 @@ from .evaluation import SYNTHIA_SUBSETS
 from .hub import build_model_card, recipe_summary
 from .jsonio import write_json
 from .models import build_duda_model, export_segformer
+from .recipe import RecipeError, typed_recipe
 from .report import teacher_premise
+from .resume import resolve_checkpoint
 from .trainer import DudaTrainer
 
 logger = logging.getLogger(__name__)
@@ -31,10 +33,6 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, DudaConfig)
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """The description as written (its examples keep their lines), every flag with its default."""
-
-
-class RecipeError(ValueError):
-    """A YAML recipe that cannot be used."""
 
 
 def load_recipe(path: str | os.PathLike) -> dict:
@@ -68,7 +66,7 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     elif any(arg.startswith("--config=") for arg in argv):
         config_path = next(arg for arg in argv if arg.startswith("--config=")).split("=", 1)[1]
     if config_path:
-        parser.set_defaults(**load_recipe(config_path))
+        parser.set_defaults(**typed_recipe(load_recipe(config_path), parser, config_path))
     model_args, data_args, config, _ = parser.parse_args_into_dataclasses(args=argv)
     return model_args, data_args, config
 
@@ -93,6 +91,8 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     )  # fmt: skip
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
+    # Before the first step, from the file headers: image/label sizes, crops that fit the images.
+    check_training_data(source, target, target_eval, data_args.crop_size, data_args.source_resize, data_args.target_resize)
     # Class statistics validate every label and drive rare class sampling; computed once, then cached.
     with config.main_process_first(desc="class statistics"):
         source_counts = class_pixel_counts(source, "--source_dataset")
@@ -122,9 +122,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     """Train, evaluate and export. Returns the final evaluation results (also written to eval_results.json)."""
     started = time.monotonic()
     trainer = build_trainer(model_args, data_args, config)
-    resume = config.resume_from_checkpoint
-    if resume in ("last", "true", "True"):
-        resume = get_last_checkpoint(config.output_dir)
+    # which checkpoint, which step, what it restores (`last` with none: says it starts from step 0)
+    resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, announce=trainer.is_world_process_zero())
     trainer.train(resume_from_checkpoint=resume)
     if trainer.last_eval_step != trainer.state.global_step:
         trainer.evaluate()

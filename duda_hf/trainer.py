@@ -18,6 +18,7 @@ from .config import DudaConfig
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
 from .evaluation import evaluate_networks
 from .hub import check_export, create_repo, upload_folder
+from .jsonio import write_json
 from .losses import (
     class_iou_counts,
     distillation_weight,
@@ -31,8 +32,9 @@ from .losses import (
     weighted_cross_entropy,
 )
 from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
-from .jsonio import write_json
 from .models import NETWORKS_FILE, DudaModel, prepare_networks
+from .preemption import Preemption
+from .resume import RunLoss
 
 STAGING_DIR = ".partial-checkpoints"
 
@@ -144,7 +146,8 @@ class DudaTrainer(Trainer):
         self, model: DudaModel, args: DudaConfig, train_dataset=None, eval_dataset=None, eval_resize=None, callbacks=None,
         eval_class_subsets: dict | None = None, **kwargs,
     ):  # fmt: skip
-        callbacks = [EmaTeacherCallback(), *(callbacks or [])]
+        self._preemption = Preemption()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
+        callbacks = [EmaTeacherCallback(), self._preemption, RunLoss(), *(callbacks or [])]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
@@ -158,13 +161,15 @@ class DudaTrainer(Trainer):
         self._micro_step = (-1, 0)
 
     def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+        with self._preemption:
+            output = super().train(*args, **kwargs)
         if self.args.world_size > 1:
             # DDP syncs buffers from rank 0 at the start of each forward; after the last one every process has
             # updated its own BatchNorm statistics. Make them identical, as the next forward would.
             for buffer in _unwrap(self.model).buffers():
                 torch.distributed.broadcast(buffer, src=0)
-        return output
+        self._preemption.raise_if_stopped(self.state, self.args.output_dir)
+        return output._replace(training_loss=output.metrics["train_loss"])  # the whole run's (`log`)
 
     # ---- data ----
     def _get_train_sampler(self, train_dataset=None):
@@ -361,10 +366,16 @@ class DudaTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             logs.update(self._step_log.pop_means())
+        if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
+            logs["train_loss"] = self._run_loss().train_loss(self._total_loss_scalar, self.state.global_step, self._initial_global_step)
         super().log(logs, start_time)
+
+    def _run_loss(self) -> RunLoss:
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
 
     # ---- checkpoints: written in a staging folder, then renamed (atomic for readers) ----
     def _save_checkpoint(self, model, trial):
+        self._run_loss().record(self._total_loss_scalar + self._tr_loss.item(), self.state.global_step)
         run_dir = self._get_output_dir(trial=trial)
         name = f"checkpoint-{self.state.global_step}"
         staging = os.path.join(run_dir, STAGING_DIR)

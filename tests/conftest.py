@@ -43,3 +43,16 @@ def load_strict_json(path):
         raise ValueError(f"{path} holds {constant}, which is not JSON")
 
     return json.loads(Path(path).read_text(), parse_constant=reject)
+
+
+def broken_model_copy(model_dir, destination, how: str):
+    """A copy of an exported model folder, broken `how`: "no config.json" or "truncated model.safetensors" (half of it)."""
+    import shutil
+
+    folder = Path(shutil.copytree(model_dir, destination))
+    if how == "no config.json":
+        (folder / "config.json").unlink()
+    else:
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy or download
+    return folder

@@ -16,6 +16,7 @@ CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyprojec
     "prepare_data.py": "duda-prepare-data",
     "push_to_hub.py": "duda-push",
     "make_synthetic.py": "duda-make-synthetic",
+    "pretrain_synthetic.py": "duda-pretrain-synthetic",
 }
 ENV = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
 

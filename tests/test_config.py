@@ -82,7 +82,10 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
     model_args, data_args, config = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
     assert data_args.source_dataset and data_args.target_dataset and data_args.target_eval_dataset
     assert config.output_dir == str(tmp_path)  # the command line overrides the recipe
-    if recipe.name != "synthetic_cpu.yaml":
+    if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes
+        assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")
+        assert config.max_steps == 1500 and config.ema_alpha == 0.99
+    elif recipe.name != "synthetic_cpu.yaml":
         assert (model_args.student, model_args.aux_student, config.method) == ("mit-b0", "mit-b5", "duda")
         assert config.max_steps == 40000 and config.learning_rate == 6e-5 and data_args.crop_size == [512, 512]
 

@@ -58,7 +58,8 @@ def test_class_counts_reject_label_ids_that_are_not_train_ids(tmp_path):
     good = np.zeros((6, 8), dtype=np.uint8)
     bad = np.full((6, 8), 26, dtype=np.uint8)  # a Cityscapes label id (car), not a trainId
     path = make_domain(tmp_path / "d", [good, bad])
-    with pytest.raises(DomainError, match=r"--source_dataset: labels must be Cityscapes trainIds.*#1: values \[26\].*convert"):
+    expected = r"--source_dataset: labels must be Cityscapes trainIds.*#1: 48 of 48 pixels hold \[26\].*--source_label_type labelid"
+    with pytest.raises(DomainError, match=expected):
         compute_class_pixel_counts(load_domain(path))
 
 

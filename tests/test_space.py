@@ -388,6 +388,68 @@ def test_requests_are_queued_one_at_a_time(space, app, monkeypatch):
     assert all(previous_end <= begin for (_, previous_end), (begin, _) in zip(spans, spans[1:]))  # never two at once
 
 
+@pytest.mark.parametrize("broken", ["no config.json", "truncated model.safetensors"])
+def test_a_broken_model_folder_gives_the_banner_not_a_crash(app, tiny_model, tmp_path, broken):
+    from .conftest import broken_model_copy
+
+    # used to raise (RuntimeError without config.json, SafetensorError when truncated): the server never started
+    demo = app.build_demo(model=str(broken_model_copy(tiny_model, tmp_path / "student", broken)))
+    banners = [b.value for b in demo.blocks.values() if "model-error" in (getattr(b, "elem_classes", None) or [])]
+    assert len(banners) == 1, banners
+    expected = "it has no config.json" if broken == "no config.json" else "its model.safetensors is truncated or damaged"
+    assert expected in banners[0] and "set DUDA_MODEL to a local folder" in banners[0]
+
+
+def _visit(url: str, path: Path, start):
+    """One visitor: its own client, waiting at `start` so that every visitor submits at the same moment."""
+    client = gradio_client.Client(url, verbose=False)
+    upload = gradio_client.handle_file(str(path))
+    start.wait()
+    began = time.perf_counter()
+    try:
+        return "answered", client.predict(upload, 0.6, api_name="/segment"), time.perf_counter() - began
+    except gradio_client.utils.QueueError as err:
+        return "refused", str(err), time.perf_counter() - began
+    except Exception as err:  # a lost response: RemoteProtocolError, a truncated file, ...
+        return "lost", f"{type(err).__name__}: {err}", time.perf_counter() - began
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("images", ["identical", "distinct"])
+def test_twenty_concurrent_visitors_each_get_an_answer_or_the_queue_message(space, app, tmp_path, images):
+    """20 visitors at once (127.0.0.1): none is lost; beyond the queue, the queue message.
+
+    With identical images every visitor's overlay has the same bytes, so the same cache file: Gradio's own cache
+    writer rewrote it in place while other responses streamed it, and 1-4 of 20 responses were lost.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Image.open(SPACE / "examples" / "street_dusk.jpg") as example:
+        street = example.convert("RGB").resize((512, 256))
+    paths = []
+    for number in range(20):
+        path = tmp_path / f"street_{number if images == 'distinct' else 0}.png"
+        if not path.exists():
+            picture = street.copy()
+            picture.putpixel((0, 0), (number, number, number))
+            picture.save(path)
+        paths.append(path)
+    start = threading.Barrier(len(paths))
+    with ThreadPoolExecutor(len(paths)) as pool:
+        outcomes = list(pool.map(lambda path: _visit(space.url, path, start), paths))
+    counts = {kind: sum(outcome[0] == kind for outcome in outcomes) for kind in ("answered", "refused", "lost")}
+    latencies = sorted(seconds for kind, _, seconds in outcomes if kind == "answered")
+    print(f"{images}: {counts}; latency of the answered {latencies[0]:.2f} / {latencies[len(latencies) // 2]:.2f} / {latencies[-1]:.2f} s")
+    assert counts["lost"] == 0, [detail for kind, detail, _ in outcomes if kind == "lost"]
+    assert counts["answered"] >= min(20, app.QUEUE_MAX_SIZE + app.QUEUE_CONCURRENCY)
+    for kind, detail, _ in outcomes:
+        if kind == "answered":
+            _check_overlay(detail, (512, 256))
+        else:
+            assert "Queue is full" in detail
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # A real browser
 

@@ -7,6 +7,7 @@
 | `duda-prepare-data`   | `duda_hf.cli.prepare_data`        | `scripts/prepare_data.py`   |
 | `duda-push`           | `duda_hf.cli.push_to_hub`         | `scripts/push_to_hub.py`    |
 | `duda-make-synthetic` | `duda_hf.cli.make_synthetic`      | `scripts/make_synthetic.py` |
+| `duda-pretrain-synthetic` | `duda_hf.cli.pretrain_synthetic` | `scripts/pretrain_synthetic.py` |
 
 Each module's `main(argv=None)` returns the exit status, and each runs as a module, so that
 `accelerate launch -m duda_hf.cli.train_duda --config RECIPE.yaml` works from an installed wheel.

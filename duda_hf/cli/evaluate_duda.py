@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from duda_hf.cli.errors import program
+
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,15 +56,18 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def load_model(name_or_path: str):
+def load_model(name_or_path: str, role: str = "--model"):
     """The SegFormer and its (W, H) evaluation size and normalisation from its image processor, if it has one."""
     try:  # the PIL processor: the default one wants torchvision, which this project does not use
         from transformers import SegformerImageProcessorPil as SegformerImageProcessor
     except ImportError:
         from transformers import SegformerImageProcessor
 
+    from duda_hf.model_checks import check_model_folder
     from duda_hf.models import _from_pretrained
 
+    if Path(name_or_path).is_dir():
+        check_model_folder(name_or_path, role)
     model = _from_pretrained(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
     size, mean, std = None, None, None
     try:
@@ -75,32 +80,44 @@ def load_model(name_or_path: str):
     return model, size, mean, std
 
 
+def pixels_line(metrics: dict) -> str:
+    """How many label pixels were scored and how many ignored: a dataset whose labels are mostly ignore shows here."""
+    scored, ignored = metrics["pixels_scored"], metrics["pixels_ignored"]
+    share = f" ({100 * scored / (scored + ignored):.1f}%)" if scored + ignored else ""
+    return f"{scored:,} scored{share}, {ignored:,} ignored (label 255)"
+
+
+@program
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from accelerate import PartialState
 
-    from duda_hf.data.domains import DomainError, load_domain
+    from duda_hf.data.checks import check_pairs
+    from duda_hf.data.domains import load_domain
     from duda_hf.data.labels import CITYSCAPES_CLASSES
+    from duda_hf.data.rcs import class_pixel_counts
     from duda_hf.evaluation import SYNTHIA_SUBSETS, evaluate_networks
     from duda_hf.jsonio import write_json
-    from duda_hf.models import IMAGENET_MEAN, IMAGENET_STD, ModelUnavailableError
+    from duda_hf.models import IMAGENET_MEAN, IMAGENET_STD
     from duda_hf.report import markdown_report, plot_confusion, plot_per_class_iou
 
     state = PartialState()
-    try:
-        dataset = load_domain(
-            args.dataset, args.split, True, args.image_column, args.label_column, role="--dataset", format=args.format,
-            conditions=tuple(args.conditions), label_type=args.label_type,
-        )  # fmt: skip
-        models = {args.name or Path(args.model.rstrip("/")).name: load_model(args.model)}
-        if args.compare:
-            compare_name = args.compare_name or Path(args.compare.rstrip("/")).name
-            if compare_name in models:
-                compare_name += " (compare)"
-            models[compare_name] = load_model(args.compare)
-    except (DomainError, ModelUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    dataset = load_domain(
+        args.dataset, args.split, True, args.image_column, args.label_column, role="--dataset", format=args.format,
+        conditions=tuple(args.conditions), label_type=args.label_type,
+    )  # fmt: skip
+    if args.max_samples:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    # before any inference, as training does: label values (cached) and image/label sizes (file headers)
+    with state.main_process_first():
+        class_pixel_counts(dataset, "--dataset")
+    check_pairs(dataset, "--dataset")
+    models = {args.name or Path(args.model.rstrip("/")).name: load_model(args.model)}
+    if args.compare:
+        compare_name = args.compare_name or Path(args.compare.rstrip("/")).name
+        if compare_name in models:
+            compare_name += " (compare)"
+        models[compare_name] = load_model(args.compare, "--compare")
     for name, (model, *_rest) in models.items():
         if model.config.num_labels != len(CITYSCAPES_CLASSES):
             print(
@@ -108,8 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    if args.max_samples:
-        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     _, model_size, mean, std = next(iter(models.values()))
     size = tuple(args.eval_size) if args.eval_size else (None if args.native_size else model_size)
     device = state.device
@@ -120,16 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     subsets = SYNTHIA_SUBSETS if args.synthia_subsets else None
 
     started = time.monotonic()
-    try:
-        matrices = evaluate_networks(
-            networks, dataset, device, input_size=(size[1], size[0]) if size else None, mode=args.mode,
-            window=tuple(args.window), stride=tuple(args.stride), autocast_dtype=dtype,
-            process_index=state.process_index, world_size=state.num_processes,
-            image_mean=mean or IMAGENET_MEAN, image_std=std or IMAGENET_STD, progress=state.is_main_process,
-        )  # fmt: skip
-    except DomainError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    matrices = evaluate_networks(
+        networks, dataset, device, input_size=(size[1], size[0]) if size else None, mode=args.mode,
+        window=tuple(args.window), stride=tuple(args.stride), autocast_dtype=dtype,
+        process_index=state.process_index, world_size=state.num_processes,
+        image_mean=mean or IMAGENET_MEAN, image_std=std or IMAGENET_STD, progress=state.is_main_process,
+    )  # fmt: skip
     seconds = time.monotonic() - started
     if not state.is_main_process:
         return 0
@@ -143,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     details = {
         "dataset": f"{args.dataset} ({args.format or 'datasets'}, split {args.split}{', ' + ' '.join(args.conditions) if args.conditions else ''})",
         "images": str(len(dataset)),
+        "pixels": pixels_line(next(iter(results.values()))),
         "inference": f"{args.mode}, input {f'{size[0]}x{size[1]}' if size else 'native size'}"
         + (f", window {args.window[0]}x{args.window[1]} stride {args.stride[0]}x{args.stride[1]}" if args.mode == "slide" else ""),
         "seconds": f"{seconds:.1f} on {device} x{state.num_processes}",

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from duda_hf.cli.errors import program
 
+
+@program
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder that receives source/, target/, target_val/")

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from duda_hf.data.domains import DomainError
+from duda_hf.cli.errors import program
 from duda_hf.data.native import FORMATS
 from duda_hf.data.prepare import prepare_native
 
 
+@program
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="native layout of --root (docs/datasets.md)")
@@ -49,14 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.resize) != 2 or not all(v.isdigit() and int(v) > 0 for v in args.resize):
             parser.error(f"--resize takes 'daformer' or two positive integers W H, got {args.resize}")
         resize = (int(args.resize[0]), int(args.resize[1]))
-    try:
-        result = prepare_native(
-            args.root, args.format, args.out, tuple(args.splits), tuple(args.conditions), not args.without_labels, resize,
-            args.num_proc, args.shard_size, args.overwrite, args.push_to_hub, args.private,
-        )  # fmt: skip
-    except DomainError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = prepare_native(
+        args.root, args.format, args.out, tuple(args.splits), tuple(args.conditions), not args.without_labels, resize,
+        args.num_proc, args.shard_size, args.overwrite, args.push_to_hub, args.private,
+    )  # fmt: skip
     rate = result.images_converted / result.seconds if result.seconds > 0 else float("nan")
     for split, dataset in result.dataset.items():
         print(f"{split}: {len(dataset)} rows")

@@ -21,6 +21,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from duda_hf.cli.errors import program
+
 
 def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) -> dict:
     """Train preset `name` on the pretraining domain (source-only) and write it to `out/name`; return its record."""
@@ -55,6 +57,7 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
     return record
 
 
+@program
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="pretrained_synthetic", help="Folder of the pretrained networks (default: %(default)s).")

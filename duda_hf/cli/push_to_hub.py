@@ -15,9 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from duda_hf.cli.errors import program
 from duda_hf.hub import HubError, build_model_card, check_export, push_folder
 
 
+@program
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="exported model folder (config.json, model.safetensors, ...)")
@@ -47,13 +49,12 @@ def main(argv: list[str] | None = None) -> int:
             eval_size = (size["width"], size["height"]) if "width" in size else None
             build_model_card(json.loads(results_path.read_text()), args.repo_id, args.license, eval_size).save(card_path)
         url = push_folder(model_dir, args.repo_id, args.private, args.revision, args.commit_message)
-    except HubError as error:
+    except HubError:
         if previous_card is not None:  # leave the folder as it was
             card_path.write_bytes(previous_card)
         elif card_path.exists():
             card_path.unlink()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise
     print(f"pushed {model_dir} to {args.repo_id}: {url}")
     return 0
 

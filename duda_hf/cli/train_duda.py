@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 
+from duda_hf.cli.errors import program
 
+
+@program
 def main(argv: list[str] | None = None) -> int:
     from duda_hf.pipeline import parse_args, run_training
     from duda_hf.report import teacher_premise

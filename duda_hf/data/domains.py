@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -61,6 +62,13 @@ def load_domain(
                 "dataset_dict.json). If it is a native dataset folder, pass its --*_format or convert it with `duda-prepare-data`; "
                 "otherwise write it with Dataset.save_to_disk."
             )
+        states = [state for state in (path / "state.json", *sorted(path.glob("*/state.json"))) if state.is_file()]
+        empty = [str(state.parent.relative_to(path)) for state in states if not json.loads(state.read_text()).get("_data_files")]
+        if empty == ["."]:  # datasets cannot open a folder saved from an empty dataset (IndexError inside load_from_disk)
+            raise DomainError(f"{role} '{spec}' is empty: 0 rows. Point it at a dataset with images, or build it again.")
+        if empty:
+            raise DomainError(f"{role} '{spec}' has empty splits {empty} (0 rows), which `datasets` cannot open: save the "
+                              "DatasetDict without them, or build it again.")  # fmt: skip
         loaded = datasets.load_from_disk(str(path))
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DomainError(f"{role} '{spec}' does not exist. Check the path, or build the data first (see README).")
@@ -79,6 +87,8 @@ def load_domain(
         if split not in loaded:
             raise DomainError(f"{role} '{spec}' has splits {sorted(loaded)}, not '{split}'; pick one with the matching --*_split flag")
         loaded = loaded[split]
+    if len(loaded) == 0:
+        raise DomainError(f"{role} '{spec}' (split '{split}') is empty: 0 rows. Point it at a dataset with images, or build it again.")
     dataset = _select_columns(loaded, spec, role, with_labels, image_column, label_column)
     if with_labels and label_type != "trainid":
         dataset = dataset.with_transform(LabelConverter(label_type, f"{role} '{spec}'"))

@@ -18,6 +18,7 @@ import datasets
 import numpy as np
 
 from ..jsonio import dumps
+from .checks import row_name
 from .domains import DomainError
 from .labels import IGNORE_INDEX, NUM_CLASSES, invalid_label_values
 
@@ -39,26 +40,29 @@ def compute_class_pixel_counts(dataset: datasets.Dataset, role: str = "--source_
     # native folders hold `label_path` (decoded by their transform); read labels alone, not the images
     labels = dataset.select_columns([c for c in ("label", "label_path") if c in dataset.column_names])
     counts = np.zeros((len(labels), NUM_CLASSES), dtype=np.int64)
-    offenders = []
+    offenders, colour = [], False
     start = time.monotonic()
     for index, row in enumerate(labels):
         label = np.asarray(row["label"])
         if label.ndim != 2:
-            offenders.append(f"#{index}: label has shape {label.shape}, expected a single-channel (H, W) map")
+            offenders.append(f"{row_name(dataset, index, 'label')}: shape {label.shape}, not a single-channel (H, W) map")
+            colour = True
             continue
         bad = invalid_label_values(label)
         if bad.size:
-            offenders.append(f"#{index}: values {bad[:8].tolist()}")
+            pixels = int(np.isin(label, bad).sum())
+            offenders.append(f"{row_name(dataset, index, 'label')}: {pixels:,} of {label.size:,} pixels hold {bad[:8].tolist()}")
         counts[index] = np.bincount(label.ravel(), minlength=256)[:NUM_CLASSES]
         if len(offenders) >= 5:
             break
         if index and index % 2000 == 0:
             logger.info("class statistics: %d/%d images (%.0f s)", index, len(labels), time.monotonic() - start)
     if offenders:
+        flag = role.replace("dataset", "label_type") if role.endswith("dataset") else "the label type"
+        fix = f"colour labels: pass {flag} color" if colour else f"Cityscapes label ids (7 = road, 26 = car ...): pass {flag} labelid"
         raise DomainError(
-            f"{role}: labels must be Cityscapes trainIds (0..18, {IGNORE_INDEX} = ignore). Offending images: "
-            + "; ".join(offenders)
-            + ". If these are Cityscapes label ids (7 = road, 26 = car ...) or colours, convert them to trainIds first."
+            f"{role}: labels must be Cityscapes trainIds (0..18, {IGNORE_INDEX} = ignore); the first images found that are not "
+            f"(of {len(labels)}): " + "; ".join(offenders) + f". For {fix} (or convert them to trainIds first)."
         )
     return counts
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,7 +31,11 @@ from transformers.utils import cached_file
 DEFAULT_MODEL = "org/duda-mitb0-gta2cs"
 MAX_SIDE = 2048  # longest side the model output is computed at; larger images are downscaled, the overlay is not
 MAX_PIXELS = 50_000_000  # larger uploads are refused: a free CPU Space has 16 GB and the overlay keeps the original size
-QUEUE_CONCURRENCY = 1  # one image at a time: inference already uses every CPU core
+# Measured with benchmarks/space_load.py (MiT-B0 at 1024x512, 2 CPU cores, 20 visitors at once): 2.07 s per request
+# one at a time, 1.92 s two at a time (within noise) for 41% more memory (757 vs 1064 MiB above idle), and the first
+# answer later (4.4 vs 6.7 s). So one image at a time: inference already uses every core. 16 waiting requests keep
+# the last accepted visitor's wait near 17 x 2.1 = 36 s; beyond that Gradio answers "Queue is full".
+QUEUE_CONCURRENCY = 1
 QUEUE_MAX_SIZE = 16
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
@@ -133,6 +138,46 @@ def _read_processor_config(source: str, local_only: bool) -> dict:
     return config
 
 
+def _folder_problem(folder: Path) -> str | None:
+    """What makes a local model folder unloadable, said plainly; None when its files look complete.
+
+    Checked before transformers reads it: without config.json, transformers builds a default SegFormer and fails
+    with a long weight report that never names the file; a truncated model.safetensors fails inside safetensors.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        return f"it has no config.json (it holds {present}); copy the whole exported folder"
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"its config.json is not valid JSON ({err}); copy it again from the exported folder"
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return "it has no model.safetensors; copy the whole exported folder"
+    expected = _safetensors_size(weights)
+    if expected != weights.stat().st_size:
+        return (
+            f"its model.safetensors is truncated or damaged ({weights.stat().st_size:,} bytes on disk, "
+            f"{f'{expected:,} expected' if expected else 'no readable header'}); copy it again"
+        )
+    return None
+
+
+def _safetensors_size(path: Path) -> int | None:
+    """The size a safetensors file declares in its header (8-byte length, JSON, then the data), or None if unreadable."""
+    with open(path, "rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        try:
+            header = json.loads(file.read(length)) if 0 < length < 100_000_000 else None
+        except (ValueError, UnicodeDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        return None
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)]
+    return 8 + length + max(ends, default=0)
+
+
 def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     """Load a SegFormer from a Hub id or local folder: the local cache first, the Hub only when online.
 
@@ -144,6 +189,10 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     if not is_folder and looks_like_path:
         raise ModelLoadError(f"Could not load the model '{source}': there is no such folder. {_fix_hint(env_var)}")
     source = str(Path(source).expanduser()) if is_folder else source
+    if is_folder:
+        problem = _folder_problem(Path(source))
+        if problem:
+            raise ModelLoadError(f"Could not load the model '{source}' from the folder: {problem}. {_fix_hint(env_var)}")
     # the cached copy first; the Hub only when online and reachable (fails within seconds without network)
     attempts = [True] if is_folder or _offline() else [True, False]
     error: Exception | None = None
@@ -156,7 +205,7 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
             model = SegformerForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
             processor = _read_processor_config(source, local_only)
             break
-        except (OSError, ValueError) as err:  # transformers reports a missing repo or file as OSError
+        except Exception as err:  # a missing repo or file (OSError), damaged weights (SafetensorError), a bad config ...
             error = err
     if model is None:
         where = "the folder" if is_folder else ("the local cache (HF_HUB_OFFLINE is set)" if _offline() else "the Hub or the local cache")
@@ -272,6 +321,26 @@ def class_shares(label_map: np.ndarray, class_names: tuple[str, ...]) -> dict[st
 # Components
 
 
+def save_image_to_cache(image: Image.Image, cache_dir: str, name: str, format: str) -> str:
+    """Write `image` into Gradio's cache, in a folder named by the hash of its bytes, and return its path.
+
+    Identical results (visitors segmenting the same example at once) map to the same file. Gradio's own
+    `save_pil_to_cache` rewrites that file in place, so a response being served from it could lose bytes
+    mid-stream and the connection was dropped ("Too little data for declared Content-Length"). Here the file is
+    written once, under a temporary name renamed into place: a reader always sees a complete file.
+    """
+    data = processing_utils.encode_pil_to_bytes(image, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    path = folder / f"{name}.{format}"
+    if not path.is_file():  # the same name always holds the same bytes: written once
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(staging, path)
+    return str(path.resolve())
+
+
 @dataclass
 class Overlay:
     """What `ClassOverlay` shows: an image, its class map at the same size, and how opaque the colours are."""
@@ -298,7 +367,7 @@ class ClassOverlay(gr.AnnotatedImage):
             return None
         if not isinstance(value, Overlay):
             return super().postprocess(value)
-        base = processing_utils.save_pil_to_cache(value.image, cache_dir=self.GRADIO_CACHE, format="jpeg")
+        base = save_image_to_cache(value.image, self.GRADIO_CACHE, "image", "jpeg")
         alpha = int(round(255 * min(max(value.opacity, 0.0), 1.0)))
         annotations = []
         present = np.flatnonzero(np.bincount(value.label_map.ravel(), minlength=len(value.class_names)))
@@ -306,7 +375,7 @@ class ClassOverlay(gr.AnnotatedImage):
             mask = Image.fromarray((value.label_map == class_id).view(np.uint8))
             mask.putpalette([0, 0, 0, *value.palette[class_id]])  # L -> P: index 1 is the class colour
             mask.info["transparency"] = bytes([0, alpha])
-            path = processing_utils.save_pil_to_cache(mask, cache_dir=self.GRADIO_CACHE, name=f"mask{class_id}", format="png")
+            path = save_image_to_cache(mask, self.GRADIO_CACHE, f"mask{class_id}", "png")
             annotations.append(Annotation(image=FileData(path=path), label=value.class_names[class_id]))
         return AnnotatedImageData(image=FileData(path=base), annotations=annotations)
 

@@ -1,0 +1,147 @@
+"""Latency, throughput and memory of the demo Space under concurrent visitors: what its queue settings rest on.
+
+    python benchmarks/space_load.py [--requests 20] [--concurrency 1 2] [--size 1024x512] [--large 4032x3024]
+
+A MiT-B0 student (random weights, exported at 1024x512 like a training run's student/) is served by
+spaces/duda-demo/app.py on 127.0.0.1. For each concurrency limit, in its own process: `--requests` visitors
+submit distinct street images of `--size` at once (the queue is made large enough to accept all of them); each
+request's latency (submit to answer, overlay files downloaded) and the server's resident memory above its idle
+level are recorded. Then one `--large` photo alone: the memory a single large upload adds. Writes
+benchmarks/results/space_load.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "spaces" / "duda-demo"
+
+
+def _rss_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM starts again from VmRSS
+
+
+def _street(size: tuple[int, int], shade: int, folder: Path) -> str:
+    from PIL import Image
+
+    with Image.open(SPACE / "examples" / "street_dusk.jpg") as example:
+        image = example.convert("RGB").resize(size)
+    image.putpixel((0, 0), (shade, shade, shade))  # distinct files, distinct results
+    path = folder / f"street_{size[0]}x{size[1]}_{shade}.png"
+    image.save(path)
+    return str(path)
+
+
+def child(concurrency: int, requests: int, size: tuple[int, int], large: tuple[int, int]) -> dict:
+    import gradio_client
+
+    from duda_hf.models import build_segformer, export_segformer
+
+    spec = importlib.util.spec_from_file_location("duda_space_app", SPACE / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules["duda_space_app"] = app
+    spec.loader.exec_module(app)
+    app.QUEUE_CONCURRENCY, app.QUEUE_MAX_SIZE = concurrency, requests
+    folder = Path(tempfile.mkdtemp())
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "cache")
+    export_segformer(build_segformer("mit-b0", "random"), folder / "student", eval_size=(512, 1024))
+    demo = app.build_demo(model=str(folder / "student"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    images = [_street(size, shade, folder) for shade in range(requests)]
+    clients = [gradio_client.Client(demo.local_url, verbose=False) for _ in range(requests)]
+    clients[0].predict(gradio_client.handle_file(images[0]), 0.6, api_name="/segment")  # warm-up
+    idle = _rss_mib("VmRSS")
+    _reset_peak()
+    start = threading.Barrier(requests)
+
+    def visit(number: int) -> float:
+        upload = gradio_client.handle_file(images[number])
+        start.wait()
+        began = time.perf_counter()
+        clients[number].predict(upload, 0.6, api_name="/segment")
+        return time.perf_counter() - began
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(requests) as pool:
+        latencies = sorted(pool.map(visit, range(requests)))
+    wall = time.perf_counter() - began
+    concurrent_peak = _rss_mib("VmHWM") - idle
+    photo = _street(large, 0, folder)
+    _reset_peak()
+    idle_large = _rss_mib("VmRSS")
+    began = time.perf_counter()
+    clients[0].predict(gradio_client.handle_file(photo), 0.6, api_name="/segment")
+    large_seconds = time.perf_counter() - began
+    large_peak = _rss_mib("VmHWM") - idle_large
+    demo.close()
+    return {
+        "concurrency": concurrency,
+        "requests": requests,
+        "size": f"{size[0]}x{size[1]}",
+        "latency_s": {"min": round(latencies[0], 2), "median": round(statistics.median(latencies), 2), "max": round(latencies[-1], 2)},
+        "seconds_per_request": round(wall / requests, 3),
+        "idle_rss_mib": round(idle, 1),
+        "peak_above_idle_mib": round(concurrent_peak, 1),
+        "large_image": {"size": f"{large[0]}x{large[1]}", "seconds": round(large_seconds, 2), "peak_above_idle_mib": round(large_peak, 1)},
+    }
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, height = text.lower().split("x")
+    return int(width), int(height)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20, help="visitors submitting at once")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="queue concurrency limits to compare")
+    parser.add_argument("--size", default="1024x512", help="W x H of each visitor's image")
+    parser.add_argument("--large", default="4032x3024", help="W x H of the single large photo (a 12-megapixel phone picture)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "space_load.json"))
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        concurrency, requests, size, large = int(args.child[0]), int(args.child[1]), _size(args.child[2]), _size(args.child[3])
+        print(json.dumps(child(concurrency, requests, size, large)))
+        return
+    from duda_hf.jsonio import write_json
+
+    runs = []
+    for concurrency in args.concurrency:
+        command = [sys.executable, __file__, "--child", str(concurrency), str(args.requests), args.size, args.large]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(runs[-1])
+    write_json(args.out, {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+                          "model": "MiT-B0 student, input 1024x512, random weights", "runs": runs})  # fmt: skip
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

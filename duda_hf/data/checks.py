@@ -1,0 +1,121 @@
+"""Checks of the training and evaluation data made before the first step, from the image file headers.
+
+Reading a header does not decode the pixels: for a stored dataset only the first bytes of each image are read
+(a memory-mapped slice), for a native folder each file is opened but not decoded. So a size mismatch between an
+image and its label, or a crop larger than the images, stops the run at start-up, naming the images, instead of
+when the pair is drawn mid-run (or never, as padding).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import datasets
+import pyarrow.compute as pc
+from PIL import Image
+
+from .domains import DomainError
+
+HEADER_BYTES = 65536  # PNG and WebP sizes are in the first bytes; a JPEG's after its EXIF block, which fits in most
+MAX_LISTED = 5
+
+
+def _open_size(source, where: str) -> tuple[int, int]:
+    try:
+        with Image.open(source) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as error:  # PIL raises these for truncated, corrupt or non-image data
+        raise DomainError(f"{where}: cannot read the image header ({error}); the file is corrupt or not an image") from error
+
+
+def header_sizes(dataset: datasets.Dataset, column: str, role: str) -> list[tuple[int, int]]:
+    """`(W, H)` of every image of `column` (`image` or `label`), from the file headers, in row order.
+
+    Works on a domain as `load_domain` returns it: a stored dataset (an `Image` column: bytes or paths) or a
+    native folder (`image_path` / `label_path`); transforms such as label conversion do not change sizes.
+    """
+    if f"{column}_path" in dataset.column_names:  # a native folder
+        return [_open_size(path, f"{role} '{path}'") for path in dataset.with_format(None)[f"{column}_path"]]
+    table = dataset.select_columns([column]).with_format("arrow")
+    sizes = []
+    for start in range(0, len(table), 1000):
+        for chunk in table[start : start + 1000].column(column).chunks:
+            stored, paths = chunk.field("bytes"), chunk.field("path").to_pylist()
+            heads = pc.binary_slice(stored, 0, HEADER_BYTES).to_pylist()  # copies only the first bytes of each image
+            for offset, (head, path) in enumerate(zip(heads, paths)):
+                where = f"{role} row #{len(sizes)}" + (f" ({path})" if path else "")
+                if head is None:
+                    sizes.append(_open_size(path, where))
+                    continue
+                try:
+                    sizes.append(_open_size(io.BytesIO(head), where))
+                except DomainError:  # the size lies beyond the first bytes (a long JPEG header): read the whole file
+                    sizes.append(_open_size(io.BytesIO(stored[offset].as_py()), where))
+    return sizes
+
+
+def row_name(dataset: datasets.Dataset, index: int, column: str = "image") -> str:
+    """`#index` and, where the dataset knows it, the file name."""
+    if f"{column}_path" in dataset.column_names:
+        return f"#{index} ({dataset.with_format(None)[index][f'{column}_path']})"
+    path = dataset.select_columns([column]).with_format("arrow")[index : index + 1].column(column)[0]["path"].as_py()
+    return f"#{index}" + (f" ({path})" if path else "")
+
+
+def check_pairs(dataset: datasets.Dataset, role: str) -> list[tuple[int, int]]:
+    """Every image has its label's size; returns the image sizes `(W, H)`.
+
+    Raises:
+        DomainError: naming the first pairs that differ, and how many do.
+    """
+    images, labels = header_sizes(dataset, "image", role), header_sizes(dataset, "label", role)
+    wrong = [index for index, (image, label) in enumerate(zip(images, labels)) if image != label]
+    if wrong:
+        listed = "; ".join(
+            f"{row_name(dataset, i)}: image {images[i][0]}x{images[i][1]}, label {labels[i][0]}x{labels[i][1]}" for i in wrong[:MAX_LISTED]
+        )
+        raise DomainError(
+            f"{role}: {len(wrong)} of {len(images)} images differ in size from their labels (read from the file headers): "
+            f"{listed}. An image and its label must have the same size: fix or remove those pairs."
+        )
+    return images
+
+
+def check_crop(crop: Sequence[int], dataset: datasets.Dataset, role: str, resize_flag: str, resize: Sequence[int] = (), sizes=None) -> None:
+    """The crop `(h, w)` fits in every image as training sees it: resized to `resize` `(W, H)` when set, else as is.
+
+    Args:
+        sizes: the images' `(W, H)`, if already read (`check_pairs`); read from the headers otherwise.
+
+    Raises:
+        DomainError: how many images are smaller than the crop, the smallest, and the two ways out.
+    """
+    height, width = crop
+    if resize:
+        sizes, where = [tuple(resize)], f"{resize_flag} {resize[0]} {resize[1]}"
+    else:
+        sizes = sizes if sizes is not None else header_sizes(dataset, "image", role)
+    small = [index for index, (w, h) in enumerate(sizes) if h < height or w < width]
+    if not small:
+        return
+    smallest = min(small, key=lambda i: sizes[i][0] * sizes[i][1])
+    if not resize:
+        where = f"image {row_name(dataset, smallest)}"
+    fit_h, fit_w = min(height, min(h for _, h in sizes)), min(width, min(w for w, _ in sizes))
+    raise DomainError(
+        f"--crop_size {height} {width} (H W) is larger than {len(small)} of {len(sizes)} {role} images (smallest: "
+        f"{sizes[smallest][0]}x{sizes[smallest][1]}, {where}); their crops would be padding in part. Lower --crop_size to at "
+        f"most {fit_h} {fit_w}, or resize the images with {resize_flag} W H."
+    )
+
+
+def check_training_data(
+    source: datasets.Dataset, target: datasets.Dataset, target_eval: datasets.Dataset, crop_size: Sequence[int],
+    source_resize: Sequence[int] = (), target_resize: Sequence[int] = (),
+) -> None:  # fmt: skip
+    """Before the first step: labels the size of their images (source, target validation), crops that fit."""
+    source_sizes = check_pairs(source, "--source_dataset")
+    check_crop(crop_size, source, "--source_dataset", "--source_resize", source_resize, source_sizes)
+    check_crop(crop_size, target, "--target_dataset", "--target_resize", target_resize)
+    check_pairs(target_eval, "--target_eval_dataset")

@@ -1,0 +1,236 @@
+"""Fault injection on real training processes: kill -9 at seeded moments (also mid-save), SIGTERM, SIGINT, two signals.
+
+Every run is `scripts/train_duda.py` on the tiny benchmark (6 steps), a real process sent real signals. A run that
+was interrupted and resumed must end with the same bits as the run that was not: every network, the EMA teacher
+and the class inconsistency state of its last checkpoint, the exported student and teacher, and `train_loss`.
+"""
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .conftest import tiny_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+# One thread: runs on a busy machine stay fast, and every run computes in the same order (bit-identical results).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+STEPS = 6
+EVERY_STEP = ("--save_strategy", "steps", "--save_steps", "1")
+
+
+class Run:
+    """`scripts/train_duda.py` in its own process, its output in files (no pipe to fill)."""
+
+    def __init__(self, benchmark, output_dir: Path, *extra, launcher: tuple[str, ...] = (sys.executable,)):
+        self.output_dir = output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path, self.stderr_path = output_dir.parent / f"{output_dir.name}.out", output_dir.parent / f"{output_dir.name}.err"
+        argv = tiny_argv(benchmark, output_dir, "--max_steps", str(STEPS), *extra)
+        command = [*launcher, str(ROOT / "scripts" / "train_duda.py"), *argv]
+        with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:  # a process group of its own, as in a terminal
+            self.process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=ROOT, env=ENV, start_new_session=True)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def wait_until(self, condition, timeout: float = 120) -> None:
+        """Poll `condition()` every half millisecond; fail if the process ends first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                pytest.fail(f"the run ended (rc {self.process.returncode}) before the moment awaited:\n{self.stderr[-3000:]}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"the moment awaited did not come within {timeout} s")
+            time.sleep(0.0005)
+
+    def steps_logged(self) -> int:
+        return self.stdout.count("'loss':")
+
+    def finish(self, timeout: float = 300) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"the run did not end within {timeout} s:\n{self.stderr[-3000:]}")
+
+
+def train_loss(run: Run) -> str:
+    return re.findall(r"'train_loss': '([^']+)'", run.stdout)[-1]
+
+
+def assert_same_bits(expected: Path, actual: Path) -> None:
+    first, second = load_file(expected), load_file(actual)
+    assert first.keys() == second.keys()
+    different = [key for key in first if not torch.equal(first[key], second[key])]
+    assert not different, f"{actual} differs from {expected} in {different[:5]}"
+
+
+def assert_ends_like(reference: Path, run_dir: Path) -> None:
+    """The run ended with the reference run's exported student and teacher, bit for bit."""
+    for network in ("student", "teacher"):
+        assert_same_bits(reference / network / "model.safetensors", run_dir / network / "model.safetensors")
+
+
+def assert_checkpoints_complete(run_dir: Path) -> list[int]:
+    """Every `checkpoint-N` the run left is whole (its weights load); returns the steps."""
+    steps = []
+    for checkpoint in sorted(run_dir.glob("checkpoint-*")):
+        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+        load_file(checkpoint / "model.safetensors")
+        steps.append(int(checkpoint.name.split("-")[1]))
+    return steps
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_benchmark, tmp_path_factory):
+    """The uninterrupted run, a checkpoint at every step."""
+    run = Run(tiny_benchmark, tmp_path_factory.mktemp("faults") / "reference", *EVERY_STEP)
+    assert run.finish() == 0, run.stderr[-3000:]
+    assert assert_checkpoints_complete(run.output_dir) == list(range(1, STEPS + 1))
+    return run
+
+
+# kill -9 during a save: when the staging folder appears, when the weights are being written, when the optimizer is
+KILL_DURING_SAVE = ("", "model.safetensors", "optimizer.pt")
+TRIALS = [(0, "save"), (1, "save"), (2, "step")]  # (seed, where the kill lands); the seed picks the step and the moment
+
+
+@pytest.mark.slow
+def test_kill_9_at_seeded_moments_then_resume_is_bit_identical(reference, tiny_benchmark, tmp_path):
+    mid_save = []
+    for seed, where in TRIALS:
+        rng = random.Random(seed)
+        step = rng.randint(1, STEPS - 1)
+        run = Run(tiny_benchmark, tmp_path / f"trial{seed}", *EVERY_STEP)
+        staging = run.output_dir / ".partial-checkpoints" / f"checkpoint-{step}"
+        if where == "save":
+            part = rng.choice(KILL_DURING_SAVE)
+            moment = f"saving checkpoint-{step} ({'started' if not part else part + ' begun'})"
+            run.wait_until(lambda: (staging / part).exists())
+        else:
+            delay = rng.uniform(0, 0.08)
+            moment = f"{1000 * delay:.0f} ms after checkpoint-{step}"
+            run.wait_until(lambda: (run.output_dir / f"checkpoint-{step}").is_dir())
+            time.sleep(delay)
+        run.process.send_signal(signal.SIGKILL)
+        assert run.finish() == -signal.SIGKILL
+        saved = assert_checkpoints_complete(run.output_dir)  # a kill never leaves a half-written checkpoint-N
+        if where == "save" and staging.is_dir() and not (run.output_dir / f"checkpoint-{step}").exists():
+            mid_save.append(moment)  # the kill landed inside the save: its debris stays in the staging folder
+        print(f"trial {seed}: kill -9 {moment}; complete checkpoints {saved}")
+
+        resumed = Run(tiny_benchmark, run.output_dir, *EVERY_STEP, "--resume_from_checkpoint", "last")
+        assert resumed.finish() == 0, resumed.stderr[-3000:]
+        if saved:
+            assert f"resuming from {run.output_dir / f'checkpoint-{saved[-1]}'}: step {saved[-1]} of {STEPS}" in resumed.stderr
+        else:
+            assert "no checkpoint in" in resumed.stderr and "starts from step 0" in resumed.stderr
+        assert_same_bits(
+            reference.output_dir / f"checkpoint-{STEPS}" / "model.safetensors", run.output_dir / f"checkpoint-{STEPS}" / "model.safetensors"
+        )
+        assert_ends_like(reference.output_dir, run.output_dir)
+        assert train_loss(resumed) == train_loss(reference), "train_loss must cover the whole run"
+    assert mid_save, "no kill landed inside a save"
+
+
+def _stop_after_two_steps(run: Run, signum: int, group: bool = False) -> float:
+    run.wait_until(lambda: run.steps_logged() >= 2)
+    began = time.monotonic()
+    if group:  # Ctrl-C in a terminal: the signal reaches every process of the group, DataLoader workers too
+        os.killpg(run.process.pid, signum)
+    else:
+        run.process.send_signal(signum)
+    code = run.finish()
+    seconds = time.monotonic() - began
+    assert code == 128 + signum, run.stderr[-3000:]
+    return seconds
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_the_resume_is_bit_identical(reference, tiny_benchmark, tmp_path):
+    run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no")  # no checkpoint but the one SIGTERM asks for
+    seconds = _stop_after_two_steps(run, signal.SIGTERM)
+    stopped = re.search(r"training stopped by SIGTERM after step (\d+) of 6: checkpoint (\S+) holds", run.stderr)
+    assert stopped and "--resume_from_checkpoint last" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    step = int(stopped.group(1))
+    assert stopped.group(2) == str(run.output_dir / f"checkpoint-{step}")
+    assert assert_checkpoints_complete(run.output_dir) == [step] and not (run.output_dir / "student").exists()
+    print(f"SIGTERM after step 2 or later: checkpoint-{step} saved and the process ended {seconds:.2f} s after the signal")
+    assert seconds < 30
+
+    resumed = Run(tiny_benchmark, run.output_dir, "--save_strategy", "no", "--resume_from_checkpoint", "last")
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    said = f"resuming from {run.output_dir / f'checkpoint-{step}'}: step {step} of 6; restored every network"
+    assert said in resumed.stderr and "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
+    assert_ends_like(reference.output_dir, run.output_dir)
+    assert train_loss(resumed) == train_loss(reference)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_exits_130_without_a_traceback(tiny_benchmark, tmp_path):
+    run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no", "--dataloader_num_workers", "2")
+    _stop_after_two_steps(run, signal.SIGINT, group=True)
+    assert "training stopped by SIGINT" in run.stderr and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.count("received SIGINT") == 1  # the training process decides, not its workers
+    assert len(assert_checkpoints_complete(run.output_dir)) == 1
+
+
+@pytest.mark.slow
+def test_a_second_signal_ends_the_process_at_once(tiny_benchmark, tmp_path):
+    run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no", "--max_steps", "10000")
+    run.wait_until(lambda: run.steps_logged() >= 1)
+    began = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == -signal.SIGTERM  # ended by the signal itself, not by the orderly stop (143)
+    seconds = time.monotonic() - began
+    print(f"two SIGTERMs 10 ms apart: the process ended {seconds:.2f} s after the first")
+    assert seconds < 5
+    assert "received SIGTERM" in run.stderr
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_to_one_process_stops_every_process_at_the_same_step(tiny_benchmark, tmp_path):
+    from .test_ddp import free_port
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    launcher = (accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(free_port()))  # fmt: skip
+    run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no", "--max_steps", "10000", "--per_device_train_batch_size", "1",
+              "--dataloader_num_workers", "0", launcher=launcher)  # fmt: skip
+    run.wait_until(lambda: run.steps_logged() >= 2, timeout=240)
+    ranks = {}
+    for pid in os.listdir("/proc"):
+        try:
+            environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"train_duda.py" in command and environ.get("MASTER_PORT") == launcher[-1] and "RANK" in environ:
+            ranks[int(environ["RANK"])] = int(pid)
+    assert sorted(ranks) == [0, 1], ranks
+    began = time.monotonic()
+    os.kill(ranks[1], signal.SIGTERM)  # only the second process is told, as when one machine of a job is reclaimed
+    run.finish(timeout=240)
+    print(f"DDP, SIGTERM to process 1 of 2: both stopped, the launcher ended {time.monotonic() - began:.2f} s after the signal")
+    stops = re.findall(r"training stopped by SIGTERM after step (\d+) of 10000: checkpoint (\S+) holds", run.stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], run.stderr[-4000:]  # both processes, the same step and checkpoint
+    assert "exitcode: 143" in run.stderr
+    assert assert_checkpoints_complete(run.output_dir) == [int(stops[0][0])]
