@@ -42,21 +42,32 @@ ROWS = {
     "pretrained_self_training": ("pretrained pair: self_training", PRETRAINED, ["--method", "self_training"]),
     "pretrained_duda": ("pretrained pair: duda", PRETRAINED, ["--method", "duda"]),
     # lam_t stays 0: hard pseudo-labels only, no soft KD term
-    "pretrained_duda_no_kd": ("pretrained pair: duda without soft KD", PRETRAINED,
-                              ["--preadapt_steps", str(MAX_STEPS), "--distill_ramp_steps", "0"]),  # fmt: skip
+    "pretrained_duda_no_kd": (
+        "pretrained pair: duda without soft KD",
+        PRETRAINED,
+        ["--preadapt_steps", str(MAX_STEPS), "--distill_ramp_steps", "0"],
+    ),  # fmt: skip
     # lam_t = 1 from the first step: soft KD only, no pre-adaptation or ramp
-    "pretrained_duda_no_gradual": ("pretrained pair: duda without gradual distillation", PRETRAINED,
-                                   ["--preadapt_steps", "0", "--distill_ramp_steps", "0"]),  # fmt: skip
-    "pretrained_duda_no_inconsistency": ("pretrained pair: duda without inconsistency weighting", PRETRAINED,
-                                         ["--inconsistency_beta", "0"]),  # fmt: skip
+    "pretrained_duda_no_gradual": (
+        "pretrained pair: duda without gradual distillation",
+        PRETRAINED,
+        ["--preadapt_steps", "0", "--distill_ramp_steps", "0"],
+    ),  # fmt: skip
+    "pretrained_duda_no_inconsistency": (
+        "pretrained pair: duda without inconsistency weighting",
+        PRETRAINED,
+        ["--inconsistency_beta", "0"],
+    ),  # fmt: skip
 }
 NETWORKS = ("student", "auxiliary", "teacher")
 
 
-def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None) -> dict:
+def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None, collect_only: bool = False) -> dict | None:
     label, recipe, flags = ROWS[row]
     output_dir = output_root / f"{row}_seed{seed}"
     results_file = output_dir / "eval_results.json"
+    if not results_file.exists() and collect_only:
+        return None
     if not results_file.exists():
         command = [sys.executable, "scripts/train_duda.py", "--config", recipe, *flags, "--seed", str(seed),
                    "--output_dir", str(output_dir), "--save_strategy", "no", *extra]  # fmt: skip
@@ -86,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run (default: all).")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time, each with cores/jobs threads (default: 1).")
+    parser.add_argument("--collect_only", action="store_true", help="Summarise the runs already done; start none.")
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality_synthetic.json"))
     args, extra = parser.parse_known_args()
@@ -95,8 +107,12 @@ def main() -> None:
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait for them
-        runs = list(pool.map(lambda job: run(*job, Path(args.output_root), extra, threads), jobs))
-    summary = {row: {f"{name}_mIoU": summarise([r for r in runs if r["row"] == row], f"{name}_mIoU") for name in NETWORKS} for row in args.rows}
+        runs = [r for r in pool.map(lambda job: run(*job, Path(args.output_root), extra, threads, args.collect_only), jobs) if r]
+    summary = {
+        row: {f"{name}_mIoU": summarise([r for r in runs if r["row"] == row], f"{name}_mIoU") for name in NETWORKS}
+        for row in args.rows
+        if any(r["row"] == row for r in runs)
+    }
     pretraining = {}
     for name in ("tiny", "tiny-wide"):
         record = ROOT / "pretrained_synthetic" / name / "pretraining.json"
@@ -118,7 +134,7 @@ def main() -> None:
             return "—"
         return f"{value['mean']:.2f} ± {value['std']:.2f} ({' / '.join(f'{v:.2f}' for v in value['per_seed'])})"
 
-    print(f"\n| row ({len(args.seeds)} seeds) | student | auxiliary | teacher |")
+    print("\n| row (mean ± std over seeds, per seed) | student | auxiliary | teacher |")
     print("|---|---|---|---|")
     for row, values in summary.items():
         print(f"| {ROWS[row][0]} | " + " | ".join(cell(values[f"{name}_mIoU"]) for name in NETWORKS) + " |")

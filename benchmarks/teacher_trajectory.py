@@ -4,8 +4,8 @@
                                             [--eval_steps 250] [--seed 0] [-- extra flags]
 
 One `duda` run per `--ema_alpha`, evaluated every `--eval_steps` steps on the 100 target validation images;
-prints the student's, the auxiliary student's and the teacher's target mIoU at each evaluation and writes
-benchmarks/results/teacher_trajectory.json. Runs whose `eval_results.json` exists are reused.
+prints the student's, the auxiliary student's and the teacher's target mIoU at each evaluation and writes them
+to `--results` (a JSON file in benchmarks/results/ by default). Runs whose `eval_results.json` exists are reused.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for alpha, points in trajectories.items():
         for p in points:
-            print(f"| {alpha} | {p['step']} | {p['student']:.2f} | {p['auxiliary']:.2f} | {p['teacher']:.2f} | {p['teacher'] - p['auxiliary']:+.2f} |")
+            gap = p["teacher"] - p["auxiliary"]
+            print(f"| {alpha} | {p['step']} | {p['student']:.2f} | {p['auxiliary']:.2f} | {p['teacher']:.2f} | {gap:+.2f} |")
 
 
 if __name__ == "__main__":
