@@ -32,9 +32,11 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
     settings = {"network": name, "steps": steps, "seed": seed, "batch_size": 4, "crop_size": 128, "learning_rate": 6e-4}
     target = out / name
     record_path = target / "pretraining.json"
-    if record_path.is_file() and json.loads(record_path.read_text()).get("settings") == settings:
-        print(f"{name}: reusing {target}")
-        return json.loads(record_path.read_text())
+    if record_path.is_file():
+        cached = json.loads(record_path.read_text())
+        if cached.get("settings") == settings:
+            print(f"{name}: reusing {target}")
+            return cached
     run_dir = out / ".runs" / name
     flags = ["--method", "source_only", "--student", name, "--init", "random",
              "--source_dataset", data["pretrain"], "--target_dataset", data["pretrain"], "--target_eval_dataset", data["pretrain_val"],
@@ -46,12 +48,9 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
     results = run_training(*parse_args(flags))
     record = {"settings": settings, "pretrain_val_mIoU": round(100 * results["student"]["mIoU"], 2), "seconds": results["seconds"]}
     write_json(run_dir / "student" / "pretraining.json", record)
-    # the finished folder appears in one rename: a cached folder is always complete
-    staging = out / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(run_dir / "student", staging)
+    # the finished folder appears in one rename (run_dir is under out/): a cached folder is always complete
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    os.replace(run_dir / "student", target)
     shutil.rmtree(run_dir, ignore_errors=True)
     print(f"{name}: pretrain-domain mIoU {record['pretrain_val_mIoU']:.2f} after {steps} steps ({record['seconds']:.0f} s) -> {target}")
     return record
