@@ -56,10 +56,14 @@ VARIANTS = [
 def run_tests() -> dict:
     command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"]
     started = time.monotonic()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     lines = [line for line in done.stdout.strip().splitlines() if line.strip()]
-    return {"returncode": done.returncode, "summary": lines[-1] if lines else "", "seconds": round(time.monotonic() - started, 1),
-            "output_tail": (done.stdout + done.stderr)[-4000:]}  # fmt: skip
+    return {
+        "returncode": done.returncode,
+        "summary": lines[-1] if lines else "",
+        "seconds": round(time.monotonic() - started, 1),
+        "output_tail": (done.stdout + done.stderr)[-4000:],
+    }
 
 
 def run_step(steps: int, warmup: int) -> dict:
@@ -110,20 +114,77 @@ def run_train(workdir: Path) -> dict:
     data = build_synthetic_benchmark(workdir / "data", num_source=32, num_target=32, num_target_val=8, height=256, width=512, seed=0)
     output = workdir / "train"
     gpus = torch.cuda.device_count()
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "--num_machines", "1",
-              "--mixed_precision", "bf16", "--dynamo_backend", "no", *(["--multi_gpu"] if gpus > 1 else [])]  # fmt: skip
-    flags = ["--source_dataset", data["source"], "--target_dataset", data["target"], "--target_eval_dataset", data["target_val"],
-             "--student", "mit-b0", "--aux_student", "mit-b5", "--init", "random", "--crop_size", "256", "256",
-             "--max_steps", "20", "--warmup_steps", "2", "--learning_rate", "6e-5", "--rcs_min_pixels", "200",
-             "--pseudo_label_ignore_top", "0", "--pseudo_label_ignore_bottom", "0", "--bf16", "true", "--tf32", "true",
-             "--dataloader_num_workers", "4", "--logging_steps", "5", "--eval_strategy", "no", "--save_strategy", "no",
-             "--disable_tqdm", "true", "--report_to", "none", "--output_dir", str(output)]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(gpus),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "bf16",
+        "--dynamo_backend",
+        "no",
+        *(["--multi_gpu"] if gpus > 1 else []),
+    ]
+    flags = [
+        "--source_dataset",
+        data["source"],
+        "--target_dataset",
+        data["target"],
+        "--target_eval_dataset",
+        data["target_val"],
+        "--student",
+        "mit-b0",
+        "--aux_student",
+        "mit-b5",
+        "--init",
+        "random",
+        "--crop_size",
+        "256",
+        "256",
+        "--max_steps",
+        "20",
+        "--warmup_steps",
+        "2",
+        "--learning_rate",
+        "6e-5",
+        "--rcs_min_pixels",
+        "200",
+        "--pseudo_label_ignore_top",
+        "0",
+        "--pseudo_label_ignore_bottom",
+        "0",
+        "--bf16",
+        "true",
+        "--tf32",
+        "true",
+        "--dataloader_num_workers",
+        "4",
+        "--logging_steps",
+        "5",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        "--report_to",
+        "none",
+        "--output_dir",
+        str(output),
+    ]
     started = time.monotonic()
-    done = subprocess.run([*launch, "scripts/train_duda.py", *flags], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    result = {"num_processes": gpus, "returncode": done.returncode, "seconds": round(time.monotonic() - started, 1),
-              "student_files": sorted(p.name for p in (output / "student").iterdir()) if (output / "student").is_dir() else [],
-              "eval_results_json": (output / "eval_results.json").is_file(),
-              "output_tail": (done.stdout + done.stderr)[-3000:]}  # fmt: skip
+    done = subprocess.run([*launch, "scripts/train_duda.py", *flags], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    result = {
+        "num_processes": gpus,
+        "returncode": done.returncode,
+        "seconds": round(time.monotonic() - started, 1),
+        "student_files": sorted(p.name for p in (output / "student").iterdir()) if (output / "student").is_dir() else [],
+        "eval_results_json": (output / "eval_results.json").is_file(),
+        "output_tail": (done.stdout + done.stderr)[-3000:],
+    }
     if result["eval_results_json"]:
         results = json.loads((output / "eval_results.json").read_text())
         result["mIoU"] = {name: results[name]["mIoU"] for name in ("student", "teacher") if name in results}
@@ -169,8 +230,10 @@ def run_inference(workdir: Path, repeats: int = 5, warmup: int = 2) -> dict:
 
 def summary(report: dict) -> str:
     lines = [
-        f"GPU check, {report['date']}: {report['gpu']} x{report['gpu_count']}, "
-        f"torch {report['torch']}, transformers {report['transformers']}"
+        (
+            f"GPU check, {report['date']}: {report['gpu']} x{report['gpu_count']}, "
+            f"torch {report['torch']}, transformers {report['transformers']}"
+        )
     ]
     tests = report.get("tests")
     if tests:
@@ -178,16 +241,20 @@ def summary(report: dict) -> str:
     step = report.get("step")
     if step and "step" in step:
         syncs = step["step"].get("host_syncs", [])
-        lines.append(f"paper shape step: {step['step']['median_s'] * 1000:.1f} ms (floor {step['floor']['median_s'] * 1000:.1f} ms, "
-                     f"ratio {step['ratio']:.3f}); peak {step['step']['peak_mib']:.0f} MiB; {len(syncs)} host sync(s) per step; "
-                     f"40k iterations: {step['projected_40k_hours']:.2f} h")  # fmt: skip
+        lines.append(
+            f"paper shape step: {step['step']['median_s'] * 1000:.1f} ms (floor {step['floor']['median_s'] * 1000:.1f} ms, "
+            f"ratio {step['ratio']:.3f}); peak {step['step']['peak_mib']:.0f} MiB; {len(syncs)} host sync(s) per step; "
+            f"40k iterations: {step['projected_40k_hours']:.2f} h"
+        )
     elif step:
         lines.append(f"paper shape step: {step.get('error', '')[:300]}")
     train = report.get("train")
     if train:
         ok = train.get("returncode") == 0 and "model.safetensors" in train.get("student_files", []) and train.get("eval_results_json")
-        lines.append(f"accelerate launch ({train.get('num_processes')} process(es), 20 steps): {'ok' if ok else 'FAILED'} in "
-                     f"{train.get('seconds')} s; mIoU {train.get('mIoU')}")  # fmt: skip
+        lines.append(
+            f"accelerate launch ({train.get('num_processes')} process(es), 20 steps): {'ok' if ok else 'FAILED'} in "
+            f"{train.get('seconds')} s; mIoU {train.get('mIoU')}"
+        )
     inference = report.get("inference")
     if inference and "error" not in inference:
         lines.append("inference (median ms)            fp32      bf16")
@@ -218,8 +285,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("gpu_check needs a CUDA GPU: torch.cuda.is_available() is False here, so nothing was run. "
-              "Run it on a machine with an NVIDIA GPU and a CUDA build of torch; the CPU test suite covers the rest.")  # fmt: skip
+        print(
+            "gpu_check needs a CUDA GPU: torch.cuda.is_available() is False here, so nothing was run. "
+            "Run it on a machine with an NVIDIA GPU and a CUDA build of torch; the CPU test suite covers the rest."
+        )
         return 0
     import accelerate
     import transformers
@@ -228,9 +297,17 @@ def main() -> int:
 
     started = time.monotonic()
     deadline = started + args.budget
-    report = {"date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(0), "gpu_count": torch.cuda.device_count(),
-              "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-              "accelerate": accelerate.__version__, "python": platform.python_version(), "cpus": os.cpu_count()}  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_count": torch.cuda.device_count(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
     out = Path(args.out)
     workdir = Path(tempfile.mkdtemp(prefix="duda_gpu_check_"))
     for section in [s for s in SECTIONS if s in args.only]:

@@ -53,8 +53,13 @@ def child(preset: str, width: int, height: int, repeats: int) -> dict:
             if run:
                 times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times], "peak_mib": round(peak, 1),
-            "parameters_m": round(parameters / 1e6, 2), "device": device}  # fmt: skip
+    return {
+        "median_s": round(statistics.median(times), 4),
+        "times_s": [round(t, 4) for t in times],
+        "peak_mib": round(peak, 1),
+        "parameters_m": round(parameters / 1e6, 2),
+        "device": device,
+    }
 
 
 def main() -> None:
@@ -69,19 +74,26 @@ def main() -> None:
         return
     import torch
 
-    report = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads", "repeats": args.repeats, "results": {}}  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "repeats": args.repeats,
+        "results": {},
+    }
     for size in args.sizes:
         width, height = (int(v) for v in size.split("x"))
         row = {}
         for preset in args.models:
             command = [sys.executable, __file__, "--child", preset, str(width), str(height), "--repeats", str(args.repeats)]
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{preset} at {size} failed:\n{done.stderr[-3000:]}")
             row[preset] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{size:10s} {preset}: {row[preset]['median_s']:.3f} s, peak {row[preset]['peak_mib']:.0f} MiB "
-                  f"({row[preset]['parameters_m']} M parameters, {row[preset]['device']})", flush=True)  # fmt: skip
+            print(
+                f"{size:10s} {preset}: {row[preset]['median_s']:.3f} s, peak {row[preset]['peak_mib']:.0f} MiB "
+                f"({row[preset]['parameters_m']} M parameters, {row[preset]['device']})",
+                flush=True,
+            )
         if len(args.models) == 2:
             small, large = args.models
             row["speedup"] = round(row[large]["median_s"] / row[small]["median_s"], 2)

@@ -87,8 +87,11 @@ def main() -> None:
 
     results = {}
     reference_iou = None
-    for name, function in (("duda_hf StreamingConfusion", streaming), ("masked bincount (torch)", masked_bincount),
-                           ("numpy per-map (evaluate's definition)", numpy_per_map)):  # fmt: skip
+    for name, function in (
+        ("duda_hf StreamingConfusion", streaming),
+        ("masked bincount (torch)", masked_bincount),
+        ("numpy per-map (evaluate's definition)", numpy_per_map),
+    ):
         seconds, output = timed(function, predictions, labels, repeats=args.repeats)
         iou = output if output.ndim == 1 else np.asarray(list(metrics_from_confusion(output)["per_class_iou"].values()))
         if reference_iou is None:
@@ -99,9 +102,12 @@ def main() -> None:
     report = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads",
-        "maps": args.maps, "size": [args.height, args.width], "pixels": args.maps * args.height * args.width,
-        "best_of": args.repeats, "results": results,
-    }  # fmt: skip
+        "maps": args.maps,
+        "size": [args.height, args.width],
+        "pixels": args.maps * args.height * args.width,
+        "best_of": args.repeats,
+        "results": results,
+    }
     out = Path(__file__).resolve().parent / "results" / "metric_speed.json"
     out.parent.mkdir(exist_ok=True)
     write_json(out, report)

@@ -72,8 +72,13 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.image) != bool(args.label_ids):
         parser.error("--image and --label_ids go together (a frame and its Cityscapes label ids)")
-    results = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "count": args.count,
-               "num_proc": args.num_proc, "frame": f"1914x1052 RGB + palette label from {args.image or 'a procedural scene'}"}  # fmt: skip
+    results = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "count": args.count,
+        "num_proc": args.num_proc,
+        "frame": f"1914x1052 RGB + palette label from {args.image or 'a procedural scene'}",
+    }
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         build_gta5_folder(work / "gta5", args.count, args.image, args.label_ids)

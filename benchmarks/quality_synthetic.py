@@ -46,18 +46,18 @@ ROWS = {
         "pretrained pair: duda without soft KD",
         PRETRAINED,
         ["--preadapt_steps", str(MAX_STEPS), "--distill_ramp_steps", "0"],
-    ),  # fmt: skip
+    ),
     # lam_t = 1 from the first step: soft KD only, no pre-adaptation or ramp
     "pretrained_duda_no_gradual": (
         "pretrained pair: duda without gradual distillation",
         PRETRAINED,
         ["--preadapt_steps", "0", "--distill_ramp_steps", "0"],
-    ),  # fmt: skip
+    ),
     "pretrained_duda_no_inconsistency": (
         "pretrained pair: duda without inconsistency weighting",
         PRETRAINED,
         ["--inconsistency_beta", "0"],
-    ),  # fmt: skip
+    ),
 }
 NETWORKS = ("student", "auxiliary", "teacher")
 
@@ -69,11 +69,23 @@ def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int |
     if not results_file.exists() and collect_only:
         return None
     if not results_file.exists():
-        command = [sys.executable, "scripts/train_duda.py", "--config", recipe, *flags, "--seed", str(seed),
-                   "--output_dir", str(output_dir), "--save_strategy", "no", *extra]  # fmt: skip
+        command = [
+            sys.executable,
+            "scripts/train_duda.py",
+            "--config",
+            recipe,
+            *flags,
+            "--seed",
+            str(seed),
+            "--output_dir",
+            str(output_dir),
+            "--save_strategy",
+            "no",
+            *extra,
+        ]
         started = time.monotonic()
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{label} seed {seed} failed:\n{done.stderr[-3000:]}")
         print(f"{label} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
@@ -88,8 +100,11 @@ def summarise(runs: list[dict], key: str) -> dict | None:
     values = [r[key] for r in runs if r[key] is not None]
     if not values:
         return None
-    return {"mean": round(statistics.mean(values), 2), "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
-            "per_seed": values}  # fmt: skip
+    return {
+        "mean": round(statistics.mean(values), 2),
+        "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+        "per_seed": values,
+    }
 
 
 def main() -> None:

@@ -138,8 +138,15 @@ def main() -> None:
         done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(runs[-1])
-    write_json(args.out, {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
-                          "model": "MiT-B0 student, input 1024x512, random weights", "runs": runs})  # fmt: skip
+    write_json(
+        args.out,
+        {
+            "date": date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+            "model": "MiT-B0 student, input 1024x512, random weights",
+            "runs": runs,
+        },
+    )
     print(f"written to {args.out}")
 
 

@@ -54,11 +54,22 @@ def build(shape: str, device: str, options: dict):
     student, aux, crop, batch = SHAPES[shape]
     torch.manual_seed(0)
     config = DudaConfig(
-        output_dir="/tmp/duda_step_cost", method="duda", max_steps=1000, per_device_train_batch_size=batch, report_to=[],
-        save_strategy="no", eval_strategy="no", rcs_min_pixels=10, use_cpu=device == "cpu", bf16=options["precision"] == "bf16",
-        tf32=options["tf32"], optim=options["optim"], channels_last=options["channels_last"], torch_compile=bool(options["compile"]),
+        output_dir="/tmp/duda_step_cost",
+        method="duda",
+        max_steps=1000,
+        per_device_train_batch_size=batch,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        rcs_min_pixels=10,
+        use_cpu=device == "cpu",
+        bf16=options["precision"] == "bf16",
+        tf32=options["tf32"],
+        optim=options["optim"],
+        channels_last=options["channels_last"],
+        torch_compile=bool(options["compile"]),
         torch_compile_mode=options["compile"] if isinstance(options["compile"], str) else None,
-    )  # fmt: skip
+    )
     model = build_duda_model("duda", student, aux, "random")
     trainer = DudaTrainer(model.to(device), config)
     trainer.create_optimizer()
@@ -151,7 +162,7 @@ def measure(shape: str, kind: str, steps: int, warmup: int, options: dict, timeo
     """`child` in its own process (its own peak-memory mark and compile caches); raises with the child's error."""
     command = [sys.executable, __file__, "--child", shape, kind, "--steps", str(steps), "--warmup", str(warmup)]
     command += ["--options", json.dumps(options)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{shape} {kind} {options} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -172,8 +183,14 @@ def main() -> None:
 
     options = GPU_DEFAULT if torch.cuda.is_available() else CPU_DEFAULT
 
-    report = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-              "steps": args.steps, "warmup": args.warmup, "options": options, "shapes": {}}  # fmt: skip
+    report = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "options": options,
+        "shapes": {},
+    }
     for shape in args.shapes:
         measured = {}
         for kind in ("floor", "step"):
@@ -185,9 +202,12 @@ def main() -> None:
         student, aux, crop, batch = SHAPES[shape]
         sizes = {"student": student, "aux_student": aux, "crop": crop, "batch": batch}
         report["shapes"][shape] = {**sizes, **measured, "ratio": round(ratio, 3)}
-        print(f"{shape:9s} ({aux}/{student}, {crop} px, batch {batch}+{batch}, {measured['step']['device']}): "
-              f"step {measured['step']['median_s']:.3f} s, floor {measured['floor']['median_s']:.3f} s, ratio {ratio:.3f}; "
-              f"peak {measured['step']['peak_mib']:.0f} / {measured['floor']['peak_mib']:.0f} MiB", flush=True)  # fmt: skip
+        print(
+            f"{shape:9s} ({aux}/{student}, {crop} px, batch {batch}+{batch}, {measured['step']['device']}): "
+            f"step {measured['step']['median_s']:.3f} s, floor {measured['floor']['median_s']:.3f} s, ratio {ratio:.3f}; "
+            f"peak {measured['step']['peak_mib']:.0f} / {measured['floor']['peak_mib']:.0f} MiB",
+            flush=True,
+        )
     out = Path(__file__).resolve().parent / "results" / "step_cost.json"
     write_json(out, report)
 

@@ -37,16 +37,34 @@ def main() -> None:
     for alpha in args.alphas:
         output_dir = Path(args.output_root) / f"{Path(args.recipe).stem}_alpha{alpha}_seed{args.seed}"
         if not (output_dir / "eval_results.json").exists():
-            command = [sys.executable, "scripts/train_duda.py", "--config", args.recipe, "--method", "duda", "--ema_alpha", str(alpha),
-                       "--eval_steps", str(args.eval_steps), "--seed", str(args.seed), "--output_dir", str(output_dir),
-                       "--save_strategy", "no", *extra]  # fmt: skip
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+            command = [
+                sys.executable,
+                "scripts/train_duda.py",
+                "--config",
+                args.recipe,
+                "--method",
+                "duda",
+                "--ema_alpha",
+                str(alpha),
+                "--eval_steps",
+                str(args.eval_steps),
+                "--seed",
+                str(args.seed),
+                "--output_dir",
+                str(output_dir),
+                "--save_strategy",
+                "no",
+                *extra,
+            ]
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"alpha {alpha} failed:\n{done.stderr[-3000:]}")
         history = json.loads((output_dir / "eval_results.json").read_text())["history"]
         trajectories[str(alpha)] = [{"step": e["step"], **{n: e.get(f"eval_{n}_mIoU") for n in NETWORKS}} for e in history]
-    write_json(args.results, {"date": date.today().isoformat(), "recipe": args.recipe, "seed": args.seed, "extra_flags": extra,
-                              "trajectories": trajectories})  # fmt: skip
+    write_json(
+        args.results,
+        {"date": date.today().isoformat(), "recipe": args.recipe, "seed": args.seed, "extra_flags": extra, "trajectories": trajectories},
+    )
     print("| ema_alpha | step | student | auxiliary | teacher | teacher − auxiliary |")
     print("|---|---|---|---|---|---|")
     for alpha, points in trajectories.items():

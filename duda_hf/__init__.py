@@ -20,7 +20,16 @@ _EXPORTS = {
     "export_segformer": ".models",
     "DudaTrainer": ".trainer",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DataArguments",
+    "DudaConfig",
+    "DudaModel",
+    "DudaTrainer",
+    "ModelArguments",
+    "build_duda_model",
+    "build_segformer",
+    "export_segformer",
+]
 
 
 def __getattr__(name: str):

@@ -33,7 +33,7 @@ def _has_accelerator() -> bool:
 
 def resolve_steps(value: float, max_steps: int) -> int:
     """A step count given as an int, or as a fraction of `max_steps` when below 1 (like `warmup_steps`)."""
-    return int(round(value * max_steps)) if 0 < value < 1 else int(value)
+    return round(value * max_steps) if 0 < value < 1 else int(value)
 
 
 @dataclass
@@ -66,7 +66,8 @@ class DudaConfig(TrainingArguments):
         default=0.968, metadata=_help("Confidence a pseudo-labelled pixel needs to count in the quality weight q. DAFormer: 0.968.")
     )
     pseudo_label_ignore_top: int = field(
-        default=15, metadata=_help("Rows at the top of each target crop whose pseudo-label weight is 0. DAFormer (Cityscapes, 512 crops): 15.")
+        default=15,
+        metadata=_help("Rows at the top of each target crop whose pseudo-label weight is 0. DAFormer (Cityscapes, 512 crops): 15."),
     )
     pseudo_label_ignore_bottom: int = field(
         default=120, metadata=_help("Rows at the bottom of each target crop whose pseudo-label weight is 0 (ego car). DAFormer: 120.")
@@ -74,7 +75,9 @@ class DudaConfig(TrainingArguments):
     # --- mixing and strong augmentation ---
     class_mix: bool = field(
         default=True,
-        metadata=_help("ClassMix source classes onto the target image (half of each source image's classes). Off: the student sees the plain target image."),
+        metadata=_help(
+            "ClassMix source classes onto the target image (half of each source image's classes). Off: the student sees the plain target image."
+        ),
     )
     color_jitter_strength: float = field(
         default=0.2, metadata=_help("Colour-jitter strength for brightness, contrast, saturation and hue. DAFormer: 0.2.")
@@ -86,11 +89,15 @@ class DudaConfig(TrainingArguments):
     # --- gradual distillation ---
     preadapt_steps: float = field(
         default=0.25,
-        metadata=_help("Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 0.25."),
+        metadata=_help(
+            "Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 0.25."
+        ),
     )
     distill_ramp_steps: float = field(
         default=0.25,
-        metadata=_help("Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 0.25."),
+        metadata=_help(
+            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 0.25."
+        ),
     )
     kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
     # --- inconsistency weighting ---
@@ -112,7 +119,9 @@ class DudaConfig(TrainingArguments):
     # --- ImageNet feature distance ---
     fd_lambda: float = field(
         default=0.005,
-        metadata=_help("Weight of DAFormer's ImageNet feature distance on the auxiliary student. Used only when it starts from ImageNet weights."),
+        metadata=_help(
+            "Weight of DAFormer's ImageNet feature distance on the auxiliary student. Used only when it starts from ImageNet weights."
+        ),
     )
     fd_classes: list[int] = field(
         default_factory=lambda: list(THING_CLASSES), metadata=_help("trainIds the feature distance applies to. DAFormer: thing classes.")
@@ -128,7 +137,9 @@ class DudaConfig(TrainingArguments):
     )
     rcs_min_crop_ratio: float = field(
         default=0.5,
-        metadata=_help("Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: 0.5."),
+        metadata=_help(
+            "Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: 0.5."
+        ),
     )
     # --- optimisation ---
     head_lr_multiplier: float = field(default=10.0, metadata=_help("Learning-rate multiplier of the decode heads. DAFormer: 10."))
@@ -141,15 +152,21 @@ class DudaConfig(TrainingArguments):
     # --- monitoring ---
     debug_image_steps: int = field(
         default=0,
-        metadata=_help("Every N steps save a debug picture (source, target, mix, pseudo-label, prediction) to output_dir/debug and the loggers; 0 = off."),
+        metadata=_help(
+            "Every N steps save a debug picture (source, target, mix, pseudo-label, prediction) to output_dir/debug and the loggers; 0 = off."
+        ),
     )
 
     # --- Trainer defaults that differ for DUDA (DAFormer recipe) ---
-    learning_rate: float = field(default=6e-5, metadata=_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5."))
+    learning_rate: float = field(
+        default=6e-5, metadata=_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5.")
+    )
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay; never applied to norms and biases. DAFormer: 0.01."))
     max_steps: int = field(default=40000, metadata=_help("Training iterations. DAFormer: 40000."))
     warmup_steps: float = field(default=1500, metadata=_help("Linear warmup steps (below 1: fraction of max_steps). DAFormer: 1500."))
-    lr_scheduler_type: str = field(default="polynomial", metadata=_help("Learning-rate schedule after warmup. DAFormer: polynomial decay to 0."))
+    lr_scheduler_type: str = field(
+        default="polynomial", metadata=_help("Learning-rate schedule after warmup. DAFormer: polynomial decay to 0.")
+    )
     max_grad_norm: float = field(default=0.0, metadata=_help("Gradient clipping norm; 0 = off, as in DAFormer."))
     per_device_train_batch_size: int = field(
         default=2, metadata=_help("Source images per device per micro-step; as many target images are drawn. DAFormer: 2 + 2.")
@@ -191,7 +208,10 @@ class DudaConfig(TrainingArguments):
         _check(self.head_lr_multiplier > 0, "DudaConfig.head_lr_multiplier", "> 0", self.head_lr_multiplier)
         _check(self.poly_power > 0, "DudaConfig.poly_power", "> 0", self.poly_power)
         _check(
-            all(0 <= c < NUM_CLASSES for c in self.fd_classes), "DudaConfig.fd_classes", f"trainIds in [0, {NUM_CLASSES - 1}]", self.fd_classes
+            all(0 <= c < NUM_CLASSES for c in self.fd_classes),
+            "DudaConfig.fd_classes",
+            f"trainIds in [0, {NUM_CLASSES - 1}]",
+            self.fd_classes,
         )
         if self.teacher_weights:
             expected = 1 + len(self.extra_teachers)
@@ -219,7 +239,9 @@ class DudaConfig(TrainingArguments):
         # networks' calls, which do not go through the wrapped model, are compiled too and checkpoint keys do not
         # change; accelerate's own compilation of the wrapper is left off.
         compile_requested = bool(self.torch_compile or self.torch_compile_backend or self.torch_compile_mode)
-        self.compile_networks = {"backend": self.torch_compile_backend or "inductor", "mode": self.torch_compile_mode} if compile_requested else None
+        self.compile_networks = (
+            {"backend": self.torch_compile_backend or "inductor", "mode": self.torch_compile_mode} if compile_requested else None
+        )
         self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
         if self.accelerator_config is None and _has_accelerator():
             # Batches are copied to the device from pinned memory without waiting for it.
@@ -253,8 +275,7 @@ class ModelArguments:
     init: str = field(
         default="imagenet",
         metadata=_help(
-            "Initialisation of mit-bN students: 'imagenet' (encoder from the Hub checkpoint nvidia/mit-bN) or 'random' "
-            "(no download).",
+            "Initialisation of mit-bN students: 'imagenet' (encoder from the Hub checkpoint nvidia/mit-bN) or 'random' (no download).",
             choices=["imagenet", "random"],
         ),
     )
@@ -275,17 +296,28 @@ class DataArguments:
     target_eval_split: str = field(default="validation", metadata=_help("Split of the target validation dataset."))
     source_format: str | None = field(
         default=None,
-        metadata=_help("Native layout of --source_dataset, read in place: gta5, synthia, cityscapes, acdc, darkzurich. Empty: a save_to_disk folder or Hub id."),
+        metadata=_help(
+            "Native layout of --source_dataset, read in place: gta5, synthia, cityscapes, acdc, darkzurich. Empty: a save_to_disk folder or Hub id."
+        ),
     )
     target_format: str | None = field(default=None, metadata=_help("Native layout of --target_dataset (see --source_format)."))
     target_eval_format: str | None = field(default=None, metadata=_help("Native layout of --target_eval_dataset (see --source_format)."))
-    source_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the source (empty: all; Dark Zurich: night)."))
-    target_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC (fog night rain snow) / Dark Zurich (day twilight night) conditions of the target."))
-    target_eval_conditions: list[str] = field(default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the target validation set."))
-    source_label_type: str = field(
-        default="trainid", metadata=_help("Label encoding of a stored or Hub source: trainid, labelid (Cityscapes ids) or color (Cityscapes palette).")
+    source_conditions: list[str] = field(
+        default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the source (empty: all; Dark Zurich: night).")
     )
-    target_eval_label_type: str = field(default="trainid", metadata=_help("Label encoding of a stored or Hub target validation set (see --source_label_type)."))
+    target_conditions: list[str] = field(
+        default_factory=list, metadata=_help("ACDC (fog night rain snow) / Dark Zurich (day twilight night) conditions of the target.")
+    )
+    target_eval_conditions: list[str] = field(
+        default_factory=list, metadata=_help("ACDC / Dark Zurich conditions of the target validation set.")
+    )
+    source_label_type: str = field(
+        default="trainid",
+        metadata=_help("Label encoding of a stored or Hub source: trainid, labelid (Cityscapes ids) or color (Cityscapes palette)."),
+    )
+    target_eval_label_type: str = field(
+        default="trainid", metadata=_help("Label encoding of a stored or Hub target validation set (see --source_label_type).")
+    )
     image_column: str = field(default="image", metadata=_help("Image column name in the datasets."))
     label_column: str = field(default="label", metadata=_help("Label column name (Cityscapes trainIds, 255 = ignore)."))
     crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata=_help("Training crop H W. DAFormer: 512 512."))
@@ -300,7 +332,8 @@ class DataArguments:
         metadata=_help("Evaluation input size W H; logits are upsampled to label size (Cityscapes: 1024 512). Empty: native size."),
     )
     crop_cat_max_ratio: float = field(
-        default=0.75, metadata=_help("Source crops are retried (up to 10 times) while one class covers more than this share. DAFormer: 0.75.")
+        default=0.75,
+        metadata=_help("Source crops are retried (up to 10 times) while one class covers more than this share. DAFormer: 0.75."),
     )
     eval_synthia_subsets: bool = field(
         default=False, metadata=_help("Also report mIoU16 and mIoU13 (SYNTHIA -> Cityscapes); on by itself with --source_format synthia.")
@@ -316,9 +349,16 @@ class DataArguments:
         from .data.native import FORMATS
 
         for name in ("source_format", "target_format", "target_eval_format"):
-            _check(getattr(self, name) in (None, "", *FORMATS), f"DataArguments.{name}", f"empty or one of {sorted(FORMATS)}", getattr(self, name))
+            _check(
+                getattr(self, name) in (None, "", *FORMATS),
+                f"DataArguments.{name}",
+                f"empty or one of {sorted(FORMATS)}",
+                getattr(self, name),
+            )
         for name in ("source_label_type", "target_eval_label_type"):
             _check(getattr(self, name) in LABEL_TYPES, f"DataArguments.{name}", f"one of {list(LABEL_TYPES)}", getattr(self, name))
         for name in ("source_resize", "target_resize", "eval_resize"):
             value = getattr(self, name)
-            _check(len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value)
+            _check(
+                len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value
+            )

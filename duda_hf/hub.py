@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from importlib import resources
 from pathlib import Path
@@ -16,10 +17,28 @@ TEMPLATE = resources.files("duda_hf") / "templates" / "duda_student.md"
 DATASET_NAMES = {"gta5": "GTA5", "synthia": "SYNTHIA", "cityscapes": "Cityscapes", "acdc": "ACDC", "darkzurich": "Dark Zurich"}
 # What the card's recipe table shows, in this order (keys of `recipe_summary`).
 RECIPE_KEYS = (
-    "method", "student", "aux_student", "init", "source_dataset", "target_dataset", "max_steps", "batch_size", "crop_size",
-    "learning_rate", "ema_alpha", "pseudo_label_threshold", "preadapt_steps", "distill_ramp_steps", "kd_temperature",
-    "inconsistency_beta", "class_mix", "rare_class_sampling", "extra_teachers", "teacher_weights", "seed",
-)  # fmt: skip
+    "method",
+    "student",
+    "aux_student",
+    "init",
+    "source_dataset",
+    "target_dataset",
+    "max_steps",
+    "batch_size",
+    "crop_size",
+    "learning_rate",
+    "ema_alpha",
+    "pseudo_label_threshold",
+    "preadapt_steps",
+    "distill_ramp_steps",
+    "kd_temperature",
+    "inconsistency_beta",
+    "class_mix",
+    "rare_class_sampling",
+    "extra_teachers",
+    "teacher_weights",
+    "seed",
+)
 
 
 class HubError(RuntimeError):
@@ -36,22 +55,34 @@ def dataset_label(spec: str | None, format: str | None = None) -> str:
 def recipe_summary(model_args, data_args, config) -> dict:
     """The settings a model card reports, as plain JSON values (saved in eval_results.json under `recipe`)."""
     return {
-        "method": config.method, "student": model_args.student, "aux_student": model_args.aux_student, "init": model_args.init,
+        "method": config.method,
+        "student": model_args.student,
+        "aux_student": model_args.aux_student,
+        "init": model_args.init,
         "source_dataset": dataset_label(data_args.source_dataset, data_args.source_format),
         "target_dataset": dataset_label(data_args.target_dataset, data_args.target_format),
         "target_eval_dataset": dataset_label(data_args.target_eval_dataset, data_args.target_eval_format),
-        "max_steps": config.max_steps, "batch_size": f"{config.per_device_train_batch_size} source + "
+        "max_steps": config.max_steps,
+        "batch_size": f"{config.per_device_train_batch_size} source + "
         f"{config.per_device_train_batch_size} target per device x {config.world_size} x {config.gradient_accumulation_steps} accumulation",
-        "crop_size": "x".join(map(str, data_args.crop_size)), "learning_rate": config.learning_rate, "ema_alpha": config.ema_alpha,
-        "pseudo_label_threshold": config.pseudo_label_threshold, "preadapt_steps": config.preadapt_steps_resolved,
-        "distill_ramp_steps": config.distill_ramp_steps_resolved, "kd_temperature": config.kd_temperature,
-        "inconsistency_beta": config.inconsistency_beta, "class_mix": config.class_mix, "rare_class_sampling": config.rare_class_sampling,
-        "extra_teachers": list(config.extra_teachers or []), "teacher_weights": list(config.teacher_weights or []), "seed": config.seed,
-    }  # fmt: skip
+        "crop_size": "x".join(map(str, data_args.crop_size)),
+        "learning_rate": config.learning_rate,
+        "ema_alpha": config.ema_alpha,
+        "pseudo_label_threshold": config.pseudo_label_threshold,
+        "preadapt_steps": config.preadapt_steps_resolved,
+        "distill_ramp_steps": config.distill_ramp_steps_resolved,
+        "kd_temperature": config.kd_temperature,
+        "inconsistency_beta": config.inconsistency_beta,
+        "class_mix": config.class_mix,
+        "rare_class_sampling": config.rare_class_sampling,
+        "extra_teachers": list(config.extra_teachers or []),
+        "teacher_weights": list(config.teacher_weights or []),
+        "seed": config.seed,
+    }
 
 
 def _percent(value) -> str:
-    return "—" if value is None or value != value else f"{100 * value:.2f}"
+    return "—" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
 def build_model_card(results: dict, repo_id: str, license: str = "other", eval_size: tuple[int, int] | None = None) -> ModelCard:
@@ -77,17 +108,24 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         license=license,
         tags=["semantic-segmentation", "segformer", "domain-adaptation", "unsupervised-domain-adaptation", "distillation", "duda"],
         datasets=[d for d in (recipe.get("source_dataset"), recipe.get("target_dataset")) if d],
-        base_model=f"nvidia/{recipe['student']}" if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b") else None,
+        base_model=f"nvidia/{recipe['student']}"
+        if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b")
+        else None,
         metrics=["mean_iou"],
         model_name=repo_id.split("/")[-1],
         eval_results=[
             EvalResult(
-                task_type="image-segmentation", task_name="Semantic Segmentation", dataset_type=eval_dataset.lower().replace(" ", "_"),
-                dataset_name=eval_dataset, dataset_split="validation", metric_type="mean_iou", metric_name="mIoU",
+                task_type="image-segmentation",
+                task_name="Semantic Segmentation",
+                dataset_type=eval_dataset.lower().replace(" ", "_"),
+                dataset_name=eval_dataset,
+                dataset_split="validation",
+                metric_type="mean_iou",
+                metric_name="mIoU",
                 metric_value=round(100 * student_metrics["mIoU"], 2),
             )
         ],
-    )  # fmt: skip
+    )
     per_class_rows = [
         {"name": cls, "cells": " | ".join(_percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
     ]
@@ -136,13 +174,18 @@ def hub_errors(repo_id: str, local: str | os.PathLike):
     try:
         yield
     except OfflineModeIsEnabled as error:
-        raise HubError(f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it where there is network. {where}") from error
+        raise HubError(
+            f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it where there is network. {where}"
+        ) from error
     except LocalTokenNotFoundError as error:
         raise HubError(f"cannot push to '{repo_id}': no Hugging Face token. Run `hf auth login` or set HF_TOKEN. {where}") from error
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
-        cause = {401: "the token is invalid or expired", 403: "the token may not write to this repo or organisation",
-                 404: "the repo or organisation does not exist"}.get(status, f"the server refused it ({status})")  # fmt: skip
+        cause = {
+            401: "the token is invalid or expired",
+            403: "the token may not write to this repo or organisation",
+            404: "the repo or organisation does not exist",
+        }.get(status, f"the server refused it ({status})")
         raise HubError(f"cannot push to '{repo_id}': {cause}: {error}. {where}") from error
     except OSError as error:  # connection errors (requests / httpx raise OSError subclasses)
         raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
@@ -158,19 +201,35 @@ def create_repo(repo_id: str, private: bool = False, revision: str | None = None
     return repo_id
 
 
-def upload_folder(folder: str | os.PathLike, repo_id: str, commit_message: str, path_in_repo: str | None = None,
-                  revision: str | None = None, token: str | None = None) -> str:  # fmt: skip
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    commit_message: str,
+    path_in_repo: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+) -> str:
     """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure."""
     with hub_errors(repo_id, folder):
         info = HfApi(token=token).upload_folder(
-            repo_id=repo_id, folder_path=str(folder), path_in_repo=path_in_repo, revision=revision, repo_type="model",
+            repo_id=repo_id,
+            folder_path=str(folder),
+            path_in_repo=path_in_repo,
+            revision=revision,
+            repo_type="model",
             commit_message=commit_message,
-        )  # fmt: skip
+        )
     return str(getattr(info, "commit_url", info))
 
 
-def push_folder(model_dir: str | os.PathLike, repo_id: str, private: bool = False, revision: str | None = None,
-                commit_message: str | None = None, token: str | None = None) -> str:  # fmt: skip
+def push_folder(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
     """Create the repo if needed and upload the export `model_dir` to its root in one commit; returns the commit URL.
 
     Raises:

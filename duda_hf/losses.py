@@ -62,9 +62,7 @@ def pseudo_label(probs: torch.Tensor, threshold: float = 0.968) -> tuple[torch.T
     return labels, quality
 
 
-def target_pixel_weight(
-    quality: torch.Tensor, shape: tuple[int, int, int], ignore_top: int = 0, ignore_bottom: int = 0
-) -> torch.Tensor:
+def target_pixel_weight(quality: torch.Tensor, shape: tuple[int, int, int], ignore_top: int = 0, ignore_bottom: int = 0) -> torch.Tensor:
     """Per-pixel weight of pseudo-labelled pixels: `quality` everywhere except the ignore margins.
 
     DAFormer zeroes the top 15 and bottom 120 rows of 512 crops on Cityscapes (ego car, rectification border).

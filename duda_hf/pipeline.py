@@ -73,7 +73,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
 
 def _require(value, flag: str) -> None:
     if not value:
-        raise RecipeError(f"{flag} is required (a save_to_disk folder, a Hub dataset id, or a native folder with --*_format), in the recipe or on the command line")
+        raise RecipeError(
+            f"{flag} is required (a save_to_disk folder, a Hub dataset id, or a native folder with --*_format), in the recipe or on the command line"
+        )
 
 
 def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> DudaTrainer:
@@ -83,12 +85,18 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     set_seed(config.seed)
     source, target, target_eval = (
         load_domain(
-            getattr(data_args, f"{name}_dataset"), getattr(data_args, f"{name}_split"), with_labels, data_args.image_column,
-            data_args.label_column, role=f"--{name}_dataset", format=getattr(data_args, f"{name}_format"),
-            conditions=tuple(getattr(data_args, f"{name}_conditions")), label_type=getattr(data_args, f"{name}_label_type", "trainid"),
+            getattr(data_args, f"{name}_dataset"),
+            getattr(data_args, f"{name}_split"),
+            with_labels,
+            data_args.image_column,
+            data_args.label_column,
+            role=f"--{name}_dataset",
+            format=getattr(data_args, f"{name}_format"),
+            conditions=tuple(getattr(data_args, f"{name}_conditions")),
+            label_type=getattr(data_args, f"{name}_label_type", "trainid"),
         )
         for name, with_labels in (("source", True), ("target", False), ("target_eval", True))
-    )  # fmt: skip
+    )
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
     # Before the first step, from the file headers: image/label sizes, crops that fit the images.
@@ -110,9 +118,14 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         cat_max_ratio=data_args.crop_cat_max_ratio,
     )
     model = build_duda_model(
-        config.method, model_args.student, model_args.aux_student, model_args.init, config.extra_teachers, config.fd_lambda,
+        config.method,
+        model_args.student,
+        model_args.aux_student,
+        model_args.init,
+        config.extra_teachers,
+        config.fd_lambda,
         config.teacher_train_mode,
-    )  # fmt: skip
+    )
     # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (docs/datasets.md, "SYNTHIA")
     subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None
     return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None, eval_class_subsets=subsets)

@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -63,14 +64,17 @@ def resolve_checkpoint(value: str | None, output_dir: str, announce: bool = True
             f"{parent}: {[os.path.basename(path) for path in found] or 'none'}; or pass --resume_from_checkpoint last."
         )
     if announce:
-        state = json.loads(open(state_file).read())
+        state = json.loads(Path(state_file).read_text())
         restored = [what for pattern, what in RESTORES if glob.glob(os.path.join(checkpoint, pattern))]
         missing = [what for pattern, what in RESTORES if not glob.glob(os.path.join(checkpoint, pattern))]
         logger.warning(
             "resuming from %s: step %d of %d; restored %s, and the log history%s",
-            checkpoint, state.get("global_step", 0), state.get("max_steps", 0), ", ".join(restored),
+            checkpoint,
+            state.get("global_step", 0),
+            state.get("max_steps", 0),
+            ", ".join(restored),
             f"; not in it, so started afresh: {', '.join(missing)}" if missing else "",
-        )  # fmt: skip
+        )
     return checkpoint
 
 
@@ -108,6 +112,7 @@ class RunLoss(TrainerCallback, ExportableState):
             return (self.earlier + loss_this_call) / max(global_step, 1)
         logger.warning(
             "train_loss covers steps %d to %d only: the checkpoint resumed from does not keep the loss of the steps before it",
-            first_step + 1, global_step,
-        )  # fmt: skip
+            first_step + 1,
+            global_step,
+        )
         return loss_this_call / max(global_step - first_step, 1)

@@ -143,9 +143,16 @@ class DudaTrainer(Trainer):
     """
 
     def __init__(
-        self, model: DudaModel, args: DudaConfig, train_dataset=None, eval_dataset=None, eval_resize=None, callbacks=None,
-        eval_class_subsets: dict | None = None, **kwargs,
-    ):  # fmt: skip
+        self,
+        model: DudaModel,
+        args: DudaConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        eval_resize=None,
+        callbacks=None,
+        eval_class_subsets: dict | None = None,
+        **kwargs,
+    ):
         self._preemption = Preemption()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
         callbacks = [EmaTeacherCallback(), self._preemption, RunLoss(), *(callbacks or [])]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
@@ -438,21 +445,35 @@ class DudaTrainer(Trainer):
             return
         path_in_repo = Path(checkpoint_folder).name if self.args.hub_strategy == "all_checkpoints" else "last-checkpoint"
         upload_folder(
-            checkpoint_folder, self.hub_model_id, f"Training in progress, step {self.state.global_step}, checkpoint",
-            path_in_repo=path_in_repo, revision=self.args.hub_revision, token=self.args.hub_token,
-        )  # fmt: skip
+            checkpoint_folder,
+            self.hub_model_id,
+            f"Training in progress, step {self.state.global_step}, checkpoint",
+            path_in_repo=path_in_repo,
+            revision=self.args.hub_revision,
+            token=self.args.hub_token,
+        )
 
-    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token: str | None = None,
-                    revision: str | None = None, private: bool | None = None, **kwargs) -> str | None:  # fmt: skip
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ) -> str | None:
         """Push `output_dir/student/` (the exported student with its model card) to the repo root."""
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
         return upload_folder(
-            check_export(Path(self.args.output_dir) / "student"), self.hub_model_id, commit_message or "End of training",
-            revision=revision or self.args.hub_revision, token=token if token is not None else self.args.hub_token,
-        )  # fmt: skip
+            check_export(Path(self.args.output_dir) / "student"),
+            self.hub_model_id,
+            commit_message or "End of training",
+            revision=revision or self.args.hub_revision,
+            token=token if token is not None else self.args.hub_token,
+        )
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -472,11 +493,14 @@ class DudaTrainer(Trainer):
         duda.eval()
         use_autocast = self.args.device.type == "cuda" and (self.args.bf16 or self.args.fp16)
         matrices = evaluate_networks(
-            networks, dataset, self.args.device,
+            networks,
+            dataset,
+            self.args.device,
             input_size=tuple(reversed(self.eval_resize)) if self.eval_resize else None,
             autocast_dtype=(torch.bfloat16 if self.args.bf16 else torch.float16) if use_autocast else None,
-            process_index=self.args.process_index, world_size=self.args.world_size,
-        )  # fmt: skip
+            process_index=self.args.process_index,
+            world_size=self.args.world_size,
+        )
         duda.train(was_training)
         results = {}
         metrics = {}

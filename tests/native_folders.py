@@ -10,10 +10,48 @@ import numpy as np
 from PIL import Image
 
 # Cityscapes label id -> trainId, row by row from docs/datasets.md, "Cityscapes" (kept apart from the library's table on purpose).
-CITYSCAPES_TABLE = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13,
-                    27: 14, 28: 15, 31: 16, 32: 17, 33: 18}  # fmt: skip
-SYNTHIA_TABLE = {1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17, 15: 6, 16: 9, 17: 12,
-                 18: 14, 19: 15, 20: 16, 21: 3}  # fmt: skip
+CITYSCAPES_TABLE = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
+SYNTHIA_TABLE = {
+    1: 10,
+    2: 2,
+    3: 0,
+    4: 1,
+    5: 4,
+    6: 8,
+    7: 5,
+    8: 13,
+    9: 7,
+    10: 11,
+    11: 18,
+    12: 17,
+    15: 6,
+    16: 9,
+    17: 12,
+    18: 14,
+    19: 15,
+    20: 16,
+    21: 3,
+}
 
 
 def expected_trainids(raw: np.ndarray, table: dict[int, int]) -> np.ndarray:
@@ -77,7 +115,14 @@ def make_synthia(root: Path, count: int = 2, height: int = 38, width: int = 64, 
 
 
 def make_trainid_layout(
-    root: Path, format: str, conditions: tuple[str, ...], split: str, per_condition: int = 2, height: int = 27, width: int = 48, seed: int = 2
+    root: Path,
+    format: str,
+    conditions: tuple[str, ...],
+    split: str,
+    per_condition: int = 2,
+    height: int = 27,
+    width: int = 48,
+    seed: int = 2,
 ) -> dict[str, np.ndarray]:
     """ACDC (`<dir>/<condition>/<split>/`) or Dark Zurich (`<dir>/<split>/<condition>/`) with trainId labels."""
     rng = np.random.default_rng(seed)
@@ -98,8 +143,15 @@ def make_trainid_layout(
     return labels
 
 
-def make_cityscapes(root: Path, split: str = "train", cities: tuple[str, ...] = ("aachen",), per_city: int = 2,
-                    height: int = 64, width: int = 128, seed: int = 3) -> dict[str, np.ndarray]:  # fmt: skip
+def make_cityscapes(
+    root: Path,
+    split: str = "train",
+    cities: tuple[str, ...] = ("aachen",),
+    per_city: int = 2,
+    height: int = 64,
+    width: int = 128,
+    seed: int = 3,
+) -> dict[str, np.ndarray]:
     """Cityscapes layout with official `_gtFine_labelIds.png` only; returns the raw label ids."""
     rng = np.random.default_rng(seed)
     raw_ids = {}

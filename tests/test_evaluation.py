@@ -168,15 +168,29 @@ def eval_setup(tmp_path_factory):
     for _ in range(5):
         rows["image"].append(Image.fromarray(rng.integers(0, 256, (48, 96, 3), dtype=np.uint8)))
         rows["label"].append(Image.fromarray(rng.choice(np.r_[0:19, 255], (48, 96)).astype(np.uint8)))
-    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column("label", datasets.Image()).save_to_disk(str(root / "data"))
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column("label", datasets.Image()).save_to_disk(
+        str(root / "data")
+    )
     return root
 
 
 def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     root = eval_setup
     out = root / "report"
-    argv = ["--model", root / "student", "--compare", root / "teacher", "--dataset", root / "data", "--output_dir", out, "--synthia_subsets"]
-    done = subprocess.run([sys.executable, "scripts/evaluate_duda.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True)
+    argv = [
+        "--model",
+        root / "student",
+        "--compare",
+        root / "teacher",
+        "--dataset",
+        root / "data",
+        "--output_dir",
+        out,
+        "--synthia_subsets",
+    ]
+    done = subprocess.run(
+        [sys.executable, "scripts/evaluate_duda.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "eval_results.json").read_text())
     assert results["num_images"] == 5 and results["eval_size"] == [64, 32]
@@ -204,15 +218,41 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
 def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
     root = eval_setup
     base = [sys.executable, "scripts/evaluate_duda.py", "--dataset", str(root / "data")]
-    done = subprocess.run(base + ["--model", str(root / "student"), "--mode", "slide", "--window", "32", "32", "--stride", "16", "16",
-                                  "--native_size", "--output_dir", str(tmp_path / "slide")], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        base
+        + [
+            "--model",
+            str(root / "student"),
+            "--mode",
+            "slide",
+            "--window",
+            "32",
+            "32",
+            "--stride",
+            "16",
+            "16",
+            "--native_size",
+            "--output_dir",
+            str(tmp_path / "slide"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "slide/eval_results.json").read_text())["mode"] == "slide"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(base + ["--model", "org/not-downloaded"], cwd=ROOT, capture_output=True, text=True, env=env)
+    done = subprocess.run(base + ["--model", "org/not-downloaded"], cwd=ROOT, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 2 and "Cannot load 'org/not-downloaded'" in done.stderr and "local folder" in done.stderr
     assert "Traceback" not in done.stderr
-    done = subprocess.run(base[:2] + ["--dataset", str(tmp_path / "missing"), "--model", str(root / "student")], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        base[:2] + ["--dataset", str(tmp_path / "missing"), "--model", str(root / "student")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 

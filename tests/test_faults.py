@@ -122,11 +122,11 @@ def test_kill_9_at_seeded_moments_then_resume_is_bit_identical(reference, tiny_b
         if where == "save":
             part = rng.choice(KILL_DURING_SAVE)
             moment = f"saving checkpoint-{step} ({'started' if not part else part + ' begun'})"
-            run.wait_until(lambda: (staging / part).exists())
+            run.wait_until(lambda staging=staging, part=part: (staging / part).exists())
         else:
             delay = rng.uniform(0, 0.08)
             moment = f"{1000 * delay:.0f} ms after checkpoint-{step}"
-            run.wait_until(lambda: (run.output_dir / f"checkpoint-{step}").is_dir())
+            run.wait_until(lambda run=run, step=step: (run.output_dir / f"checkpoint-{step}").is_dir())
             time.sleep(delay)
         run.process.send_signal(signal.SIGKILL)
         assert run.finish() == -signal.SIGKILL
@@ -211,10 +211,34 @@ def test_ddp_sigterm_to_one_process_stops_every_process_at_the_same_step(tiny_be
     from .test_ddp import free_port
 
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    launcher = (accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no", "--main_process_port", str(free_port()))  # fmt: skip
-    run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no", "--max_steps", "10000", "--per_device_train_batch_size", "1",
-              "--dataloader_num_workers", "0", launcher=launcher)  # fmt: skip
+    launcher = (
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    )
+    run = Run(
+        tiny_benchmark,
+        tmp_path / "run",
+        "--save_strategy",
+        "no",
+        "--max_steps",
+        "10000",
+        "--per_device_train_batch_size",
+        "1",
+        "--dataloader_num_workers",
+        "0",
+        launcher=launcher,
+    )
     run.wait_until(lambda: run.steps_logged() >= 2, timeout=240)
     ranks = {}
     for pid in os.listdir("/proc"):

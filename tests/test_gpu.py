@@ -4,6 +4,7 @@
 counterparts of the precision properties are in `tests/test_precision.py`.
 """
 
+import math
 import subprocess
 import sys
 import warnings
@@ -48,8 +49,20 @@ def fixed_batch(trainer, device, size: int = 2) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method", ["duda", "self_training", "source_only"])
 def test_training_steps_on_cuda(tiny_benchmark, tmp_path, method, precision):
-    trainer = make_trainer(tiny_benchmark, tmp_path, "--method", method, "--bf16", str(precision == "bf16"), "--max_steps", "2",
-                           "--preadapt_steps", "0", "--distill_ramp_steps", "1")  # fmt: skip
+    trainer = make_trainer(
+        tiny_benchmark,
+        tmp_path,
+        "--method",
+        method,
+        "--bf16",
+        str(precision == "bf16"),
+        "--max_steps",
+        "2",
+        "--preadapt_steps",
+        "0",
+        "--distill_ramp_steps",
+        "1",
+    )
     assert trainer.args.device.type == "cuda"
     trainer.train()
     tensors = list(trainer.model.parameters()) + list(trainer.model.buffers())
@@ -58,13 +71,25 @@ def test_training_steps_on_cuda(tiny_benchmark, tmp_path, method, precision):
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logged) == 2
-    assert all(value == value and abs(value) != float("inf") for entry in logged for key, value in entry.items() if key.startswith("loss"))
+    assert all(math.isfinite(value) for entry in logged for key, value in entry.items() if key.startswith("loss"))
 
 
 def test_cuda_step_equals_cpu_step_in_fp32(tiny_benchmark, tmp_path):
     # No random draws (no ClassMix, no jitter or blur), so both devices see the same mixed batch.
-    flags = ("--preadapt_steps", "0", "--distill_ramp_steps", "4", "--debug_image_steps", "1", "--class_mix", "false",
-             "--color_jitter_p", "0", "--blur_p", "0")  # fmt: skip
+    flags = (
+        "--preadapt_steps",
+        "0",
+        "--distill_ramp_steps",
+        "4",
+        "--debug_image_steps",
+        "1",
+        "--class_mix",
+        "false",
+        "--color_jitter_p",
+        "0",
+        "--blur_p",
+        "0",
+    )
     runs = {}
     for device in ("cpu", "cuda"):
         trainer = make_trainer(tiny_benchmark, tmp_path / device, *flags, "--use_cpu", str(device == "cpu"))
@@ -161,6 +186,6 @@ def test_export_from_cuda_reloads_with_plain_transformers(tiny_benchmark, tmp_pa
         f"torch.testing.assert_close(logits, torch.load({str(tmp_path / 'expected.pt')!r}), rtol=0, atol=1e-5)\n"
         "print('reloaded', tuple(logits.shape))\n"
     )
-    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["reloaded", "(1,", "19,", "16,", "32)"]

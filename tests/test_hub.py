@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -20,8 +21,11 @@ def trained_run(tiny_benchmark, tmp_path_factory):
     output = tmp_path_factory.mktemp("hub") / "run"
     done = subprocess.run(
         [sys.executable, "scripts/train_duda.py", *tiny_argv(tiny_benchmark, output, "--hub_model_id", "org/duda-tiny-synthetic")],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return output
 
@@ -62,7 +66,7 @@ def test_pipeline_returns_cityscapes_named_masks(trained_run):
         "assert 'duda_hf' not in sys.modules\n"
         "print(sorted({o['label'] for o in out}), out[0]['mask'].size)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(trained_run / "student")], capture_output=True, text=True, cwd="/")
+    done = subprocess.run([sys.executable, "-c", code, str(trained_run / "student")], capture_output=True, text=True, cwd="/", check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     from duda_hf.data.labels import CITYSCAPES_CLASSES
 
@@ -74,7 +78,7 @@ def test_pipeline_returns_cityscapes_named_masks(trained_run):
 class RecordingApi:
     """Stands in for huggingface_hub.HfApi: records the calls and the files of each upload."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def __init__(self, token=None):
         self.token = token
@@ -96,15 +100,26 @@ class RecordingApi:
 
 
 def test_push_sends_exactly_the_export_with_the_commit(trained_run, monkeypatch):
-    import duda_hf.hub as hub
+    from duda_hf import hub
 
     RecordingApi.calls = []
     monkeypatch.setattr(hub, "HfApi", RecordingApi)
     sys.path.insert(0, str(ROOT / "scripts"))
     import push_to_hub
 
-    code = push_to_hub.main(["--model_dir", str(trained_run / "student"), "--repo_id", "me/duda-b0", "--private",
-                             "--revision", "v1", "--commit_message", "first student"])  # fmt: skip
+    code = push_to_hub.main(
+        [
+            "--model_dir",
+            str(trained_run / "student"),
+            "--repo_id",
+            "me/duda-b0",
+            "--private",
+            "--revision",
+            "v1",
+            "--commit_message",
+            "first student",
+        ]
+    )
     assert code == 0
     kinds = [c[0] for c in RecordingApi.calls]
     assert kinds == ["create_repo", "create_branch", "upload_folder"]
@@ -207,7 +222,9 @@ def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tm
         "assert 'duda_hf' not in sys.modules\n"
     )
     env = {**os.environ, "HF_ENDPOINT": olah_mirror, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home")}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logits.pt")], env=env, cwd="/", capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "logits.pt")], env=env, cwd="/", capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list((tmp_path / "hf_home").rglob("model.safetensors")), "the weights came through the mirror into the cache"
     from transformers import SegformerForSemanticSegmentation
@@ -224,13 +241,25 @@ def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tm
 
 
 def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_the_root(tiny_benchmark, tmp_path, monkeypatch):
-    import duda_hf.hub as hub
+    from duda_hf import hub
     from duda_hf.pipeline import parse_args, run_training
 
     RecordingApi.calls = []
     monkeypatch.setattr(hub, "HfApi", RecordingApi)
-    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-live",
-                     "--hub_strategy", "checkpoint", "--save_strategy", "steps", "--save_steps", "2")  # fmt: skip
+    argv = tiny_argv(
+        tiny_benchmark,
+        tmp_path / "run",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "me/duda-live",
+        "--hub_strategy",
+        "checkpoint",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+    )
     run_training(*parse_args(argv))
     uploads = [c[2] for c in RecordingApi.calls if c[0] == "upload_folder"]
     assert RecordingApi.calls[0][:2] == ("create_repo", "me/duda-live")
@@ -249,4 +278,6 @@ def test_trainer_push_offline_stops_before_training(tiny_benchmark, tmp_path, mo
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="cannot push to 'me/duda-offline': offline mode is on"):
-        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-offline")))
+        build_trainer(
+            *parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-offline"))
+        )

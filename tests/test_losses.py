@@ -95,9 +95,7 @@ def test_kd_loss_weight_and_valid():
     assert kd_loss(student, target, weight=weight, valid=valid).item() == pytest.approx(0.5 * math.log(2))
 
 
-@pytest.mark.parametrize(
-    "step, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.5), (19, 0.9), (20, 1.0), (100, 1.0)]
-)
+@pytest.mark.parametrize("step, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.5), (19, 0.9), (20, 1.0), (100, 1.0)])
 def test_distillation_weight_ramp(step, expected):
     assert distillation_weight(step, preadapt_steps=10, ramp_steps=10) == pytest.approx(expected)
 

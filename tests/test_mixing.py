@@ -82,7 +82,7 @@ def test_gaussian_blur_kernel_and_constant():
     delta = torch.zeros(1, 3, 9, 9)
     delta[..., 4, 4] = 1.0
     blurred = gaussian_blur(delta, torch.tensor([sigma]))
-    taps = torch.exp(-torch.arange(-3, 4, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    taps = torch.exp(-(torch.arange(-3, 4, dtype=torch.float32) ** 2) / (2 * sigma**2))
     peak = (1 / taps.sum()) ** 2
     assert blurred[0, 0, 4, 4].item() == pytest.approx(peak.item(), rel=1e-5)
     assert blurred.sum().item() == pytest.approx(3.0, rel=1e-5)

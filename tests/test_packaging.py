@@ -77,11 +77,41 @@ def test_the_wheel_installs_a_self_contained_package(installed_wheel):
 
 def test_the_installed_package_trains_by_module_writes_the_card_and_evaluates(installed_wheel):
     env, bin_dir, work = installed_wheel
-    run([str(bin_dir / "duda-make-synthetic"), "--out", "data", "--num_source", "8", "--num_target", "8", "--num_target_val", "3",
-         "--height", "64", "--width", "128"], env, work)  # fmt: skip
+    run(
+        [
+            str(bin_dir / "duda-make-synthetic"),
+            "--out",
+            "data",
+            "--num_source",
+            "8",
+            "--num_target",
+            "8",
+            "--num_target_val",
+            "3",
+            "--height",
+            "64",
+            "--width",
+            "128",
+        ],
+        env,
+        work,
+    )
     benchmark = {name: str(work / "data" / name) for name in ("source", "target", "target_val")}
-    launch = [str(bin_dir / "python"), "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "duda_hf.cli.train_duda"]  # fmt: skip
+    launch = [
+        str(bin_dir / "python"),
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "duda_hf.cli.train_duda",
+    ]
     output = run([*launch, *tiny_argv(benchmark, work / "run", "--max_steps", "2", "--hub_model_id", "org/wheel-student")], env, work)
     assert "target-validation mIoU (3 images)" in output
     results = load_strict_json(work / "run" / "eval_results.json")

@@ -41,8 +41,21 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
     """
     if "EXTRA" in extra:
         extra = ("--extra_teachers", str(export_segformer(build_segformer("tiny"), tmp_path / "extra")))
-    trainer = make_trainer(tiny_benchmark, tmp_path / "run", "--method", method, "--bf16", "true", "--preadapt_steps", "0",
-                           "--distill_ramp_steps", "2", "--debug_image_steps", "1", *extra)  # fmt: skip
+    trainer = make_trainer(
+        tiny_benchmark,
+        tmp_path / "run",
+        "--method",
+        method,
+        "--bf16",
+        "true",
+        "--preadapt_steps",
+        "0",
+        "--distill_ramp_steps",
+        "2",
+        "--debug_image_steps",
+        "1",
+        *extra,
+    )
     if "--fd_lambda" in extra:  # the feature distance needs a frozen ImageNet encoder: stand one in
         import copy
 
@@ -66,8 +79,18 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
 def test_bf16_step_gives_the_fp32_pseudo_labels_and_losses(tiny_benchmark, tmp_path):
     runs = {}
     for precision in ("fp32", "bf16"):
-        trainer = make_trainer(tiny_benchmark, tmp_path / precision, "--bf16", str(precision == "bf16"), "--preadapt_steps", "0",
-                               "--distill_ramp_steps", "4", "--debug_image_steps", "1")  # fmt: skip
+        trainer = make_trainer(
+            tiny_benchmark,
+            tmp_path / precision,
+            "--bf16",
+            str(precision == "bf16"),
+            "--preadapt_steps",
+            "0",
+            "--distill_ramp_steps",
+            "4",
+            "--debug_image_steps",
+            "1",
+        )
         with torch.no_grad():  # a confident teacher, so that pseudo-labels mean something
             trainer.model.teacher.decode_head.classifier.weight.mul_(1000)
         trainer.state.global_step = 2  # lam_t = 0.5

@@ -31,8 +31,13 @@ def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path
     assert sorted(data) == ["pretrain", "pretrain_val"]
     assert main(argv) == 0
     folder = tmp_path / "pretrained" / "tiny"
-    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json",
-                                                         "pretraining.json"]  # fmt: skip
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "pretraining.json",
+    ]
     record = json.loads((folder / "pretraining.json").read_text())
     assert record["settings"] == {"network": "tiny", "steps": 2, "seed": 0, "batch_size": 4, "crop_size": 128, "learning_rate": 6e-4}
     assert 0 <= record["pretrain_val_mIoU"] <= 100

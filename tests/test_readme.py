@@ -25,5 +25,7 @@ def test_main_job_recipe_points_at_the_folders_make_synthetic_writes():
 
     recipe = yaml.safe_load((ROOT / "configs" / "synthetic_cpu.yaml").read_text())
     assert [recipe[k] for k in ("source_dataset", "target_dataset", "target_eval_dataset")] == [
-        "data_synthetic/source", "data_synthetic/target", "data_synthetic/target_val"
-    ]  # fmt: skip
+        "data_synthetic/source",
+        "data_synthetic/target",
+        "data_synthetic/target_val",
+    ]

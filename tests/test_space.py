@@ -3,6 +3,7 @@
 import ast
 import importlib
 import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -26,9 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "spaces" / "duda-demo"
 REQUIRED = os.environ.get("DUDA_REQUIRE_SYSTEM_TESTS") == "1"  # CI: a missing browser or package fails, never skips
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _require(module: str, why: str):
@@ -385,7 +391,7 @@ def test_requests_are_queued_one_at_a_time(space, app, monkeypatch):
         job.result(timeout=60)
     spans.sort()
     assert len(spans) == 3
-    assert all(previous_end <= begin for (_, previous_end), (begin, _) in zip(spans, spans[1:]))  # never two at once
+    assert all(previous_end <= begin for (_, previous_end), (begin, _) in itertools.pairwise(spans))  # never two at once
 
 
 @pytest.mark.parametrize("broken", ["no config.json", "truncated model.safetensors"])

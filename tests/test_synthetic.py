@@ -15,7 +15,7 @@ from duda_hf.data.synthetic import DOMAINS, build_synthetic_benchmark, render_sc
 from .conftest import load_strict_json
 
 VALID_IDS = set(range(19)) | {255}
-TINY = dict(num_source=8, num_target=8, num_target_val=4, height=64, width=128)
+TINY = {"num_source": 8, "num_target": 8, "num_target_val": 4, "height": 64, "width": 128}
 
 
 def scenes(domain, seed, n, **size):
@@ -126,9 +126,7 @@ def test_second_build_is_a_silent_no_op(tiny_benchmark, capsys):
 def test_build_is_byte_deterministic_and_rebuilds_on_new_parameters(tmp_path):
     def snapshot(root):
         return {
-            os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(root)
-            for f in files
+            os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read() for d, _, files in os.walk(root) for f in files
         }
 
     build_synthetic_benchmark(tmp_path / "a", seed=1, **TINY)
@@ -136,5 +134,5 @@ def test_build_is_byte_deterministic_and_rebuilds_on_new_parameters(tmp_path):
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
 
     build_synthetic_benchmark(tmp_path / "b", seed=2, **TINY)  # parameters changed -> rebuilt
-    first = lambda root: np.asarray(datasets.load_from_disk(str(root / "source"))[0]["label"])  # noqa: E731
+    first = lambda root: np.asarray(datasets.load_from_disk(str(root / "source"))[0]["label"])
     assert not np.array_equal(first(tmp_path / "a"), first(tmp_path / "b"))

@@ -128,15 +128,21 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
     import subprocess
     import sys
 
-    argv = tiny_argv(tiny_benchmark, tmp_path, "--report_to", "tensorboard", "--debug_image_steps", "2", "--eval_strategy", "steps",
-                     "--eval_steps", "2")  # fmt: skip
-    done = subprocess.run([sys.executable, "scripts/train_duda.py", *argv], capture_output=True, text=True, timeout=300)
+    argv = tiny_argv(
+        tiny_benchmark, tmp_path, "--report_to", "tensorboard", "--debug_image_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2"
+    )
+    done = subprocess.run([sys.executable, "scripts/train_duda.py", *argv], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "target-validation mIoU (6 images): student" in done.stdout and "teacher" in done.stdout
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["method"] == "duda" and results["student"]["num_images"] == 6
     assert len(results["student"]["per_class_iou"]) == 19 and 0 <= results["teacher"]["mIoU"] <= 1
-    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
     assert list(tmp_path.rglob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "debug").iterdir()) == ["step_2.png", "step_4.png"]
     # The student loads with plain transformers, in a process that never imports duda_hf.
@@ -149,7 +155,7 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
         "out = model(pixel_values=torch.zeros(1, 3, 64, 128)).logits\n"
         "print(model.config.id2label[0], model.config.id2label[18], tuple(out.shape), processor.size['height'], processor.size['width'])\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert loaded.stdout.split() == ["road", "bicycle", "(1,", "19,", "16,", "32)", "64", "128"]
 
@@ -158,8 +164,9 @@ def test_extra_teacher_is_frozen_and_fused(tiny_benchmark, tmp_path):
     from duda_hf.models import build_segformer, export_segformer
 
     folder = export_segformer(build_segformer("tiny"), tmp_path / "extra_teacher")
-    trainer = make_trainer(tiny_benchmark, tmp_path / "run", "--extra_teachers", str(folder), "--teacher_weights", "3", "1",
-                           "--max_steps", "2")  # fmt: skip
+    trainer = make_trainer(
+        tiny_benchmark, tmp_path / "run", "--extra_teachers", str(folder), "--teacher_weights", "3", "1", "--max_steps", "2"
+    )
     duda = trainer.model
     assert len(duda.extra_teachers) == 1 and not any(p.requires_grad for p in duda.extra_teachers.parameters())
     frozen = {k: v.clone() for k, v in duda.extra_teachers.state_dict().items()}
@@ -207,8 +214,16 @@ def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchma
     with pytest.raises(ModelUnavailableError, match=r"no network 'extra_teacher_0'.*aux_student"):
         build_segformer(f"{checkpoint}@extra_teacher_0")
     # the teacher of one run as the auxiliary student of the next (and as an extra teacher)
-    again = make_trainer(tiny_benchmark, tmp_path / "next", "--aux_student", f"{checkpoint}@teacher", "--extra_teachers",
-                         f"{checkpoint}@student", "--max_steps", "1")  # fmt: skip
+    again = make_trainer(
+        tiny_benchmark,
+        tmp_path / "next",
+        "--aux_student",
+        f"{checkpoint}@teacher",
+        "--extra_teachers",
+        f"{checkpoint}@student",
+        "--max_steps",
+        "1",
+    )
     torch.testing.assert_close(again.model.aux_student.state_dict(), trainer.model.teacher.state_dict(), rtol=0, atol=0)
 
 

@@ -40,9 +40,13 @@ def parse(argv):
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--label_column", default="label")
     parser.add_argument("--label_type", default="trainid", help="trainid, labelid or color (stored and Hub datasets)")
-    parser.add_argument("--eval_size", nargs=2, type=int, metavar=("W", "H"),
-                        help="inference size (logits upsampled to the label size); default: the model's image processor size, "
-                        "or the native size")  # fmt: skip
+    parser.add_argument(
+        "--eval_size",
+        nargs=2,
+        type=int,
+        metavar=("W", "H"),
+        help="inference size (logits upsampled to the label size); default: the model's image processor size, or the native size",
+    )
     parser.add_argument("--native_size", action="store_true", help="ignore the image processor's size: infer at the image size")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image (DAFormer protocol) or sliding window")
     parser.add_argument("--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size")
@@ -103,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
 
     state = PartialState()
     dataset = load_domain(
-        args.dataset, args.split, True, args.image_column, args.label_column, role="--dataset", format=args.format,
-        conditions=tuple(args.conditions), label_type=args.label_type,
-    )  # fmt: skip
+        args.dataset,
+        args.split,
+        True,
+        args.image_column,
+        args.label_column,
+        role="--dataset",
+        format=args.format,
+        conditions=tuple(args.conditions),
+        label_type=args.label_type,
+    )
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
     # before any inference, as training does: label values (cached) and image/label sizes (file headers)
@@ -136,11 +147,20 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     matrices = evaluate_networks(
-        networks, dataset, device, input_size=(size[1], size[0]) if size else None, mode=args.mode,
-        window=tuple(args.window), stride=tuple(args.stride), autocast_dtype=dtype,
-        process_index=state.process_index, world_size=state.num_processes,
-        image_mean=mean or IMAGENET_MEAN, image_std=std or IMAGENET_STD, progress=state.is_main_process,
-    )  # fmt: skip
+        networks,
+        dataset,
+        device,
+        input_size=(size[1], size[0]) if size else None,
+        mode=args.mode,
+        window=tuple(args.window),
+        stride=tuple(args.stride),
+        autocast_dtype=dtype,
+        process_index=state.process_index,
+        world_size=state.num_processes,
+        image_mean=mean or IMAGENET_MEAN,
+        image_std=std or IMAGENET_STD,
+        progress=state.is_main_process,
+    )
     seconds = time.monotonic() - started
     if not state.is_main_process:
         return 0
@@ -148,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, matrix in matrices.items():
         metrics = matrix.compute(class_subsets=subsets)
-        metrics.update(model=args.model if name == next(iter(models)) else args.compare, num_images=len(dataset),
-                       confusion_matrix=matrix.matrix.cpu().tolist())  # fmt: skip
+        metrics.update(
+            model=args.model if name == next(iter(models)) else args.compare,
+            num_images=len(dataset),
+            confusion_matrix=matrix.matrix.cpu().tolist(),
+        )
         results[name] = metrics
     details = {
         "dataset": f"{args.dataset} ({args.format or 'datasets'}, split {args.split}{', ' + ' '.join(args.conditions) if args.conditions else ''})",
@@ -161,8 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.output_dir or f"eval_{next(iter(models)).replace(' ', '_')}")
     out.mkdir(parents=True, exist_ok=True)
-    report = {"dataset": args.dataset, "format": args.format, "split": args.split, "mode": args.mode,
-              "eval_size": list(size) if size else None, "num_images": len(dataset), "seconds": round(seconds, 2), "models": results}  # fmt: skip
+    report = {
+        "dataset": args.dataset,
+        "format": args.format,
+        "split": args.split,
+        "mode": args.mode,
+        "eval_size": list(size) if size else None,
+        "num_images": len(dataset),
+        "seconds": round(seconds, 2),
+        "models": results,
+    }
     write_json(out / "eval_results.json", report)
     text = markdown_report(results, "Evaluation", details)
     (out / "report.md").write_text(text)

@@ -34,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conditions", nargs="*", default=[], help="ACDC / Dark Zurich conditions (default: all; Dark Zurich: night)")
     parser.add_argument("--without_labels", action="store_true", help="images only (unlabelled target splits, e.g. Dark Zurich train)")
     parser.add_argument(
-        "--resize", nargs="+", default=None, metavar="W H",
+        "--resize",
+        nargs="+",
+        default=None,
+        metavar="W H",
         help="'daformer' for the format's DAFormer scale (GTA5 1280 720, SYNTHIA 1280 760, Cityscapes 1024 512, ACDC/Dark Zurich "
         "960 540), or W H; labels use nearest neighbour. Default: native size (image bytes copied as they are).",
-    )  # fmt: skip
+    )
     parser.add_argument("--num_proc", type=int, default=2, help="worker processes")
     parser.add_argument("--shard_size", type=int, default=100, help="images per resumable shard")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -51,9 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--resize takes 'daformer' or two positive integers W H, got {args.resize}")
         resize = (int(args.resize[0]), int(args.resize[1]))
     result = prepare_native(
-        args.root, args.format, args.out, tuple(args.splits), tuple(args.conditions), not args.without_labels, resize,
-        args.num_proc, args.shard_size, args.overwrite, args.push_to_hub, args.private,
-    )  # fmt: skip
+        args.root,
+        args.format,
+        args.out,
+        tuple(args.splits),
+        tuple(args.conditions),
+        not args.without_labels,
+        resize,
+        args.num_proc,
+        args.shard_size,
+        args.overwrite,
+        args.push_to_hub,
+        args.private,
+    )
     rate = result.images_converted / result.seconds if result.seconds > 0 else float("nan")
     for split, dataset in result.dataset.items():
         print(f"{split}: {len(dataset)} rows")

@@ -111,9 +111,13 @@ def check_crop(crop: Sequence[int], dataset: datasets.Dataset, role: str, resize
 
 
 def check_training_data(
-    source: datasets.Dataset, target: datasets.Dataset, target_eval: datasets.Dataset, crop_size: Sequence[int],
-    source_resize: Sequence[int] = (), target_resize: Sequence[int] = (),
-) -> None:  # fmt: skip
+    source: datasets.Dataset,
+    target: datasets.Dataset,
+    target_eval: datasets.Dataset,
+    crop_size: Sequence[int],
+    source_resize: Sequence[int] = (),
+    target_resize: Sequence[int] = (),
+) -> None:
     """Before the first step: labels the size of their images (source, target validation), crops that fit."""
     source_sizes = check_pairs(source, "--source_dataset")
     check_crop(crop_size, source, "--source_dataset", "--source_resize", source_resize, source_sizes)

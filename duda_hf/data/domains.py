@@ -67,8 +67,10 @@ def load_domain(
         if empty == ["."]:  # datasets cannot open a folder saved from an empty dataset (IndexError inside load_from_disk)
             raise DomainError(f"{role} '{spec}' is empty: 0 rows. Point it at a dataset with images, or build it again.")
         if empty:
-            raise DomainError(f"{role} '{spec}' has empty splits {empty} (0 rows), which `datasets` cannot open: save the "
-                              "DatasetDict without them, or build it again.")  # fmt: skip
+            raise DomainError(
+                f"{role} '{spec}' has empty splits {empty} (0 rows), which `datasets` cannot open: save the "
+                "DatasetDict without them, or build it again."
+            )
         loaded = datasets.load_from_disk(str(path))
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DomainError(f"{role} '{spec}' does not exist. Check the path, or build the data first (see README).")

@@ -8,17 +8,48 @@ IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
 CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 
 CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
 
 # "thing" classes, the feature distance's default: DAFormer's `imnet_feature_dist_classes` (traffic light, traffic
 # sign, person .. bicycle), https://github.com/lhoyer/DAFormer/blob/master/configs/_base_/uda/dacs_a999_fdthings.py
@@ -41,7 +72,6 @@ def invalid_label_values(label: np.ndarray) -> np.ndarray:
     return values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
 
 
-
 INVALID = -1  # lookup-table entry for a raw value the format cannot hold
 
 
@@ -55,15 +85,35 @@ def _lookup_table(pairs: dict[int, int], size: int, default: int = IGNORE_INDEX)
 
 # Cityscapes label id (0..33; GTA5 palette indices use the same ids) -> trainId. docs/datasets.md, "Cityscapes".
 CITYSCAPES_ID_TO_TRAINID: np.ndarray = _lookup_table(
-    {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12, 26: 13, 27: 14,
-     28: 15, 31: 16, 32: 17, 33: 18}, 34,
-)  # fmt: skip
+    {
+        7: 0,
+        8: 1,
+        11: 2,
+        12: 3,
+        13: 4,
+        17: 5,
+        19: 6,
+        20: 7,
+        21: 8,
+        22: 9,
+        23: 10,
+        24: 11,
+        25: 12,
+        26: 13,
+        27: 14,
+        28: 15,
+        31: 16,
+        32: 17,
+        33: 18,
+    },
+    34,
+)
 
 # SYNTHIA-RAND-CITYSCAPES class id (0..22) -> trainId. docs/datasets.md, "SYNTHIA" (the DAFormer/ADVENT dictionary).
 SYNTHIA_ID_TO_TRAINID: np.ndarray = _lookup_table(
-    {1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17, 15: 6, 16: 9, 17: 12, 18: 14,
-     19: 15, 20: 16, 21: 3}, 23,
-)  # fmt: skip
+    {1: 10, 2: 2, 3: 0, 4: 1, 5: 4, 6: 8, 7: 5, 8: 13, 9: 7, 10: 11, 11: 18, 12: 17, 15: 6, 16: 9, 17: 12, 18: 14, 19: 15, 20: 16, 21: 3},
+    23,
+)
 
 # trainId labels (ACDC, Dark Zurich, prepared folders): 0..18 and 255 pass unchanged, anything else is invalid.
 TRAINID_IDENTITY: np.ndarray = _lookup_table({**{i: i for i in range(NUM_CLASSES)}, IGNORE_INDEX: IGNORE_INDEX}, 256, INVALID)

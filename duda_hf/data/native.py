@@ -46,31 +46,61 @@ FORMATS: dict[str, NativeFormat] = {
     "cityscapes": NativeFormat(
         "cityscapes",
         "leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png and gtFine/<split>/<city>/<stem>_gtFine_labelIds.png",
-        "leftImg8bit", "gtFine", "_leftImg8bit.png", ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"),
-        CITYSCAPES_ID_TO_TRAINID, (1024, 512),
+        "leftImg8bit",
+        "gtFine",
+        "_leftImg8bit.png",
+        ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"),
+        CITYSCAPES_ID_TO_TRAINID,
+        (1024, 512),
     ),
     "gta5": NativeFormat(
-        "gta5", "images/NNNNN.png and labels/NNNNN.png (palette PNGs whose indices are Cityscapes label ids)",
-        "images", "labels", ".png", (".png",), CITYSCAPES_ID_TO_TRAINID, (1280, 720), split_dirs=False,
+        "gta5",
+        "images/NNNNN.png and labels/NNNNN.png (palette PNGs whose indices are Cityscapes label ids)",
+        "images",
+        "labels",
+        ".png",
+        (".png",),
+        CITYSCAPES_ID_TO_TRAINID,
+        (1280, 720),
+        split_dirs=False,
     ),
     "synthia": NativeFormat(
-        "synthia", "RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png (16-bit PNGs, class id in the first channel)",
-        "RGB", "GT/LABELS", ".png", (".png",), SYNTHIA_ID_TO_TRAINID, (1280, 760), split_dirs=False,
+        "synthia",
+        "RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png (16-bit PNGs, class id in the first channel)",
+        "RGB",
+        "GT/LABELS",
+        ".png",
+        (".png",),
+        SYNTHIA_ID_TO_TRAINID,
+        (1280, 760),
+        split_dirs=False,
     ),
     "acdc": NativeFormat(
         "acdc",
         "rgb_anon/<condition>/<split>/<seq>/<seq>_frame_<n>_rgb_anon.png and gt/<condition>/<split>/<seq>/..._gt_labelTrainIds.png "
         "(or DAFormer's flattened rgb_anon/<split>/ and gt/<split>/)",
-        "rgb_anon", "gt", "_rgb_anon.png", ("_gt_labelTrainIds.png",), TRAINID_IDENTITY, (960, 540),
-        condition_first=True, conditions=("fog", "night", "rain", "snow"),
+        "rgb_anon",
+        "gt",
+        "_rgb_anon.png",
+        ("_gt_labelTrainIds.png",),
+        TRAINID_IDENTITY,
+        (960, 540),
+        condition_first=True,
+        conditions=("fog", "night", "rain", "snow"),
     ),
     "darkzurich": NativeFormat(
         "darkzurich",
         "rgb_anon/<split>/<day|twilight|night>/<seq>/..._rgb_anon.png and gt/<split>/night/<seq>/..._gt_labelTrainIds.png",
-        "rgb_anon", "gt", "_rgb_anon.png", ("_gt_labelTrainIds.png",), TRAINID_IDENTITY, (960, 540),
-        conditions=("day", "twilight", "night"), default_conditions={"train": ("night",), "val": ("night",)},
+        "rgb_anon",
+        "gt",
+        "_rgb_anon.png",
+        ("_gt_labelTrainIds.png",),
+        TRAINID_IDENTITY,
+        (960, 540),
+        conditions=("day", "twilight", "night"),
+        default_conditions={"train": ("night",), "val": ("night",)},
     ),
-}  # fmt: skip
+}
 
 SPLIT_ALIASES = {"validation": "val"}
 
@@ -136,10 +166,14 @@ def list_native_files(
     folders = _image_folders(fmt, root, split, tuple(conditions))
     for folder in folders:
         if not folder.is_dir():
-            raise DomainError(f"{format} folder '{root}' has no '{folder.relative_to(root)}/' (split '{split}'). Expected layout: {fmt.layout}.")
+            raise DomainError(
+                f"{format} folder '{root}' has no '{folder.relative_to(root)}/' (split '{split}'). Expected layout: {fmt.layout}."
+            )
     images = sorted(str(p) for folder in folders for p in folder.rglob(f"*{fmt.image_suffix}"))
     if not images:
-        raise DomainError(f"{format} folder '{root}': no '*{fmt.image_suffix}' files under {[str(f.relative_to(root)) for f in folders]}. Expected layout: {fmt.layout}.")
+        raise DomainError(
+            f"{format} folder '{root}': no '*{fmt.image_suffix}' files under {[str(f.relative_to(root)) for f in folders]}. Expected layout: {fmt.layout}."
+        )
     if not with_labels:
         return images, [None] * len(images)
     labels, missing = [], []
@@ -184,7 +218,9 @@ def read_image(path: str) -> Image.Image:
             image.load()
             return image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:  # PIL raises these for truncated/corrupt/non-image files
-        raise DomainError(f"cannot read image '{path}' ({error}); the file is corrupt or truncated: re-download it or remove it and its label") from error
+        raise DomainError(
+            f"cannot read image '{path}' ({error}); the file is corrupt or truncated: re-download it or remove it and its label"
+        ) from error
 
 
 def read_raw_label(path: str, format: str) -> np.ndarray:
@@ -206,7 +242,9 @@ def read_raw_label(path: str, format: str) -> np.ndarray:
                 )
             return np.asarray(label)
     except (OSError, SyntaxError, ValueError) as error:
-        raise DomainError(f"cannot read label '{path}' ({error}); the file is corrupt or truncated: re-download it or remove it and its image") from error
+        raise DomainError(
+            f"cannot read label '{path}' ({error}); the file is corrupt or truncated: re-download it or remove it and its image"
+        ) from error
 
 
 def _read_synthia_label(path: str) -> np.ndarray:
@@ -241,7 +279,9 @@ def image_size(path: str) -> tuple[int, int]:
         with Image.open(path) as image:
             return image.size
     except (OSError, SyntaxError, ValueError) as error:
-        raise DomainError(f"cannot read image '{path}' ({error}); the file is corrupt or not an image: re-download it or remove it") from error
+        raise DomainError(
+            f"cannot read image '{path}' ({error}); the file is corrupt or not an image: re-download it or remove it"
+        ) from error
 
 
 class NativeDecoder:

@@ -75,9 +75,14 @@ def _manifest(root: Path, format: str, splits: dict, resize, shard_size: int) ->
         for image, label in zip(images, labels):
             digest.update(f"{split}\0{image}\0{label}\n".encode())
     return {
-        "version": MANIFEST_VERSION, "root": str(root), "format": format, "resize": list(resize) if resize else None,
-        "shard_size": shard_size, "files": digest.hexdigest(), "rows": {s: len(v[0]) for s, v in splits.items()},
-    }  # fmt: skip
+        "version": MANIFEST_VERSION,
+        "root": str(root),
+        "format": format,
+        "resize": list(resize) if resize else None,
+        "shard_size": shard_size,
+        "files": digest.hexdigest(),
+        "rows": {s: len(v[0]) for s, v in splits.items()},
+    }
 
 
 def prepare_native(
@@ -94,7 +99,7 @@ def prepare_native(
     push_to_hub: str | None = None,
     private: bool = False,
     progress: bool = True,
-) -> "PrepareResult":
+) -> PrepareResult:
     """Convert `root` (a `format` native folder) into a DatasetDict with columns `image` and `label` (trainIds).
 
     Args:
@@ -109,7 +114,9 @@ def prepare_native(
     root = Path(root).expanduser()
     if out is None and push_to_hub is None:
         raise DomainError("give --out DIR, --push_to_hub ORG/NAME, or both")
-    out_path = Path(out).expanduser() if out else Path(datasets.config.HF_DATASETS_CACHE) / "duda_hf" / "prepared" / push_to_hub.replace("/", "--")
+    out_path = (
+        Path(out).expanduser() if out else Path(datasets.config.HF_DATASETS_CACHE) / "duda_hf" / "prepared" / push_to_hub.replace("/", "--")
+    )
     if out_path.exists() and not overwrite:
         raise DomainError(f"'{out_path}' exists already; pass --overwrite to replace it, or choose another --out")
     listed = {split: list_native_files(root, format, split, conditions, with_labels) for split in splits}

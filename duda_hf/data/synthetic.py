@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -29,8 +30,27 @@ DOMAINS = ("source", "target", "pretrain")
 _PRETRAIN_TEXTURE, _PRETRAIN_EXPOSURE, _PRETRAIN_NOISE = (0.0, 0.6), (0.5, 1.2), (0.0, 8.0)
 
 # Cityscapes trainIds, in the order of duda_hf.data.labels.CITYSCAPES_CLASSES.
-(ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN,
- SKY, PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE) = range(19)  # fmt: skip
+(
+    ROAD,
+    SIDEWALK,
+    BUILDING,
+    WALL,
+    FENCE,
+    POLE,
+    TRAFFIC_LIGHT,
+    TRAFFIC_SIGN,
+    VEGETATION,
+    TERRAIN,
+    SKY,
+    PERSON,
+    RIDER,
+    CAR,
+    TRUCK,
+    BUS,
+    TRAIN,
+    MOTORCYCLE,
+    BICYCLE,
+) = range(19)
 
 # Bump whenever the generator's output changes, so cached benchmarks get rebuilt.
 _GENERATOR_VERSION = 3
@@ -68,7 +88,7 @@ MATERIALS: dict[str, tuple[list, list, float]] = {
     "rider_coat": ([(250, 130, 30)], [(205, 205, 70), (60, 60, 70)], 0.08),
     "bicycle": ([(205, 35, 165)], [(70, 70, 70), (180, 180, 180)], 0.05),
     "motorcycle": ([(110, 40, 180)], [(150, 30, 30), (30, 30, 30)], 0.05),
-}  # fmt: skip
+}
 _EMISSIVE = {"lamp", "tail_light"}  # light sources keep their brightness at dusk
 # Target camera: dusk exposure range, sensor noise sigma range (0-255 scale), texture gain.
 _TARGET_EXPOSURE, _TARGET_NOISE, _TARGET_TEXTURE = (0.65, 0.9), (2.0, 5.0), 0.5
@@ -207,7 +227,7 @@ def _layout(rng: np.random.Generator, h: int, w: int) -> _Scene:
 
     # Skyline at the far end of the street, later covered below the horizon by the ground.
     edges = np.r_[0, np.sort(rng.uniform(0, w, 10)), w]
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in itertools.pairwise(edges):
         green = rng.random() < 0.35
         cls, mat = (VEGETATION, "foliage") if green else (BUILDING, "far_facade")
         s.rect(a, horizon - h * rng.uniform(0.02, 0.12), b, horizon + 1, cls, s.new(mat))
@@ -257,13 +277,15 @@ def _layout(rng: np.random.Generator, h: int, w: int) -> _Scene:
     s.fill(ground & markings, ROAD, "marking")
 
     # Things: (depth, painter, lateral position, extra args); painted far to near for occlusion.
-    sides = lambda n: rng.choice((-1, 1), n)  # noqa: E731
+    sides = lambda n: rng.choice((-1, 1), n)
     things = [(rng.uniform(0.08, 0.7), _car, rng.uniform(-0.75, 0.75) * road, ()) for _ in range(rng.poisson(2.2))]
     things += [(rng.uniform(0.1, 0.8), _car, sd * rng.uniform(0.7, 0.85) * road, ()) for sd in sides(rng.poisson(0.8))]
     if rng.random() < 0.3:
         things.append((rng.uniform(0.1, 0.5), _big_vehicle, rng.uniform(-0.6, 0.6) * road, ()))
     things += [(rng.uniform(0.1, 0.7), _rider, sd * rng.uniform(0.6, 0.9) * road, ()) for sd in sides(rng.poisson(0.5))]
-    things += [(rng.uniform(0.06, 0.7), _person, sd * rng.uniform(1.05, 0.95 * walks[sd] / road) * road, ()) for sd in sides(rng.poisson(2.0))]  # fmt: skip
+    things += [
+        (rng.uniform(0.06, 0.7), _person, sd * rng.uniform(1.05, 0.95 * walks[sd] / road) * road, ()) for sd in sides(rng.poisson(2.0))
+    ]
     things += [(rng.uniform(0.1, 0.9), _pole, sd * rng.uniform(1.05, 1.2) * road, (-sd,)) for sd in sides(1 + rng.poisson(1.5))]
     things += [(rng.uniform(0.1, 0.9), _tree, sd * walks[sd] * rng.uniform(0.9, 1.0), ()) for sd in sides(rng.poisson(1.5))]
     for t in rng.uniform(0.1, 0.8, rng.poisson(0.7)):  # grass patches on the pavement
@@ -360,7 +382,7 @@ def _png(array: np.ndarray) -> dict:
     return {"bytes": buf.getvalue(), "path": None}
 
 
-def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0) -> dict[str, str]:  # fmt: skip
+def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0) -> dict[str, str]:
     """Write `source`, `target` and `target_val` `datasets` folders under `out_dir`; return their paths.
 
     Each split has `image` (RGB) and `label` (mode "L" trainIds) Image columns and its own seed
@@ -369,8 +391,15 @@ def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_targe
     last; if it matches the requested parameters the existing folders are reused untouched.
     """
     splits = {"source": ("source", num_source), "target": ("target", num_target), "target_val": ("target", num_target_val)}
-    meta = dict(version=_GENERATOR_VERSION, num_source=num_source, num_target=num_target,
-                num_target_val=num_target_val, height=height, width=width, seed=seed)  # fmt: skip
+    meta = {
+        "version": _GENERATOR_VERSION,
+        "num_source": num_source,
+        "num_target": num_target,
+        "num_target_val": num_target_val,
+        "height": height,
+        "width": width,
+        "seed": seed,
+    }
     return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height, width, seed)
 
 
@@ -381,7 +410,7 @@ def build_pretraining_domain(out_dir, num_train=1200, num_val=100, height=128, w
     ImageNet, which both networks of a real run start from, and holds nothing of the target domain.
     """
     splits = {"pretrain": ("pretrain", num_train), "pretrain_val": ("pretrain", num_val)}
-    meta = dict(version=_GENERATOR_VERSION, num_train=num_train, num_val=num_val, height=height, width=width, seed=seed)
+    meta = {"version": _GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "height": height, "width": width, "seed": seed}
     return _write_splits(Path(out_dir), splits, meta, "pretraining_meta.json", height, width, seed)
 
 

@@ -41,16 +41,47 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 # Cityscapes trainIds 0..18 and their palette (copied from duda_hf.data.labels: the Space must not import duda_hf).
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-    "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 CITYSCAPES_PALETTE = (
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32),
-)  # fmt: skip
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
 # What SegformerImageProcessor does when preprocessor_config.json leaves a field out.
 PROCESSOR_DEFAULTS = {"size": {"height": 512, "width": 512}, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
 
@@ -368,7 +399,7 @@ class ClassOverlay(gr.AnnotatedImage):
         if not isinstance(value, Overlay):
             return super().postprocess(value)
         base = save_image_to_cache(value.image, self.GRADIO_CACHE, "image", "jpeg")
-        alpha = int(round(255 * min(max(value.opacity, 0.0), 1.0)))
+        alpha = round(255 * min(max(value.opacity, 0.0), 1.0))
         annotations = []
         present = np.flatnonzero(np.bincount(value.label_map.ravel(), minlength=len(value.class_names)))
         for class_id in present:
@@ -413,16 +444,20 @@ def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | 
     height, width = student.input_size if student else (512, 1024)
     lines = [
         "# DUDA: distilled domain-adaptive segmentation",
-        "Drop a street image (or pick an example) and press **Segment**. The student is a lightweight SegFormer "
-        "adapted from synthetic (GTA5) to real (Cityscapes) streets and distilled from a large teacher; it labels "
-        "every pixel with one of the 19 Cityscapes classes.",
+        (
+            "Drop a street image (or pick an example) and press **Segment**. The student is a lightweight SegFormer "
+            "adapted from synthetic (GTA5) to real (Cityscapes) streets and distilled from a large teacher; it labels "
+            "every pixel with one of the 19 Cityscapes classes."
+        ),
         f"Model: `{student_source}`"
         + (f" ({student.num_parameters / 1e6:.1f} M parameters)" if student else "")
         + (f"; teacher `{teacher.source}` ({teacher.num_parameters / 1e6:.1f} M parameters)" if teacher else "")
         + ".",
-        f"The model sees the image resized to {width}x{height}. Images larger than {MAX_SIDE} px on their longest side are "
-        f"downscaled to {MAX_SIDE} px for inference and the overlay is shown at the original size; "
-        f"uploads above {MAX_PIXELS / 1e6:.0f} megapixels are refused.",
+        (
+            f"The model sees the image resized to {width}x{height}. Images larger than {MAX_SIDE} px on their longest side are "
+            f"downscaled to {MAX_SIDE} px for inference and the overlay is shown at the original size; "
+            f"uploads above {MAX_PIXELS / 1e6:.0f} megapixels are refused."
+        ),
     ]
     return "\n\n".join(lines)
 

@@ -90,9 +90,15 @@ class StreamingMiou(evaluate.Metric):
     def __init__(self, num_labels=19, ignore_index=255, nan_to_num=None, label_map=None, reduce_labels=False, class_subsets=None, **kwargs):
         super().__init__(**kwargs)
         self.defaults = self._checked(
-            {"num_labels": num_labels, "ignore_index": ignore_index, "nan_to_num": nan_to_num, "label_map": label_map,
-             "reduce_labels": reduce_labels, "class_subsets": class_subsets}
-        )  # fmt: skip
+            {
+                "num_labels": num_labels,
+                "ignore_index": ignore_index,
+                "nan_to_num": nan_to_num,
+                "label_map": label_map,
+                "reduce_labels": reduce_labels,
+                "class_subsets": class_subsets,
+            }
+        )
         self._reset()
 
     def _info(self):
