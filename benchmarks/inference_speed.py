@@ -36,7 +36,7 @@ def child(preset: str, width: int, height: int, repeats: int) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as folder:
-        export_segformer(build_segformer(preset, "random"), folder, eval_size=(height, width))
+        export_segformer(build_segformer(preset, "random"), folder, eval_size_hw=(height, width))
         model = SegformerForSemanticSegmentation.from_pretrained(folder).to(device).eval()
     parameters = sum(p.numel() for p in model.parameters())
     image = torch.randn(1, 3, height, width, device=device)

@@ -33,15 +33,15 @@ from duda_hf.data.synthetic import render_scene
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-GTA5_SIZE = (1914, 1052)
+GTA5_HEIGHT, GTA5_WIDTH = 1052, 1914
 
 
 def gta5_frame(image_path: str | None, label_ids_path: str | None) -> tuple[Image.Image, np.ndarray]:
     """A GTA5-sized RGB frame and its Cityscapes label ids: the given pair resized, or a procedural street scene."""
     if image_path:
-        image = Image.open(image_path).convert("RGB").resize(GTA5_SIZE, Image.BILINEAR)
-        return image, np.asarray(Image.open(label_ids_path).resize(GTA5_SIZE, Image.NEAREST))
-    rgb, train_ids = render_scene(np.random.default_rng(0), "target", GTA5_SIZE[1], GTA5_SIZE[0])
+        image = Image.open(image_path).convert("RGB").resize((GTA5_WIDTH, GTA5_HEIGHT), Image.BILINEAR)  # PIL takes (W, H)
+        return image, np.asarray(Image.open(label_ids_path).resize((GTA5_WIDTH, GTA5_HEIGHT), Image.NEAREST))
+    rgb, train_ids = render_scene(np.random.default_rng(0), "target", height=GTA5_HEIGHT, width=GTA5_WIDTH)
     label_ids = np.zeros(256, dtype=np.uint8)  # trainId -> a Cityscapes label id (ignore -> 0, unlabeled)
     for label_id, train_id in enumerate(CITYSCAPES_ID_TO_TRAINID):
         if train_id != IGNORE_INDEX:
@@ -51,7 +51,7 @@ def gta5_frame(image_path: str | None, label_ids_path: str | None) -> tuple[Imag
 
 def build_gta5_folder(root: Path, count: int, image_path: str | None = None, label_ids_path: str | None = None) -> None:
     image, ids = gta5_frame(image_path, label_ids_path)
-    label = Image.new("P", GTA5_SIZE)
+    label = Image.new("P", (GTA5_WIDTH, GTA5_HEIGHT))
     label.putdata(ids.ravel().tolist())
     label.putpalette(np.random.default_rng(0).integers(0, 256, 768).tolist())
     (root / "images").mkdir(parents=True)
@@ -82,9 +82,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         build_gta5_folder(work / "gta5", args.count, args.image, args.label_ids)
-        for name, resize in (("native_size", None), ("daformer_1280x720", (1280, 720))):
+        for name, resize_hw in (("native_size", None), ("daformer_1280x720", (720, 1280))):
             started = time.monotonic()
-            prepare_native(work / "gta5", "gta5", work / name, resize=resize, num_proc=args.num_proc, shard_size=8, progress=False)
+            prepare_native(work / "gta5", "gta5", work / name, resize_hw=resize_hw, num_proc=args.num_proc, shard_size=8, progress=False)
             seconds = time.monotonic() - started  # includes joining the shards into the final folder
             results[name] = {"seconds": round(seconds, 2), "images_per_second": round(args.count / seconds, 2)}
             print(f"{name}: {args.count} images in {seconds:.1f} s = {args.count / seconds:.2f} images/s ({args.num_proc} processes)")

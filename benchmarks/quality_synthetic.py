@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality_synthetic.json"))
     args, extra = parser.parse_known_args()
+    extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
     subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
     if any(ROWS[row][1] == PRETRAINED for row in args.rows):
         subprocess.run([sys.executable, "scripts/pretrain_synthetic.py"], cwd=ROOT, check=True, capture_output=True)

@@ -44,18 +44,19 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM starts again from VmRSS
 
 
-def _street(size: tuple[int, int], shade: int, folder: Path) -> str:
+def _street(size_wh: tuple[int, int], shade: int, folder: Path) -> str:
     from PIL import Image
 
     with Image.open(SPACE / "examples" / "street_dusk.jpg") as example:
-        image = example.convert("RGB").resize(size)
+        image = example.convert("RGB").resize(size_wh)
     image.putpixel((0, 0), (shade, shade, shade))  # distinct files, distinct results
-    path = folder / f"street_{size[0]}x{size[1]}_{shade}.png"
+    path = folder / f"street_{size_wh[0]}x{size_wh[1]}_{shade}.png"
     image.save(path)
     return str(path)
 
 
-def child(concurrency: int, requests: int, size: tuple[int, int], large: tuple[int, int]) -> dict:
+def child(concurrency: int, requests: int, size_wh: tuple[int, int], large_wh: tuple[int, int]) -> dict:
+    """One queue setting measured; the image sizes are (W, H), as the flags give them and PIL takes them."""
     import gradio_client
 
     from duda_hf.models import build_segformer, export_segformer
@@ -67,13 +68,13 @@ def child(concurrency: int, requests: int, size: tuple[int, int], large: tuple[i
     app.QUEUE_CONCURRENCY, app.QUEUE_MAX_SIZE = concurrency, requests
     folder = Path(tempfile.mkdtemp())
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "cache")
-    export_segformer(build_segformer("mit-b0", "random"), folder / "student", eval_size=(512, 1024))
+    export_segformer(build_segformer("mit-b0", "random"), folder / "student", eval_size_hw=(512, 1024))
     demo = app.build_demo(model=str(folder / "student"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
-    images = [_street(size, shade, folder) for shade in range(requests)]
+    images = [_street(size_wh, shade, folder) for shade in range(requests)]
     clients = [gradio_client.Client(demo.local_url, verbose=False) for _ in range(requests)]
     clients[0].predict(gradio_client.handle_file(images[0]), 0.6, api_name="/segment")  # warm-up
     idle = _rss_mib("VmRSS")
@@ -92,7 +93,7 @@ def child(concurrency: int, requests: int, size: tuple[int, int], large: tuple[i
         latencies = sorted(pool.map(visit, range(requests)))
     wall = time.perf_counter() - began
     concurrent_peak = _rss_mib("VmHWM") - idle
-    photo = _street(large, 0, folder)
+    photo = _street(large_wh, 0, folder)
     _reset_peak()
     idle_large = _rss_mib("VmRSS")
     began = time.perf_counter()
@@ -103,16 +104,21 @@ def child(concurrency: int, requests: int, size: tuple[int, int], large: tuple[i
     return {
         "concurrency": concurrency,
         "requests": requests,
-        "size": f"{size[0]}x{size[1]}",
+        "size": f"{size_wh[0]}x{size_wh[1]}",
         "latency_s": {"min": round(latencies[0], 2), "median": round(statistics.median(latencies), 2), "max": round(latencies[-1], 2)},
         "seconds_per_request": round(wall / requests, 3),
         "idle_rss_mib": round(idle, 1),
         "peak_above_idle_mib": round(concurrent_peak, 1),
-        "large_image": {"size": f"{large[0]}x{large[1]}", "seconds": round(large_seconds, 2), "peak_above_idle_mib": round(large_peak, 1)},
+        "large_image": {
+            "size": f"{large_wh[0]}x{large_wh[1]}",
+            "seconds": round(large_seconds, 2),
+            "peak_above_idle_mib": round(large_peak, 1),
+        },
     }
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size_wh(text: str) -> tuple[int, int]:
+    """`WxH` as (W, H)."""
     width, height = text.lower().split("x")
     return int(width), int(height)
 
@@ -127,8 +133,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        concurrency, requests, size, large = int(args.child[0]), int(args.child[1]), _size(args.child[2]), _size(args.child[3])
-        print(json.dumps(child(concurrency, requests, size, large)))
+        concurrency, requests = int(args.child[0]), int(args.child[1])
+        print(json.dumps(child(concurrency, requests, _size_wh(args.child[2]), _size_wh(args.child[3]))))
         return
     from duda_hf.jsonio import write_json
 

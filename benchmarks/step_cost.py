@@ -70,7 +70,7 @@ def build(shape: str, device: str, options: dict):
         torch_compile=bool(options["compile"]),
         torch_compile_mode=options["compile"] if isinstance(options["compile"], str) else None,
     )
-    model = build_duda_model("duda", student, aux, "random")
+    model = build_duda_model("duda", student, aux, init="random")
     trainer = DudaTrainer(model.to(device), config)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop, which this bypasses

@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "teacher_trajectory"))
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "teacher_trajectory.json"))
     args, extra = parser.parse_known_args()
+    extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
     subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
     trajectories = {}
     for alpha in args.alphas:

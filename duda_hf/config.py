@@ -178,6 +178,14 @@ class DudaConfig(TrainingArguments):
     save_steps: float = field(default=4000, metadata=_help("Checkpoint every N steps."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep every column: the DUDA batch has source and target fields."))
     ddp_find_unused_parameters: bool | None = field(default=False, metadata=_help("Every trainable parameter is used in each step."))
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata=_help(
+            "Order of the training samples. DUDA reads them in order: sample i is a function of (seed, i), so the data is a "
+            "function of the step (and a resume is exact).",
+            choices=["sequential"],
+        ),
+    )
     logging_nan_inf_filter: bool = field(
         default=False,
         metadata=_help(
@@ -320,16 +328,24 @@ class DataArguments:
     )
     image_column: str = field(default="image", metadata=_help("Image column name in the datasets."))
     label_column: str = field(default="label", metadata=_help("Label column name (Cityscapes trainIds, 255 = ignore)."))
-    crop_size: list[int] = field(default_factory=lambda: [512, 512], metadata=_help("Training crop H W. DAFormer: 512 512."))
+    # Sizes: --crop_size is H W (height first, as DAFormer's crop_size); the three resize flags are W H (width first, as
+    # DAFormer's img_scale and PIL). The library takes (height, width) only: the `*_hw` properties below convert them.
+    crop_size: list[int] = field(
+        default_factory=lambda: [512, 512], metadata=_help("Training crop, H W (height width; one value: a square). DAFormer: 512 512.")
+    )
     source_resize: list[int] = field(
-        default_factory=list, metadata=_help("Resize source images to W H before cropping (GTA: 1280 720). Empty: keep size.")
+        default_factory=list,
+        metadata=_help("Resize source images before cropping to W H (width height; GTA: 1280 720). Empty: keep size."),
     )
     target_resize: list[int] = field(
-        default_factory=list, metadata=_help("Resize target images to W H before cropping (Cityscapes: 1024 512). Empty: keep size.")
+        default_factory=list,
+        metadata=_help("Resize target images before cropping to W H (width height; Cityscapes: 1024 512). Empty: keep size."),
     )
     eval_resize: list[int] = field(
         default_factory=list,
-        metadata=_help("Evaluation input size W H; logits are upsampled to label size (Cityscapes: 1024 512). Empty: native size."),
+        metadata=_help(
+            "Evaluation input size, W H (width height); logits are upsampled to label size (Cityscapes: 1024 512). Empty: native size."
+        ),
     )
     crop_cat_max_ratio: float = field(
         default=0.75,
@@ -362,3 +378,33 @@ class DataArguments:
             _check(
                 len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value
             )
+
+    # The flags' sizes as the library takes them: (height, width), or None for "keep the images' size".
+    @property
+    def crop_size_hw(self) -> tuple[int, int]:
+        """`--crop_size H W` as (height, width)."""
+        height, width = self.crop_size
+        return height, width
+
+    @property
+    def source_resize_hw(self) -> tuple[int, int] | None:
+        """`--source_resize W H` as (height, width)."""
+        return _flag_wh_to_hw(self.source_resize)
+
+    @property
+    def target_resize_hw(self) -> tuple[int, int] | None:
+        """`--target_resize W H` as (height, width)."""
+        return _flag_wh_to_hw(self.target_resize)
+
+    @property
+    def eval_size_hw(self) -> tuple[int, int] | None:
+        """`--eval_resize W H` as (height, width)."""
+        return _flag_wh_to_hw(self.eval_resize)
+
+
+def _flag_wh_to_hw(value: list[int]) -> tuple[int, int] | None:
+    """A `W H` flag value as (height, width); empty: None."""
+    if not value:
+        return None
+    width, height = value
+    return height, width

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.domains import DomainError
+from .data.errors import DomainError
+from .data.images import to_label_array, to_rgb_array
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from .data.pairing import to_label_array, to_rgb_array
 from .models import IMAGENET_MEAN, IMAGENET_STD, normalize_images
 
 
@@ -140,16 +140,20 @@ SYNTHIA_SUBSETS = {"mIoU16": SYNTHIA_16_CLASSES, "mIoU13": SYNTHIA_13_CLASSES}
 
 
 @torch.no_grad()
-def predict_whole(model, images: torch.Tensor, label_size: tuple[int, int], input_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Whole-image inference: resize `(B, 3, H, W)` normalised inputs to `input_size` (H, W), upsample logits to `label_size`.
+def predict_whole(
+    model, images: torch.Tensor, label_size_hw: tuple[int, int], input_size_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Whole-image inference: resize `(B, 3, H, W)` normalised inputs to `input_size_hw`, upsample logits to `label_size_hw`.
+
+    Sizes are `(height, width)`; `input_size_hw` None keeps the images' size.
 
     Returns:
         `(B, H_label, W_label)` long class map.
     """
-    if input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
-        images = F.interpolate(images, size=input_size, mode="bilinear", align_corners=False)
+    if input_size_hw is not None and tuple(images.shape[-2:]) != tuple(input_size_hw):
+        images = F.interpolate(images, size=tuple(input_size_hw), mode="bilinear", align_corners=False)
     logits = model(pixel_values=images).logits
-    logits = F.interpolate(logits.float(), size=label_size, mode="bilinear", align_corners=False)
+    logits = F.interpolate(logits.float(), size=tuple(label_size_hw), mode="bilinear", align_corners=False)
     return logits.argmax(dim=1)
 
 
@@ -163,16 +167,18 @@ def _sliding_windows(size: int, window: int, stride: int) -> list[int]:
 def predict_slide(
     model,
     images: torch.Tensor,
-    label_size: tuple[int, int],
-    window: tuple[int, int],
-    stride: tuple[int, int],
-    input_size: tuple[int, int] | None = None,
+    label_size_hw: tuple[int, int],
+    *,
+    window_hw: tuple[int, int],
+    stride_hw: tuple[int, int],
+    input_size_hw: tuple[int, int] | None = None,
     batch_size: int = 4,
 ) -> torch.Tensor:
-    """Sliding-window inference: windows of `window` (h, w) every `stride`, run `batch_size` at a time.
+    """Sliding-window inference: windows of `window_hw` every `stride_hw`, run `batch_size` at a time.
 
     Each window's logits are upsampled to the window, overlapping windows are averaged, and the full-image
-    logits are upsampled to `label_size` (as mmseg's `slide` mode, after resizing the input to `input_size`).
+    logits are upsampled to `label_size_hw` (as mmseg's `slide` mode, after resizing the input to `input_size_hw`).
+    Sizes are `(height, width)`.
 
     Args:
         images: `(B, 3, H, W)` normalised inputs.
@@ -180,14 +186,15 @@ def predict_slide(
     Returns:
         `(B, H_label, W_label)` long class map.
     """
-    if input_size is not None and tuple(images.shape[-2:]) != tuple(input_size):
-        images = F.interpolate(images, size=input_size, mode="bilinear", align_corners=False)
+    if input_size_hw is not None and tuple(images.shape[-2:]) != tuple(input_size_hw):
+        images = F.interpolate(images, size=tuple(input_size_hw), mode="bilinear", align_corners=False)
     batch, _, height, width = images.shape
-    crops = [(y, x) for y in _sliding_windows(height, window[0], stride[0]) for x in _sliding_windows(width, window[1], stride[1])]
+    window_h, window_w = window_hw
+    crops = [(y, x) for y in _sliding_windows(height, window_h, stride_hw[0]) for x in _sliding_windows(width, window_w, stride_hw[1])]
     logits_sum = counts = None
     for start in range(0, len(crops), batch_size):
         chunk = crops[start : start + batch_size]
-        tiles = torch.cat([images[:, :, y : y + window[0], x : x + window[1]] for y, x in chunk])
+        tiles = torch.cat([images[:, :, y : y + window_h, x : x + window_w] for y, x in chunk])
         tile_h, tile_w = tiles.shape[-2:]
         logits = model(pixel_values=tiles).logits.float()
         logits = F.interpolate(logits, size=(tile_h, tile_w), mode="bilinear", align_corners=False)
@@ -198,8 +205,8 @@ def predict_slide(
             logits_sum[:, :, y : y + tile_h, x : x + tile_w] += logits[number * batch : (number + 1) * batch]
             counts[:, :, y : y + tile_h, x : x + tile_w] += 1
     logits = logits_sum / counts
-    if tuple(label_size) != (height, width):
-        logits = F.interpolate(logits, size=label_size, mode="bilinear", align_corners=False)
+    if tuple(label_size_hw) != (height, width):
+        logits = F.interpolate(logits, size=tuple(label_size_hw), mode="bilinear", align_corners=False)
     return logits.argmax(dim=1)
 
 
@@ -208,10 +215,11 @@ def evaluate_networks(
     networks: dict[str, torch.nn.Module],
     dataset,
     device: torch.device,
-    input_size: tuple[int, int] | None = None,
+    *,
+    input_size_hw: tuple[int, int] | None = None,
     mode: str = "whole",
-    window: tuple[int, int] = (512, 512),
-    stride: tuple[int, int] = (341, 341),
+    window_hw: tuple[int, int] = (512, 512),
+    stride_hw: tuple[int, int] = (341, 341),
     autocast_dtype: torch.dtype | None = None,
     process_index: int = 0,
     world_size: int = 1,
@@ -226,8 +234,8 @@ def evaluate_networks(
 
     Args:
         dataset: rows with `image` (PIL) and `label` (PIL, trainIds).
-        input_size: `(H, W)` the image is resized to before inference; None keeps the native size.
-        mode: `whole` (DAFormer's protocol) or `slide` (`window`, `stride`).
+        input_size_hw: `(height, width)` the image is resized to before inference; None keeps the native size.
+        mode: `whole` (DAFormer's protocol) or `slide` (`window_hw`, `stride_hw`, each `(height, width)`).
     """
     from tqdm.auto import tqdm
 
@@ -243,9 +251,11 @@ def evaluate_networks(
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             for name, network in networks.items():
                 if mode == "whole":
-                    prediction = predict_whole(network, image, tuple(label.shape), input_size)[0]
+                    prediction = predict_whole(network, image, tuple(label.shape), input_size_hw)[0]
                 else:
-                    prediction = predict_slide(network, image, tuple(label.shape), window, stride, input_size)[0]
+                    prediction = predict_slide(
+                        network, image, tuple(label.shape), window_hw=window_hw, stride_hw=stride_hw, input_size_hw=input_size_hw
+                    )[0]
                 matrices[name].update(prediction, label)
     for matrix in matrices.values():
         matrix.reduce()

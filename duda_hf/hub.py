@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from .report import teacher_premise
+from .report import percent, teacher_premise
 
 # The model card template ships inside the package (package data), so installed wheels write cards too.
 TEMPLATE = resources.files("duda_hf") / "templates" / "duda_student.md"
@@ -81,17 +80,13 @@ def recipe_summary(model_args, data_args, config) -> dict:
     }
 
 
-def _percent(value) -> str:
-    return "—" if value is None or math.isnan(value) else f"{100 * value:.2f}"
-
-
-def build_model_card(results: dict, repo_id: str, license: str = "other", eval_size: tuple[int, int] | None = None) -> ModelCard:
+def build_model_card(results: dict, repo_id: str, *, license: str = "other", eval_size_hw: tuple[int, int] | None = None) -> ModelCard:
     """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
 
     Args:
         results: the run's eval_results.json: `student` (and `teacher`) metrics and `recipe`.
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
-        eval_size: `(W, H)` the image processor resizes to.
+        eval_size_hw: `(height, width)` the image processor resizes to; None: the native size.
     """
     recipe = results.get("recipe", {})
     student_metrics = results["student"]
@@ -127,9 +122,9 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         ],
     )
     per_class_rows = [
-        {"name": cls, "cells": " | ".join(_percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
+        {"name": cls, "cells": " | ".join(percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
     ]
-    eval_width, eval_height = eval_size or ("native", "native")
+    eval_height, eval_width = eval_size_hw or ("native", "native")
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE.read_text(encoding="utf-8"),
@@ -144,7 +139,7 @@ def build_model_card(results: dict, repo_id: str, license: str = "other", eval_s
         eval_width=eval_width,
         eval_height=eval_height,
         extra_metrics=extra,
-        summary_rows=[{"name": n, "mIoU": _percent(m["mIoU"]), "extra": [_percent(m.get(k)) for k in extra]} for n, m in models],
+        summary_rows=[{"name": n, "mIoU": percent(m["mIoU"]), "extra": [percent(m.get(k)) for k in extra]} for n, m in models],
         per_class_header=" | ".join(n for n, _ in models),
         per_class_rule="|".join("---" for _ in models),
         per_class_rows=per_class_rows,
@@ -191,7 +186,7 @@ def hub_errors(repo_id: str, local: str | os.PathLike):
         raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
 
 
-def create_repo(repo_id: str, private: bool = False, revision: str | None = None, token: str | None = None, local: str = ".") -> str:
+def create_repo(repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None, local: str = ".") -> str:
     """Create the model repo (and branch) if missing; returns the repo id. HubError on failure."""
     api = HfApi(token=token)
     with hub_errors(repo_id, local):
@@ -205,6 +200,7 @@ def upload_folder(
     folder: str | os.PathLike,
     repo_id: str,
     commit_message: str,
+    *,
     path_in_repo: str | None = None,
     revision: str | None = None,
     token: str | None = None,
@@ -225,6 +221,7 @@ def upload_folder(
 def push_folder(
     model_dir: str | os.PathLike,
     repo_id: str,
+    *,
     private: bool = False,
     revision: str | None = None,
     commit_message: str | None = None,
@@ -236,5 +233,5 @@ def push_folder(
         HubError: offline, no token, refused by the server, or a folder that is not an export; names the cause.
     """
     folder = check_export(model_dir)
-    create_repo(repo_id, private, revision, token, local=str(folder))
+    create_repo(repo_id, private=private, revision=revision, token=token, local=str(folder))
     return upload_folder(folder, repo_id, commit_message or f"Upload DUDA student from {folder.name}", revision=revision, token=token)

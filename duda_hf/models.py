@@ -71,10 +71,19 @@ def _hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
-def _from_pretrained(
-    name_or_path: str, hint: str = "pass --init random to train from scratch", **kwargs
+def load_pretrained_segformer(
+    name_or_path: str, *, hint: str = "pass --init random to train from scratch", **kwargs
 ) -> SegformerForSemanticSegmentation:
-    """`from_pretrained` that uses the cache first and fails within seconds, with a way forward, when offline."""
+    """A 19-class SegFormer from a folder or Hub id: `from_pretrained` that uses the cache first and fails within
+    seconds, with a way forward, when offline.
+
+    Args:
+        hint: the way forward the offline error offers first.
+        kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override).
+
+    Raises:
+        ModelUnavailableError: offline and not cached, or no such repo or folder.
+    """
     kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
     if Path(name_or_path).is_dir():
         return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
@@ -133,11 +142,11 @@ def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSe
         return SegformerForSemanticSegmentation(preset_config(name))
     if name in _MIT_SIZES:
         # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
-        return _from_pretrained(f"nvidia/{name}", ignore_mismatched_sizes=True)
+        return load_pretrained_segformer(f"nvidia/{name}", ignore_mismatched_sizes=True)
     path, _, role = name.rpartition("@")
     if path and Path(path).is_dir():
         return load_from_checkpoint(path, role)
-    return _from_pretrained(name)
+    return load_pretrained_segformer(name)
 
 
 def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -171,6 +180,7 @@ class DudaModel(nn.Module):
         student: nn.Module,
         aux_student: nn.Module | None = None,
         method: str = "duda",
+        *,
         extra_teachers: list[nn.Module] | None = None,
         imagenet_encoder: nn.Module | None = None,
         teacher_train_mode: bool = False,
@@ -289,6 +299,7 @@ def build_duda_model(
     method: str,
     student: str,
     aux_student: str | None = None,
+    *,
     init: str = "imagenet",
     extra_teachers: list[str] | None = None,
     fd_lambda: float = 0.0,
@@ -307,16 +318,18 @@ def build_duda_model(
     if fd_lambda > 0 and fd_name in _MIT_SIZES and init == "imagenet" and method != "source_only":
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
     teachers = [build_segformer(name, init) for name in (extra_teachers or [])]
-    return DudaModel(student_net, aux_net, method, teachers, imagenet_encoder, teacher_train_mode)
+    return DudaModel(
+        student_net, aux_net, method, extra_teachers=teachers, imagenet_encoder=imagenet_encoder, teacher_train_mode=teacher_train_mode
+    )
 
 
 def export_segformer(
-    model: SegformerForSemanticSegmentation, output_dir: str | os.PathLike, eval_size: tuple[int, int] | None = None
+    model: SegformerForSemanticSegmentation, output_dir: str | os.PathLike, eval_size_hw: tuple[int, int] | None = None
 ) -> Path:
     """Write `model` as a plain transformers SegFormer: config (Cityscapes labels), safetensors, image processor.
 
     Args:
-        eval_size: `(H, W)` the image processor resizes to (Cityscapes: 512 x 1024); None keeps 512 x 512.
+        eval_size_hw: `(height, width)` the image processor resizes to (Cityscapes: 512, 1024); None keeps 512 x 512.
     """
     from transformers import SegformerImageProcessor
 
@@ -325,7 +338,7 @@ def export_segformer(
     model.config.id2label = dict(ID2LABEL)
     model.config.label2id = dict(LABEL2ID)
     model.save_pretrained(output_dir)
-    height, width = eval_size or (512, 512)
+    height, width = eval_size_hw or (512, 512)
     SegformerImageProcessor(
         size={"height": height, "width": width},
         image_mean=list(IMAGENET_MEAN),

@@ -87,9 +87,9 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         load_domain(
             getattr(data_args, f"{name}_dataset"),
             getattr(data_args, f"{name}_split"),
-            with_labels,
-            data_args.image_column,
-            data_args.label_column,
+            with_labels=with_labels,
+            image_column=data_args.image_column,
+            label_column=data_args.label_column,
             role=f"--{name}_dataset",
             format=getattr(data_args, f"{name}_format"),
             conditions=tuple(getattr(data_args, f"{name}_conditions")),
@@ -100,7 +100,14 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
     # Before the first step, from the file headers: image/label sizes, crops that fit the images.
-    check_training_data(source, target, target_eval, data_args.crop_size, data_args.source_resize, data_args.target_resize)
+    check_training_data(
+        source,
+        target,
+        target_eval,
+        data_args.crop_size_hw,
+        source_resize_hw=data_args.source_resize_hw,
+        target_resize_hw=data_args.target_resize_hw,
+    )
     # Class statistics validate every label and drive rare class sampling; computed once, then cached.
     with config.main_process_first(desc="class statistics"):
         source_counts = class_pixel_counts(source, "--source_dataset")
@@ -109,10 +116,11 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     train_dataset = DudaTrainDataset(
         source,
         target,
-        crop_size=tuple(data_args.crop_size),
+        data_args.crop_size_hw,
+        num_samples=train_samples(config),
         seed=config.seed,
-        source_resize=tuple(data_args.source_resize) or None,
-        target_resize=tuple(data_args.target_resize) or None,
+        source_resize_hw=data_args.source_resize_hw,
+        target_resize_hw=data_args.target_resize_hw,
         rare_class_sampler=sampler,
         rcs_min_crop_pixels=config.rcs_min_crop_ratio * config.rcs_min_pixels,
         cat_max_ratio=data_args.crop_cat_max_ratio,
@@ -121,14 +129,23 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         config.method,
         model_args.student,
         model_args.aux_student,
-        model_args.init,
-        config.extra_teachers,
-        config.fd_lambda,
-        config.teacher_train_mode,
+        init=model_args.init,
+        extra_teachers=config.extra_teachers,
+        fd_lambda=config.fd_lambda,
+        teacher_train_mode=config.teacher_train_mode,
     )
     # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (docs/datasets.md, "SYNTHIA")
     subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None
-    return DudaTrainer(model, config, train_dataset, target_eval, eval_resize=data_args.eval_resize or None, eval_class_subsets=subsets)
+    return DudaTrainer(model, config, train_dataset, target_eval, eval_size_hw=data_args.eval_size_hw, eval_class_subsets=subsets)
+
+
+def train_samples(config: DudaConfig) -> int:
+    """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
+
+    Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
+    one process under DataParallel) x gradient accumulation x processes.
+    """
+    return config.max_steps * config.train_batch_size * config.gradient_accumulation_steps * config.world_size
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
@@ -154,17 +171,17 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         "recipe": recipe_summary(model_args, data_args, config),
     }
     if trainer.is_world_process_zero():
-        width_height = data_args.eval_resize or trainer.eval_dataset[0]["image"].size
-        eval_size = (width_height[1], width_height[0])
-        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size=eval_size)
+        # the evaluation size, or the first validation image's (PIL's size is width, height)
+        eval_size_hw = data_args.eval_size_hw or trainer.eval_dataset[0]["image"].size[::-1]
+        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size_hw=eval_size_hw)
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
-            export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size=eval_size)
+            export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size_hw=eval_size_hw)
         write_json(Path(config.output_dir) / "eval_results.json", results)
         premise = teacher_premise(results)
         if premise:
             logger.warning(premise)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
-        card = build_model_card(results, repo_id, eval_size=tuple(width_height))
+        card = build_model_card(results, repo_id, eval_size_hw=eval_size_hw)
         card.save(Path(config.output_dir) / "student" / "README.md")
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
             trainer.push_to_hub(commit_message=f"DUDA student after {trainer.state.global_step} steps")

@@ -10,8 +10,17 @@ import numpy as np
 from .data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
 
-def _percent(value: float) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+def is_undefined(value: float | None) -> bool:
+    """A metric that has no value: None (`null` in the JSON files) or NaN (in memory, before they are written)."""
+    return value is None or math.isnan(value)
+
+
+def percent(value: float | None) -> str:
+    """A share as a percentage with two decimals (`0.4567` -> `45.67`); an undefined value as `—`.
+
+    The one format of the reports and the model card.
+    """
+    return "—" if is_undefined(value) else f"{100 * value:.2f}"
 
 
 def markdown_report(results: dict[str, dict], title: str, details: dict[str, str] | None = None) -> str:
@@ -31,16 +40,18 @@ def markdown_report(results: dict[str, dict], title: str, details: dict[str, str
     lines += [header, "|---" * (len(names) + 1 + (len(names) == 2)) + "|"]
     for key in summary_keys:
         values = [results[n][key] for n in names]
-        row = f"| **{key}** | " + " | ".join(f"**{_percent(v)}**" for v in values)
-        lines.append(row + (f" | {100 * (values[1] - values[0]):+.2f} |" if len(names) == 2 else " |"))
+        row = f"| **{key}** | " + " | ".join(f"**{percent(v)}**" for v in values)
+        if len(names) == 2:
+            row += " | —" if any(is_undefined(v) for v in values) else f" | {100 * (values[1] - values[0]):+.2f}"
+        lines.append(row + " |")
     lines += ["", "Per class (IoU %, accuracy % in brackets):", "", header.replace("| |", "| class |", 1)]
     lines.append("|---" * (len(names) + 1 + (len(names) == 2)) + "|")
     for cls in results[names[0]]["per_class_iou"]:
         ious = [results[n]["per_class_iou"][cls] for n in names]
         accs = [results[n]["per_class_accuracy"][cls] for n in names]
-        row = f"| {cls} | " + " | ".join(f"{_percent(i)} ({_percent(a)})" for i, a in zip(ious, accs))
+        row = f"| {cls} | " + " | ".join(f"{percent(i)} ({percent(a)})" for i, a in zip(ious, accs))
         if len(names) == 2:
-            delta = "—" if any(math.isnan(v) for v in ious) else f"{100 * (ious[1] - ious[0]):+.2f}"
+            delta = "—" if any(is_undefined(v) for v in ious) else f"{100 * (ious[1] - ious[0]):+.2f}"
             row += f" | {delta}"
         lines.append(row + " |")
     lines += ["", "mIoU is the mean over classes present in the labels or the predictions (— = absent from both)."]
@@ -123,7 +134,8 @@ def teacher_premise(results: dict) -> str | None:
             "lower --ema_alpha (0.99 averages about the last 100 steps, 0.999 about the last 1000)."
         )
     return (
-        f"The teacher ({teacher:.2f} mIoU) is not stronger than the student it teaches ({student:.2f} mIoU), so "
+        f"The teacher ({teacher:.2f} mIoU) is not clearly stronger than the student it teaches ({student:.2f} mIoU; "
+        f"less than {PREMISE_MARGIN:g} above), so "
         "distillation had little to pass on and this run is close to self-training. DUDA needs a large network "
         "that starts stronger: start the auxiliary student from pretrained weights (--init imagenet for MiT "
         "presets, or a pretrained folder, Hub id or checkpoint as --aux_student), or train it longer." + lag

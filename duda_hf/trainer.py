@@ -1,50 +1,42 @@
-"""`DudaTrainer`: one step of docs/method.md as `compute_loss`, the rest deferred to `transformers.Trainer`."""
+"""`DudaTrainer`: the step of docs/method.md (`duda_hf/step.py`) as `compute_loss`, the rest deferred to `transformers.Trainer`.
+
+The Trainer methods it overrides, and the private Trainer attributes it reads, are listed with the reason and the
+transformers versions they were written for in `duda_hf/trainer_internals.py`.
+"""
 
 from __future__ import annotations
 
-import errno
+import logging
 import os
-import shutil
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import get_last_checkpoint
 
+from .checkpointing import staged_checkpoint
 from .config import DudaConfig
-from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES
+from .data.labels import CITYSCAPES_CLASSES, NUM_CLASSES
 from .evaluation import evaluate_networks
-from .hub import check_export, create_repo, upload_folder
-from .jsonio import write_json
-from .losses import (
-    class_iou_counts,
-    distillation_weight,
-    feature_distance,
-    fuse_teacher_probs,
-    inconsistency_class_weights,
-    kd_loss,
-    pseudo_label,
-    target_pixel_weight,
-    update_class_discrepancy,
-    weighted_cross_entropy,
-)
-from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
-from .models import NETWORKS_FILE, DudaModel, prepare_networks
+from .hub_policy import create_run_repo, push_checkpoint, push_student
+from .losses import class_iou_counts, update_class_discrepancy
+from .models import DudaModel, prepare_networks
 from .preemption import Preemption
 from .resume import RunLoss
+from .step import TERMS, LossTerm, StepTensors, duda_step
+from .step import unwrap as _unwrap
+from .trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
 
-STAGING_DIR = ".partial-checkpoints"
+logger = logging.getLogger(__name__)
+
+__all__ = ["DebugImageCallback", "DudaTrainer", "EmaTeacherCallback", "NonFiniteLossError", "StepLog"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; training stops before the optimizer step."""
-
-
-def _unwrap(model) -> DudaModel:
-    return getattr(model, "module", model)
 
 
 class StepLog:
@@ -136,10 +128,13 @@ class DudaTrainer(Trainer):
     Args:
         model: the networks (`build_duda_model`).
         args: `DudaConfig`.
-        train_dataset: `DudaTrainDataset` (paired source/target samples).
+        train_dataset: `DudaTrainDataset` (paired source/target samples), at least as long as the run draws
+            (`max_steps` x batch per device x gradient accumulation x processes), read in order.
         eval_dataset: labelled target `datasets.Dataset` (`image`, `label`), scored by streaming mIoU.
-        eval_resize: `(W, H)` input size for evaluation; logits are upsampled to label size.
+        eval_size_hw: `(height, width)` input size for evaluation; logits are upsampled to label size. None: native size.
         eval_class_subsets: extra class-subset means, e.g. `evaluation.SYNTHIA_SUBSETS` (mIoU16, mIoU13).
+        loss_terms: `step.LossTerm`s added to the method's terms (`step.TERMS`), after them, each logged under
+            its name (docs/design.md, "Adding a loss term").
     """
 
     def __init__(
@@ -148,24 +143,37 @@ class DudaTrainer(Trainer):
         args: DudaConfig,
         train_dataset=None,
         eval_dataset=None,
-        eval_resize=None,
+        eval_size_hw=None,
         callbacks=None,
         eval_class_subsets: dict | None = None,
+        loss_terms: Iterable[LossTerm] = (),
         **kwargs,
     ):
+        if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
+            _check_train_dataset(train_dataset, args)
+        self.loss_terms = _check_loss_terms(loss_terms, args.method)
         self._preemption = Preemption()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
         callbacks = [EmaTeacherCallback(), self._preemption, RunLoss(), *(callbacks or [])]
         super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
         prepare_networks(_unwrap(self.model), channels_last=args.channels_last, compile_options=args.compile_networks)
-        self.eval_resize = tuple(eval_resize) if eval_resize else None
+        self.eval_size_hw = tuple(eval_size_hw) if eval_size_hw else None
         self.eval_class_subsets = eval_class_subsets
         self.debug_tensors = None
         self.last_eval_results: dict | None = None
         self.last_eval_step = -1
         self._step_log = StepLog()
         self._micro_step = (-1, 0)
+        self._checkpoint_staging: str | None = None  # the folder `_get_output_dir` returns during a save
+        outside = transformers_outside_checked_versions()
+        if outside:
+            logger.warning(
+                "DudaTrainer overrides Trainer internals written for transformers %s, found %s; if training fails, "
+                "see duda_hf/trainer_internals.py",
+                TRANSFORMERS_VERSIONS,
+                outside,
+            )
 
     def train(self, *args, **kwargs):
         with self._preemption:
@@ -177,17 +185,6 @@ class DudaTrainer(Trainer):
                 torch.distributed.broadcast(buffer, src=0)
         self._preemption.raise_if_stopped(self.state, self.args.output_dir)
         return output._replace(training_loss=output.metrics["train_loss"])  # the whole run's (`log`)
-
-    # ---- data ----
-    def _get_train_sampler(self, train_dataset=None):
-        # Sample i is a pure function of (seed, i): sequential indices make the data a function of the step.
-        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
-
-    def get_train_dataloader(self):
-        args = self.args
-        # One epoch = the whole run, so no sample index is ever drawn twice.
-        self.train_dataset.num_samples = args.max_steps * self._train_batch_size * args.gradient_accumulation_steps * args.world_size
-        return super().get_train_dataloader()
 
     # ---- optimisation ----
     def create_optimizer(self, model=None):
@@ -214,7 +211,28 @@ class DudaTrainer(Trainer):
             self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
-    # ---- one step (docs/method.md) ----
+    # ---- one step (docs/method.md; the terms in duda_hf/step.py) ----
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """One micro-step: the loss is the sum of the step's named, weighted terms; every state update is here.
+
+        `duda_step` computes the terms and diagnostics without side effects; then, in this order: the
+        inconsistency state, the debug picture's tensors, the sum, the finiteness check, the log.
+
+        Precision: the networks' forward passes run under the run's autocast (`--bf16`/`--fp16`); everything after
+        them (teacher softmax, pseudo-labels, confidence, KD targets, losses) is computed in fp32.
+        Host synchronisation: one per micro-step, the finiteness check of the loss terms, which stops the run
+        before a non-finite loss reaches the optimizer. Logged values stay on the device and are read once per
+        logging step.
+        """
+        generator = self._step_generator(inputs["source_image"].device)
+        result = duda_step(model, inputs, self.args, self.state.global_step, generator, self.accelerator.autocast, self.loss_terms)
+        self._update_inconsistency(result.tensors)
+        self._keep_debug_tensors(result.tensors)
+        loss = sum(result.terms.values())  # in the order of the terms (the floating-point order of the sum)
+        self._check_finite({**result.terms, "loss": loss})
+        self._step_log.add({**result.terms, **result.diagnostics})
+        return (loss, result.tensors.outputs) if return_outputs else loss
+
     def _step_generator(self, device: torch.device) -> torch.Generator:
         """Random source for this micro-step: a function of (seed, step, micro-step, process), so resumes are exact."""
         step = self.state.global_step
@@ -223,130 +241,18 @@ class DudaTrainer(Trainer):
         seed = np.random.SeedSequence([self.args.seed, step, self._micro_step[1], self.args.process_index]).generate_state(1)[0]
         return torch.Generator(device=device).manual_seed(int(seed))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """One micro-step: the loss to optimise. Named loss terms and diagnostics are kept for the log.
-
-        Precision: the networks' forward passes run under the run's autocast (`--bf16`/`--fp16`); everything after
-        them (teacher softmax, pseudo-labels, confidence, KD targets, losses) is computed in fp32.
-        Host synchronisation: one per micro-step, the finiteness check of the loss terms, which stops the run
-        before a non-finite loss reaches the optimizer. Logged values stay on the device and are read once per
-        logging step.
-        """
-        args: DudaConfig = self.args
-        duda = _unwrap(model)
-        source_image = inputs["source_image"].float() / 255
-        source_label = inputs["source_label"].long()
-        target_image = inputs["target_image"].float() / 255
-        if args.method == "source_only":
-            with self.accelerator.autocast():
-                outputs = model(source_image)
-            losses = {"loss_student_source": weighted_cross_entropy(outputs["student_logits"], source_label)}
-            loss, diagnostics = losses["loss_student_source"], {}
-        else:
-            loss, losses, diagnostics, outputs = self._adaptation_loss(model, duda, source_image, source_label, target_image)
-        self._check_finite({**losses, "loss": loss})
-        self._step_log.add({**losses, **diagnostics})
-        return (loss, outputs) if return_outputs else loss
-
-    def _adaptation_loss(self, model, duda: DudaModel, source_image, source_label, target_image):
-        args: DudaConfig = self.args
-        generator = self._step_generator(source_image.device)
-        batch, label_size = source_image.shape[0], source_label.shape[-2:]
-        step = self.state.global_step
-
-        # 1. Pseudo-labels from the (fused) teachers on the clean target images (softmax and labels in fp32).
-        with self.accelerator.autocast():
-            teacher_logits = duda.teacher_logits(target_image)
-        probs, probs_tau = fuse_teacher_probs(teacher_logits, args.teacher_weights or None, args.kd_temperature, size=label_size)
-        pseudo, quality = pseudo_label(probs, args.pseudo_label_threshold)
-        # 1 outside the ignore margins, 0 in them; scaled by the quality weight for the loss
-        inside = target_pixel_weight(
-            torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom
-        )
-        target_weight = quality * inside
-
-        # 2. ClassMix and strong augmentation.
-        if args.class_mix:
-            mask = class_mix_masks(source_label, generator)
-        else:
-            mask = torch.zeros_like(source_label, dtype=torch.float32)
-        mixed_image = mix(mask, source_image, target_image)
-        mixed_label = mix(mask, source_label, pseudo)
-        mixed_weight = mix(mask, torch.ones_like(target_weight), target_weight)
-        params = sample_augment_params(
-            batch,
-            generator,
-            source_image.device,
-            jitter_strength=args.color_jitter_strength,
-            jitter_p=args.color_jitter_p,
-            blur_p=args.blur_p,
-            blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
-        )
-        mixed_image = strong_augment(mixed_image, params)
-
-        # Source and mixed batches through one forward pass of each trained network.
-        use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0
-        with self.accelerator.autocast():
-            outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd)
-            reference_features = duda.imagenet_features(source_image) if use_fd else None
-        student_source, student_mix = outputs["student_logits"].split(batch)
-
-        losses = {"loss_student_source": weighted_cross_entropy(student_source, source_label)}
-        diagnostics = {"pseudo_label_quality": quality}
-        if duda.aux_student is None:  # self-training: the student learns like DAFormer's network
-            losses["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, mixed_weight)
-            loss = losses["loss_student_source"] + losses["loss_student_mix"]
-        else:
-            # 3. Auxiliary student (DAFormer recipe).
-            aux_source, aux_mix = outputs["aux_logits"].split(batch)
-            losses["loss_aux_source"] = weighted_cross_entropy(aux_source, source_label)
-            losses["loss_aux_mix"] = weighted_cross_entropy(aux_mix, mixed_label, mixed_weight)
-            # 4. Student: hard pseudo-labels, then more and more the teacher's soft output, class-weighted.
-            lam = distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
-            target_pixels = mask == 0
-            class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
-            pixel_weight = mixed_weight * torch.where(target_pixels, class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)], 1.0)
-            loss = losses["loss_aux_source"] + losses["loss_aux_mix"] + losses["loss_student_source"]
-            if lam < 1:
-                losses["loss_student_mix"] = weighted_cross_entropy(student_mix, mixed_label, pixel_weight)
-                loss = loss + (1 - lam) * losses["loss_student_mix"]
-            if lam > 0:
-                source_onehot = F.one_hot(source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
-                soft_target = mix(mask, source_onehot, probs_tau)
-                valid = mixed_label != IGNORE_INDEX
-                losses["loss_student_kd"] = kd_loss(student_mix, soft_target, args.kd_temperature, pixel_weight, valid)
-                loss = loss + lam * losses["loss_student_kd"]
-            # Discrepancy on every pseudo-labelled pixel outside the margins, even while the quality weight is ~0.
-            self._update_inconsistency(duda, student_mix, mixed_label, target_pixels & (inside > 0))
-            diagnostics["lam_t"] = lam  # a host float: logged as is
-            diagnostics["class_weight"] = class_weights
-        # 6. Optional ImageNet feature distance on the network that makes the pseudo-labels.
-        if use_fd:
-            losses["loss_feature_distance"] = feature_distance(
-                outputs["features"][:batch],
-                reference_features,
-                source_label,
-                tuple(args.fd_classes),
-                scale_min_ratio=args.fd_scale_min_ratio,
-            )
-            loss = loss + args.fd_lambda * losses["loss_feature_distance"]
-        if args.debug_image_steps and (step + 1) % args.debug_image_steps == 0:
-            self.debug_tensors = {
-                "source_image": source_image.detach(),
-                "target_image": target_image.detach(),
-                "mixed_image": mixed_image.detach(),
-                "mixed_label": mixed_label.detach(),
-                "prediction": F.interpolate(student_mix.detach().float(), size=label_size, mode="bilinear").argmax(1),
-            }
-        return loss, losses, diagnostics, outputs
-
     @torch.no_grad()
-    def _update_inconsistency(self, duda: DudaModel, student_mix, mixed_label, valid):
-        """Running per-class discrepancy between the student and the pseudo-labels (summed over processes)."""
-        if self.args.inconsistency_beta == 0:
+    def _update_inconsistency(self, t: StepTensors) -> None:
+        """Running per-class discrepancy between the student and the pseudo-labels (summed over processes).
+
+        On every pseudo-labelled target pixel outside the margins, even while the quality weight is ~0.
+        """
+        if t.class_weights is None or self.args.inconsistency_beta == 0:
             return
-        prediction = F.interpolate(student_mix.float(), size=mixed_label.shape[-2:], mode="bilinear").argmax(1)
-        counts = torch.stack(class_iou_counts(prediction, mixed_label, valid, NUM_CLASSES))
+        duda = t.model
+        valid = (t.mask == 0) & (t.inside > 0)
+        prediction = F.interpolate(t.student_mix.float(), size=t.mixed_label.shape[-2:], mode="bilinear").argmax(1)
+        counts = torch.stack(class_iou_counts(prediction, t.mixed_label, valid, NUM_CLASSES))
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         discrepancy, seen = update_class_discrepancy(
@@ -354,6 +260,19 @@ class DudaTrainer(Trainer):
         )
         duda.class_discrepancy.copy_(discrepancy)
         duda.class_seen.copy_(seen)
+
+    def _keep_debug_tensors(self, t: StepTensors) -> None:
+        """The tensors of the debug picture (`DebugImageCallback`), on the steps it is drawn."""
+        every = self.args.debug_image_steps
+        if not every or t.mixed_image is None or (t.step + 1) % every:
+            return
+        self.debug_tensors = {
+            "source_image": t.source_image.detach(),
+            "target_image": t.target_image.detach(),
+            "mixed_image": t.mixed_image.detach(),
+            "mixed_label": t.mixed_label.detach(),
+            "prediction": F.interpolate(t.student_mix.detach().float(), size=t.source_label.shape[-2:], mode="bilinear").argmax(1),
+        }
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         """Stop before the optimizer step if a loss term is NaN or infinite (the step's one host synchronisation)."""
@@ -380,78 +299,32 @@ class DudaTrainer(Trainer):
     def _run_loss(self) -> RunLoss:
         return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
 
-    # ---- checkpoints: written in a staging folder, then renamed (atomic for readers) ----
+    # ---- checkpoints: Trainer's save, written in a staging folder, then renamed (duda_hf/checkpointing.py) ----
     def _save_checkpoint(self, model, trial):
         self._run_loss().record(self._total_loss_scalar + self._tr_loss.item(), self.state.global_step)
         run_dir = self._get_output_dir(trial=trial)
-        name = f"checkpoint-{self.state.global_step}"
-        staging = os.path.join(run_dir, STAGING_DIR)
-        if self.args.should_save and os.path.isdir(os.path.join(staging, name)):
-            shutil.rmtree(os.path.join(staging, name))  # debris of an interrupted save
-        self.accelerator.wait_for_everyone()
-        # Trainer writes to _get_output_dir()/checkpoint-N; point it at the staging folder for this save.
-        self._get_output_dir = lambda trial: staging
-        try:
-            super()._save_checkpoint(model, trial)
-        except OSError as error:
-            if error.errno == errno.ENOSPC:
-                last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-                raise OSError(
-                    errno.ENOSPC,
-                    f"disk full while writing {name}; the partial copy stays in {staging} and is not used. "
-                    f"Last complete checkpoint: {last or 'none'}. Free space (or raise --save_total_limit pruning) "
-                    "and resume with --resume_from_checkpoint.",
-                ) from error
-            raise
-        finally:
-            del self._get_output_dir  # back to the class method
-        if self.args.should_save:  # what each network is, so that `--student CHECKPOINT@role` can rebuild one
-            write_json(os.path.join(staging, name, NETWORKS_FILE), _unwrap(model).network_configs())
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            if os.path.isdir(final):
-                shutil.rmtree(final)
-            os.replace(os.path.join(staging, name), final)
-            if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(staging):
-                self.state.best_model_checkpoint = final
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
-        self.accelerator.wait_for_everyone()
+        with staged_checkpoint(self, run_dir, _unwrap(model).network_configs()) as staging:
+            self._checkpoint_staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._checkpoint_staging = None
 
-    # ---- the Hub: the repo root holds the deployable student (plain SegFormer); checkpoints live in subfolders ----
+    def _get_output_dir(self, trial) -> str:
+        return self._checkpoint_staging or super()._get_output_dir(trial)
 
+    # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/hub_policy.py) ----
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
         if not self.is_world_process_zero():
             return
-        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
-        token = token if token is not None else self.args.hub_token
-        private = bool(private if private is not None else self.args.hub_private_repo)
-        self.hub_model_id = create_repo(repo_id, private, self.args.hub_revision, token, local=self.args.output_dir)
+        self.hub_model_id = create_run_repo(self.args, token, private)
         self.push_in_progress = None
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Push a checkpoint to `last-checkpoint/` (hub_strategy checkpoint) or `checkpoint-N/` (all_checkpoints).
-
-        Unlike `Trainer`, never to the repo root: the root keeps the student that `from_pretrained(repo_id)` loads,
-        not the training container of every network. `every_save` pushes to `last-checkpoint/` too.
-        """
-        if not self.is_world_process_zero() or self.args.hub_strategy == "end":
-            return
-        path_in_repo = Path(checkpoint_folder).name if self.args.hub_strategy == "all_checkpoints" else "last-checkpoint"
-        upload_folder(
-            checkpoint_folder,
-            self.hub_model_id,
-            f"Training in progress, step {self.state.global_step}, checkpoint",
-            path_in_repo=path_in_repo,
-            revision=self.args.hub_revision,
-            token=self.args.hub_token,
-        )
+        """Push a checkpoint to `last-checkpoint/` (hub_strategy checkpoint, every_save) or `checkpoint-N/` (all_checkpoints)."""
+        if self.is_world_process_zero():
+            push_checkpoint(self.args, self.hub_model_id, checkpoint_folder, self.state.global_step)
 
     def push_to_hub(
         self,
@@ -467,13 +340,7 @@ class DudaTrainer(Trainer):
             self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
-        return upload_folder(
-            check_export(Path(self.args.output_dir) / "student"),
-            self.hub_model_id,
-            commit_message or "End of training",
-            revision=revision or self.args.hub_revision,
-            token=token if token is not None else self.args.hub_token,
-        )
+        return push_student(self.args, self.hub_model_id, commit_message, revision, token)
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -496,7 +363,7 @@ class DudaTrainer(Trainer):
             networks,
             dataset,
             self.args.device,
-            input_size=tuple(reversed(self.eval_resize)) if self.eval_resize else None,
+            input_size_hw=self.eval_size_hw,
             autocast_dtype=(torch.bfloat16 if self.args.bf16 else torch.float16) if use_autocast else None,
             process_index=self.args.process_index,
             world_size=self.args.world_size,
@@ -513,3 +380,32 @@ class DudaTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:
+    """Extra terms as a tuple; each named `loss_*`, none named like another or like one of the method's terms."""
+    loss_terms = tuple(LossTerm(*term) for term in loss_terms)
+    names = [term.name for term in TERMS[method]]
+    for term in loss_terms:
+        if not term.name.startswith("loss_") or term.name in names:
+            raise ValueError(
+                f"loss term '{term.name}': name it 'loss_<what>', unlike the other terms ({', '.join(names)}); it is logged under that name"
+            )
+        names.append(term.name)
+    return loss_terms
+
+
+def _check_train_dataset(dataset, args: DudaConfig) -> None:
+    """Sample i is a pure function of (seed, i): the run reads indices 0, 1, 2, ... once each, one epoch in all."""
+    if args.train_sampling_strategy != "sequential":
+        raise ValueError(
+            f"DudaTrainer reads its training samples in order, so that the data is a function of the step; got "
+            f"train_sampling_strategy={args.train_sampling_strategy!r}: set it to 'sequential'"
+        )
+    needed = args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if args.max_steps > 0 and len(dataset) < needed:
+        raise ValueError(
+            f"the training dataset has {len(dataset)} samples but the run draws {needed} (max_steps {args.max_steps} x "
+            f"batch {args.train_batch_size} x gradient accumulation {args.gradient_accumulation_steps} x processes "
+            f"{args.world_size}); build it with DudaTrainDataset(..., num_samples={needed}) (pipeline.build_trainer does)"
+        )

@@ -9,11 +9,12 @@ import torch
 from PIL import Image
 
 from duda_hf.data import rcs
-from duda_hf.data.domains import DomainError, load_domain
+from duda_hf.data.domains import load_domain
+from duda_hf.data.errors import DomainError
 from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts, compute_class_pixel_counts, rcs_class_probabilities
 
-from .conftest import load_strict_json
+from .conftest import load_strict_json, tiny_argv
 
 
 def make_domain(path, labels, size=(8, 6)):
@@ -130,3 +131,15 @@ def test_image_label_size_mismatch(tmp_path):
     domain = load_domain(str(tmp_path / "d"))
     with pytest.raises(ValueError, match=r"source image #0 is 8x6 but its label is 4x3"):
         DudaTrainDataset(domain, domain, (4, 4), num_samples=1)[0]
+
+
+def test_the_training_set_gets_its_length_from_the_recipe(tiny_benchmark, tmp_path):
+    """Steps x batch per process x gradient accumulation x processes: one epoch is the whole run."""
+    from duda_hf.pipeline import build_trainer, parse_args
+
+    argv = tiny_argv(
+        tiny_benchmark, tmp_path, "--max_steps", "5", "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "2"
+    )
+    trainer = build_trainer(*parse_args(argv))
+    assert trainer.train_dataset.num_samples == len(trainer.train_dataset) == 5 * 3 * 2
+    assert len(trainer.get_train_dataloader()) == 5 * 2  # batches: every optimizer step's micro-steps, once

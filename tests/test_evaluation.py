@@ -151,9 +151,9 @@ def test_slide_equals_whole_when_one_window_covers_the_image():
     model = build_segformer("tiny", "random").eval()
     images = torch.randn(2, 3, 48, 80)
     whole = predict_whole(model, images, (48, 80))
-    slide = predict_slide(model, images, (48, 80), window=(64, 96), stride=(32, 32))
+    slide = predict_slide(model, images, (48, 80), window_hw=(64, 96), stride_hw=(32, 32))
     assert torch.equal(whole, slide)
-    overlapping = predict_slide(model, images, (96, 160), window=(32, 32), stride=(24, 24), batch_size=3)
+    overlapping = predict_slide(model, images, (96, 160), window_hw=(32, 32), stride_hw=(24, 24), batch_size=3)
     assert overlapping.shape == (2, 96, 160)
 
 
@@ -162,7 +162,7 @@ def eval_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     for name in ("student", "teacher"):
-        export_segformer(build_segformer("tiny" if name == "student" else "tiny-wide", "random"), root / name, eval_size=(32, 64))
+        export_segformer(build_segformer("tiny" if name == "student" else "tiny-wide", "random"), root / name, eval_size_hw=(32, 64))
     rng = np.random.default_rng(0)
     rows = {"image": [], "label": []}
     for _ in range(5):
@@ -200,7 +200,7 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     from duda_hf.data.domains import load_domain
 
     networks = {n: SegformerForSemanticSegmentation.from_pretrained(root / n).eval() for n in ("student", "teacher")}
-    matrices = evaluate_networks(networks, load_domain(str(root / "data")), torch.device("cpu"), input_size=(32, 64))
+    matrices = evaluate_networks(networks, load_domain(str(root / "data")), torch.device("cpu"), input_size_hw=(32, 64))
     report = (out / "report.md").read_text()
     for name in ("student", "teacher"):
         expected = matrices[name].compute()
@@ -271,3 +271,19 @@ def test_evaluate_results_are_strict_json_with_null_for_absent_classes(eval_setu
     predicted = {c for c, row in enumerate(np.asarray(metrics["confusion_matrix"]).T) if row.sum()}
     for number, iou in enumerate(metrics["per_class_iou"].values()):
         assert (iou is None) == (number != 0 and number not in predicted)  # null: in neither labels nor predictions
+
+
+def test_one_percent_format_for_reports_and_the_model_card():
+    from duda_hf import hub
+    from duda_hf.report import markdown_report, percent
+
+    assert [percent(v) for v in (0.4567, 1, np.float64(0.5), 0.0)] == ["45.67", "100.00", "50.00", "0.00"]
+    assert percent(None) == percent(float("nan")) == "—"
+    assert hub.percent is percent  # the card formats with the same function
+    classes = ("road", "sidewalk")
+    one = {"mIoU": 0.5, "per_class_iou": dict(zip(classes, (0.5, None))), "per_class_accuracy": dict(zip(classes, (0.25, None)))}
+    two = {"mIoU": float("nan"), "per_class_iou": dict(zip(classes, (0.75, 0.1))), "per_class_accuracy": dict(zip(classes, (1.0, 0.2)))}
+    lines = markdown_report({"a": one, "b": two}, "t").splitlines()
+    assert "| **mIoU** | **50.00** | **—** | — |" in lines
+    assert "| road | 50.00 (25.00) | 75.00 (100.00) | +25.00 |" in lines
+    assert "| sidewalk | — (—) | 10.00 (20.00) | — |" in lines

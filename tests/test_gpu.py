@@ -148,12 +148,12 @@ def test_inference_and_evaluation_on_cuda_equal_cpu(tiny_benchmark, tmp_path):
     with torch.no_grad():
         cpu_logits = network(pixel_values=images).logits
         cpu_whole = predict_whole(network, images, (64, 128))
-        cpu_slide = predict_slide(network, images, (64, 128), window=(64, 64), stride=(32, 32), batch_size=2)
+        cpu_slide = predict_slide(network, images, (64, 128), window_hw=(64, 64), stride_hw=(32, 32), batch_size=2)
         cpu_matrix = evaluate_networks({"student": network}, trainer.eval_dataset, torch.device("cpu"))["student"].matrix
         network.cuda()
         cuda_logits = network(pixel_values=images.cuda()).logits.cpu()
         cuda_whole = predict_whole(network, images.cuda(), (64, 128)).cpu()
-        cuda_slide = predict_slide(network, images.cuda(), (64, 128), window=(64, 64), stride=(32, 32), batch_size=2).cpu()
+        cuda_slide = predict_slide(network, images.cuda(), (64, 128), window_hw=(64, 64), stride_hw=(32, 32), batch_size=2).cpu()
         cuda_matrix = evaluate_networks({"student": network}, trainer.eval_dataset, torch.device("cuda"))["student"].matrix.cpu()
     torch.testing.assert_close(cuda_logits, cpu_logits, rtol=1e-4, atol=1e-3)
     top2 = torch.nn.functional.interpolate(cpu_logits, size=(64, 128), mode="bilinear").topk(2, dim=1).values
@@ -168,7 +168,7 @@ def test_inference_and_evaluation_on_cuda_equal_cpu(tiny_benchmark, tmp_path):
 def test_export_from_cuda_reloads_with_plain_transformers(tiny_benchmark, tmp_path):
     trainer = make_trainer(tiny_benchmark, tmp_path / "run")
     network = trainer.model.student.cuda().eval()
-    folder = export_segformer(network, tmp_path / "student", eval_size=(64, 128))
+    folder = export_segformer(network, tmp_path / "student", eval_size_hw=(64, 128))
     images = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
     torch.save(images, tmp_path / "images.pt")
     with torch.no_grad():

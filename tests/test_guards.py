@@ -16,7 +16,8 @@ from PIL import Image
 
 from duda_hf.cli import evaluate_duda, train_duda
 from duda_hf.data.checks import check_pairs, header_sizes
-from duda_hf.data.domains import DomainError, load_domain
+from duda_hf.data.domains import load_domain
+from duda_hf.data.errors import DomainError
 from duda_hf.evaluation import StreamingConfusion, evaluate_networks
 from duda_hf.models import build_segformer, export_segformer
 from duda_hf.pipeline import build_trainer, parse_args
@@ -28,14 +29,14 @@ from .conftest import broken_model_copy, load_strict_json, tiny_argv
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def save_pairs(path: Path, labels: list[np.ndarray], image_size=None, label_files=True) -> str:
+def save_pairs(path: Path, labels: list[np.ndarray], image_size_hw=None, label_files=True) -> str:
     """A save_to_disk folder of random images and the given labels, stored from PNG files (their names are kept)."""
     rng = np.random.default_rng(0)
     files = path.parent / f"{path.name}_files"
     files.mkdir(parents=True)
     rows = {"image": [], "label": []}
     for number, label in enumerate(labels):
-        width, height = image_size or (label.shape[1], label.shape[0])
+        height, width = image_size_hw or label.shape[:2]
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(files / f"frame{number}.png")
         Image.fromarray(label.astype(np.uint8)).save(files / f"frame{number}_gtFine_labelIds.png")
         rows["image"].append(str(files / f"frame{number}.png"))
@@ -47,7 +48,7 @@ def save_pairs(path: Path, labels: list[np.ndarray], image_size=None, label_file
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    return export_segformer(build_segformer("tiny", "random"), tmp_path_factory.mktemp("guards") / "student", eval_size=(32, 64))
+    return export_segformer(build_segformer("tiny", "random"), tmp_path_factory.mktemp("guards") / "student", eval_size_hw=(32, 64))
 
 
 def one_line_error(main, argv, capfd) -> str:
@@ -181,11 +182,11 @@ def test_size_mismatches_are_found_from_the_headers_before_training(tmp_path, ti
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).save_to_disk(str(tmp_path / "data"))
     dataset = load_domain(str(tmp_path / "data"))
-    assert header_sizes(dataset, "image", "--source_dataset") == [(32, 16)] * 3  # no image could be decoded
+    assert header_sizes(dataset, "image", "--source_dataset") == [(16, 32)] * 3  # no image could be decoded
     with pytest.raises(DomainError, match=r"--source_dataset: 1 of 3 images differ in size.*#2 \(frame2.png\): image 32x16, label 40x16"):
         check_pairs(dataset, "--source_dataset")
 
-    source = save_pairs(tmp_path / "source", [np.zeros((64, 128))] * 2, image_size=(128, 60))
+    source = save_pairs(tmp_path / "source", [np.zeros((64, 128))] * 2, image_size_hw=(60, 128))
     with pytest.raises(DomainError, match=r"2 of 2 images differ in size from their labels.*#0 \(frame0.png\): image 128x60, label 128x64"):
         build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--source_dataset", source)))
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from duda_hf.data.domains import DomainError, load_domain
+from duda_hf.data.domains import load_domain
+from duda_hf.data.errors import DomainError
 from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, apply_lookup, colors_to_trainids
 from duda_hf.data.native import list_native_files, load_native
 from duda_hf.data.prepare import prepare_native
@@ -138,11 +139,11 @@ def test_cityscapes_real_val_frame_prefers_label_train_ids():
 
 @needs_real
 def test_acdc_real_images_without_labels():
-    dataset = load_native(REAL / "acdc", "acdc", "test", ("fog", "night"), with_labels=False)
+    dataset = load_native(REAL / "acdc", "acdc", "test", conditions=("fog", "night"), with_labels=False)
     assert dataset.column_names == ["image_path"] and len(dataset) == 2
     assert [dataset[i]["image"].size for i in range(2)] == [(1920, 1080)] * 2
     assert "/fog/test/" in dataset.with_format(None)[0]["image_path"]
-    assert len(load_native(REAL / "acdc", "acdc", "test", ("night",), with_labels=False)) == 1
+    assert len(load_native(REAL / "acdc", "acdc", "test", conditions=("night",), with_labels=False)) == 1
 
 
 @needs_real
@@ -181,9 +182,9 @@ def test_synthia_16bit_labels_survive_where_pillow_truncates(tmp_path):
 def test_trainid_layouts_by_split_and_condition(tmp_path, format):
     conditions = ("fog", "night") if format == "acdc" else ("night", "day")
     labels = make_trainid_layout(tmp_path / format, format, conditions, "val")
-    everything = load_native(tmp_path / format, format, "val", conditions)
+    everything = load_native(tmp_path / format, format, "val", conditions=conditions)
     assert len(everything) == 4
-    night = load_native(tmp_path / format, format, "val", ("night",))
+    night = load_native(tmp_path / format, format, "val", conditions=("night",))
     assert len(night) == 2
     night_labels = [v for k, v in sorted(labels.items()) if k.startswith("night/")]
     assert all(np.array_equal(label_of(night, i), expected) for i, expected in enumerate(night_labels))
@@ -218,7 +219,7 @@ def test_label_types_for_stored_datasets(tmp_path):
 
 def test_prepare_gta5_resized_in_parallel(tmp_path):
     raw = make_gta5(tmp_path / "gta5", count=5)
-    result = prepare_native(tmp_path / "gta5", "gta5", tmp_path / "out", resize=(32, 24), num_proc=2, shard_size=2, progress=False)
+    result = prepare_native(tmp_path / "gta5", "gta5", tmp_path / "out", resize_hw=(24, 32), num_proc=2, shard_size=2, progress=False)
     train = result.dataset["train"]
     assert len(train) == 5 and result.images_converted == 5
     for index, name in enumerate(sorted(raw)):
@@ -314,7 +315,7 @@ def test_missing_and_misnamed_folders(tmp_path):
         list_native_files(tmp_path / "cs", "kitti")
     make_trainid_layout(tmp_path / "acdc", "acdc", ("fog",), "train")
     with pytest.raises(DomainError, match="unknown conditions"):
-        list_native_files(tmp_path / "acdc", "acdc", "train", ("haze",))
+        list_native_files(tmp_path / "acdc", "acdc", "train", conditions=("haze",))
 
 
 def test_images_without_labels_and_labels_without_images(tmp_path):

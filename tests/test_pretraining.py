@@ -9,12 +9,12 @@ from duda_hf.data.synthetic import build_pretraining_domain, render_scene
 
 
 def test_pretraining_scenes_share_the_layouts_and_randomise_the_look():
-    pretrain = render_scene(np.random.default_rng(5), "pretrain", 64, 128)
-    source = render_scene(np.random.default_rng(5), "source", 64, 128)
-    again = render_scene(np.random.default_rng(5), "pretrain", 64, 128)
+    pretrain = render_scene(np.random.default_rng(5), "pretrain", height=64, width=128)
+    source = render_scene(np.random.default_rng(5), "source", height=64, width=128)
+    again = render_scene(np.random.default_rng(5), "pretrain", height=64, width=128)
     assert np.array_equal(pretrain[1], source[1])  # the same label map: only the appearance differs
     assert np.array_equal(pretrain[0], again[0])  # deterministic for a seed
-    other = render_scene(np.random.default_rng(6), "pretrain", 64, 128)
+    other = render_scene(np.random.default_rng(6), "pretrain", height=64, width=128)
     sky = (pretrain[1] == 10) & (other[1] == 10)
     # the same class gets unrelated colours in two scenes (the source domain keeps one sky colour)
     assert sky.any() and np.abs(pretrain[0][sky].astype(int).mean(0) - other[0][sky].astype(int).mean(0)).max() > 20

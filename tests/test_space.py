@@ -83,11 +83,11 @@ class Running:
         self.demo.close()
 
 
-def _export(folder: Path, name: str, eval_size: tuple[int, int]) -> Path:
+def _export(folder: Path, name: str, eval_size_hw: tuple[int, int]) -> Path:
     from duda_hf.models import build_segformer, export_segformer
 
     if not (folder / "model.safetensors").is_file():
-        export_segformer(build_segformer(name, "random"), folder, eval_size=eval_size)
+        export_segformer(build_segformer(name, "random"), folder, eval_size_hw=eval_size_hw)
     return folder
 
 

@@ -31,7 +31,7 @@ def test_class_constants_follow_cityscapes_train_ids():
 @pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("size", [(128, 256), (64, 128)])
 def test_render_scene_shapes_and_dtypes(domain, size):
-    image, label = render_scene(np.random.default_rng(0), domain, *size)
+    image, label = render_scene(np.random.default_rng(0), domain, height=size[0], width=size[1])
     assert image.shape == (*size, 3) and image.dtype == np.uint8
     assert label.shape == size and label.dtype == np.uint8
 

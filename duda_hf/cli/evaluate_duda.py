@@ -45,43 +45,54 @@ def parse(argv):
         nargs=2,
         type=int,
         metavar=("W", "H"),
-        help="inference size (logits upsampled to the label size); default: the model's image processor size, or the native size",
+        help="inference size as W H (width height; logits upsampled to the label size); default: the model's image processor "
+        "size, or the native size",
     )
     parser.add_argument("--native_size", action="store_true", help="ignore the image processor's size: infer at the image size")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image (DAFormer protocol) or sliding window")
-    parser.add_argument("--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size")
-    parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride")
+    parser.add_argument(
+        "--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size as H W (height width)"
+    )
+    parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride as H W (height width)")
     parser.add_argument("--synthia_subsets", action="store_true", help="also report mIoU16 and mIoU13 (SYNTHIA -> Cityscapes)")
     parser.add_argument("--max_samples", type=int, default=None, help="score the first N images only")
     parser.add_argument(
         "--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="autocast (auto: bf16 on GPU, fp32 on CPU)"
     )
     parser.add_argument("--output_dir", default=None, help="where the results go (default: eval_<model name>)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # the library takes (height, width): the flags in W H order are converted here, once
+    args.eval_size_hw = (args.eval_size[1], args.eval_size[0]) if args.eval_size else None
+    args.window_hw, args.stride_hw = tuple(args.window), tuple(args.stride)
+    return args
 
 
 def load_model(name_or_path: str, role: str = "--model"):
-    """The SegFormer and its (W, H) evaluation size and normalisation from its image processor, if it has one."""
+    """The SegFormer, its evaluation size `(height, width)` and normalisation from its image processor, if it has one."""
     try:  # the PIL processor: the default one wants torchvision, which this project does not use
         from transformers import SegformerImageProcessorPil as SegformerImageProcessor
     except ImportError:
         from transformers import SegformerImageProcessor
 
     from duda_hf.model_checks import check_model_folder
-    from duda_hf.models import _from_pretrained
+    from duda_hf.models import load_pretrained_segformer
 
     if Path(name_or_path).is_dir():
         check_model_folder(name_or_path, role)
-    model = _from_pretrained(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
-    size, mean, std = None, None, None
+    model = load_pretrained_segformer(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
+    size_hw, mean, std = None, None, None
     try:
         processor = SegformerImageProcessor.from_pretrained(name_or_path, local_files_only=Path(name_or_path).is_dir() or None)
         if processor.do_resize and processor.size:
-            size = (processor.size["width"], processor.size["height"])
+            size_hw = (processor.size["height"], processor.size["width"])
         mean, std = processor.image_mean, processor.image_std
     except OSError:
         pass  # no preprocessor_config.json: native size, ImageNet statistics
-    return model, size, mean, std
+    return model, size_hw, mean, std
+
+
+def _wxh(size_hw: tuple[int, int]) -> str:
+    return f"{size_hw[1]}x{size_hw[0]}"
 
 
 def pixels_line(metrics: dict) -> str:
@@ -109,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     dataset = load_domain(
         args.dataset,
         args.split,
-        True,
-        args.image_column,
-        args.label_column,
+        with_labels=True,
+        image_column=args.image_column,
+        label_column=args.label_column,
         role="--dataset",
         format=args.format,
         conditions=tuple(args.conditions),
@@ -136,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    _, model_size, mean, std = next(iter(models.values()))
-    size = tuple(args.eval_size) if args.eval_size else (None if args.native_size else model_size)
+    _, model_size_hw, mean, std = next(iter(models.values()))
+    size_hw = args.eval_size_hw or (None if args.native_size else model_size_hw)
     device = state.device
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if args.dtype == "auto":
@@ -150,10 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         networks,
         dataset,
         device,
-        input_size=(size[1], size[0]) if size else None,
+        input_size_hw=size_hw,
         mode=args.mode,
-        window=tuple(args.window),
-        stride=tuple(args.stride),
+        window_hw=args.window_hw,
+        stride_hw=args.stride_hw,
         autocast_dtype=dtype,
         process_index=state.process_index,
         world_size=state.num_processes,
@@ -178,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": f"{args.dataset} ({args.format or 'datasets'}, split {args.split}{', ' + ' '.join(args.conditions) if args.conditions else ''})",
         "images": str(len(dataset)),
         "pixels": pixels_line(next(iter(results.values()))),
-        "inference": f"{args.mode}, input {f'{size[0]}x{size[1]}' if size else 'native size'}"
-        + (f", window {args.window[0]}x{args.window[1]} stride {args.stride[0]}x{args.stride[1]}" if args.mode == "slide" else ""),
+        # sizes as people read them: width x height
+        "inference": f"{args.mode}, input {_wxh(size_hw) if size_hw else 'native size'}"
+        + (f", window {_wxh(args.window_hw)} stride {_wxh(args.stride_hw)}" if args.mode == "slide" else ""),
         "seconds": f"{seconds:.1f} on {device} x{state.num_processes}",
     }
     out = Path(args.output_dir or f"eval_{next(iter(models)).replace(' ', '_')}")
@@ -189,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "format": args.format,
         "split": args.split,
         "mode": args.mode,
-        "eval_size": list(size) if size else None,
+        "eval_size": [size_hw[1], size_hw[0]] if size_hw else None,  # W H, as --eval_size takes it
         "num_images": len(dataset),
         "seconds": round(seconds, 2),
         "models": results,

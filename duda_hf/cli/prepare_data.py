@@ -46,26 +46,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
 
-    resize = None
+    resize_hw = None  # (height, width); the flag takes W H
     if args.resize == ["daformer"]:
-        resize = FORMATS[args.format].resize
+        resize_hw = FORMATS[args.format].daformer_size_hw
     elif args.resize:
         if len(args.resize) != 2 or not all(v.isdigit() and int(v) > 0 for v in args.resize):
             parser.error(f"--resize takes 'daformer' or two positive integers W H, got {args.resize}")
-        resize = (int(args.resize[0]), int(args.resize[1]))
+        resize_hw = (int(args.resize[1]), int(args.resize[0]))
     result = prepare_native(
         args.root,
         args.format,
         args.out,
-        tuple(args.splits),
-        tuple(args.conditions),
-        not args.without_labels,
-        resize,
-        args.num_proc,
-        args.shard_size,
-        args.overwrite,
-        args.push_to_hub,
-        args.private,
+        splits=tuple(args.splits),
+        conditions=tuple(args.conditions),
+        with_labels=not args.without_labels,
+        resize_hw=resize_hw,
+        num_proc=args.num_proc,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
     )
     rate = result.images_converted / result.seconds if result.seconds > 0 else float("nan")
     for split, dataset in result.dataset.items():

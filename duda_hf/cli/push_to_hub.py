@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                 else {}
             )
             size = config.get("size") or {}
-            eval_size = (size["width"], size["height"]) if "width" in size else None
-            build_model_card(json.loads(results_path.read_text()), args.repo_id, args.license, eval_size).save(card_path)
-        url = push_folder(model_dir, args.repo_id, args.private, args.revision, args.commit_message)
+            eval_size_hw = (size["height"], size["width"]) if "width" in size else None
+            card = build_model_card(json.loads(results_path.read_text()), args.repo_id, license=args.license, eval_size_hw=eval_size_hw)
+            card.save(card_path)
+        url = push_folder(model_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)
     except HubError:
         if previous_card is not None:  # leave the folder as it was
             card_path.write_bytes(previous_card)

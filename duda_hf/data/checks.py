@@ -15,22 +15,24 @@ import datasets
 import pyarrow.compute as pc
 from PIL import Image
 
-from .domains import DomainError
+from .errors import DomainError
 
 HEADER_BYTES = 65536  # PNG and WebP sizes are in the first bytes; a JPEG's after its EXIF block, which fits in most
 MAX_LISTED = 5
 
 
 def _open_size(source, where: str) -> tuple[int, int]:
+    """The image's `(height, width)` from its header."""
     try:
         with Image.open(source) as image:
-            return image.size
+            width, height = image.size
+            return height, width
     except (OSError, SyntaxError, ValueError) as error:  # PIL raises these for truncated, corrupt or non-image data
         raise DomainError(f"{where}: cannot read the image header ({error}); the file is corrupt or not an image") from error
 
 
 def header_sizes(dataset: datasets.Dataset, column: str, role: str) -> list[tuple[int, int]]:
-    """`(W, H)` of every image of `column` (`image` or `label`), from the file headers, in row order.
+    """`(height, width)` of every image of `column` (`image` or `label`), from the file headers, in row order.
 
     Works on a domain as `load_domain` returns it: a stored dataset (an `Image` column: bytes or paths) or a
     native folder (`image_path` / `label_path`); transforms such as label conversion do not change sizes.
@@ -55,6 +57,11 @@ def header_sizes(dataset: datasets.Dataset, column: str, role: str) -> list[tupl
     return sizes
 
 
+def _wxh(size_hw: Sequence[int]) -> str:
+    """A size as people read it in messages, width x height."""
+    return f"{size_hw[1]}x{size_hw[0]}"
+
+
 def row_name(dataset: datasets.Dataset, index: int, column: str = "image") -> str:
     """`#index` and, where the dataset knows it, the file name."""
     if f"{column}_path" in dataset.column_names:
@@ -64,7 +71,7 @@ def row_name(dataset: datasets.Dataset, index: int, column: str = "image") -> st
 
 
 def check_pairs(dataset: datasets.Dataset, role: str) -> list[tuple[int, int]]:
-    """Every image has its label's size; returns the image sizes `(W, H)`.
+    """Every image has its label's size; returns the image sizes `(height, width)`.
 
     Raises:
         DomainError: naming the first pairs that differ, and how many do.
@@ -72,9 +79,7 @@ def check_pairs(dataset: datasets.Dataset, role: str) -> list[tuple[int, int]]:
     images, labels = header_sizes(dataset, "image", role), header_sizes(dataset, "label", role)
     wrong = [index for index, (image, label) in enumerate(zip(images, labels)) if image != label]
     if wrong:
-        listed = "; ".join(
-            f"{row_name(dataset, i)}: image {images[i][0]}x{images[i][1]}, label {labels[i][0]}x{labels[i][1]}" for i in wrong[:MAX_LISTED]
-        )
+        listed = "; ".join(f"{row_name(dataset, i)}: image {_wxh(images[i])}, label {_wxh(labels[i])}" for i in wrong[:MAX_LISTED])
         raise DomainError(
             f"{role}: {len(wrong)} of {len(images)} images differ in size from their labels (read from the file headers): "
             f"{listed}. An image and its label must have the same size: fix or remove those pairs."
@@ -82,30 +87,40 @@ def check_pairs(dataset: datasets.Dataset, role: str) -> list[tuple[int, int]]:
     return images
 
 
-def check_crop(crop: Sequence[int], dataset: datasets.Dataset, role: str, resize_flag: str, resize: Sequence[int] = (), sizes=None) -> None:
-    """The crop `(h, w)` fits in every image as training sees it: resized to `resize` `(W, H)` when set, else as is.
+def check_crop(
+    crop_hw: Sequence[int],
+    dataset: datasets.Dataset,
+    role: str,
+    resize_flag: str,
+    *,
+    resize_hw: Sequence[int] | None = None,
+    sizes_hw: list[tuple[int, int]] | None = None,
+) -> None:
+    """The crop `(height, width)` fits in every image as training sees it: resized to `resize_hw` when set, else as is.
 
     Args:
-        sizes: the images' `(W, H)`, if already read (`check_pairs`); read from the headers otherwise.
+        resize_flag: the flag that resizes these images (`--source_resize`, which takes W H), for the message.
+        resize_hw: `(height, width)` every image is resized to; None or empty: the images' own sizes.
+        sizes_hw: the images' `(height, width)`, if already read (`check_pairs`); read from the headers otherwise.
 
     Raises:
         DomainError: how many images are smaller than the crop, the smallest, and the two ways out.
     """
-    height, width = crop
-    if resize:
-        sizes, where = [tuple(resize)], f"{resize_flag} {resize[0]} {resize[1]}"
+    height, width = crop_hw
+    if resize_hw:
+        sizes_hw, where = [tuple(resize_hw)], f"{resize_flag} {resize_hw[1]} {resize_hw[0]}"
     else:
-        sizes = sizes if sizes is not None else header_sizes(dataset, "image", role)
-    small = [index for index, (w, h) in enumerate(sizes) if h < height or w < width]
+        sizes_hw = sizes_hw if sizes_hw is not None else header_sizes(dataset, "image", role)
+    small = [index for index, (h, w) in enumerate(sizes_hw) if h < height or w < width]
     if not small:
         return
-    smallest = min(small, key=lambda i: sizes[i][0] * sizes[i][1])
-    if not resize:
+    smallest = min(small, key=lambda i: sizes_hw[i][0] * sizes_hw[i][1])
+    if not resize_hw:
         where = f"image {row_name(dataset, smallest)}"
-    fit_h, fit_w = min(height, min(h for _, h in sizes)), min(width, min(w for w, _ in sizes))
+    fit_h, fit_w = min(height, min(h for h, _ in sizes_hw)), min(width, min(w for _, w in sizes_hw))
     raise DomainError(
-        f"--crop_size {height} {width} (H W) is larger than {len(small)} of {len(sizes)} {role} images (smallest: "
-        f"{sizes[smallest][0]}x{sizes[smallest][1]}, {where}); their crops would be padding in part. Lower --crop_size to at "
+        f"--crop_size {height} {width} (H W) is larger than {len(small)} of {len(sizes_hw)} {role} images (smallest: "
+        f"{_wxh(sizes_hw[smallest])}, {where}); their crops would be padding in part. Lower --crop_size to at "
         f"most {fit_h} {fit_w}, or resize the images with {resize_flag} W H."
     )
 
@@ -114,12 +129,16 @@ def check_training_data(
     source: datasets.Dataset,
     target: datasets.Dataset,
     target_eval: datasets.Dataset,
-    crop_size: Sequence[int],
-    source_resize: Sequence[int] = (),
-    target_resize: Sequence[int] = (),
+    crop_size_hw: Sequence[int],
+    *,
+    source_resize_hw: Sequence[int] | None = None,
+    target_resize_hw: Sequence[int] | None = None,
 ) -> None:
-    """Before the first step: labels the size of their images (source, target validation), crops that fit."""
+    """Before the first step: labels the size of their images (source, target validation), crops that fit.
+
+    Sizes are `(height, width)`; a resize of None keeps the images' own sizes.
+    """
     source_sizes = check_pairs(source, "--source_dataset")
-    check_crop(crop_size, source, "--source_dataset", "--source_resize", source_resize, source_sizes)
-    check_crop(crop_size, target, "--target_dataset", "--target_resize", target_resize)
+    check_crop(crop_size_hw, source, "--source_dataset", "--source_resize", resize_hw=source_resize_hw, sizes_hw=source_sizes)
+    check_crop(crop_size_hw, target, "--target_dataset", "--target_resize", resize_hw=target_resize_hw)
     check_pairs(target_eval, "--target_eval_dataset")

@@ -9,16 +9,18 @@ import datasets
 import numpy as np
 from PIL import Image
 
+from .errors import DomainError
 from .labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
+from .native import load_native
+from .splits import other_split_name
 
-
-class DomainError(ValueError):
-    """A dataset argument that cannot be used, with what to do about it."""
+__all__ = ["LABEL_TYPES", "DomainError", "LabelConverter", "load_domain"]  # DomainError lives in .errors, also named here
 
 
 def load_domain(
     spec: str,
     split: str = "train",
+    *,
     with_labels: bool = True,
     image_column: str = "image",
     label_column: str = "label",
@@ -47,9 +49,7 @@ def load_domain(
     if spec is None:
         raise DomainError(f"{role} is required: a save_to_disk folder, a Hub dataset id, or a native folder with its format")
     if format:
-        from .native import load_native  # late: native imports this module for DomainError
-
-        return load_native(spec, format, split, tuple(conditions), with_labels)
+        return load_native(spec, format, split, conditions=tuple(conditions), with_labels=with_labels)
     if label_type not in LABEL_TYPES:
         raise DomainError(f"{role}: unknown label type '{label_type}'; choose from {list(LABEL_TYPES)}")
     path = Path(spec).expanduser()
@@ -83,9 +83,8 @@ def load_domain(
                 "Offline, pass a local save_to_disk folder instead."
             ) from error
     if isinstance(loaded, datasets.DatasetDict):
-        aliases = {"validation": "val", "val": "validation"}  # native folders say `val`, the Hub says `validation`
-        if split not in loaded and aliases.get(split) in loaded:
-            split = aliases[split]
+        if split not in loaded and other_split_name(split) in loaded:  # `val` for `validation` and back
+            split = other_split_name(split)
         if split not in loaded:
             raise DomainError(f"{role} '{spec}' has splits {sorted(loaded)}, not '{split}'; pick one with the matching --*_split flag")
         loaded = loaded[split]

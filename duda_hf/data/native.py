@@ -18,13 +18,14 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .domains import DomainError
+from .errors import DomainError
 from .labels import CITYSCAPES_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, TRAINID_IDENTITY, apply_lookup
+from .splits import native_split
 
 MAX_LISTED = 5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NativeFormat:
     """How one dataset lays out its files and encodes its labels."""
 
@@ -35,7 +36,7 @@ class NativeFormat:
     image_suffix: str
     label_suffixes: tuple[str, ...]  # tried in order: the first existing file is the label
     lut: np.ndarray  # raw label value -> trainId; values past its end are invalid
-    resize: tuple[int, int]  # DAFormer's (W, H) for this dataset
+    daformer_size_hw: tuple[int, int]  # DAFormer's scale for this dataset, (height, width)
     split_dirs: bool = True  # images sit under <image_dir>/<split>/ (False: one flat set, GTA5/SYNTHIA)
     condition_first: bool = False  # ACDC: <dir>/<condition>/<split>/; Dark Zurich: <dir>/<split>/<condition>/
     conditions: tuple[str, ...] = ()
@@ -44,70 +45,63 @@ class NativeFormat:
 
 FORMATS: dict[str, NativeFormat] = {
     "cityscapes": NativeFormat(
-        "cityscapes",
-        "leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png and gtFine/<split>/<city>/<stem>_gtFine_labelIds.png",
-        "leftImg8bit",
-        "gtFine",
-        "_leftImg8bit.png",
-        ("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"),
-        CITYSCAPES_ID_TO_TRAINID,
-        (1024, 512),
+        name="cityscapes",
+        layout="leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png and gtFine/<split>/<city>/<stem>_gtFine_labelIds.png",
+        image_dir="leftImg8bit",
+        label_dir="gtFine",
+        image_suffix="_leftImg8bit.png",
+        label_suffixes=("_gtFine_labelTrainIds.png", "_gtFine_labelIds.png"),
+        lut=CITYSCAPES_ID_TO_TRAINID,
+        daformer_size_hw=(512, 1024),
     ),
     "gta5": NativeFormat(
-        "gta5",
-        "images/NNNNN.png and labels/NNNNN.png (palette PNGs whose indices are Cityscapes label ids)",
-        "images",
-        "labels",
-        ".png",
-        (".png",),
-        CITYSCAPES_ID_TO_TRAINID,
-        (1280, 720),
+        name="gta5",
+        layout="images/NNNNN.png and labels/NNNNN.png (palette PNGs whose indices are Cityscapes label ids)",
+        image_dir="images",
+        label_dir="labels",
+        image_suffix=".png",
+        label_suffixes=(".png",),
+        lut=CITYSCAPES_ID_TO_TRAINID,
+        daformer_size_hw=(720, 1280),
         split_dirs=False,
     ),
     "synthia": NativeFormat(
-        "synthia",
-        "RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png (16-bit PNGs, class id in the first channel)",
-        "RGB",
-        "GT/LABELS",
-        ".png",
-        (".png",),
-        SYNTHIA_ID_TO_TRAINID,
-        (1280, 760),
+        name="synthia",
+        layout="RGB/NNNNNNN.png and GT/LABELS/NNNNNNN.png (16-bit PNGs, class id in the first channel)",
+        image_dir="RGB",
+        label_dir="GT/LABELS",
+        image_suffix=".png",
+        label_suffixes=(".png",),
+        lut=SYNTHIA_ID_TO_TRAINID,
+        daformer_size_hw=(760, 1280),
         split_dirs=False,
     ),
     "acdc": NativeFormat(
-        "acdc",
-        "rgb_anon/<condition>/<split>/<seq>/<seq>_frame_<n>_rgb_anon.png and gt/<condition>/<split>/<seq>/..._gt_labelTrainIds.png "
+        name="acdc",
+        layout="rgb_anon/<condition>/<split>/<seq>/<seq>_frame_<n>_rgb_anon.png and gt/<condition>/<split>/<seq>/..._gt_labelTrainIds.png "
         "(or DAFormer's flattened rgb_anon/<split>/ and gt/<split>/)",
-        "rgb_anon",
-        "gt",
-        "_rgb_anon.png",
-        ("_gt_labelTrainIds.png",),
-        TRAINID_IDENTITY,
-        (960, 540),
+        image_dir="rgb_anon",
+        label_dir="gt",
+        image_suffix="_rgb_anon.png",
+        label_suffixes=("_gt_labelTrainIds.png",),
+        lut=TRAINID_IDENTITY,
+        daformer_size_hw=(540, 960),
         condition_first=True,
         conditions=("fog", "night", "rain", "snow"),
     ),
     "darkzurich": NativeFormat(
-        "darkzurich",
-        "rgb_anon/<split>/<day|twilight|night>/<seq>/..._rgb_anon.png and gt/<split>/night/<seq>/..._gt_labelTrainIds.png",
-        "rgb_anon",
-        "gt",
-        "_rgb_anon.png",
-        ("_gt_labelTrainIds.png",),
-        TRAINID_IDENTITY,
-        (960, 540),
+        name="darkzurich",
+        layout="rgb_anon/<split>/<day|twilight|night>/<seq>/..._rgb_anon.png and gt/<split>/night/<seq>/..._gt_labelTrainIds.png",
+        image_dir="rgb_anon",
+        label_dir="gt",
+        image_suffix="_rgb_anon.png",
+        label_suffixes=("_gt_labelTrainIds.png",),
+        lut=TRAINID_IDENTITY,
+        daformer_size_hw=(540, 960),
         conditions=("day", "twilight", "night"),
         default_conditions={"train": ("night",), "val": ("night",)},
     ),
 }
-
-SPLIT_ALIASES = {"validation": "val"}
-
-
-def native_split(split: str) -> str:
-    """Native folders call the validation split `val`; accept the `datasets` name too."""
-    return SPLIT_ALIASES.get(split, split)
 
 
 def _listing(paths: list, root: Path) -> str:
@@ -139,7 +133,7 @@ def _image_folders(fmt: NativeFormat, root: Path, split: str, conditions: tuple[
 
 
 def list_native_files(
-    root: str | os.PathLike, format: str, split: str = "train", conditions: tuple[str, ...] = (), with_labels: bool = True
+    root: str | os.PathLike, format: str, split: str = "train", *, conditions: tuple[str, ...] = (), with_labels: bool = True
 ) -> tuple[list[str], list[str | None]]:
     """Pair every image of a native folder with its label file.
 
@@ -273,17 +267,6 @@ def map_to_trainids(raw: np.ndarray, lut: np.ndarray, path: str, format: str) ->
     return train_ids
 
 
-def image_size(path: str) -> tuple[int, int]:
-    """(W, H) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, SyntaxError, ValueError) as error:
-        raise DomainError(
-            f"cannot read image '{path}' ({error}); the file is corrupt or not an image: re-download it or remove it"
-        ) from error
-
-
 class NativeDecoder:
     """`datasets` transform: `image_path` -> `image` (RGB PIL), `label_path` -> `label` (trainIds, PIL mode L).
 
@@ -293,12 +276,12 @@ class NativeDecoder:
     def __init__(self, format: str):
         self.format = format
 
-    def decode_label(self, path: str, size: tuple[int, int] | None = None) -> np.ndarray:
-        """trainIds `(H, W)` uint8; `size` (W, H), when given, is the image's, which the label must match."""
+    def decode_label(self, path: str, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """trainIds `(H, W)` uint8; `size_hw` (height, width), when given, is the image's, which the label must match."""
         raw = read_raw_label(path, self.format)
-        if size is not None and (raw.shape[1], raw.shape[0]) != tuple(size):
+        if size_hw is not None and raw.shape[:2] != tuple(size_hw):
             raise DomainError(
-                f"label '{path}' is {raw.shape[1]}x{raw.shape[0]} but its image is {size[0]}x{size[1]}; "
+                f"label '{path}' is {raw.shape[1]}x{raw.shape[0]} but its image is {size_hw[1]}x{size_hw[0]}; "
                 "image and label must have the same size. Re-download the pair or remove it."
             )
         # Cityscapes frames may carry a derived _labelTrainIds.png beside the official label ids
@@ -310,8 +293,9 @@ class NativeDecoder:
         if "image_path" in batch:
             out["image"] = [read_image(p) for p in batch["image_path"]]
         if "label_path" in batch:
-            sizes = [image.size for image in out["image"]] if "image" in out else [None] * len(batch["label_path"])
-            out["label"] = [Image.fromarray(self.decode_label(p, size)) for p, size in zip(batch["label_path"], sizes)]
+            # PIL's size is (width, height)
+            sizes_hw = [image.size[::-1] for image in out["image"]] if "image" in out else [None] * len(batch["label_path"])
+            out["label"] = [Image.fromarray(self.decode_label(p, size_hw)) for p, size_hw in zip(batch["label_path"], sizes_hw)]
         return out
 
 
@@ -325,10 +309,10 @@ def _content_fingerprint(format: str, images: list[str], labels: list[str | None
 
 
 def load_native(
-    root: str | os.PathLike, format: str, split: str = "train", conditions: tuple[str, ...] = (), with_labels: bool = True
+    root: str | os.PathLike, format: str, split: str = "train", *, conditions: tuple[str, ...] = (), with_labels: bool = True
 ) -> datasets.Dataset:
     """A native folder as a Dataset yielding `image` and (if `with_labels`) `label` in trainIds, decoded on access."""
-    images, labels = list_native_files(root, format, split, conditions, with_labels)
+    images, labels = list_native_files(root, format, split, conditions=conditions, with_labels=with_labels)
     columns = {"image_path": images}
     if with_labels:
         columns["label_path"] = labels

@@ -11,69 +11,56 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 
+from .images import pad_to, to_label_array, to_rgb_array
 from .labels import IGNORE_INDEX, NUM_CLASSES
 from .rcs import RareClassSampler
 
 CROP_TRIES = 10
 
 
-def to_rgb_array(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """RGB uint8 `(H, W, 3)`, resized bilinearly to `size = (W, H)` when given."""
-    image = image.convert("RGB")
-    if size and image.size != tuple(size):
-        image = image.resize(tuple(size), Image.BILINEAR)
-    return np.asarray(image)
-
-
-def to_label_array(label: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Label uint8 `(H, W)`, resized with nearest neighbour to `size = (W, H)` when given."""
-    if size and label.size != tuple(size):
-        label = label.resize(tuple(size), Image.NEAREST)
-    return np.asarray(label, dtype=np.uint8)
-
-
-def pad_to(array: np.ndarray, height: int, width: int, value: int) -> np.ndarray:
-    """Pad the bottom/right of `(H, W, ...)` up to at least `(height, width)` with `value`."""
-    pad_h, pad_w = max(0, height - array.shape[0]), max(0, width - array.shape[1])
-    if not (pad_h or pad_w):
-        return array
-    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, widths, constant_values=value)
-
-
-def random_crop_box(rng: np.random.Generator, shape: tuple[int, int], crop: tuple[int, int]) -> tuple[int, int]:
-    """Top-left corner of a uniformly random `crop = (h, w)` window inside `shape = (H, W)`."""
-    return int(rng.integers(0, shape[0] - crop[0] + 1)), int(rng.integers(0, shape[1] - crop[1] + 1))
+def random_crop_box(rng: np.random.Generator, shape_hw: tuple[int, int], crop_hw: tuple[int, int]) -> tuple[int, int]:
+    """Top-left corner `(top, left)` of a uniformly random `crop_hw` window inside `shape_hw`, both (height, width)."""
+    return int(rng.integers(0, shape_hw[0] - crop_hw[0] + 1)), int(rng.integers(0, shape_hw[1] - crop_hw[1] + 1))
 
 
 class DudaTrainDataset(torch.utils.data.Dataset):
     """Map-style dataset of `num_samples` (source, target) pairs.
 
     Items: `source_image` uint8 `(3, h, w)`, `source_label` long `(h, w)`, `target_image` uint8 `(3, h, w)`,
-    with `(h, w) = crop_size`.
+    with `(h, w) = crop_size_hw`.
+
+    Args:
+        crop_size_hw: the training crop, (height, width).
+        num_samples: the dataset's length: every sample index the run draws (the Trainer's sampler takes them in
+            order, once each), i.e. steps x batch per device x gradient accumulation x processes.
+        source_resize_hw, target_resize_hw: (height, width) each image (and label) is resized to before
+            cropping; None keeps its size.
+        rcs_min_crop_pixels: pixels of the sampled rare class a source crop is retried for.
+        cat_max_ratio: source crops are retried while one class covers more than this share.
     """
 
     def __init__(
         self,
         source: datasets.Dataset,
         target: datasets.Dataset,
-        crop_size: tuple[int, int],
+        crop_size_hw: tuple[int, int],
+        *,
+        num_samples: int,
         seed: int = 0,
-        source_resize: tuple[int, int] | None = None,
-        target_resize: tuple[int, int] | None = None,
+        source_resize_hw: tuple[int, int] | None = None,
+        target_resize_hw: tuple[int, int] | None = None,
         rare_class_sampler: RareClassSampler | None = None,
         rcs_min_crop_pixels: float = 0.0,
         cat_max_ratio: float = 0.75,
-        num_samples: int = 1,
     ):
         if len(source) == 0 or len(target) == 0:
             raise ValueError(f"empty domain: source has {len(source)} images, target has {len(target)}")
         self.source, self.target = source, target
-        self.crop_size = tuple(crop_size)
+        self.crop_size_hw = tuple(crop_size_hw)
         self.seed = seed
-        self.source_resize, self.target_resize = source_resize, target_resize
+        self.source_resize_hw = tuple(source_resize_hw) if source_resize_hw else None
+        self.target_resize_hw = tuple(target_resize_hw) if target_resize_hw else None
         self.rare_class_sampler = rare_class_sampler
         self.rcs_min_crop_pixels = rcs_min_crop_pixels
         self.cat_max_ratio = cat_max_ratio
@@ -84,11 +71,11 @@ class DudaTrainDataset(torch.utils.data.Dataset):
 
     def _crop_source(self, rng, image: np.ndarray, label: np.ndarray, rare_class: int | None):
         """DAFormer's crop: retry until no class covers more than `cat_max_ratio` and the RCS class is in."""
-        height, width = self.crop_size
+        height, width = self.crop_size_hw
         image = pad_to(image, height, width, 0)
         label = pad_to(label, height, width, IGNORE_INDEX)
         for _ in range(CROP_TRIES):
-            top, left = random_crop_box(rng, label.shape, self.crop_size)
+            top, left = random_crop_box(rng, label.shape, self.crop_size_hw)
             crop = label[top : top + height, left : left + width]
             counts = np.bincount(crop.ravel(), minlength=256)[:NUM_CLASSES]
             balanced = self.cat_max_ratio >= 1 or counts.max() < self.cat_max_ratio * max(counts.sum(), 1)
@@ -106,8 +93,8 @@ class DudaTrainDataset(torch.utils.data.Dataset):
         target_index = int(rng.integers(len(self.target)))
 
         source = self.source[source_index]
-        source_image = to_rgb_array(source["image"], self.source_resize)
-        source_label = to_label_array(source["label"], self.source_resize)
+        source_image = to_rgb_array(source["image"], self.source_resize_hw)
+        source_label = to_label_array(source["label"], self.source_resize_hw)
         if source_image.shape[:2] != source_label.shape:
             raise ValueError(
                 f"source image #{source_index} is {source_image.shape[1]}x{source_image.shape[0]} but its label is "
@@ -115,9 +102,10 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             )
         source_image, source_label = self._crop_source(rng, source_image, source_label, rare_class)
 
-        target_image = pad_to(to_rgb_array(self.target[target_index]["image"], self.target_resize), *self.crop_size, 0)
-        top, left = random_crop_box(rng, target_image.shape[:2], self.crop_size)
-        target_image = target_image[top : top + self.crop_size[0], left : left + self.crop_size[1]]
+        height, width = self.crop_size_hw
+        target_image = pad_to(to_rgb_array(self.target[target_index]["image"], self.target_resize_hw), height, width, 0)
+        top, left = random_crop_box(rng, target_image.shape[:2], self.crop_size_hw)
+        target_image = target_image[top : top + height, left : left + width]
 
         if rng.random() < 0.5:
             source_image, source_label = source_image[:, ::-1], source_label[:, ::-1]

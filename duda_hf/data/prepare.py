@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..jsonio import write_json
-from .domains import DomainError
+from .errors import DomainError
 from .native import NativeDecoder, list_native_files, read_image
 
 FEATURES_LABELLED = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
@@ -38,30 +38,31 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def convert_pair(image_path: str, label_path: str | None, format: str, resize: tuple[int, int] | None) -> dict:
-    """One row of the converted dataset: `image` (PNG bytes) and `label` (trainId PNG bytes) at `resize` (W, H)."""
+def convert_pair(image_path: str, label_path: str | None, format: str, *, resize_hw: tuple[int, int] | None = None) -> dict:
+    """One row of the converted dataset: `image` (PNG bytes) and `label` (trainId PNG bytes) at `resize_hw` (height, width)."""
     image = read_image(image_path)
+    size_wh = (resize_hw[1], resize_hw[0]) if resize_hw else None  # PIL's order
     row = {}
-    if resize and image.size != tuple(resize):
-        row["image"] = {"bytes": _png_bytes(image.resize(tuple(resize), Image.BILINEAR)), "path": None}
+    if size_wh and image.size != size_wh:
+        row["image"] = {"bytes": _png_bytes(image.resize(size_wh, Image.BILINEAR)), "path": None}
     else:
         row["image"] = {"bytes": Path(image_path).read_bytes(), "path": None}  # already verified by decoding it
     if label_path is not None:
-        label = Image.fromarray(NativeDecoder(format).decode_label(label_path, image.size))
-        if resize and label.size != tuple(resize):
-            label = label.resize(tuple(resize), Image.NEAREST)
+        label = Image.fromarray(NativeDecoder(format).decode_label(label_path, image.size[::-1]))
+        if size_wh and label.size != size_wh:
+            label = label.resize(size_wh, Image.NEAREST)
         row["label"] = {"bytes": _png_bytes(label), "path": None}
     return row
 
 
-def _write_shard(path: str, pairs: list[tuple[str, str | None]], format: str, resize: tuple[int, int] | None) -> int:
+def _write_shard(path: str, pairs: list[tuple[str, str | None]], format: str, resize_hw: tuple[int, int] | None) -> int:
     """Write one shard to `path` atomically; returns the number of rows."""
     features = FEATURES_LABELLED if pairs[0][1] is not None else FEATURES_UNLABELLED
     temporary = f"{path}.{os.getpid()}.tmp"
     writer = datasets.arrow_writer.ArrowWriter(features=features, path=temporary, writer_batch_size=16)
     try:
         for image_path, label_path in pairs:
-            writer.write(features.encode_example(convert_pair(image_path, label_path, format, resize)))
+            writer.write(features.encode_example(convert_pair(image_path, label_path, format, resize_hw=resize_hw)))
         writer.finalize()
     finally:
         writer.close()
@@ -69,7 +70,7 @@ def _write_shard(path: str, pairs: list[tuple[str, str | None]], format: str, re
     return len(pairs)
 
 
-def _manifest(root: Path, format: str, splits: dict, resize, shard_size: int) -> dict:
+def _manifest(root: Path, format: str, splits: dict, resize_hw, shard_size: int) -> dict:
     digest = hashlib.sha256()
     for split, (images, labels) in splits.items():
         for image, label in zip(images, labels):
@@ -78,7 +79,7 @@ def _manifest(root: Path, format: str, splits: dict, resize, shard_size: int) ->
         "version": MANIFEST_VERSION,
         "root": str(root),
         "format": format,
-        "resize": list(resize) if resize else None,
+        "resize_hw": list(resize_hw) if resize_hw else None,
         "shard_size": shard_size,
         "files": digest.hexdigest(),
         "rows": {s: len(v[0]) for s, v in splits.items()},
@@ -89,10 +90,11 @@ def prepare_native(
     root: str | os.PathLike,
     format: str,
     out: str | os.PathLike | None = None,
+    *,
     splits: tuple[str, ...] = ("train",),
     conditions: tuple[str, ...] = (),
     with_labels: bool = True,
-    resize: tuple[int, int] | None = None,
+    resize_hw: tuple[int, int] | None = None,
     num_proc: int = 2,
     shard_size: int = 100,
     overwrite: bool = False,
@@ -105,7 +107,7 @@ def prepare_native(
     Args:
         out: the `save_to_disk` folder to write; with `push_to_hub` only, a work folder beside the cache is used.
         splits: native splits to convert (`val` may be written `validation`; the DatasetDict uses the names given).
-        resize: `(W, H)` for every image (bilinear) and label (nearest); None keeps the native size (bytes copied).
+        resize_hw: `(height, width)` of every image (bilinear) and label (nearest); None keeps the native size (bytes copied).
         num_proc: worker processes; shard_size: images per resumable unit of work.
 
     Returns:
@@ -119,8 +121,8 @@ def prepare_native(
     )
     if out_path.exists() and not overwrite:
         raise DomainError(f"'{out_path}' exists already; pass --overwrite to replace it, or choose another --out")
-    listed = {split: list_native_files(root, format, split, conditions, with_labels) for split in splits}
-    manifest = _manifest(root, format, listed, resize, shard_size)
+    listed = {split: list_native_files(root, format, split, conditions=conditions, with_labels=with_labels) for split in splits}
+    manifest = _manifest(root, format, listed, resize_hw, shard_size)
     work = out_path.with_name(out_path.name + ".partial")
     if work.exists():
         previous = json.loads((work / "manifest.json").read_text()) if (work / "manifest.json").exists() else None
@@ -141,11 +143,11 @@ def prepare_native(
     with tqdm(total=total, initial=done, unit="img", desc=f"{format} -> {out_path.name}", disable=not progress) as bar:
         if num_proc <= 1:
             for path, pairs in pending:
-                bar.update(_write_shard(path, pairs, format, resize))
+                bar.update(_write_shard(path, pairs, format, resize_hw))
         else:
             # fork: workers inherit the imported modules instead of re-importing torch and transformers
             with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("fork")) as pool:
-                futures = [pool.submit(_write_shard, path, pairs, format, resize) for path, pairs in pending]
+                futures = [pool.submit(_write_shard, path, pairs, format, resize_hw) for path, pairs in pending]
                 for future in as_completed(futures):
                     bar.update(future.result())  # re-raises a worker's DomainError with its message
     converted = total - done

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..jsonio import dumps
 from .checks import row_name
-from .domains import DomainError
+from .errors import DomainError
 from .labels import IGNORE_INDEX, NUM_CLASSES, invalid_label_values
 
 logger = logging.getLogger(__name__)

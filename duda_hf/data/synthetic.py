@@ -363,7 +363,7 @@ def _random_appearance(s: _Scene, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, domain: str, height: int = 128, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(rng: np.random.Generator, domain: str, *, height: int = 128, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene: `(image uint8 (H, W, 3), label uint8 (H, W) trainIds)`.
 
     The layout consumes `rng` identically in both domains, so generators in the same state
@@ -382,7 +382,9 @@ def _png(array: np.ndarray) -> dict:
     return {"bytes": buf.getvalue(), "path": None}
 
 
-def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0) -> dict[str, str]:
+def build_synthetic_benchmark(
+    out_dir, *, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0
+) -> dict[str, str]:
     """Write `source`, `target` and `target_val` `datasets` folders under `out_dir`; return their paths.
 
     Each split has `image` (RGB) and `label` (mode "L" trainIds) Image columns and its own seed
@@ -400,10 +402,10 @@ def build_synthetic_benchmark(out_dir, num_source=600, num_target=600, num_targe
         "width": width,
         "seed": seed,
     }
-    return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height, width, seed)
+    return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height=height, width=width, seed=seed)
 
 
-def build_pretraining_domain(out_dir, num_train=1200, num_val=100, height=128, width=256, seed=1000) -> dict[str, str]:
+def build_pretraining_domain(out_dir, *, num_train=1200, num_val=100, height=128, width=256, seed=1000) -> dict[str, str]:
     """Write the labelled pretraining domain (`pretrain`, `pretrain_val`) under `out_dir`; return their paths.
 
     Random appearance on the benchmark's layouts (see `DOMAINS`), from a seed of its own: it stands in for
@@ -411,10 +413,10 @@ def build_pretraining_domain(out_dir, num_train=1200, num_val=100, height=128, w
     """
     splits = {"pretrain": ("pretrain", num_train), "pretrain_val": ("pretrain", num_val)}
     meta = {"version": _GENERATOR_VERSION, "num_train": num_train, "num_val": num_val, "height": height, "width": width, "seed": seed}
-    return _write_splits(Path(out_dir), splits, meta, "pretraining_meta.json", height, width, seed)
+    return _write_splits(Path(out_dir), splits, meta, "pretraining_meta.json", height=height, width=width, seed=seed)
 
 
-def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, meta_name: str, height: int, width: int, seed: int):
+def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, meta_name: str, *, height: int, width: int, seed: int):
     """Render and save each split `name: (domain, count)` atomically; reuse them when `meta_name` matches `meta`."""
     import datasets  # heavy import; rendering alone doesn't need it
 
@@ -430,7 +432,7 @@ def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, met
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     for (name, (domain, count)), split_seed in zip(splits.items(), np.random.SeedSequence(seed).spawn(len(splits))):
         rng = np.random.default_rng(split_seed)
-        scenes = [render_scene(rng, domain, height, width) for _ in range(count)]
+        scenes = [render_scene(rng, domain, height=height, width=width) for _ in range(count)]
         columns = {"image": [_png(img) for img, _ in scenes], "label": [_png(lbl) for _, lbl in scenes]}
         table = datasets.Dataset.from_dict(columns, features=features)
         # from_dict picks a random fingerprint; a derived one keeps the saved bytes reproducible.

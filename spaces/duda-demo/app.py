@@ -106,7 +106,7 @@ class Segmenter:
 
     source: str  # Hub id or folder it was loaded from
     model: SegformerForSemanticSegmentation
-    input_size: tuple[int, int]  # (H, W) the image is resized to, from preprocessor_config.json
+    input_size_hw: tuple[int, int]  # (height, width) the image is resized to, from preprocessor_config.json
     mean: np.ndarray  # (3,) in [0, 1]
     std: np.ndarray  # (3,)
     class_names: tuple[str, ...]
@@ -118,7 +118,7 @@ class Segmenter:
 
     def pixel_values(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> normalised `(1, 3, H, W)` float tensor at the model's input size (bilinear, as the processor)."""
-        height, width = self.input_size
+        height, width = self.input_size_hw
         array = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
         array = (array - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
@@ -257,14 +257,15 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     segmenter = Segmenter(
         source=source,
         model=model,
-        input_size=(int(size["height"]), int(size["width"])),
+        input_size_hw=(int(size["height"]), int(size["width"])),
         mean=np.asarray(processor["image_mean"], np.float32),
         std=np.asarray(processor["image_std"], np.float32),
         class_names=names,
         palette=palette,
     )
     try:  # warm-up: the first forward pass is the slowest, better paid at start-up than by the first visitor
-        segmenter.predict(Image.new("RGB", segmenter.input_size[::-1]))
+        height, width = segmenter.input_size_hw
+        segmenter.predict(Image.new("RGB", (width, height)))  # PIL takes (W, H)
     except Exception as err:
         raise ModelLoadError(f"The model '{source}' loaded but could not run ({type(err).__name__}: {err}). {_fix_hint(env_var)}") from err
     return segmenter
@@ -441,7 +442,7 @@ def _color_map(segmenter: Segmenter | None) -> dict[str, str] | None:
 
 
 def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | None) -> str:
-    height, width = student.input_size if student else (512, 1024)
+    height, width = student.input_size_hw if student else (512, 1024)
     lines = [
         "# DUDA: distilled domain-adaptive segmentation",
         (
@@ -462,9 +463,10 @@ def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | 
     return "\n\n".join(lines)
 
 
-def _timing(student_seconds: float, size: tuple[int, int], work: tuple[int, int], teacher_line: str) -> str:
-    scaled = f", downscaled to {work[0]}x{work[1]} for inference" if work != size else ""
-    return f"**Inference time:** {student_seconds:.2f} s (student) · image {size[0]}x{size[1]}{scaled}{teacher_line}"
+def _timing(student_seconds: float, size_wh: tuple[int, int], work_wh: tuple[int, int], teacher_line: str) -> str:
+    """The timing line; sizes are PIL's (width, height), shown as width x height."""
+    scaled = f", downscaled to {work_wh[0]}x{work_wh[1]} for inference" if work_wh != size_wh else ""
+    return f"**Inference time:** {student_seconds:.2f} s (student) · image {size_wh[0]}x{size_wh[1]}{scaled}{teacher_line}"
 
 
 def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Blocks:

@@ -1,0 +1,291 @@
+"""One micro-step of docs/method.md as data: named, already-weighted loss terms and diagnostics.
+
+`duda_step` runs the networks on a batch and returns a `StepResult`. It writes nothing to the trainer, the
+networks' parameters or the inconsistency state (a network's own forward pass in training mode still updates
+its BatchNorm statistics, as any forward does). `DudaTrainer.compute_loss` does the rest in one place: it makes
+the micro-step's random generator, calls `duda_step`, updates the inconsistency state, keeps the debug picture's
+tensors, adds the terms up (`loss = sum(result.terms.values())`), checks that they are finite and logs them.
+
+Loss terms are `LossTerm(name, compute)`: `compute(tensors)` takes the step's `StepTensors` and returns the term
+already multiplied by its weight, a 0-dim fp32 tensor, or None when the term is off at this step (e.g. the hard
+student term once `lam_t` is 1). `TERMS` lists them per method in the order they are added up; the trainer's
+`loss_terms=` argument appends more (docs/design.md, "Adding a loss term").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .config import DudaConfig
+from .data.labels import IGNORE_INDEX, NUM_CLASSES
+from .losses import (
+    distillation_weight,
+    feature_distance,
+    fuse_teacher_probs,
+    inconsistency_class_weights,
+    kd_loss,
+    pseudo_label,
+    target_pixel_weight,
+    weighted_cross_entropy,
+)
+from .mixing import class_mix_masks, mix, sample_augment_params, strong_augment
+from .models import DudaModel
+
+
+def unwrap(model) -> DudaModel:
+    """The `DudaModel` inside a DDP (or other) wrapper."""
+    return getattr(model, "module", model)
+
+
+@dataclass
+class StepTensors:
+    """What the loss terms of one micro-step read: the batch, the networks' outputs and the tensors derived from them.
+
+    Images are RGB in [0, 1] (fp32), labels `(B, H, W)` long; logits are at the networks' output size (1/4 of the
+    input). The fields after `student_source` are None for `source_only`; `aux_*`, `lam`, `class_weights` and
+    `pixel_weight` are None unless the method is `duda`; `reference_features` is None without the feature distance.
+    """
+
+    model: DudaModel  # the networks, unwrapped (read only)
+    args: DudaConfig
+    step: int  # the optimizer steps done before this one (`Trainer.state.global_step`)
+    source_image: torch.Tensor
+    source_label: torch.Tensor
+    target_image: torch.Tensor
+    outputs: dict[str, torch.Tensor]  # the trained networks' forward pass (`DudaModel.forward`)
+    student_source: torch.Tensor
+    student_mix: torch.Tensor | None = None
+    aux_source: torch.Tensor | None = None
+    aux_mix: torch.Tensor | None = None
+    probs_tau: torch.Tensor | None = None  # the fused teachers' softmax at the KD temperature, at label size
+    pseudo_label: torch.Tensor | None = None
+    quality: torch.Tensor | None = None  # 0-dim: the share of confident target pixels (the quality weight)
+    inside: torch.Tensor | None = None  # (B, H, W): 1 outside the ignore margins, 0 in them
+    mask: torch.Tensor | None = None  # (B, H, W) ClassMix mask: 1 where the source pixel is pasted
+    mixed_image: torch.Tensor | None = None  # after strong augmentation
+    mixed_label: torch.Tensor | None = None
+    mixed_weight: torch.Tensor | None = None  # 1 on source pixels, quality outside the margins on target pixels
+    lam: float | None = None  # lam_t of gradual distillation
+    class_weights: torch.Tensor | None = None  # (19,) inconsistency weights of this step
+    pixel_weight: torch.Tensor | None = None  # mixed_weight times the class weight on target pixels
+    reference_features: torch.Tensor | None = None  # the frozen ImageNet encoder's features of the source images
+
+
+class LossTerm(NamedTuple):
+    """A named loss term: `compute(tensors)` returns the weighted term, or None when it is off at this step."""
+
+    name: str
+    compute: Callable[[StepTensors], torch.Tensor | None]
+
+
+@dataclass
+class StepResult:
+    """The loss as named terms (already weighted; the loss is their sum, in this order) and what else is logged.
+
+    `diagnostics` are logged beside the terms: host floats as they are, 0-dim tensors as their mean over the
+    logging interval, and a `(19,)` tensor `name` per class as `name_<class>`.
+    """
+
+    terms: dict[str, torch.Tensor]
+    diagnostics: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    tensors: StepTensors | None = None
+
+
+# ---- the loss terms (docs/method.md, steps 3, 4 and 6) ----
+def student_source_ce(t: StepTensors) -> torch.Tensor:
+    return weighted_cross_entropy(t.student_source, t.source_label)
+
+
+def student_mix_ce(t: StepTensors) -> torch.Tensor:
+    """Self-training: the student learns from the mixed batch as DAFormer's network does."""
+    return weighted_cross_entropy(t.student_mix, t.mixed_label, t.mixed_weight)
+
+
+def aux_source_ce(t: StepTensors) -> torch.Tensor:
+    return weighted_cross_entropy(t.aux_source, t.source_label)
+
+
+def aux_mix_ce(t: StepTensors) -> torch.Tensor:
+    return weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight)
+
+
+def student_mix_hard(t: StepTensors) -> torch.Tensor | None:
+    """`(1 - lam_t) * wCE` on hard pseudo-labels with the class weights; off once `lam_t` is 1."""
+    if t.lam >= 1:
+        return None
+    return (1 - t.lam) * weighted_cross_entropy(t.student_mix, t.mixed_label, t.pixel_weight)
+
+
+def student_kd(t: StepTensors) -> torch.Tensor | None:
+    """`lam_t * KD` towards the teachers' soft output (one-hot on source pixels); off while `lam_t` is 0."""
+    if t.lam <= 0:
+        return None
+    source_onehot = F.one_hot(t.source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
+    soft_target = mix(t.mask, source_onehot, t.probs_tau)
+    valid = t.mixed_label != IGNORE_INDEX
+    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, t.pixel_weight, valid)
+
+
+def feature_distance_term(t: StepTensors) -> torch.Tensor | None:
+    """`fd_lambda * FD` on the network that makes the pseudo-labels; off without an ImageNet encoder."""
+    if t.reference_features is None:
+        return None
+    batch = t.source_image.shape[0]
+    distance = feature_distance(
+        t.outputs["features"][:batch],
+        t.reference_features,
+        t.source_label,
+        tuple(t.args.fd_classes),
+        scale_min_ratio=t.args.fd_scale_min_ratio,
+    )
+    return t.args.fd_lambda * distance
+
+
+# Per method, the terms in the order they are added up (a new term goes last, so that existing runs keep their bits).
+TERMS: dict[str, tuple[LossTerm, ...]] = {
+    "source_only": (LossTerm("loss_student_source", student_source_ce),),
+    "self_training": (
+        LossTerm("loss_student_source", student_source_ce),
+        LossTerm("loss_student_mix", student_mix_ce),
+        LossTerm("loss_feature_distance", feature_distance_term),
+    ),
+    "duda": (
+        LossTerm("loss_aux_source", aux_source_ce),
+        LossTerm("loss_aux_mix", aux_mix_ce),
+        LossTerm("loss_student_source", student_source_ce),
+        LossTerm("loss_student_mix", student_mix_hard),
+        LossTerm("loss_student_kd", student_kd),
+        LossTerm("loss_feature_distance", feature_distance_term),
+    ),
+}
+
+
+# ---- the step ----
+def step_tensors(
+    model,
+    inputs: dict[str, torch.Tensor],
+    args: DudaConfig,
+    step: int,
+    generator: torch.Generator,
+    autocast: Callable[[], AbstractContextManager],
+) -> StepTensors:
+    """Pseudo-labels, ClassMix, strong augmentation and the forward passes of one micro-step.
+
+    Args:
+        model: the `DudaModel`, possibly wrapped (DDP); its trained networks run through the wrapper.
+        inputs: a batch of `DudaTrainDataset` (uint8 images, long labels).
+        generator: the only random source of the mix and the augmentation.
+        autocast: a context manager factory for the networks' forward passes (`Accelerator.autocast`); everything
+            after them is computed in fp32.
+    """
+    duda = unwrap(model)
+    source_image = inputs["source_image"].float() / 255
+    source_label = inputs["source_label"].long()
+    target_image = inputs["target_image"].float() / 255
+    if args.method == "source_only":
+        with autocast():
+            outputs = model(source_image)
+        return StepTensors(duda, args, step, source_image, source_label, target_image, outputs, outputs["student_logits"])
+
+    batch, label_size = source_image.shape[0], source_label.shape[-2:]
+    # 1. Pseudo-labels from the (fused) teachers on the clean target images (softmax and labels in fp32).
+    with autocast():
+        teacher_logits = duda.teacher_logits(target_image)
+    probs, probs_tau = fuse_teacher_probs(teacher_logits, args.teacher_weights or None, args.kd_temperature, size=label_size)
+    pseudo, quality = pseudo_label(probs, args.pseudo_label_threshold)
+    # 1 outside the ignore margins, 0 in them; scaled by the quality weight for the loss
+    inside = target_pixel_weight(
+        torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom
+    )
+    target_weight = quality * inside
+
+    # 2. ClassMix and strong augmentation.
+    if args.class_mix:
+        mask = class_mix_masks(source_label, generator)
+    else:
+        mask = torch.zeros_like(source_label, dtype=torch.float32)
+    mixed_image = mix(mask, source_image, target_image)
+    mixed_label = mix(mask, source_label, pseudo)
+    mixed_weight = mix(mask, torch.ones_like(target_weight), target_weight)
+    params = sample_augment_params(
+        batch,
+        generator,
+        source_image.device,
+        jitter_strength=args.color_jitter_strength,
+        jitter_p=args.color_jitter_p,
+        blur_p=args.blur_p,
+        blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
+    )
+    mixed_image = strong_augment(mixed_image, params)
+
+    # Source and mixed batches through one forward pass of each trained network.
+    use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0
+    with autocast():
+        outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd)
+        reference_features = duda.imagenet_features(source_image) if use_fd else None
+    student_source, student_mix = outputs["student_logits"].split(batch)
+    tensors = StepTensors(
+        duda,
+        args,
+        step,
+        source_image,
+        source_label,
+        target_image,
+        outputs,
+        student_source,
+        student_mix=student_mix,
+        probs_tau=probs_tau,
+        pseudo_label=pseudo,
+        quality=quality,
+        inside=inside,
+        mask=mask,
+        mixed_image=mixed_image,
+        mixed_label=mixed_label,
+        mixed_weight=mixed_weight,
+        reference_features=reference_features,
+    )
+    if duda.aux_student is not None:
+        # 3. Auxiliary student (DAFormer recipe); 4. student: hard pseudo-labels, then more and more the teacher's
+        # soft output, class-weighted on target pixels.
+        tensors.aux_source, tensors.aux_mix = outputs["aux_logits"].split(batch)
+        tensors.lam = distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
+        tensors.class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
+        class_weight = tensors.class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)]
+        tensors.pixel_weight = mixed_weight * torch.where(mask == 0, class_weight, 1.0)
+    return tensors
+
+
+def step_diagnostics(t: StepTensors) -> dict[str, torch.Tensor | float]:
+    """What the log shows beside the terms: the pseudo-label quality, `lam_t` and the 19 class weights."""
+    diagnostics: dict[str, torch.Tensor | float] = {}
+    if t.quality is not None:
+        diagnostics["pseudo_label_quality"] = t.quality
+    if t.lam is not None:
+        diagnostics["lam_t"] = t.lam  # a host float: logged as is
+        diagnostics["class_weight"] = t.class_weights
+    return diagnostics
+
+
+def duda_step(
+    model,
+    inputs: dict[str, torch.Tensor],
+    args: DudaConfig,
+    step: int,
+    generator: torch.Generator,
+    autocast: Callable[[], AbstractContextManager],
+    extra_terms: Iterable[LossTerm] = (),
+) -> StepResult:
+    """The terms of `TERMS[args.method]` and then `extra_terms`, each computed once, in order; None terms are left out."""
+    tensors = step_tensors(model, inputs, args, step, generator, autocast)
+    terms: dict[str, torch.Tensor] = {}
+    for term in (*TERMS[args.method], *extra_terms):
+        value = term.compute(tensors)
+        if value is not None:
+            terms[term.name] = value
+    return StepResult(terms, step_diagnostics(tensors), tensors)

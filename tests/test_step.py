@@ -1,0 +1,143 @@
+"""The step as data: named, weighted terms from a pure function; the trainer adds them up, updates state and logs them."""
+
+import pytest
+import torch
+from transformers import set_seed
+
+from duda_hf.losses import kd_loss, weighted_cross_entropy
+from duda_hf.pipeline import build_trainer, parse_args
+from duda_hf.step import TERMS, LossTerm, duda_step
+from duda_hf.trainer import DudaTrainer
+
+from .conftest import tiny_argv
+
+
+def make_trainer(benchmark, output_dir, *extra, loss_terms=()):
+    trainer = build_trainer(*parse_args(tiny_argv(benchmark, output_dir, *extra)))
+    if loss_terms:  # the same networks, data and arguments, with the extra terms
+        trainer = DudaTrainer(trainer.model, trainer.args, trainer.train_dataset, trainer.eval_dataset, loss_terms=loss_terms)
+    return trainer
+
+
+def fixed_batch(trainer, size: int = 2) -> dict[str, torch.Tensor]:
+    samples = [trainer.train_dataset[i] for i in range(size)]
+    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+
+def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path)
+    trainer.state.global_step = 2  # preadapt 1 step, ramp 2 steps: lam_t = 0.5, both student terms on the mix
+    duda, inputs = trainer.model, fixed_batch(trainer)
+    state = {name: value.clone() for name, value in duda.state_dict().items()}
+
+    torch.manual_seed(0)
+    generator = trainer._step_generator(torch.device("cpu"))
+    result = duda_step(duda, inputs, trainer.args, 2, generator, trainer.accelerator.autocast)
+    # pure: the networks' weights, the teacher and the inconsistency state are as they were; nothing logged or kept
+    # (BatchNorm running statistics are the forward pass's own)
+    changed = [name for name, value in duda.state_dict().items() if not torch.equal(value, state[name]) and "running_" not in name]
+    changed = [name for name in changed if not name.endswith("num_batches_tracked")]
+    assert changed == []
+    assert trainer._step_log.count == 0 and trainer.debug_tensors is None
+    assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", "loss_student_mix", "loss_student_kd"]
+    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance"]
+    assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight"} and result.diagnostics["lam_t"] == 0.5
+
+    # the terms are weighted: (1 - lam_t) wCE and lam_t KD, as docs/method.md writes L_stu
+    t = result.tensors
+    hard = weighted_cross_entropy(t.student_mix, t.mixed_label, t.pixel_weight)
+    soft_target = torch.where(
+        t.mask.bool().unsqueeze(1), torch.nn.functional.one_hot(t.source_label.clamp(max=18), 19).permute(0, 3, 1, 2).float(), t.probs_tau
+    )
+    soft = kd_loss(t.student_mix, soft_target, 1.0, t.pixel_weight, t.mixed_label != 255)
+    assert torch.equal(result.terms["loss_student_mix"], 0.5 * hard)
+    assert torch.equal(result.terms["loss_student_kd"], 0.5 * soft)
+
+    # compute_loss: the same step (same generator, same dropout draws), the sum in the terms' order, bit for bit
+    expected = (
+        weighted_cross_entropy(t.aux_source, t.source_label)
+        + weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight)
+        + weighted_cross_entropy(t.student_source, t.source_label)
+        + (1 - 0.5) * hard
+        + 0.5 * soft
+    )
+    trainer._micro_step = (-1, 0)
+    torch.manual_seed(0)
+    loss = trainer.compute_loss(duda, inputs)
+    assert torch.equal(loss, expected)
+    assert torch.equal(loss, sum(result.terms.values()))
+    # ... and then the state updates: the inconsistency state and the log
+    assert bool(duda.class_seen.any()) and not torch.equal(duda.class_discrepancy, state["class_discrepancy"])
+    logged = trainer._step_log.pop_means()
+    assert logged["loss_student_kd"] == round(float(result.terms["loss_student_kd"].detach()), 5)
+    assert logged["lam_t"] == 0.5 and len([name for name in logged if name.startswith("class_weight_")]) == 19
+
+
+@pytest.mark.parametrize("step, present", [(0, "loss_student_mix"), (3, "loss_student_kd")])
+def test_a_term_whose_weight_is_zero_is_left_out(tiny_benchmark, tmp_path, step, present):
+    trainer = make_trainer(tiny_benchmark, tmp_path)
+    generator = trainer._step_generator(torch.device("cpu"))
+    result = duda_step(trainer.model, fixed_batch(trainer), trainer.args, step, generator, trainer.accelerator.autocast)
+    assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", present]
+    assert result.diagnostics["lam_t"] == (0.0 if step == 0 else 1.0)
+
+
+TARGET = 1.0  # the toy term pulls the student's classifier bias towards this value
+TOY_WEIGHT = 0.5
+
+
+def toy_term(t):
+    """0.5 * ||b - 1||^2 on the student's classifier bias: its gradient is b - 1."""
+    return TOY_WEIGHT * (t.model.student.decode_head.classifier.bias - TARGET).square().sum()
+
+
+def test_a_loss_term_added_through_the_trainer_is_logged_and_optimised(tiny_benchmark, tmp_path):
+    # plain SGD at a constant rate: one step moves each parameter by exactly -lr * gradient
+    extra = ("--max_steps", "1", "--optim", "sgd", "--lr_scheduler_type", "constant", "--warmup_steps", "0")
+    plain = make_trainer(tiny_benchmark, tmp_path / "plain", *extra)
+    toy = make_trainer(tiny_benchmark, tmp_path / "toy", *extra, loss_terms=[LossTerm("loss_toy", toy_term)])
+    bias0 = toy.model.student.decode_head.classifier.bias.detach().clone()
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(value, toy.model.state_dict()[name]), name  # the same start
+    for trainer in (plain, toy):
+        set_seed(3)  # the same dropout and drop-path draws in both runs
+        trainer.train()
+
+    # logged under its name, with the value it had at the step; the logged loss is the sum of the logged terms
+    (entry,) = [e for e in toy.state.log_history if "loss" in e]
+    (plain_entry,) = [e for e in plain.state.log_history if "loss" in e]
+    assert entry["loss_toy"] == round(float(TOY_WEIGHT * (bias0 - TARGET).square().sum()), 5)
+    assert set(entry) - set(plain_entry) == {"loss_toy"}
+    assert entry["loss"] == pytest.approx(sum(value for name, value in entry.items() if name.startswith("loss_")), abs=5e-5)
+    assert entry["loss"] == pytest.approx(plain_entry["loss"] + entry["loss_toy"], rel=1e-6)
+
+    # optimised: the bias moved by an extra -lr * (b - 1); every other parameter moved as without the term
+    bias = toy.model.student.decode_head.classifier.bias
+    (lr,) = [group["lr"] for group in toy.optimizer.param_groups if any(p is bias for p in group["params"])]
+    assert lr == pytest.approx(1e-3 * 10)  # a decode head: head_lr_multiplier x lr
+    moved = bias.detach() - plain.model.student.decode_head.classifier.bias.detach()
+    torch.testing.assert_close(moved, -lr * 2 * TOY_WEIGHT * (bias0 - TARGET), rtol=0, atol=1e-6)
+    assert bool((bias.detach() - TARGET).abs().lt((bias0 - TARGET).abs()).all())  # every entry closer to the target
+    different = [
+        name
+        for name, value in toy.model.state_dict().items()
+        if name != "student.decode_head.classifier.bias" and not torch.equal(value, plain.model.state_dict()[name])
+    ]
+    assert different == []
+
+
+@pytest.mark.parametrize("name", ["loss_student_source", "toy"])
+def test_an_extra_term_needs_a_new_loss_name(tiny_benchmark, tmp_path, name):
+    trainer = make_trainer(tiny_benchmark, tmp_path)
+    with pytest.raises(ValueError, match=rf"loss term '{name}': name it 'loss_<what>'"):
+        DudaTrainer(trainer.model, trainer.args, loss_terms=[LossTerm(name, toy_term)])
+
+
+def test_the_training_set_must_cover_the_run_in_order(tiny_benchmark, tmp_path):
+    trainer = make_trainer(tiny_benchmark, tmp_path)  # 4 steps x batch 2: 8 samples
+    assert len(trainer.train_dataset) == 8
+    with pytest.raises(ValueError, match=r"has 7 samples but the run draws 8 .*num_samples=8"):
+        DudaTrainer(trainer.model, trainer.args, list(range(7)))
+    trainer.args.train_sampling_strategy = "random"
+    with pytest.raises(ValueError, match=r"train_sampling_strategy='random': set it to 'sequential'"):
+        DudaTrainer(trainer.model, trainer.args, trainer.train_dataset)
