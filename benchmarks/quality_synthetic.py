@@ -2,9 +2,12 @@
 
     python benchmarks/quality_synthetic.py [--seeds 0 1 2] [--rows ROW ...] [--jobs 2] [-- extra flags]
 
-Every row trains the same `tiny` student for the same 1500 steps (batch 2 + 2, 128x128 crops) and reports the
-target mIoU of the student, the auxiliary student (`duda`) and the EMA teacher, per seed and as mean ± std:
+Every row trains the same `tiny` student (but the MobileNetV2 rows) for the same 1500 steps (batch 2 + 2, 128x128
+crops) and reports the target mIoU of the student, the auxiliary student (`duda`) and the EMA teacher, per seed and
+as mean ± std:
   - random init, `configs/synthetic_cpu.yaml` (today's recipe): source_only, self_training, duda;
+  - random init, a MobileNetV2-DeepLabV3 student (`mobilenetv2-deeplabv3-tiny`): self_training, and duda from the
+    same SegFormer pair (`tiny-wide`) as above;
   - the pretrained pair, `configs/synthetic_pretrained_cpu.yaml` (both networks pretrained the same way on a
     labelled pretraining domain with no target data, `scripts/pretrain_synthetic.py`, run first if needed):
     source_only, self_training, duda, and duda without each of its components (soft KD, gradual
@@ -38,6 +41,13 @@ ROWS = {
     "random_source_only": ("random init: source_only", RANDOM, ["--method", "source_only"]),
     "random_self_training": ("random init: self_training", RANDOM, ["--method", "self_training"]),
     "random_duda": ("random init: duda", RANDOM, ["--method", "duda"]),
+    # another family as the deployed student: a MobileNetV2-DeepLabV3, self-trained or distilled from the SegFormer pair
+    "hetero_self_training": (
+        "random init, MobileNetV2 student: self_training",
+        RANDOM,
+        ["--method", "self_training", "--student", "mobilenetv2-deeplabv3-tiny"],
+    ),
+    "hetero_duda": ("random init, MobileNetV2 student: duda", RANDOM, ["--method", "duda", "--student", "mobilenetv2-deeplabv3-tiny"]),
     "pretrained_source_only": ("pretrained pair: source_only", PRETRAINED, ["--method", "source_only"]),
     "pretrained_self_training": ("pretrained pair: self_training", PRETRAINED, ["--method", "self_training"]),
     "pretrained_duda": ("pretrained pair: duda", PRETRAINED, ["--method", "duda"]),

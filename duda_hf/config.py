@@ -149,6 +149,14 @@ class DudaConfig(TrainingArguments):
         default=False,
         metadata=_help("Store every network's convolution weights channels-last (NHWC). Measured by benchmarks/gpu_check.py."),
     )
+    # --- deployment ---
+    export_onnx: bool = field(
+        default=False,
+        metadata=_help(
+            "At the end of training also write the student as ONNX into student/onnx/ (model.onnx fp32, model_quantized.onnx "
+            "int8: the transformers.js layout); needs the `onnx` extra (pip install 'duda-hf[onnx]')."
+        ),
+    )
     # --- monitoring ---
     debug_image_steps: int = field(
         default=0,

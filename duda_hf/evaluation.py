@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .data.errors import DomainError
 from .data.images import to_label_array, to_rgb_array
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from .models import IMAGENET_MEAN, IMAGENET_STD, normalize_images
+from .models import input_normalization, network_inputs, normalize_images
 
 
 def confusion_matrix(
@@ -223,8 +223,8 @@ def evaluate_networks(
     autocast_dtype: torch.dtype | None = None,
     process_index: int = 0,
     world_size: int = 1,
-    image_mean=IMAGENET_MEAN,
-    image_std=IMAGENET_STD,
+    image_mean: tuple[float, float, float] | None = None,
+    image_std: tuple[float, float, float] | None = None,
     progress: bool = False,
 ) -> dict[str, StreamingConfusion]:
     """Score several networks on a labelled dataset in one pass over the images; returns reduced confusion matrices.
@@ -247,9 +247,14 @@ def evaluate_networks(
         row = dataset[index]
         label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
         image = torch.from_numpy(to_rgb_array(row["image"]).copy()).to(device)
-        image = normalize_images(image.permute(2, 0, 1).unsqueeze(0).float() / 255, image_mean, image_std)
+        rgb = image.permute(2, 0, 1).unsqueeze(0).float() / 255
+        inputs = {}  # normalised once per distinct normalisation
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             for name, network in networks.items():
+                key = (image_mean, image_std) if image_mean is not None else input_normalization(network)
+                if key not in inputs:
+                    inputs[key] = normalize_images(rgb, image_mean, image_std) if image_mean is not None else network_inputs(rgb, network)
+                image = inputs[key]
                 if mode == "whole":
                     prediction = predict_whole(network, image, tuple(label.shape), input_size_hw)[0]
                 else:

@@ -80,14 +80,25 @@ def recipe_summary(model_args, data_args, config) -> dict:
     }
 
 
-def build_model_card(results: dict, repo_id: str, *, license: str = "other", eval_size_hw: tuple[int, int] | None = None) -> ModelCard:
+def build_model_card(
+    results: dict,
+    repo_id: str,
+    *,
+    license: str = "other",
+    eval_size_hw: tuple[int, int] | None = None,
+    architecture: str = "SegformerForSemanticSegmentation",
+    onnx: bool = False,
+) -> ModelCard:
     """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
 
     Args:
         results: the run's eval_results.json: `student` (and `teacher`) metrics and `recipe`.
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
         eval_size_hw: `(height, width)` the image processor resizes to; None: the native size.
+        architecture: the student's transformers class (its config's `architectures`).
+        onnx: the folder holds `onnx/model.onnx` (and `onnx/model_quantized.onnx`): the card says how to run them.
     """
+    family = architecture.removesuffix("ForSemanticSegmentation")
     recipe = results.get("recipe", {})
     student_metrics = results["student"]
     eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
@@ -101,7 +112,7 @@ def build_model_card(results: dict, repo_id: str, *, license: str = "other", eva
         library_name="transformers",
         pipeline_tag="image-segmentation",
         license=license,
-        tags=["semantic-segmentation", "segformer", "domain-adaptation", "unsupervised-domain-adaptation", "distillation", "duda"],
+        tags=["semantic-segmentation", family.lower(), "domain-adaptation", "unsupervised-domain-adaptation", "distillation", "duda"],
         datasets=[d for d in (recipe.get("source_dataset"), recipe.get("target_dataset")) if d],
         base_model=f"nvidia/{recipe['student']}"
         if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b")
@@ -131,6 +142,9 @@ def build_model_card(results: dict, repo_id: str, *, license: str = "other", eva
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         student=recipe.get("student", "student"),
+        family=family,
+        architecture=architecture,
+        onnx=onnx,
         aux_student=recipe.get("aux_student", "auxiliary student"),
         source=recipe.get("source_dataset", "the source domain"),
         target=recipe.get("target_dataset", "the target domain"),

@@ -1,7 +1,10 @@
-"""SegFormer networks by name or checkpoint, the DUDA container (students + EMA teacher), and export.
+"""Segmentation networks by name or checkpoint, the DUDA container (students + EMA teacher), and export.
 
-The deployable student is a plain `SegformerForSemanticSegmentation`; everything DUDA-specific lives in
-`DudaModel`, which is what the Trainer trains and checkpoints (all networks in one `model.safetensors`).
+Any `AutoModelForSemanticSegmentation` family can be a student, the auxiliary student or an extra teacher
+(SegFormer, MobileNetV2-DeepLabV3, MobileViT(V2), UperNet, DPT, ...): its logits, at whatever output stride, are
+brought to the label size by the losses and the evaluation. The deployable student is a plain transformers model
+of its own class; everything DUDA-specific lives in `DudaModel`, which is what the Trainer trains and checkpoints
+(all networks in one `model.safetensors`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,15 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from transformers import AutoModelForSemanticSegmentation, SegformerConfig, SegformerForSemanticSegmentation
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    MobileNetV2Config,
+    MobileViTV2Config,
+    PretrainedConfig,
+    PreTrainedModel,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+)
 
 from .data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 
@@ -37,11 +48,26 @@ _SMALL_SIZES = {
     "tiny": ([1, 1, 1, 1], [8, 16, 32, 64], 32),
     "tiny-wide": ([1, 1, 1, 1], [16, 32, 64, 128], 64),
 }
-MODEL_PRESETS = tuple(_MIT_SIZES) + tuple(_SMALL_SIZES)
+# Small random-init presets of two other families, for tests and the CPU benchmark: a MobileNetV2 with a
+# DeepLabV3 head (output stride 8) and a MobileViTV2 (output stride 8, a narrow ASPP).
+_OTHER_FAMILY_PRESETS = {
+    "mobilenetv2-deeplabv3-tiny": lambda: MobileNetV2Config(
+        depth_multiplier=0.25, output_stride=8, image_size=128, classifier_dropout_prob=0.1, tf_padding=False
+    ),
+    "mobilevitv2-tiny": lambda: MobileViTV2Config(width_multiplier=0.5, output_stride=8, aspp_out_channels=64, image_size=128),
+}
+MODEL_PRESETS = tuple(_MIT_SIZES) + tuple(_SMALL_SIZES) + tuple(_OTHER_FAMILY_PRESETS)
+# A network's input normalisation, kept in its config when it is not ImageNet's mean and std in RGB order (a network
+# loaded with its own image processor, e.g. MobileViT's unnormalised BGR); checkpoints and exports carry it.
+INPUT_NORMALIZATION_KEY = "duda_input_normalization"
 
 
-def preset_config(name: str) -> SegformerConfig:
-    """SegformerConfig for a preset name with 19 Cityscapes labels (no download)."""
+def preset_config(name: str) -> PretrainedConfig:
+    """The config of a preset name with 19 Cityscapes labels (no download)."""
+    if name in _OTHER_FAMILY_PRESETS:
+        config = _OTHER_FAMILY_PRESETS[name]()
+        config.num_labels, config.id2label, config.label2id = NUM_CLASSES, dict(ID2LABEL), dict(LABEL2ID)
+        return config
     depths, hidden_sizes, decoder = {**_MIT_SIZES, **_SMALL_SIZES}[name]
     heads = [1, 2, 5, 8] if name.startswith("mit") else [1, 1, 2, 4]
     return SegformerConfig(
@@ -71,14 +97,15 @@ def _hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
-def load_pretrained_segformer(
-    name_or_path: str, *, hint: str = "pass --init random to train from scratch", **kwargs
-) -> SegformerForSemanticSegmentation:
-    """A 19-class SegFormer from a folder or Hub id: `from_pretrained` that uses the cache first and fails within
-    seconds, with a way forward, when offline.
+def load_pretrained_network(
+    name_or_path: str, *, hint: str = "pass --init random to train from scratch", model_class=AutoModelForSemanticSegmentation, **kwargs
+) -> PreTrainedModel:
+    """A 19-class segmentation network from a folder or Hub id: `from_pretrained` that uses the cache first and
+    fails within seconds, with a way forward, when offline.
 
     Args:
         hint: the way forward the offline error offers first.
+        model_class: `AutoModelForSemanticSegmentation` (any family) or one model class.
         kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override).
 
     Raises:
@@ -86,9 +113,9 @@ def load_pretrained_segformer(
     """
     kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
     if Path(name_or_path).is_dir():
-        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+        return model_class.from_pretrained(name_or_path, **kwargs)
     try:
-        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+        return model_class.from_pretrained(name_or_path, local_files_only=True, **kwargs)
     except OSError:
         pass
     if not _hub_reachable():
@@ -98,15 +125,79 @@ def load_pretrained_segformer(
             f"(`hf download {name_or_path} --local-dir DIR`) and pass that folder."
         )
     try:
-        return SegformerForSemanticSegmentation.from_pretrained(name_or_path, **kwargs)
+        return model_class.from_pretrained(name_or_path, **kwargs)
     except OSError as error:
         raise ModelUnavailableError(f"Cannot load '{name_or_path}' from the Hub: {error}") from error
+
+
+def load_pretrained_segformer(name_or_path: str, **kwargs) -> SegformerForSemanticSegmentation:
+    """`load_pretrained_network` for a SegFormer (the ImageNet MiT encoders, whose checkpoints are classifiers)."""
+    return load_pretrained_network(name_or_path, model_class=SegformerForSemanticSegmentation, **kwargs)
+
+
+def read_processor_config(name_or_path: str) -> dict | None:
+    """The `preprocessor_config.json` of a folder or (cached) Hub repo, or None when it has none."""
+    from transformers.utils import cached_file
+
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path) / "preprocessor_config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def adopt_input_normalization(network: PreTrainedModel, name_or_path: str) -> PreTrainedModel:
+    """Keep the input normalisation of a loaded network's own image processor in its config (see
+    `INPUT_NORMALIZATION_KEY`); a SegFormer without one keeps ImageNet's; any other family must have one."""
+    processor = read_processor_config(name_or_path)
+    if processor is None:
+        if network.config.model_type == "segformer":
+            return network
+        raise ModelUnavailableError(
+            f"'{name_or_path}' ({network.config.model_type}) has no image processor (preprocessor_config.json), so "
+            "the normalisation its weights expect is unknown. Add the preprocessor_config.json of the model it came "
+            "from to the folder (or pass a preset name to train from scratch)."
+        )
+    normalize = processor.get("do_normalize", "image_mean" in processor)
+    mean = tuple(processor.get("image_mean", IMAGENET_MEAN)) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.get("image_std", IMAGENET_STD)) if normalize else (1.0, 1.0, 1.0)
+    bgr = bool(processor.get("do_flip_channel_order", False))
+    if (mean, std, bgr) != (IMAGENET_MEAN, IMAGENET_STD, False):
+        setattr(network.config, INPUT_NORMALIZATION_KEY, {"mean": list(mean), "std": list(std), "bgr": bgr})
+    return network
+
+
+def input_normalization(network: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], bool]:
+    """`(mean, std, bgr)` a network's inputs are normalised with: ImageNet's in RGB order unless its config says."""
+    spec = getattr(getattr(network, "config", None), INPUT_NORMALIZATION_KEY, None)
+    if not spec:
+        return IMAGENET_MEAN, IMAGENET_STD, False
+    return tuple(spec["mean"]), tuple(spec["std"]), bool(spec["bgr"])
+
+
+def network_inputs(images: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    """`(B, 3, H, W)` RGB in [0, 1] normalised the way `network` expects (`input_normalization`)."""
+    mean, std, bgr = input_normalization(network)
+    inputs = normalize_images(images, mean, std)
+    return inputs.flip(1) if bgr else inputs
+
+
+def _check_labels(network: PreTrainedModel, name: str) -> PreTrainedModel:
+    if getattr(network.config, "num_labels", None) != NUM_CLASSES:
+        raise ValueError(
+            f"'{name}' predicts {network.config.num_labels} classes, not the {NUM_CLASSES} Cityscapes classes; "
+            "its head could not be set to 19 labels."
+        )
+    return network
 
 
 NETWORKS_FILE = "networks.json"  # in a DudaTrainer checkpoint: each network's config by role
 
 
-def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> SegformerForSemanticSegmentation:
+def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrainedModel:
     """One network (`student`, `aux_student`, `teacher`, `extra_teacher_N`) of a DudaTrainer checkpoint folder."""
     from safetensors.torch import load_file
     from transformers import AutoConfig
@@ -129,24 +220,36 @@ def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> SegformerF
     return network
 
 
-def build_segformer(name: str, init: str = "imagenet") -> SegformerForSemanticSegmentation:
-    """A 19-class SegFormer by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`), Hub id, local folder, or one
-    network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role` (`student`, `aux_student`, `teacher`).
+def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
+    """A 19-class segmentation network by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`,
+    `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`), Hub id or local folder of any
+    `AutoModelForSemanticSegmentation` family, or one network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role`
+    (`student`, `aux_student`, `teacher`).
+
+    A loaded network with another number of classes gets a new 19-class head (the rest of its weights kept); one
+    that is not a SegFormer must come with its image processor, whose normalisation it is then trained with.
 
     Args:
-        name: preset, Hub id or folder of a SegFormer checkpoint.
+        name: preset, Hub id or folder.
         init: for `mit-bN`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head new);
-            'random' builds the architecture from scratch. Small presets are always random.
+            'random' builds the architecture from scratch. The small presets are always random.
     """
     if name in _SMALL_SIZES or (name in _MIT_SIZES and init == "random"):
         return SegformerForSemanticSegmentation(preset_config(name))
+    if name in _OTHER_FAMILY_PRESETS:
+        return AutoModelForSemanticSegmentation.from_config(preset_config(name))
     if name in _MIT_SIZES:
         # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
         return load_pretrained_segformer(f"nvidia/{name}", ignore_mismatched_sizes=True)
     path, _, role = name.rpartition("@")
     if path and Path(path).is_dir():
         return load_from_checkpoint(path, role)
-    return load_pretrained_segformer(name)
+    # A head for another label set (e.g. 21 VOC classes) is replaced by a new 19-class one.
+    network = load_pretrained_network(name, ignore_mismatched_sizes=True)
+    return _check_labels(adopt_input_normalization(network, name), name)
+
+
+build_segformer = build_network  # the name of the SegFormer-only days, kept for existing code
 
 
 def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
@@ -162,6 +265,19 @@ def _set_dropout_eval(module: nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, nn.Dropout) or type(sub).__name__.endswith("DropPath"):
             sub.eval()
+
+
+class _InputCache:
+    """One batch normalised for each network that reads it, computed once per distinct normalisation."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images, self.normalized = images, {}
+
+    def __call__(self, network: nn.Module) -> torch.Tensor:
+        key = input_normalization(network)
+        if key not in self.normalized:
+            self.normalized[key] = network_inputs(self.images, network)
+        return self.normalized[key]
 
 
 class DudaModel(nn.Module):
@@ -233,13 +349,13 @@ class DudaModel(nn.Module):
         Returns logits `(B, 19, H/4, W/4)` under `student_logits` and, for 'duda', `aux_logits`; with
         `output_features`, the last encoder stage of the network that gets the feature distance.
         """
-        inputs = normalize_images(pixel_values)
+        inputs = _InputCache(pixel_values)
         outputs = {}
-        student_out = self.student(pixel_values=inputs, output_hidden_states=output_features and self.aux_student is None)
+        student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
         outputs["student_logits"] = student_out.logits
         fd_out = student_out
         if self.aux_student is not None:
-            fd_out = self.aux_student(pixel_values=inputs, output_hidden_states=output_features)
+            fd_out = self.aux_student(pixel_values=inputs(self.aux_student), output_hidden_states=output_features)
             outputs["aux_logits"] = fd_out.logits
         if output_features:
             outputs["features"] = fd_out.hidden_states[-1]
@@ -248,8 +364,8 @@ class DudaModel(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Logits of the EMA teacher and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
-        inputs = normalize_images(pixel_values)
-        return [net(pixel_values=inputs).logits for net in [self.teacher, *self.extra_teachers]]
+        inputs = _InputCache(pixel_values)
+        return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers]]
 
     @torch.no_grad()
     def imagenet_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -310,28 +426,30 @@ def build_duda_model(
     The feature-distance encoder is a frozen copy of the ImageNet network the trained large network
     starts from; with `init='random'` or a non-MiT preset there is none and the feature distance is off.
     """
-    student_net = build_segformer(student, init)
-    aux_net = build_segformer(aux_student, init) if method == "duda" else None
+    student_net = build_network(student, init)
+    aux_net = build_network(aux_student, init) if method == "duda" else None
     fd_base = aux_net if aux_net is not None else student_net
     fd_name = aux_student if method == "duda" else student
     imagenet_encoder = None
     if fd_lambda > 0 and fd_name in _MIT_SIZES and init == "imagenet" and method != "source_only":
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
-    teachers = [build_segformer(name, init) for name in (extra_teachers or [])]
+    teachers = [build_network(name, init) for name in (extra_teachers or [])]
     return DudaModel(
         student_net, aux_net, method, extra_teachers=teachers, imagenet_encoder=imagenet_encoder, teacher_train_mode=teacher_train_mode
     )
 
 
-def export_segformer(
-    model: SegformerForSemanticSegmentation, output_dir: str | os.PathLike, eval_size_hw: tuple[int, int] | None = None
-) -> Path:
-    """Write `model` as a plain transformers SegFormer: config (Cityscapes labels), safetensors, image processor.
+def export_network(model: PreTrainedModel, output_dir: str | os.PathLike, eval_size_hw: tuple[int, int] | None = None) -> Path:
+    """Write `model` as a plain transformers model of its own class: config (Cityscapes labels), safetensors, and an
+    image processor that resizes to a fixed size and normalises as the network was trained.
+
+    The processor is a `SegformerImageProcessor` (resize, rescale, normalise; it serves any family in the
+    `image-segmentation` pipeline), or a `MobileViTImageProcessor` for a network trained on BGR inputs.
 
     Args:
         eval_size_hw: `(height, width)` the image processor resizes to (Cityscapes: 512, 1024); None keeps 512 x 512.
     """
-    from transformers import SegformerImageProcessor
+    from transformers import MobileViTImageProcessor, SegformerImageProcessor
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -339,10 +457,16 @@ def export_segformer(
     model.config.label2id = dict(LABEL2ID)
     model.save_pretrained(output_dir)
     height, width = eval_size_hw or (512, 512)
-    SegformerImageProcessor(
-        size={"height": height, "width": width},
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-        do_reduce_labels=False,
-    ).save_pretrained(output_dir)
+    mean, std, bgr = input_normalization(model)
+    size = {"height": height, "width": width}
+    if bgr:  # MobileViT's processor: no normalisation, channels flipped
+        if (mean, std) != ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
+            raise ValueError("a BGR network with mean/std normalisation has no transformers image processor to export it with")
+        processor = MobileViTImageProcessor(size=size, do_center_crop=False, do_flip_channel_order=True, do_reduce_labels=False)
+    else:
+        processor = SegformerImageProcessor(size=size, image_mean=list(mean), image_std=list(std), do_reduce_labels=False)
+    processor.save_pretrained(output_dir)
     return output_dir
+
+
+export_segformer = export_network  # the name of the SegFormer-only days, kept for existing code

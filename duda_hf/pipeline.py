@@ -21,7 +21,7 @@ from .data.rcs import RareClassSampler, class_pixel_counts
 from .evaluation import SYNTHIA_SUBSETS
 from .hub import build_model_card, recipe_summary
 from .jsonio import write_json
-from .models import build_duda_model, export_segformer
+from .models import build_duda_model, export_network
 from .recipe import RecipeError, typed_recipe
 from .report import teacher_premise
 from .resume import resolve_checkpoint
@@ -82,6 +82,10 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     """Load and validate the domains, build the networks and return a ready `DudaTrainer`."""
     for flag in ("source_dataset", "target_dataset", "target_eval_dataset"):
         _require(getattr(data_args, flag), f"--{flag}")
+    if config.export_onnx:  # a missing extra fails now, not after training
+        from .onnx_export import require_onnx_packages
+
+        require_onnx_packages()
     set_seed(config.seed)
     source, target, target_eval = (
         load_domain(
@@ -173,15 +177,25 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     if trainer.is_world_process_zero():
         # the evaluation size, or the first validation image's (PIL's size is width, height)
         eval_size_hw = data_args.eval_size_hw or trainer.eval_dataset[0]["image"].size[::-1]
-        export_segformer(trainer.model.student, Path(config.output_dir) / "student", eval_size_hw=eval_size_hw)
+        export_network(trainer.model.student, Path(config.output_dir) / "student", eval_size_hw=eval_size_hw)
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
-            export_segformer(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size_hw=eval_size_hw)
+            export_network(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size_hw=eval_size_hw)
+        if config.export_onnx:  # before the card, which then says how to run it, and before any push
+            from .onnx_export import export_onnx, onnx_summary
+
+            print(onnx_summary(export_onnx(Path(config.output_dir) / "student")))
         write_json(Path(config.output_dir) / "eval_results.json", results)
         premise = teacher_premise(results)
         if premise:
             logger.warning(premise)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
-        card = build_model_card(results, repo_id, eval_size_hw=eval_size_hw)
+        card = build_model_card(
+            results,
+            repo_id,
+            eval_size_hw=eval_size_hw,
+            architecture=type(trainer.model.student).__name__,
+            onnx=(Path(config.output_dir) / "student" / "onnx" / "model.onnx").is_file(),
+        )
         card.save(Path(config.output_dir) / "student" / "README.md")
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
             trainer.push_to_hub(commit_message=f"DUDA student after {trainer.state.global_step} steps")

@@ -17,6 +17,7 @@ CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyprojec
     "push_to_hub.py": "duda-push",
     "make_synthetic.py": "duda-make-synthetic",
     "pretrain_synthetic.py": "duda-pretrain-synthetic",
+    "export_onnx.py": "duda-export-onnx",
 }
 ENV = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
 

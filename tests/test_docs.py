@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("method.md", "datasets.md", "design.md", "reproducibility.md")
+DOCS = ("method.md", "datasets.md", "design.md", "reproducibility.md", "deployment.md")
 
 MARKDOWN_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s)\]>`'\"]+")
@@ -51,7 +51,9 @@ def repository_names() -> tuple[set[str], set[str]]:
     top_level = {entry.name for entry in ROOT.iterdir()} - {".git"}
     names = set()
     for folder, subfolders, files in os.walk(ROOT):
-        subfolders[:] = [d for d in subfolders if not d.startswith((".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"))]
+        subfolders[:] = [
+            d for d in subfolders if not d.startswith((".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"))
+        ]
         names.update(files)
     return top_level, names
 
@@ -92,8 +94,8 @@ def test_the_documentation_is_in_the_repository():
     for name in DOCS:
         assert (ROOT / "docs" / name).is_file(), f"docs/{name} is missing"
     readme = (ROOT / "README.md").read_text()
-    layout = readme.split("## Layout", 1)[1]
-    assert "docs/" in layout, "the README's Layout names docs/"
+    layout = readme.split("## Where to change what", 1)[1]
+    assert "docs/" in layout, "the README's map of where to change what names docs/"
     for name in DOCS:
         assert f"(docs/{name})" in readme, f"the README links docs/{name}"
 

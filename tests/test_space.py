@@ -145,7 +145,7 @@ def test_space_files_declare_a_gradio_space_that_needs_no_duda_hf():
     assert "org/duda-mitb0-gta2cs" in header["models"]
     assert {"title", "emoji", "colorFrom", "colorTo", "license", "short_description"} <= set(header)
     requirements = (SPACE / "requirements.txt").read_text().lower()
-    for package in ("gradio", "transformers", "torch", "pillow", "numpy"):
+    for package in ("gradio", "transformers", "torch", "pillow", "numpy", "onnxruntime"):
         assert package in requirements
     assert "duda" not in requirements
     imported = {
@@ -154,7 +154,8 @@ def test_space_files_declare_a_gradio_space_that_needs_no_duda_hf():
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert imported - set(sys.stdlib_module_names) == {"gradio", "numpy", "torch", "PIL", "transformers"}
+    # onnxruntime: imported only when the model has an ONNX file (DUDA_RUNTIME)
+    assert imported - set(sys.stdlib_module_names) == {"gradio", "numpy", "torch", "PIL", "transformers", "onnxruntime"}
 
 
 def test_examples_are_small_generated_street_images():
@@ -353,13 +354,13 @@ def test_missing_folder_and_folder_without_weights_are_explained(app, tmp_path):
 
 def test_teacher_beside_student_and_each_model_loads_once(app, tiny_model, monkeypatch):
     loads = []
-    original = app.SegformerForSemanticSegmentation.from_pretrained
+    original = app.AutoModelForSemanticSegmentation.from_pretrained
 
     def counting(source, **kwargs):
         loads.append(source)
         return original(source, **kwargs)
 
-    monkeypatch.setattr(app.SegformerForSemanticSegmentation, "from_pretrained", counting)
+    monkeypatch.setattr(app.AutoModelForSemanticSegmentation, "from_pretrained", counting)
     running = Running(app.build_demo(model=str(tiny_model), teacher=str(tiny_model)))
     try:
         for _ in range(2):
@@ -577,3 +578,36 @@ def test_browser_round_trip_with_b0_at_1024x512(tmp_path_factory, app, tmp_path)
     print(f"browser round trip (B0, 1024x512): {seconds:.2f} s; {timing}")
     assert legend and "image 1024x512" in timing
     assert seconds < 6.0, f"{seconds:.2f} s from click to legend with B0"
+
+
+def test_an_onnx_student_answers_through_onnx_runtime_like_pytorch(app, tmp_path, monkeypatch):
+    from duda_hf.onnx_export import export_onnx
+
+    folder = _export(tmp_path / "tiny", "tiny", (64, 128))
+    export_onnx(folder, quantize=False)
+    image = app.read_image(SPACE / "examples" / "street_dusk.jpg")
+    monkeypatch.setenv("DUDA_RUNTIME", "pytorch")
+    torch_map, _ = app.load_segmenter(str(folder)).predict(image)
+    monkeypatch.setenv("DUDA_RUNTIME", "auto")  # onnx/model.onnx is there and onnxruntime installed: ONNX Runtime answers
+    onnx_segmenter = app.load_segmenter(str(folder))
+    assert onnx_segmenter.runtime.startswith("ONNX Runtime") and "onnx/model.onnx" in onnx_segmenter.runtime
+    onnx_map, _ = onnx_segmenter.predict(image)
+    assert np.mean(onnx_map == torch_map) >= 0.999  # fp32 ONNX logits within 1e-3 of PyTorch's: ties aside, the same map
+    running = Running(app.build_demo(model=str(folder)))
+    try:
+        result = running.segment(SPACE / "examples" / "street_dusk.jpg")
+    finally:
+        running.close()
+    _check_overlay(result, (1024, 512))
+    assert "(student, ONNX Runtime" in result[3]
+
+
+def test_an_onnx_runtime_asked_for_but_missing_is_a_load_error(app, tiny_model, monkeypatch):
+    monkeypatch.setenv("DUDA_RUNTIME", "onnx")
+    with pytest.raises(
+        app.ModelLoadError, match=r"DUDA_RUNTIME=onnx but the model has no onnx/model.onnx \(export it with duda-export-onnx\)"
+    ):
+        app.load_segmenter(str(tiny_model))
+    monkeypatch.setenv("DUDA_RUNTIME", "tensorrt")
+    with pytest.raises(app.ModelLoadError, match="DUDA_RUNTIME='tensorrt' is not one of"):
+        app.load_segmenter(str(tiny_model))

@@ -68,27 +68,19 @@ def parse(argv):
 
 
 def load_model(name_or_path: str, role: str = "--model"):
-    """The SegFormer, its evaluation size `(height, width)` and normalisation from its image processor, if it has one."""
-    try:  # the PIL processor: the default one wants torchvision, which this project does not use
-        from transformers import SegformerImageProcessorPil as SegformerImageProcessor
-    except ImportError:
-        from transformers import SegformerImageProcessor
-
+    """The network (any segmentation family, normalised as its image processor says) and its evaluation size
+    `(height, width)` from its image processor, if it has one (else the native size)."""
     from duda_hf.model_checks import check_model_folder
-    from duda_hf.models import load_pretrained_segformer
+    from duda_hf.models import adopt_input_normalization, load_pretrained_network, read_processor_config
 
     if Path(name_or_path).is_dir():
         check_model_folder(name_or_path, role)
-    model = load_pretrained_segformer(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
-    size_hw, mean, std = None, None, None
-    try:
-        processor = SegformerImageProcessor.from_pretrained(name_or_path, local_files_only=Path(name_or_path).is_dir() or None)
-        if processor.do_resize and processor.size:
-            size_hw = (processor.size["height"], processor.size["width"])
-        mean, std = processor.image_mean, processor.image_std
-    except OSError:
-        pass  # no preprocessor_config.json: native size, ImageNet statistics
-    return model, size_hw, mean, std
+    model = load_pretrained_network(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
+    model = adopt_input_normalization(model, name_or_path)
+    processor = read_processor_config(name_or_path) or {}
+    size = processor.get("size") or {}
+    size_hw = (size["height"], size["width"]) if processor.get("do_resize", True) and {"height", "width"} <= set(size) else None
+    return model, size_hw
 
 
 def _wxh(size_hw: tuple[int, int]) -> str:
@@ -113,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     from duda_hf.data.rcs import class_pixel_counts
     from duda_hf.evaluation import SYNTHIA_SUBSETS, evaluate_networks
     from duda_hf.jsonio import write_json
-    from duda_hf.models import IMAGENET_MEAN, IMAGENET_STD
     from duda_hf.report import markdown_report, plot_confusion, plot_per_class_iou
 
     state = PartialState()
@@ -147,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    _, model_size_hw, mean, std = next(iter(models.values()))
+    _, model_size_hw = next(iter(models.values()))
     size_hw = args.eval_size_hw or (None if args.native_size else model_size_hw)
     device = state.device
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
@@ -168,8 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         autocast_dtype=dtype,
         process_index=state.process_index,
         world_size=state.num_processes,
-        image_mean=mean or IMAGENET_MEAN,
-        image_std=std or IMAGENET_STD,
         progress=state.is_main_process,
     )
     seconds = time.monotonic() - started

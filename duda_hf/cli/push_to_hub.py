@@ -47,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             size = config.get("size") or {}
             eval_size_hw = (size["height"], size["width"]) if "width" in size else None
-            card = build_model_card(json.loads(results_path.read_text()), args.repo_id, license=args.license, eval_size_hw=eval_size_hw)
+            model_config = json.loads((model_dir / "config.json").read_text())
+            architecture = (model_config.get("architectures") or ["SegformerForSemanticSegmentation"])[0]
+            card = build_model_card(
+                json.loads(results_path.read_text()),
+                args.repo_id,
+                license=args.license,
+                eval_size_hw=eval_size_hw,
+                architecture=architecture,
+                onnx=(model_dir / "onnx" / "model.onnx").is_file(),
+            )
             card.save(card_path)
         url = push_folder(model_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)
     except HubError:

@@ -1,11 +1,15 @@
 """DUDA demo Space: drop a street image, get its Cityscapes segmentation from a distilled SegFormer student.
 
 Runs on a free CPU Space and on a laptop: `python spaces/duda-demo/app.py`. It needs only torch, transformers,
-gradio, pillow and numpy (a Space installs requirements.txt, not duda_hf).
+gradio, pillow and numpy, and onnxruntime for an ONNX student (a Space installs requirements.txt, not duda_hf).
 
 Environment:
-    DUDA_MODEL    Hub id or local folder of the student (default org/duda-mitb0-gta2cs).
+    DUDA_MODEL    Hub id or local folder of the student (default org/duda-mitb0-gta2cs); any transformers semantic
+                  segmentation model (SegFormer, MobileNetV2-DeepLabV3, MobileViT, ...).
     DUDA_TEACHER  optional Hub id or folder of the teacher, shown beside the student.
+    DUDA_RUNTIME  `auto` (default): ONNX Runtime when the model has `onnx/model.onnx` (duda-export-onnx) and
+                  onnxruntime is installed, else PyTorch; `onnx`: ONNX Runtime or a load error; `onnx-int8`: the
+                  quantized `onnx/model_quantized.onnx`; `pytorch`: always PyTorch.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from gradio import processing_utils
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import SegformerForSemanticSegmentation
+from transformers import AutoModelForSemanticSegmentation, PreTrainedModel
 from transformers.utils import cached_file
 
 DEFAULT_MODEL = "org/duda-mitb0-gta2cs"
@@ -102,15 +106,18 @@ class InputError(ValueError):
 
 @dataclass
 class Segmenter:
-    """A SegFormer and the preprocessing it was exported with."""
+    """A segmentation model, the preprocessing it was exported with, and the runtime that answers."""
 
     source: str  # Hub id or folder it was loaded from
-    model: SegformerForSemanticSegmentation
+    model: PreTrainedModel
     input_size_hw: tuple[int, int]  # (height, width) the image is resized to, from preprocessor_config.json
     mean: np.ndarray  # (3,) in [0, 1]
     std: np.ndarray  # (3,)
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
+    bgr: bool = False  # channels flipped after normalisation (MobileViT's processor)
+    session: object | None = None  # an onnxruntime.InferenceSession; None: PyTorch
+    runtime: str = "PyTorch"  # shown with every answer
 
     @property
     def num_parameters(self) -> int:
@@ -121,13 +128,19 @@ class Segmenter:
         height, width = self.input_size_hw
         array = np.asarray(image.resize((width, height), Image.BILINEAR), dtype=np.float32) / 255.0
         array = (array - self.mean) / self.std
+        if self.bgr:
+            array = array[:, :, ::-1]
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).unsqueeze(0)
 
     @torch.inference_mode()
     def predict(self, image: Image.Image) -> tuple[np.ndarray, float]:
         """Class map `(H, W)` uint8 at `image`'s size, and the seconds spent (resize, forward, upsampling, argmax)."""
         start = time.perf_counter()
-        logits = self.model(pixel_values=self.pixel_values(image)).logits  # (1, C, H/4, W/4)
+        pixels = self.pixel_values(image)
+        if self.session is not None:
+            logits = torch.from_numpy(self.session.run(["logits"], {"pixel_values": pixels.numpy()})[0])
+        else:
+            logits = self.model(pixel_values=pixels).logits  # (1, C, H/s, W/s) at the model's output stride
         logits = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
         label_map = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
         return label_map, time.perf_counter() - start
@@ -167,6 +180,33 @@ def _read_processor_config(source: str, local_only: bool) -> dict:
     if path is not None:
         config.update(json.loads(Path(path).read_text()))
     return config
+
+
+RUNTIMES = {"auto": "onnx/model.onnx", "onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quantized.onnx", "pytorch": None}
+
+
+def _onnx_session(source: str, local_only: bool, env_var: str) -> tuple[object | None, str]:
+    """The ONNX Runtime session DUDA_RUNTIME asks for (None: PyTorch) and the runtime's name for the page."""
+    choice = os.environ.get("DUDA_RUNTIME", "auto").strip().lower() or "auto"
+    if choice not in RUNTIMES:
+        raise ModelLoadError(f"DUDA_RUNTIME={choice!r} is not one of {sorted(RUNTIMES)}; unset it or pick one, and restart.")
+    if RUNTIMES[choice] is None:
+        return None, "PyTorch"
+    path = cached_file(source, RUNTIMES[choice], local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    if path is None or onnxruntime is None:
+        if choice == "auto":
+            return None, "PyTorch"
+        missing = (
+            f"the model has no {RUNTIMES[choice]} (export it with duda-export-onnx)" if path is None else "onnxruntime is not installed"
+        )
+        raise ModelLoadError(f"DUDA_RUNTIME={choice} but {missing}. {_fix_hint(env_var)}")
+    options = onnxruntime.SessionOptions()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session, f"ONNX Runtime {onnxruntime.__version__} ({RUNTIMES[choice]})"
 
 
 def _folder_problem(folder: Path) -> str | None:
@@ -233,7 +273,7 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
             error = ConnectionError("the Hub is unreachable (no network)")
             continue
         try:
-            model = SegformerForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
+            model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
             processor = _read_processor_config(source, local_only)
             break
         except Exception as err:  # a missing repo or file (OSError), damaged weights (SafetensorError), a bad config ...
@@ -254,14 +294,19 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
     if not (isinstance(size, dict) and {"height", "width"} <= set(size)):
         needed = "{'height': H, 'width': W}"
         raise ModelLoadError(f"The model '{source}' has preprocessor size {size}; this demo needs {needed}. {_fix_hint(env_var)}")
+    normalize = processor.get("do_normalize", True)
+    session, runtime = _onnx_session(source, local_only, env_var)
     segmenter = Segmenter(
         source=source,
         model=model,
         input_size_hw=(int(size["height"]), int(size["width"])),
-        mean=np.asarray(processor["image_mean"], np.float32),
-        std=np.asarray(processor["image_std"], np.float32),
+        mean=np.asarray(processor["image_mean"] if normalize else (0.0, 0.0, 0.0), np.float32),
+        std=np.asarray(processor["image_std"] if normalize else (1.0, 1.0, 1.0), np.float32),
         class_names=names,
         palette=palette,
+        bgr=bool(processor.get("do_flip_channel_order", False)),
+        session=session,
+        runtime=runtime,
     )
     try:  # warm-up: the first forward pass is the slowest, better paid at start-up than by the first visitor
         height, width = segmenter.input_size_hw
@@ -451,7 +496,7 @@ def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | 
             "every pixel with one of the 19 Cityscapes classes."
         ),
         f"Model: `{student_source}`"
-        + (f" ({student.num_parameters / 1e6:.1f} M parameters)" if student else "")
+        + (f" ({student.num_parameters / 1e6:.1f} M parameters, runs on {student.runtime})" if student else "")
         + (f"; teacher `{teacher.source}` ({teacher.num_parameters / 1e6:.1f} M parameters)" if teacher else "")
         + ".",
         (
@@ -463,10 +508,10 @@ def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | 
     return "\n\n".join(lines)
 
 
-def _timing(student_seconds: float, size_wh: tuple[int, int], work_wh: tuple[int, int], teacher_line: str) -> str:
+def _timing(student_seconds: float, size_wh: tuple[int, int], work_wh: tuple[int, int], teacher_line: str, runtime: str = "PyTorch") -> str:
     """The timing line; sizes are PIL's (width, height), shown as width x height."""
     scaled = f", downscaled to {work_wh[0]}x{work_wh[1]} for inference" if work_wh != size_wh else ""
-    return f"**Inference time:** {student_seconds:.2f} s (student) · image {size_wh[0]}x{size_wh[1]}{scaled}{teacher_line}"
+    return f"**Inference time:** {student_seconds:.2f} s (student, {runtime}) · image {size_wh[0]}x{size_wh[1]}{scaled}{teacher_line}"
 
 
 def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Blocks:
@@ -519,7 +564,7 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
                 teacher_line = f" · teacher {teacher_seconds:.2f} s · student agrees with the teacher on {agreement:.1%} of pixels"
             student_overlay, teacher_overlay = overlays(state, opacity)
             shares = class_shares(state["student"], student.class_names)
-            timing = _timing(student_seconds, original.size, work.size, teacher_line)
+            timing = _timing(student_seconds, original.size, work.size, teacher_line, student.runtime)
         except Exception as err:  # never a traceback on the page: say what failed, keep the details in the log
             traceback.print_exc()
             raise gr.Error(f"Segmentation failed ({type(err).__name__}: {err}). Try another image.", print_exception=False) from None
