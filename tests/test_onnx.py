@@ -136,3 +136,40 @@ def test_the_command_ends_with_one_error_line_for_a_missing_folder(tmp_path):
     )
     assert done.stderr.strip().splitlines() == [message]
     assert done.stdout == ""
+
+
+def test_export_onnx_at_the_end_of_training_is_pushed_with_the_student_and_the_card_says_how(tiny_benchmark, tmp_path, monkeypatch):
+    from duda_hf import hub
+    from duda_hf.pipeline import parse_args, run_training
+
+    from .conftest import tiny_argv
+    from .test_hub import RecordingApi
+
+    RecordingApi.calls = []
+    monkeypatch.setattr(hub, "HfApi", RecordingApi)
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--max_steps", "2", "--export_onnx", "true", "--push_to_hub", "true")
+    run_training(*parse_args([*argv, "--hub_model_id", "me/duda-onnx"]))
+    student = tmp_path / "run" / "student"
+    uploads = [c[2] for c in RecordingApi.calls if c[0] == "upload_folder"]
+    assert uploads[-1]["path_in_repo"] is None  # the repo root: Python, ONNX Runtime and transformers.js read one repo
+    assert uploads[-1]["files"] == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "onnx/model.onnx",
+        "onnx/model_quantized.onnx",
+        "preprocessor_config.json",
+    ]
+    card = (student / "README.md").read_text()
+    assert "### ONNX Runtime and transformers.js" in card
+    assert 'hf_hub_download("me/duda-onnx", "onnx/model.onnx")' in card and '"me/duda-onnx", { dtype: "q8" }' in card
+
+
+def test_a_card_without_onnx_files_does_not_mention_them(tmp_path):
+    from duda_hf.hub import build_model_card
+
+    metrics = {"mIoU": 0.5, "per_class_iou": {"road": 0.5}, "num_images": 1}
+    card = str(
+        build_model_card({"student": metrics, "recipe": {"student": "tiny"}}, "me/m", architecture="MobileNetV2ForSemanticSegmentation")
+    )
+    assert "ONNX" not in card and "plain `MobileNetV2ForSemanticSegmentation`" in card and "**MobileNetV2 (tiny)**" in card
