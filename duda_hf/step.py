@@ -171,6 +171,7 @@ def step_tensors(
     model,
     inputs: dict[str, torch.Tensor],
     args: DudaConfig,
+    *,
     step: int,
     generator: torch.Generator,
     autocast: Callable[[], AbstractContextManager],
@@ -276,13 +277,14 @@ def duda_step(
     model,
     inputs: dict[str, torch.Tensor],
     args: DudaConfig,
+    *,
     step: int,
     generator: torch.Generator,
     autocast: Callable[[], AbstractContextManager],
     extra_terms: Iterable[LossTerm] = (),
 ) -> StepResult:
     """The terms of `TERMS[args.method]` and then `extra_terms`, each computed once, in order; None terms are left out."""
-    tensors = step_tensors(model, inputs, args, step, generator, autocast)
+    tensors = step_tensors(model, inputs, args, step=step, generator=generator, autocast=autocast)
     terms: dict[str, torch.Tensor] = {}
     for term in (*TERMS[args.method], *extra_terms):
         value = term.compute(tensors)

@@ -225,7 +225,15 @@ class DudaTrainer(Trainer):
         logging step.
         """
         generator = self._step_generator(inputs["source_image"].device)
-        result = duda_step(model, inputs, self.args, self.state.global_step, generator, self.accelerator.autocast, self.loss_terms)
+        result = duda_step(
+            model,
+            inputs,
+            self.args,
+            step=self.state.global_step,
+            generator=generator,
+            autocast=self.accelerator.autocast,
+            extra_terms=self.loss_terms,
+        )
         self._update_inconsistency(result.tensors)
         self._keep_debug_tensors(result.tensors)
         loss = sum(result.terms.values())  # in the order of the terms (the floating-point order of the sum)

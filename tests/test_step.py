@@ -32,7 +32,7 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
 
     torch.manual_seed(0)
     generator = trainer._step_generator(torch.device("cpu"))
-    result = duda_step(duda, inputs, trainer.args, 2, generator, trainer.accelerator.autocast)
+    result = duda_step(duda, inputs, trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast)
     # pure: the networks' weights, the teacher and the inconsistency state are as they were; nothing logged or kept
     # (BatchNorm running statistics are the forward pass's own)
     changed = [name for name, value in duda.state_dict().items() if not torch.equal(value, state[name]) and "running_" not in name]
@@ -77,7 +77,9 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
 def test_a_term_whose_weight_is_zero_is_left_out(tiny_benchmark, tmp_path, step, present):
     trainer = make_trainer(tiny_benchmark, tmp_path)
     generator = trainer._step_generator(torch.device("cpu"))
-    result = duda_step(trainer.model, fixed_batch(trainer), trainer.args, step, generator, trainer.accelerator.autocast)
+    result = duda_step(
+        trainer.model, fixed_batch(trainer), trainer.args, step=step, generator=generator, autocast=trainer.accelerator.autocast
+    )
     assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", present]
     assert result.diagnostics["lam_t"] == (0.0 if step == 0 else 1.0)
 
