@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .data.errors import DomainError
 from .data.images import to_label_array, to_rgb_array
 from .data.labels import CITYSCAPES_CLASSES, IGNORE_INDEX, NUM_CLASSES, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from .models import input_normalization, network_inputs, normalize_images
+from .models import InputCache, normalize_images
 
 
 def confusion_matrix(
@@ -236,6 +236,8 @@ def evaluate_networks(
         dataset: rows with `image` (PIL) and `label` (PIL, trainIds).
         input_size_hw: `(height, width)` the image is resized to before inference; None keeps the native size.
         mode: `whole` (DAFormer's protocol) or `slide` (`window_hw`, `stride_hw`, each `(height, width)`).
+        image_mean, image_std: one normalisation for every network; None: each network's own
+            (`models.input_normalization`: ImageNet's unless its config records its image processor's).
     """
     from tqdm.auto import tqdm
 
@@ -248,13 +250,11 @@ def evaluate_networks(
         label = torch.from_numpy(to_label_array(row["label"]).copy()).to(device)
         image = torch.from_numpy(to_rgb_array(row["image"]).copy()).to(device)
         rgb = image.permute(2, 0, 1).unsqueeze(0).float() / 255
-        inputs = {}  # normalised once per distinct normalisation
+        shared = normalize_images(rgb, image_mean, image_std) if image_mean is not None else None
+        inputs = InputCache(rgb)  # each network's own normalisation, computed once per distinct one
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             for name, network in networks.items():
-                key = (image_mean, image_std) if image_mean is not None else input_normalization(network)
-                if key not in inputs:
-                    inputs[key] = normalize_images(rgb, image_mean, image_std) if image_mean is not None else network_inputs(rgb, network)
-                image = inputs[key]
+                image = shared if shared is not None else inputs(network)
                 if mode == "whole":
                     prediction = predict_whole(network, image, tuple(label.shape), input_size_hw)[0]
                 else:

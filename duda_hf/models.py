@@ -267,7 +267,7 @@ def _set_dropout_eval(module: nn.Module) -> None:
             sub.eval()
 
 
-class _InputCache:
+class InputCache:
     """One batch normalised for each network that reads it, computed once per distinct normalisation."""
 
     def __init__(self, images: torch.Tensor):
@@ -349,7 +349,7 @@ class DudaModel(nn.Module):
         Returns logits `(B, 19, H/4, W/4)` under `student_logits` and, for 'duda', `aux_logits`; with
         `output_features`, the last encoder stage of the network that gets the feature distance.
         """
-        inputs = _InputCache(pixel_values)
+        inputs = InputCache(pixel_values)
         outputs = {}
         student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
         outputs["student_logits"] = student_out.logits
@@ -364,7 +364,7 @@ class DudaModel(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Logits of the EMA teacher and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
-        inputs = _InputCache(pixel_values)
+        inputs = InputCache(pixel_values)
         return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers]]
 
     @torch.no_grad()
