@@ -39,7 +39,18 @@ def test_presets_of_other_families_predict_19_classes_at_their_stride(preset, mo
 
 def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_exports(tiny_benchmark, tmp_path):
     output = tmp_path / "run"
-    argv = tiny_argv(tiny_benchmark, output, "--student", "mobilenetv2-deeplabv3-tiny", "--eval_strategy", "steps", "--eval_steps", "4")
+    argv = tiny_argv(
+        tiny_benchmark,
+        output,
+        "--student",
+        "mobilenetv2-deeplabv3-tiny",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "4",
+        "--export_onnx",
+        "true",
+    )
     before = build_network("mobilenetv2-deeplabv3-tiny", "random")
     results = run_training(*parse_args(argv))
     assert results["student"]["num_images"] > 0 and results["auxiliary"] is not None
@@ -50,6 +61,7 @@ def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_export
     processor = json.loads((output / "student" / "preprocessor_config.json").read_text())
     assert processor["image_mean"] == [0.485, 0.456, 0.406] and processor["do_reduce_labels"] is False
     assert "MobileNetV2ForSemanticSegmentation" in (output / "student" / "README.md").read_text()
+    assert (output / "student" / "onnx" / "model.onnx").is_file() and (output / "student" / "onnx" / "model_quantized.onnx").is_file()
     trained = AutoModelForSemanticSegmentation.from_pretrained(output / "student")
     changed = [name for name, p in trained.state_dict().items() if p.is_floating_point() and not torch.equal(p, before.state_dict()[name])]
     assert changed, "the student's weights did not move"
