@@ -100,6 +100,14 @@ class DudaConfig(TrainingArguments):
         ),
     )
     kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
+    kd_confidence_weight: bool = field(
+        default=True,
+        metadata=_help(
+            "Weight the soft distillation term on target pixels by the pseudo-labels' confidence share (the quality weight "
+            "of the hard term), as docs/method.md specifies. false: target pixels weigh 1 there (margins and class weights "
+            "kept), so the teacher's soft output teaches before its pseudo-labels are confident (short runs)."
+        ),
+    )
     # --- inconsistency weighting ---
     inconsistency_beta: float = field(
         default=1.0, metadata=_help("beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.")

@@ -73,7 +73,8 @@ class StepTensors:
     mixed_weight: torch.Tensor | None = None  # 1 on source pixels, quality outside the margins on target pixels
     lam: float | None = None  # lam_t of gradual distillation
     class_weights: torch.Tensor | None = None  # (19,) inconsistency weights of this step
-    pixel_weight: torch.Tensor | None = None  # mixed_weight times the class weight on target pixels
+    class_pixel_weight: torch.Tensor | None = None  # (B, H, W): the class weight on target pixels, 1 on source pixels
+    pixel_weight: torch.Tensor | None = None  # mixed_weight times class_pixel_weight
     reference_features: torch.Tensor | None = None  # the frozen ImageNet encoder's features of the source images
 
 
@@ -129,7 +130,10 @@ def student_kd(t: StepTensors) -> torch.Tensor | None:
     source_onehot = F.one_hot(t.source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
     soft_target = mix(t.mask, source_onehot, t.probs_tau)
     valid = t.mixed_label != IGNORE_INDEX
-    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, t.pixel_weight, valid)
+    weight = t.pixel_weight
+    if not t.args.kd_confidence_weight:  # target pixels outside the margins weigh their class weight, not x quality
+        weight = mix(t.mask, torch.ones_like(t.inside), t.inside) * t.class_pixel_weight
+    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, weight, valid)
 
 
 def feature_distance_term(t: StepTensors) -> torch.Tensor | None:
@@ -258,7 +262,8 @@ def step_tensors(
         tensors.lam = distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
         tensors.class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
         class_weight = tensors.class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)]
-        tensors.pixel_weight = mixed_weight * torch.where(mask == 0, class_weight, 1.0)
+        tensors.class_pixel_weight = torch.where(mask == 0, class_weight, 1.0)
+        tensors.pixel_weight = mixed_weight * tensors.class_pixel_weight
     return tensors
 
 

@@ -143,3 +143,31 @@ def test_the_training_set_must_cover_the_run_in_order(tiny_benchmark, tmp_path):
     trainer.args.train_sampling_strategy = "random"
     with pytest.raises(ValueError, match=r"train_sampling_strategy='random': set it to 'sequential'"):
         DudaTrainer(trainer.model, trainer.args, trainer.train_dataset)
+
+
+def test_kd_confidence_weight_false_lets_an_unconfident_teacher_teach(tiny_benchmark, tmp_path):
+    """At step 0 a random teacher has no pixel above the 0.968 confidence threshold (quality 0): the specified KD
+    term weighs its target pixels by that quality, `--kd_confidence_weight false` by 1 (times the class weights)."""
+    kd = {}
+    for flag in ("true", "false"):
+        trainer = make_trainer(
+            tiny_benchmark, tmp_path / flag, "--preadapt_steps", "0", "--distill_ramp_steps", "0", "--kd_confidence_weight", flag
+        )
+        generator = trainer._step_generator(torch.device("cpu"))
+        result = duda_step(
+            trainer.model, fixed_batch(trainer), trainer.args, step=0, generator=generator, autocast=trainer.accelerator.autocast
+        )
+        t = result.tensors
+        assert float(t.quality) == 0.0 and t.lam == 1.0
+        kd[flag] = result.terms["loss_student_kd"]
+        if flag == "false":  # the same KD over the target pixels with weight 1 x class weight, source pixels 1
+            weight = torch.where(t.mask == 1, 1.0, t.inside) * t.class_pixel_weight
+            soft_target = torch.where(
+                t.mask[:, None] == 1,
+                torch.nn.functional.one_hot(t.source_label.clamp(max=18), 19).permute(0, 3, 1, 2).float(),
+                t.probs_tau,
+            )
+            expected = kd_loss(t.student_mix, soft_target, 1.0, weight, t.mixed_label != 255)
+            assert torch.allclose(kd[flag], expected, rtol=1e-6)
+    # with quality 0 only the pasted source pixels count under the specified weighting; without it the target too
+    assert float(kd["false"]) != pytest.approx(float(kd["true"]), rel=1e-3)
