@@ -1,7 +1,7 @@
 """Segmentation networks by name or checkpoint, the DUDA container (students + EMA teacher), and export.
 
 Any `AutoModelForSemanticSegmentation` family can be a student, the auxiliary student or an extra teacher
-(SegFormer, MobileNetV2-DeepLabV3, MobileViT(V2), UperNet, DPT, ...): its logits, at whatever output stride, are
+(tested: SegFormer, MobileNetV2-DeepLabV3, MobileViTV2): its logits, at whatever output stride, are
 brought to the label size by the losses and the evaluation. The deployable student is a plain transformers model
 of its own class; everything DUDA-specific lives in `DudaModel`, which is what the Trainer trains and checkpoints
 (all networks in one `model.safetensors`).
