@@ -275,6 +275,15 @@ class DudaConfig(TrainingArguments):
             self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
         super().__post_init__()
 
+    @property
+    def train_samples(self) -> int:
+        """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
+
+        Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
+        one process under DataParallel) x gradient accumulation x processes.
+        """
+        return self.max_steps * self.train_batch_size * self.gradient_accumulation_steps * self.world_size
+
     # Resolved step counts (a fraction below 1 means a share of max_steps).
     @property
     def preadapt_steps_resolved(self) -> int:

@@ -121,7 +121,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         source,
         target,
         data_args.crop_size_hw,
-        num_samples=train_samples(config),
+        num_samples=config.train_samples,
         seed=config.seed,
         source_resize_hw=data_args.source_resize_hw,
         target_resize_hw=data_args.target_resize_hw,
@@ -141,15 +141,6 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (docs/datasets.md, "SYNTHIA")
     subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None
     return DudaTrainer(model, config, train_dataset, target_eval, eval_size_hw=data_args.eval_size_hw, eval_class_subsets=subsets)
-
-
-def train_samples(config: DudaConfig) -> int:
-    """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
-
-    Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
-    one process under DataParallel) x gradient accumulation x processes.
-    """
-    return config.max_steps * config.train_batch_size * config.gradient_accumulation_steps * config.world_size
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:

@@ -410,7 +410,7 @@ def _check_train_dataset(dataset, args: DudaConfig) -> None:
             f"DudaTrainer reads its training samples in order, so that the data is a function of the step; got "
             f"train_sampling_strategy={args.train_sampling_strategy!r}: set it to 'sequential'"
         )
-    needed = args.max_steps * args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+    needed = args.train_samples
     if args.max_steps > 0 and len(dataset) < needed:
         raise ValueError(
             f"the training dataset has {len(dataset)} samples but the run draws {needed} (max_steps {args.max_steps} x "
