@@ -12,6 +12,9 @@ as mean ± std:
     labelled pretraining domain with no target data, `scripts/pretrain_synthetic.py`, run first if needed):
     source_only, self_training, duda, and duda without each of its components (soft KD, gradual
     distillation, inconsistency weighting).
+Diagnostic rows run only when named: `random_oracle_tiny`, `random_oracle_tiny_wide` and `pretrained_oracle_tiny`
+train on the target's labels (what the network could reach; no method may use them), and
+`pretrained_self_training_head3` / `pretrained_duda_head3` set the decode heads' rate multiplier to 3 instead of 10.
 Runs whose `eval_results.json` exists are reused. Writes benchmarks/results/quality_synthetic.json and prints a
 Markdown table.
 """
@@ -69,11 +72,41 @@ ROWS = {
         ["--inconsistency_beta", "0"],
     ),
 }
+# Diagnostics, run only when named in --rows. The oracle rows train on the target's labels, which no method may use:
+# they measure what the student could reach, not an adaptation result.
+DIAGNOSTIC_ROWS = {
+    "random_oracle_tiny": (
+        "random init: tiny trained on the target's labels (oracle)",
+        RANDOM,
+        ["--method", "source_only", "--source_dataset", "data_synthetic/target"],
+    ),
+    "random_oracle_tiny_wide": (
+        "random init: tiny-wide trained on the target's labels (oracle)",
+        RANDOM,
+        ["--method", "source_only", "--source_dataset", "data_synthetic/target", "--student", "tiny-wide"],
+    ),
+    "pretrained_oracle_tiny": (
+        "pretrained tiny trained on the target's labels (oracle)",
+        PRETRAINED,
+        ["--method", "source_only", "--source_dataset", "data_synthetic/target"],
+    ),
+    "pretrained_self_training_head3": (
+        "pretrained pair: self_training, decode heads at 3x the rate (recipe: 10x)",
+        PRETRAINED,
+        ["--method", "self_training", "--head_lr_multiplier", "3"],
+    ),
+    "pretrained_duda_head3": (
+        "pretrained pair: duda, decode heads at 3x the rate (recipe: 10x)",
+        PRETRAINED,
+        ["--method", "duda", "--head_lr_multiplier", "3"],
+    ),
+}
+ALL_ROWS = {**ROWS, **DIAGNOSTIC_ROWS}
 NETWORKS = ("student", "auxiliary", "teacher")
 
 
 def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None, collect_only: bool = False) -> dict | None:
-    label, recipe, flags = ROWS[row]
+    label, recipe, flags = ALL_ROWS[row]
     output_dir = output_root / f"{row}_seed{seed}"
     results_file = output_dir / "eval_results.json"
     if not results_file.exists() and collect_only:
@@ -120,7 +153,9 @@ def summarise(runs: list[dict], key: str) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run (default: all).")
+    parser.add_argument(
+        "--rows", nargs="+", default=list(ROWS), choices=list(ALL_ROWS), help="Rows to run (default: all but the diagnostics)."
+    )
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time, each with cores/jobs threads (default: 1).")
     parser.add_argument("--collect_only", action="store_true", help="Summarise the runs already done; start none.")
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
@@ -128,7 +163,7 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
     subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
-    if any(ROWS[row][1] == PRETRAINED for row in args.rows):
+    if any(ALL_ROWS[row][1] == PRETRAINED for row in args.rows):
         subprocess.run([sys.executable, "scripts/pretrain_synthetic.py"], cwd=ROOT, check=True, capture_output=True)
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
@@ -147,7 +182,7 @@ def main() -> None:
     report = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {platform.python_version()}",
-        "rows": {row: {"label": ROWS[row][0], "recipe": ROWS[row][1], "flags": ROWS[row][2]} for row in args.rows},
+        "rows": {row: {"label": ALL_ROWS[row][0], "recipe": ALL_ROWS[row][1], "flags": ALL_ROWS[row][2]} for row in args.rows},
         "extra_flags": extra,
         "pretraining": pretraining,
         "runs": runs,
@@ -163,7 +198,7 @@ def main() -> None:
     print("\n| row (mean ± std over seeds, per seed) | student | auxiliary | teacher |")
     print("|---|---|---|---|")
     for row, values in summary.items():
-        print(f"| {ROWS[row][0]} | " + " | ".join(cell(values[f"{name}_mIoU"]) for name in NETWORKS) + " |")
+        print(f"| {ALL_ROWS[row][0]} | " + " | ".join(cell(values[f"{name}_mIoU"]) for name in NETWORKS) + " |")
 
 
 if __name__ == "__main__":

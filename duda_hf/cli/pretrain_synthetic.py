@@ -1,6 +1,6 @@
 """Pretrain the synthetic benchmark's networks on a labelled pretraining domain (cached): the CPU analogue of ImageNet.
 
-    duda-pretrain-synthetic [--out pretrained_synthetic] [--networks tiny tiny-wide] [--steps 2000]
+    duda-pretrain-synthetic [--out pretrained_synthetic] [--networks tiny tiny-wide] [--steps 8000]
     python scripts/pretrain_synthetic.py ...                                                  # in a clone
 
 In the paper both networks start from ImageNet weights, of which the large MiT-B5 makes far more than the
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="pretrained_synthetic", help="Folder of the pretrained networks (default: %(default)s).")
     parser.add_argument("--data", default="data_synthetic_pretrain", help="Folder of the pretraining domain (built if missing).")
     parser.add_argument("--networks", nargs="+", default=["tiny", "tiny-wide"], help="Presets to pretrain (default: %(default)s).")
-    parser.add_argument("--steps", type=int, default=2000, help="Training steps per network, batch 4 (default: %(default)s).")
+    parser.add_argument("--steps", type=int, default=8000, help="Training steps per network, batch 4 (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Training seed (default: %(default)s).")
     args = parser.parse_args(argv)
     from duda_hf.data.synthetic import build_pretraining_domain
