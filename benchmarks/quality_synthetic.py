@@ -15,8 +15,8 @@ as mean ± std:
 Diagnostic rows run only when named: `random_oracle_tiny`, `random_oracle_tiny_wide` and `pretrained_oracle_tiny`
 train on the target's labels (what the network could reach; no method may use them), and
 `pretrained_self_training_head3` / `pretrained_duda_head3` set the decode heads' rate multiplier to 3 instead of 10.
-Runs whose `eval_results.json` exists are reused. Writes benchmarks/results/quality_synthetic.json and prints a
-Markdown table.
+Runs whose `eval_results.json` exists are reused. Writes benchmarks/results/quality_synthetic.json (with a
+diagnostic row: quality_synthetic_diagnostics.json) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -159,8 +159,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time, each with cores/jobs threads (default: 1).")
     parser.add_argument("--collect_only", action="store_true", help="Summarise the runs already done; start none.")
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "quality_synthetic.json"))
+    parser.add_argument(
+        "--results",
+        help="Result file (default: results/quality_synthetic.json, or quality_synthetic_diagnostics.json with a diagnostic row).",
+    )
     args, extra = parser.parse_known_args()
+    if args.results is None:
+        name = "quality_synthetic_diagnostics.json" if set(args.rows) & set(DIAGNOSTIC_ROWS) else "quality_synthetic.json"
+        args.results = str(ROOT / "benchmarks" / "results" / name)
     extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
     subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
     if any(ALL_ROWS[row][1] == PRETRAINED for row in args.rows):
