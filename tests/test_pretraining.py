@@ -1,8 +1,12 @@
 """The pretraining domain and `duda-pretrain-synthetic`: the CPU analogue of the paper's ImageNet start."""
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from duda_hf.data.synthetic import build_pretraining_domain, render_scene
@@ -52,3 +56,37 @@ def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path
     torch.testing.assert_close(
         trainer.model.student.state_dict(), AutoModelForSemanticSegmentation.from_pretrained(folder).state_dict(), rtol=0, atol=0
     )
+
+
+def test_an_interrupted_pretraining_resumes_from_its_checkpoint_and_ends_identical(tmp_path, monkeypatch, capsys, caplog):
+    """A run stopped after its step-2 checkpoint continues from it and writes the same weights as a run never stopped."""
+    from duda_hf.cli import pretrain_synthetic
+
+    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4, height=64, width=128)
+    argv = ["--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "4", "--save_every", "2"]
+    assert pretrain_synthetic.main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    expected = (tmp_path / "straight" / "tiny" / "model.safetensors").read_bytes()
+
+    from duda_hf import jsonio
+
+    def crash_on_the_record(path, value, **kwargs):
+        if Path(path).name == "pretraining.json":
+            raise OSError("simulated crash after training, before the finished folder was moved into place")
+        return write_json(path, value, **kwargs)
+
+    write_json = jsonio.write_json
+    monkeypatch.setattr(jsonio, "write_json", crash_on_the_record)
+    with pytest.raises(OSError, match="simulated crash"):
+        pretrain_synthetic.pretrain("tiny", data, tmp_path / "stopped", 4, 0, 2)
+    monkeypatch.setattr(jsonio, "write_json", write_json)
+    run_dir = tmp_path / "stopped" / ".runs" / "tiny"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    shutil.rmtree(run_dir / "checkpoint-4")  # as if stopped between steps 2 and 4
+
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="duda_hf.resume"):
+        assert pretrain_synthetic.main([*argv, "--out", str(tmp_path / "stopped")]) == 0
+    assert f"tiny: continuing the interrupted run in {run_dir}" in capsys.readouterr().out
+    assert "checkpoint-2: step 2 of 4" in caplog.text  # resumed, not started again
+    assert (tmp_path / "stopped" / "tiny" / "model.safetensors").read_bytes() == expected
+    assert not run_dir.exists()  # the run's checkpoints go once the folder is in place

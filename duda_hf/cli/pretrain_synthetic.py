@@ -9,7 +9,8 @@ pretraining domain: the benchmark's street layouts with every object in a random
 lighting, so that only shape and context tell the classes apart (docs/reproducibility.md). No target image
 or label is used. Each network is written as a plain SegFormer folder, `OUT/NAME/`, for `--student`,
 `--aux_student` or `--extra_teachers`, with `pretraining.json` (the settings and its mIoU on the pretraining
-domain's validation split). A folder whose settings match is reused as it is.
+domain's validation split). A folder whose settings match is reused as it is; an interrupted run (Ctrl-C, a
+preemption, a crash) continues from its last checkpoint when called again with the same settings.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ from pathlib import Path
 from duda_hf.cli.errors import program
 
 
-def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) -> dict:
-    """Train preset `name` on the pretraining domain (source-only) and write it to `out/name`; return its record."""
+def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int, save_every: int = 1000) -> dict:
+    """Train preset `name` on the pretraining domain (source-only) and write it to `out/name`; return its record.
+
+    The run checkpoints every `save_every` steps (and on SIGTERM/SIGINT) under `out/.runs/name`; a later call with
+    the same settings continues from its newest checkpoint, one with other settings starts again.
+    """
     from duda_hf.jsonio import write_json
     from duda_hf.pipeline import parse_args, run_training
 
@@ -38,6 +43,14 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
             print(f"{name}: reusing {target}")
             return cached
     run_dir = out / ".runs" / name
+    settings_file = run_dir / "settings.json"
+    resume = settings_file.is_file() and json.loads(settings_file.read_text()) == settings
+    if resume:
+        print(f"{name}: continuing the interrupted run in {run_dir}")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        write_json(settings_file, settings)
     flags = [
         "--method",
         "source_only",
@@ -70,7 +83,11 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
         "--eval_strategy",
         "no",
         "--save_strategy",
-        "no",
+        "steps",
+        "--save_steps",
+        str(save_every),
+        "--save_total_limit",
+        "2",
         "--logging_steps",
         "200",
         "--disable_tqdm",
@@ -81,6 +98,7 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int) 
         str(seed),
         "--output_dir",
         str(run_dir),
+        *(["--resume_from_checkpoint", "last"] if resume else []),
     ]
     results = run_training(*parse_args(flags))
     record = {"settings": settings, "pretrain_val_mIoU": round(100 * results["student"]["mIoU"], 2), "seconds": results["seconds"]}
@@ -101,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--networks", nargs="+", default=["tiny", "tiny-wide"], help="Presets to pretrain (default: %(default)s).")
     parser.add_argument("--steps", type=int, default=8000, help="Training steps per network, batch 4 (default: %(default)s).")
     parser.add_argument("--seed", type=int, default=0, help="Training seed (default: %(default)s).")
+    parser.add_argument(
+        "--save_every", type=int, default=1000, help="Checkpoint every N steps; an interrupted run resumes (default: %(default)s)."
+    )
     args = parser.parse_args(argv)
     from duda_hf.data.synthetic import build_pretraining_domain
 
     data = build_pretraining_domain(args.data)
     out = Path(args.out)
     for name in args.networks:
-        pretrain(name, data, out, args.steps, args.seed)
+        pretrain(name, data, out, args.steps, args.seed, args.save_every)
     return 0
 
 
