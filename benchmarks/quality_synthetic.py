@@ -101,6 +101,39 @@ DIAGNOSTIC_ROWS = {
         ["--method", "duda", "--head_lr_multiplier", "3"],
     ),
 }
+# Issue 21's probes (seed 0, run only when named): what lets the student learn its teacher. `clean`: the soft term
+# also on the clean target image; `stage`: the last steps train the student alone from the frozen teacher.
+STAGE = 500
+PROBE_ROWS = {
+    "probe_duda_clean1": ("probe: duda + KD on the clean target (weight 1)", PRETRAINED, ["--kd_clean_target", "1"]),
+    "probe_duda_clean3": ("probe: duda + KD on the clean target (weight 3)", PRETRAINED, ["--kd_clean_target", "3"]),
+    "probe_duda_stage_in": (
+        f"probe: duda, the last {STAGE} of {MAX_STEPS} steps a distillation stage",
+        PRETRAINED,
+        ["--distill_stage_steps", str(STAGE)],
+    ),
+    "probe_duda_stage_after": (
+        f"probe: duda, {MAX_STEPS} steps then a {STAGE}-step distillation stage",
+        PRETRAINED,
+        ["--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+    ),
+    "probe_duda_clean1_stage_after": (
+        f"probe: duda + KD on the clean target, {MAX_STEPS} steps then a {STAGE}-step distillation stage",
+        PRETRAINED,
+        ["--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+    ),
+    "probe_duda_longer": (
+        f"probe: duda for {MAX_STEPS + STAGE} steps (no stage)",
+        PRETRAINED,
+        ["--max_steps", str(MAX_STEPS + STAGE)],
+    ),
+    "probe_self_training_longer": (
+        f"probe: self_training for {MAX_STEPS + STAGE} steps",
+        PRETRAINED,
+        ["--method", "self_training", "--max_steps", str(MAX_STEPS + STAGE)],
+    ),
+}
+DIAGNOSTIC_ROWS.update(PROBE_ROWS)
 ALL_ROWS = {**ROWS, **DIAGNOSTIC_ROWS}
 NETWORKS = ("student", "auxiliary", "teacher")
 

@@ -108,6 +108,25 @@ class DudaConfig(TrainingArguments):
             "kept), so the teacher's soft output teaches before its pseudo-labels are confident (short runs)."
         ),
     )
+    # --- the student learns its teacher (this project's additions to the paper; docs/method.md) ---
+    kd_clean_target: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of a second soft distillation term on the clean target image, lam_t * w * KD(s(x_t), p_tau), on the "
+            "target pixels outside the margins, class-weighted (and weighted by the quality share unless "
+            "kd_confidence_weight is false). The student then learns the teacher's output on the very images it is "
+            "evaluated on, not only on the target part of the strongly augmented mix. 0: off (the paper's step)."
+        ),
+    )
+    distill_stage_steps: float = field(
+        default=0,
+        metadata=_help(
+            "The last N of max_steps (below 1: a fraction of max_steps) are a distillation stage: the auxiliary student "
+            "and the EMA teacher stop (no forward pass, no update) and the student alone learns from the frozen teacher "
+            "with lam_t = 1. preadapt_steps and distill_ramp_steps then count in the max_steps - N adaptation steps. "
+            "0: off (the paper's step)."
+        ),
+    )
     # --- inconsistency weighting ---
     inconsistency_beta: float = field(
         default=1.0, metadata=_help("beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.")
@@ -225,7 +244,7 @@ class DudaConfig(TrainingArguments):
             "0 < blur_sigma_min <= blur_sigma_max",
             (self.blur_sigma_min, self.blur_sigma_max),
         )
-        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda"):
+        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda", "kd_clean_target", "distill_stage_steps"):
             _check(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         _check(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
         _check(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)
@@ -254,6 +273,17 @@ class DudaConfig(TrainingArguments):
         if self.extra_teachers and self.method != "duda":
             raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
         _check(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
+        if self.kd_clean_target or self.distill_stage_steps:
+            _check(self.method == "duda", "DudaConfig.kd_clean_target/distill_stage_steps", "0 unless method is 'duda'", self.method)
+        _check(
+            self.distill_stage_steps_resolved < self.max_steps,
+            "DudaConfig.distill_stage_steps",
+            f"fewer than max_steps ({self.max_steps}): the adaptation needs steps of its own",
+            self.distill_stage_steps,
+        )
+        if self.distill_stage_steps_resolved and self.ddp_find_unused_parameters is False:
+            # in the stage the auxiliary student gets no gradient, so DDP must not wait for one
+            self.ddp_find_unused_parameters = True
         if not _has_accelerator():
             # Without this, `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine leaves every
             # process alone (distributed type NO); with it they form one gloo DDP group.
@@ -284,14 +314,27 @@ class DudaConfig(TrainingArguments):
         """
         return self.max_steps * self.train_batch_size * self.gradient_accumulation_steps * self.world_size
 
-    # Resolved step counts (a fraction below 1 means a share of max_steps).
+    # Resolved step counts (a fraction below 1 means a share of max_steps; the lam_t schedule, of the adaptation steps).
+    @property
+    def distill_stage_steps_resolved(self) -> int:
+        return resolve_steps(self.distill_stage_steps, self.max_steps)
+
+    @property
+    def adaptation_steps(self) -> int:
+        """The steps before the distillation stage, in which the large pair trains (all of them without a stage)."""
+        return self.max_steps - self.distill_stage_steps_resolved
+
     @property
     def preadapt_steps_resolved(self) -> int:
-        return resolve_steps(self.preadapt_steps, self.max_steps)
+        return resolve_steps(self.preadapt_steps, self.adaptation_steps)
 
     @property
     def distill_ramp_steps_resolved(self) -> int:
-        return resolve_steps(self.distill_ramp_steps, self.max_steps)
+        return resolve_steps(self.distill_ramp_steps, self.adaptation_steps)
+
+    def in_distill_stage(self, step: int) -> bool:
+        """Whether optimizer step `step` (0-based) belongs to the distillation stage."""
+        return step >= self.adaptation_steps
 
 
 @dataclass

@@ -226,6 +226,7 @@ def evaluate_networks(
     image_mean: tuple[float, float, float] | None = None,
     image_std: tuple[float, float, float] | None = None,
     progress: bool = False,
+    agreement: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, StreamingConfusion]:
     """Score several networks on a labelled dataset in one pass over the images; returns reduced confusion matrices.
 
@@ -238,12 +239,19 @@ def evaluate_networks(
         mode: `whole` (DAFormer's protocol) or `slide` (`window_hw`, `stride_hw`, each `(height, width)`).
         image_mean, image_std: one normalisation for every network; None: each network's own
             (`models.input_normalization`: ImageNet's unless its config records its image processor's).
+        agreement: pairs `(network, reference)` of `networks`; each adds a matrix `"<network>_vs_<reference>"` that
+            scores the network's prediction against the reference network's (rows = the reference's class) on the
+            pixels whose label is a class: how far a student has learnt its teacher, per class.
     """
     from tqdm.auto import tqdm
 
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    matrices = {name: StreamingConfusion(NUM_CLASSES, device) for name in networks}
+    for pair in agreement:
+        if len(pair) != 2 or not set(pair) <= set(networks):
+            raise ValueError(f"agreement pairs name two of the networks {list(networks)}, got {pair}")
+    names = [*networks, *(f"{network}_vs_{reference}" for network, reference in agreement)]
+    matrices = {name: StreamingConfusion(NUM_CLASSES, device) for name in names}
     indices = range(process_index, len(dataset), world_size)
     for index in tqdm(indices, desc="evaluating", unit="img", disable=not progress):
         row = dataset[index]
@@ -252,6 +260,7 @@ def evaluate_networks(
         rgb = image.permute(2, 0, 1).unsqueeze(0).float() / 255
         shared = normalize_images(rgb, image_mean, image_std) if image_mean is not None else None
         inputs = InputCache(rgb)  # each network's own normalisation, computed once per distinct one
+        predictions = {}
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             for name, network in networks.items():
                 image = shared if shared is not None else inputs(network)
@@ -262,6 +271,10 @@ def evaluate_networks(
                         network, image, tuple(label.shape), window_hw=window_hw, stride_hw=stride_hw, input_size_hw=input_size_hw
                     )[0]
                 matrices[name].update(prediction, label)
+                predictions[name] = prediction
+        for network, reference in agreement:  # the reference's prediction as the label, where the label is a class
+            scored = torch.where(label < NUM_CLASSES, predictions[reference], IGNORE_INDEX)
+            matrices[f"{network}_vs_{reference}"].update(predictions[network], scored)
     for matrix in matrices.values():
         matrix.reduce()
     _check_labels(next(iter(matrices.values())), len(dataset))

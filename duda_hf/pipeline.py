@@ -162,6 +162,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         **trainer.last_eval_results,
         # every evaluation of the run: the networks' target mIoU over training (DUDA's premise, step by step)
         "history": [entry for entry in trainer.state.log_history if any(key.endswith("_mIoU") for key in entry)],
+        # per evaluation of this process's run: each network's per-class IoU and the student-teacher agreement per class
+        "per_class_history": trainer.per_class_history,
         "seconds": round(time.monotonic() - started, 1),
         "recipe": recipe_summary(model_args, data_args, config),
     }

@@ -49,7 +49,8 @@ class StepTensors:
 
     Images are RGB in [0, 1] (fp32), labels `(B, H, W)` long; logits are at the networks' output size (1/4 of the
     input). The fields after `student_source` are None for `source_only`; `aux_*`, `lam`, `class_weights` and
-    `pixel_weight` are None unless the method is `duda`; `reference_features` is None without the feature distance.
+    `pixel_weight` are None unless the method is `duda` (`aux_*` also in the distillation stage); `reference_features`
+    is None without the feature distance.
     """
 
     model: DudaModel  # the networks, unwrapped (read only)
@@ -61,6 +62,7 @@ class StepTensors:
     outputs: dict[str, torch.Tensor]  # the trained networks' forward pass (`DudaModel.forward`)
     student_source: torch.Tensor
     student_mix: torch.Tensor | None = None
+    student_target: torch.Tensor | None = None  # the student on the clean target images (`kd_clean_target` > 0)
     aux_source: torch.Tensor | None = None
     aux_mix: torch.Tensor | None = None
     probs_tau: torch.Tensor | None = None  # the fused teachers' softmax at the KD temperature, at label size
@@ -108,12 +110,13 @@ def student_mix_ce(t: StepTensors) -> torch.Tensor:
     return weighted_cross_entropy(t.student_mix, t.mixed_label, t.mixed_weight)
 
 
-def aux_source_ce(t: StepTensors) -> torch.Tensor:
-    return weighted_cross_entropy(t.aux_source, t.source_label)
+def aux_source_ce(t: StepTensors) -> torch.Tensor | None:
+    """Off in the distillation stage, where the auxiliary student stops."""
+    return None if t.aux_source is None else weighted_cross_entropy(t.aux_source, t.source_label)
 
 
-def aux_mix_ce(t: StepTensors) -> torch.Tensor:
-    return weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight)
+def aux_mix_ce(t: StepTensors) -> torch.Tensor | None:
+    return None if t.aux_mix is None else weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight)
 
 
 def student_mix_hard(t: StepTensors) -> torch.Tensor | None:
@@ -134,6 +137,21 @@ def student_kd(t: StepTensors) -> torch.Tensor | None:
     if not t.args.kd_confidence_weight:  # target pixels outside the margins weigh their class weight, not x quality
         weight = mix(t.mask, torch.ones_like(t.inside), t.inside) * t.class_pixel_weight
     return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, weight, valid)
+
+
+def student_kd_clean_target(t: StepTensors) -> torch.Tensor | None:
+    """`kd_clean_target * lam_t * KD` on the clean target image (this project's addition); off at weight 0 or lam_t 0.
+
+    Every target pixel outside the margins counts, weighted by its pseudo-label's class weight (and by the quality
+    share when `kd_confidence_weight` is true, as the mixed term's target pixels are).
+    """
+    if t.student_target is None or t.lam <= 0:
+        return None
+    weight = t.inside * t.class_weights[t.pseudo_label]
+    if t.args.kd_confidence_weight:
+        weight = weight * t.quality
+    kd = kd_loss(t.student_target, t.probs_tau, t.args.kd_temperature, weight)
+    return t.args.kd_clean_target * t.lam * kd
 
 
 def feature_distance_term(t: StepTensors) -> torch.Tensor | None:
@@ -166,6 +184,7 @@ TERMS: dict[str, tuple[LossTerm, ...]] = {
         LossTerm("loss_student_mix", student_mix_hard),
         LossTerm("loss_student_kd", student_kd),
         LossTerm("loss_feature_distance", feature_distance_term),
+        LossTerm("loss_student_kd_clean", student_kd_clean_target),
     ),
 }
 
@@ -229,10 +248,13 @@ def step_tensors(
     )
     mixed_image = strong_augment(mixed_image, params)
 
-    # Source and mixed batches through one forward pass of each trained network.
-    use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0
+    # Source and mixed batches through one forward pass of each trained network (the student also takes the clean
+    # target images for `kd_clean_target`); in the distillation stage the auxiliary student stops.
+    stage = args.in_distill_stage(step)
+    use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
+    clean_target = target_image if args.kd_clean_target > 0 else None
     with autocast():
-        outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd)
+        outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd, student_extra=clean_target, aux=not stage)
         reference_features = duda.imagenet_features(source_image) if use_fd else None
     student_source, student_mix = outputs["student_logits"].split(batch)
     tensors = StepTensors(
@@ -245,6 +267,7 @@ def step_tensors(
         outputs,
         student_source,
         student_mix=student_mix,
+        student_target=outputs.get("student_extra_logits"),
         probs_tau=probs_tau,
         pseudo_label=pseudo,
         quality=quality,
@@ -258,8 +281,9 @@ def step_tensors(
     if duda.aux_student is not None:
         # 3. Auxiliary student (DAFormer recipe); 4. student: hard pseudo-labels, then more and more the teacher's
         # soft output, class-weighted on target pixels.
-        tensors.aux_source, tensors.aux_mix = outputs["aux_logits"].split(batch)
-        tensors.lam = distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
+        if not stage:
+            tensors.aux_source, tensors.aux_mix = outputs["aux_logits"].split(batch)
+        tensors.lam = 1.0 if stage else distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
         tensors.class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
         class_weight = tensors.class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)]
         tensors.class_pixel_weight = torch.where(mask == 0, class_weight, 1.0)
@@ -268,13 +292,20 @@ def step_tensors(
 
 
 def step_diagnostics(t: StepTensors) -> dict[str, torch.Tensor | float]:
-    """What the log shows beside the terms: the pseudo-label quality, `lam_t` and the 19 class weights."""
+    """What the log shows beside the terms: the pseudo-label quality, `lam_t`, the 19 class weights and how much of
+    the teacher the student sees on the mix (`teacher_pixel_share`, `teacher_pixel_weight`)."""
     diagnostics: dict[str, torch.Tensor | float] = {}
     if t.quality is not None:
         diagnostics["pseudo_label_quality"] = t.quality
     if t.lam is not None:
         diagnostics["lam_t"] = t.lam  # a host float: logged as is
         diagnostics["class_weight"] = t.class_weights
+        # what the student sees of the teacher on the mix: the share of its pixels that carry the teacher's output
+        # (target pixels outside the margins), and the mean weight the soft term gives them
+        teacher_pixels = (t.mask == 0) * t.inside
+        diagnostics["teacher_pixel_share"] = teacher_pixels.mean()
+        kd_weight = t.class_pixel_weight * (t.quality if t.args.kd_confidence_weight else 1.0)
+        diagnostics["teacher_pixel_weight"] = (kd_weight * teacher_pixels).sum() / teacher_pixels.sum().clamp(min=1)
     return diagnostics
 
 

@@ -80,11 +80,12 @@ class StepLog:
 
 
 class EmaTeacherCallback(TrainerCallback):
-    """Updates the EMA teacher once per optimizer step (after it, before any checkpoint of that step)."""
+    """Updates the EMA teacher once per optimizer step (after it, before any checkpoint of that step), but in the
+    distillation stage (`distill_stage_steps`), where the teacher is frozen."""
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         duda = _unwrap(model)
-        if duda.teacher is not None:
+        if duda.teacher is not None and not args.in_distill_stage(state.global_step - 1):  # frozen in the stage
             duda.update_teacher(state.global_step - 1, args.ema_alpha)
 
 
@@ -162,6 +163,7 @@ class DudaTrainer(Trainer):
         self.eval_class_subsets = eval_class_subsets
         self.debug_tensors = None
         self.last_eval_results: dict | None = None
+        self.per_class_history: list[dict] = []  # per evaluation: each network's per-class IoU, the student-teacher agreement
         self.last_eval_step = -1
         self._step_log = StepLog()
         self._micro_step = (-1, 0)
@@ -355,7 +357,9 @@ class DudaTrainer(Trainer):
         """Target-validation mIoU of the student, the auxiliary student (`duda`) and the EMA teacher.
 
         Logs `eval_student_mIoU`, `eval_auxiliary_mIoU` and `eval_teacher_mIoU`, so that every evaluation shows
-        whether the teacher is stronger than the student it teaches (DUDA's premise).
+        whether the teacher is stronger than the student it teaches (DUDA's premise), and
+        `eval_student_teacher_agreement`: the share of labelled target pixels where the student predicts the teacher's
+        class (per class: `per_class_history`, and `student_vs_teacher` in the results).
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         duda = _unwrap(self.model)
@@ -375,14 +379,23 @@ class DudaTrainer(Trainer):
             autocast_dtype=(torch.bfloat16 if self.args.bf16 else torch.float16) if use_autocast else None,
             process_index=self.args.process_index,
             world_size=self.args.world_size,
+            agreement=(("student", "teacher"),) if "teacher" in networks else (),
         )
         duda.train(was_training)
         results = {}
         metrics = {}
-        for name, matrix in matrices.items():
-            results[name] = matrix.compute(class_subsets=self.eval_class_subsets)
+        for name in networks:
+            results[name] = matrices[name].compute(class_subsets=self.eval_class_subsets)
             results[name]["num_images"] = len(dataset)
             metrics[f"{metric_key_prefix}_{name}_mIoU"] = round(100 * results[name]["mIoU"], 2)
+        record = {"step": self.state.global_step, **{name: results[name]["per_class_iou"] for name in networks}}
+        if "student_vs_teacher" in matrices:
+            # how far the student has learnt its teacher: its prediction scored against the teacher's
+            agreement = matrices["student_vs_teacher"].compute()
+            results["student_vs_teacher"] = {key: agreement[key] for key in ("overall_accuracy", "mIoU", "per_class_iou")}
+            metrics[f"{metric_key_prefix}_student_teacher_agreement"] = round(100 * agreement["overall_accuracy"], 2)
+            record["student_vs_teacher"] = agreement["per_class_iou"]
+        self.per_class_history.append(record)
         self.last_eval_results = results
         self.last_eval_step = self.state.global_step
         self.log(metrics)

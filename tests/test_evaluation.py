@@ -287,3 +287,42 @@ def test_one_percent_format_for_reports_and_the_model_card():
     assert "| **mIoU** | **50.00** | **—** | — |" in lines
     assert "| road | 50.00 (25.00) | 75.00 (100.00) | +25.00 |" in lines
     assert "| sidewalk | — (—) | 10.00 (20.00) | — |" in lines
+
+
+class _ChannelNetwork(torch.nn.Module):
+    """A fake segmentation network: class `c` wins where the image's red value exceeds c / 19 (logits at 1/1)."""
+
+    def __init__(self, shift: float):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, pixel_values):
+        red = pixel_values[:, :1]
+        logits = -(red + self.shift - torch.arange(19, dtype=red.dtype).view(1, 19, 1, 1) / 19).abs()
+        return type("Output", (), {"logits": logits})()
+
+
+def test_agreement_scores_one_network_against_another_on_labelled_pixels():
+    """`agreement=(("student", "teacher"),)`: the student's prediction scored against the teacher's, where the label
+    is a class (ignore pixels do not count), exactly as the confusion matrix of the two predictions."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(3):
+        image = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+        label = rng.integers(0, 19, (8, 12), dtype=np.uint8)
+        label[:2] = 255
+        rows.append({"image": Image.fromarray(image), "label": Image.fromarray(label)})
+    networks = {"student": _ChannelNetwork(0.0), "teacher": _ChannelNetwork(0.1)}
+    matrices = evaluate_networks(networks, rows, torch.device("cpu"), image_mean=(0, 0, 0), image_std=(1, 1, 1), agreement=(("student", "teacher"),))
+    assert set(matrices) == {"student", "teacher", "student_vs_teacher"}
+    expected = torch.zeros(19, 19, dtype=torch.long)
+    for row in rows:
+        red = torch.from_numpy(np.asarray(row["image"])[..., 0].astype(np.float32) / 255)[None, None]
+        student, teacher = (net(red.expand(1, 3, -1, -1)).logits.argmax(1)[0] for net in networks.values())
+        labelled = torch.from_numpy(np.array(row["label"])) != 255
+        for t, s in zip(teacher[labelled].tolist(), student[labelled].tolist()):
+            expected[t, s] += 1
+    assert torch.equal(matrices["student_vs_teacher"].matrix, expected)
+    assert int(expected.sum()) == 3 * 6 * 12 and 0 < int(expected.trace()) < int(expected.sum())
+    with pytest.raises(ValueError, match=r"agreement pairs name two of the networks \['student', 'teacher'\]"):
+        evaluate_networks(networks, rows, torch.device("cpu"), agreement=(("student", "auxiliary"),))

@@ -40,8 +40,9 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
     assert changed == []
     assert trainer._step_log.count == 0 and trainer.debug_tensors is None
     assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", "loss_student_mix", "loss_student_kd"]
-    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance"]
-    assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight"} and result.diagnostics["lam_t"] == 0.5
+    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance", "loss_student_kd_clean"]
+    assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight", "teacher_pixel_share", "teacher_pixel_weight"}
+    assert result.diagnostics["lam_t"] == 0.5
 
     # the terms are weighted: (1 - lam_t) wCE and lam_t KD, as docs/method.md writes L_stu
     t = result.tensors
@@ -171,3 +172,97 @@ def test_kd_confidence_weight_false_lets_an_unconfident_teacher_teach(tiny_bench
             assert torch.allclose(kd[flag], expected, rtol=1e-6)
     # with quality 0 only the pasted source pixels count under the specified weighting; without it the target too
     assert float(kd["false"]) != pytest.approx(float(kd["true"]), rel=1e-3)
+
+
+def test_what_the_student_sees_of_the_teacher_is_logged(tiny_benchmark, tmp_path):
+    """`teacher_pixel_share`: the share of the mix's pixels that carry the teacher's output (target pixels outside the
+    margins); `teacher_pixel_weight`: the mean weight the soft term gives them (quality x class weight, as specified)."""
+    trainer = make_trainer(tiny_benchmark, tmp_path)
+    generator = trainer._step_generator(torch.device("cpu"))
+    result = duda_step(trainer.model, fixed_batch(trainer), trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast)
+    t = result.tensors
+    teacher_pixels = (t.mask == 0) & (t.inside == 1)
+    assert 0 < float(result.diagnostics["teacher_pixel_share"]) < 1
+    assert float(result.diagnostics["teacher_pixel_share"]) == pytest.approx(teacher_pixels.float().mean().item(), abs=1e-7)
+    expected = (t.quality * t.class_pixel_weight)[teacher_pixels].mean().item()
+    assert float(result.diagnostics["teacher_pixel_weight"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teachers(tiny_benchmark, tmp_path):
+    """`--kd_clean_target w` adds `w * lam_t * KD(s(x_t), p_tau)` over the target pixels outside the margins, weighted
+    by the pseudo-label's class weight; the student's clean-target logits come from the same forward pass."""
+    trainer = make_trainer(
+        tiny_benchmark, tmp_path, "--kd_clean_target", "2", "--kd_temperature", "2", "--kd_confidence_weight", "false"
+    )
+    duda, inputs = trainer.model, fixed_batch(trainer)
+    torch.manual_seed(0)
+    generator = trainer._step_generator(torch.device("cpu"))
+    result = duda_step(duda, inputs, trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast)
+    t = result.tensors
+    assert list(result.terms)[-1] == "loss_student_kd_clean" and t.lam == 0.5
+    # the student's logits on the clean target: the last images of its one forward pass over source, mix and target
+    torch.manual_seed(0)  # the same drop-path draws (the teacher, in eval mode, draws none)
+    from duda_hf.models import network_inputs
+
+    images = torch.cat([t.source_image, t.mixed_image, t.target_image])
+    logits = duda.student(pixel_values=network_inputs(images, duda.student)).logits
+    assert torch.equal(t.student_target, logits[4:])
+    weight = t.inside * t.class_weights[t.pseudo_label]
+    assert torch.equal(result.terms["loss_student_kd_clean"], 2.0 * 0.5 * kd_loss(t.student_target, t.probs_tau, 2.0, weight))
+    # by hand: KL(p_tau || softmax(s / 2)) * 4 per pixel, weighted, over every label pixel
+    student = torch.nn.functional.interpolate(t.student_target.float(), size=t.probs_tau.shape[-2:], mode="bilinear")
+    per_pixel = (t.probs_tau * (t.probs_tau.clamp(min=1e-30).log() - student.div(2).log_softmax(1))).sum(1) * 4
+    assert float(result.terms["loss_student_kd_clean"]) == pytest.approx(float((per_pixel * weight).mean()), rel=1e-4)
+    # at weight 0 (the default) the student does not see the clean target at all
+    plain = make_trainer(tiny_benchmark, tmp_path / "plain")
+    generator = plain._step_generator(torch.device("cpu"))
+    result = duda_step(plain.model, fixed_batch(plain), plain.args, step=2, generator=generator, autocast=plain.accelerator.autocast)
+    assert "loss_student_kd_clean" not in result.terms and result.tensors.student_target is None
+
+
+def test_the_distillation_stage_schedule_and_its_checks(tiny_benchmark, tmp_path):
+    from duda_hf.config import DudaConfig
+
+    config = DudaConfig(output_dir=str(tmp_path), max_steps=2000, distill_stage_steps=0.25, report_to="none")
+    assert (config.distill_stage_steps_resolved, config.adaptation_steps) == (500, 1500)
+    # the lam_t schedule counts in the adaptation steps: 25% + 25% of 1500
+    assert (config.preadapt_steps_resolved, config.distill_ramp_steps_resolved) == (375, 375)
+    assert [config.in_distill_stage(step) for step in (0, 1499, 1500, 1999)] == [False, False, True, True]
+    assert config.ddp_find_unused_parameters is True  # the auxiliary student gets no gradient in the stage
+    plain = DudaConfig(output_dir=str(tmp_path), max_steps=2000, report_to="none")
+    assert (plain.adaptation_steps, plain.preadapt_steps_resolved, plain.in_distill_stage(1999)) == (2000, 500, False)
+    assert plain.ddp_find_unused_parameters is False
+    with pytest.raises(ValueError, match=r"distill_stage_steps.*fewer than max_steps \(100\)"):
+        DudaConfig(output_dir=str(tmp_path), max_steps=100, distill_stage_steps=100, report_to="none")
+    with pytest.raises(ValueError, match=r"0 unless method is 'duda'"):
+        DudaConfig(output_dir=str(tmp_path), max_steps=100, distill_stage_steps=10, method="self_training", report_to="none")
+    with pytest.raises(ValueError, match=r"0 unless method is 'duda'"):
+        DudaConfig(output_dir=str(tmp_path), max_steps=100, kd_clean_target=1, method="self_training", report_to="none")
+
+
+def test_in_the_distillation_stage_only_the_student_learns_from_the_frozen_teacher(tiny_benchmark, tmp_path):
+    from transformers import TrainerCallback
+
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in (2, 4):
+                snapshots[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    trainer = make_trainer(
+        tiny_benchmark, tmp_path, "--distill_stage_steps", "2", "--kd_clean_target", "1", "--preadapt_steps", "0", "--distill_ramp_steps", "1"
+    )
+    trainer.add_callback(Snapshot())
+    trainer.train()
+    before, after = snapshots[2], snapshots[4]
+
+    def changed(prefix):
+        return [k for k in before if k.startswith(prefix) and not torch.equal(before[k], after[k])]
+
+    # steps 3 and 4 are the stage: the auxiliary student and its EMA teacher stay exactly as they were after step 2
+    assert changed("aux_student.") == [] and changed("teacher.") == []
+    assert any(".weight" in k for k in changed("student."))
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [("loss_aux_source" in entry, entry["lam_t"]) for entry in logs] == [(True, 0.0), (True, 1.0), (False, 1.0), (False, 1.0)]
+    assert all("loss_student_kd" in entry and "loss_student_kd_clean" in entry for entry in logs[1:])

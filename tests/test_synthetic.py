@@ -10,7 +10,7 @@ import pytest
 
 from duda_hf.data import synthetic
 from duda_hf.data.labels import CITYSCAPES_CLASSES
-from duda_hf.data.synthetic import DOMAINS, build_synthetic_benchmark, render_scene
+from duda_hf.data.synthetic import DOMAINS, TargetShift, build_synthetic_benchmark, render_scene
 
 from .conftest import load_strict_json
 
@@ -136,3 +136,25 @@ def test_build_is_byte_deterministic_and_rebuilds_on_new_parameters(tmp_path):
     build_synthetic_benchmark(tmp_path / "b", seed=2, **TINY)  # parameters changed -> rebuilt
     first = lambda root: np.asarray(datasets.load_from_disk(str(root / "source"))[0]["label"])
     assert not np.array_equal(first(tmp_path / "a"), first(tmp_path / "b"))
+
+
+def test_another_shift_changes_the_target_images_only_and_is_recorded(tmp_path):
+    """A second benchmark (`TargetShift`, `duda-make-synthetic --colour_drift ...`): same layouts and source images,
+    other target images; the default shift leaves the benchmark's meta, and so its bytes, as they were."""
+    night = TargetShift(colour_drift=0.35, exposure=(0.4, 0.7), noise=(4.0, 8.0), texture=0.8)
+    default = render_scene(np.random.default_rng(3), "target")
+    assert all(np.array_equal(a, b) for a, b in zip(default, render_scene(np.random.default_rng(3), "target", shift=TargetShift())))
+    image, label = render_scene(np.random.default_rng(3), "target", shift=night)
+    assert np.array_equal(label, default[1]) and not np.array_equal(image, default[0])
+    assert image.mean() < default[0].mean()  # a darker exposure
+    source = render_scene(np.random.default_rng(3), "source")
+    assert np.array_equal(source[0], render_scene(np.random.default_rng(3), "source", shift=night)[0])
+
+    build_synthetic_benchmark(tmp_path / "default", seed=1, shift=TargetShift(), **TINY)
+    assert "shift" not in load_strict_json(tmp_path / "default" / "synthetic_meta.json")
+    build_synthetic_benchmark(tmp_path / "night", seed=1, shift=night, **TINY)
+    meta = load_strict_json(tmp_path / "night" / "synthetic_meta.json")
+    assert meta["shift"] == {"colour_drift": 0.35, "exposure": [0.4, 0.7], "noise": [4.0, 8.0], "texture": 0.8}
+    first = lambda root, split: np.asarray(datasets.load_from_disk(str(root / split))[0]["image"])
+    assert np.array_equal(first(tmp_path / "default", "source"), first(tmp_path / "night", "source"))
+    assert not np.array_equal(first(tmp_path / "default", "target"), first(tmp_path / "night", "target"))

@@ -138,6 +138,14 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["method"] == "duda" and results["student"]["num_images"] == 6
     assert len(results["student"]["per_class_iou"]) == 19 and 0 <= results["teacher"]["mIoU"] <= 1
+    # how far the student has learnt its teacher, at each evaluation (steps 2 and 4) and per class
+    agreement = [entry["eval_student_teacher_agreement"] for entry in results["history"]]
+    assert len(agreement) == 2 and all(0 <= value <= 100 for value in agreement)
+    assert agreement[-1] == round(100 * results["student_vs_teacher"]["overall_accuracy"], 2)
+    assert [entry["step"] for entry in results["per_class_history"]] == [2, 4]
+    last = results["per_class_history"][-1]
+    assert set(last) == {"step", "student", "auxiliary", "teacher", "student_vs_teacher"}
+    assert last["student"] == results["student"]["per_class_iou"] and len(last["student_vs_teacher"]) == 19
     assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [
         "README.md",
         "config.json",

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ _PRETRAIN_TEXTURE, _PRETRAIN_EXPOSURE, _PRETRAIN_NOISE = (0.0, 0.6), (0.5, 1.2),
 _GENERATOR_VERSION = 3
 
 # material -> (source colours, target colours, target texture strength). Each object picks one
-# colour per domain. Target colours drift a share (_TARGET_COLOUR_DRIFT) of the way towards these: buildings towards road-grey, terrain towards
+# colour per domain. Target colours drift a share (TargetShift.colour_drift) of the way towards these: buildings towards road-grey, terrain towards
 # sidewalk-beige, vegetation towards dark olive, cars/people/signs towards unrelated colours and poles
 # from dark towards light, while layout stays the most reliable cue.
 MATERIALS: dict[str, tuple[list, list, float]] = {
@@ -90,10 +91,24 @@ MATERIALS: dict[str, tuple[list, list, float]] = {
     "motorcycle": ([(110, 40, 180)], [(150, 30, 30), (30, 30, 30)], 0.05),
 }
 _EMISSIVE = {"lamp", "tail_light"}  # light sources keep their brightness at dusk
-# Target camera: dusk exposure range, sensor noise sigma range (0-255 scale), texture gain.
-_TARGET_EXPOSURE, _TARGET_NOISE, _TARGET_TEXTURE = (0.65, 0.9), (2.0, 5.0), 0.5
-# Share of the way each target colour moves from its source colour to the target palette above.
-_TARGET_COLOUR_DRIFT = 0.25
+
+
+@dataclass(frozen=True)
+class TargetShift:
+    """How the target camera differs from the source: the default is the benchmark's dusk shift.
+
+    - `colour_drift`: the share of the way each target colour moves from its source colour to the target palette;
+    - `exposure`: the range of the dusk exposure factor; `noise`: the range of the sensor noise sigma (0-255 scale);
+    - `texture`: the gain of the target's surface texture.
+
+    Another shift makes a second benchmark to confirm a method on data it was not tuned on
+    (`duda-make-synthetic --colour_drift ... --exposure LO HI --noise LO HI --texture ...`).
+    """
+
+    colour_drift: float = 0.25
+    exposure: tuple[float, float] = (0.65, 0.9)
+    noise: tuple[float, float] = (2.0, 5.0)
+    texture: float = 0.5
 
 
 class _Scene:
@@ -319,8 +334,8 @@ def _pick(rng: np.random.Generator, colours: list) -> tuple:
     return colours[rng.integers(len(colours))]
 
 
-def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
-    """Colour a laid-out scene in the given domain's style."""
+def _appearance(s: _Scene, domain: str, rng: np.random.Generator, shift: TargetShift) -> np.ndarray:
+    """Colour a laid-out scene in the given domain's style (`shift`: the target's)."""
     h, w = s.label.shape
     if domain == "pretrain":
         return _random_appearance(s, rng)
@@ -330,23 +345,23 @@ def _appearance(s: _Scene, domain: str, rng: np.random.Generator) -> np.ndarray:
         # Target colours drift part of the way to another palette: a clear shift, yet not unrelated colours
         # (with a full drift a source-trained network scores near chance and no adaptation can start).
         drifted = np.array([_pick(rng, MATERIALS[m][1]) for m in s.materials], np.float32)
-        table = (1 - _TARGET_COLOUR_DRIFT) * table + _TARGET_COLOUR_DRIFT * drifted
+        table = (1 - shift.colour_drift) * table + shift.colour_drift * drifted
     table += rng.uniform(-1, 1, table.shape).astype(np.float32) * (22 if target else 8)  # per-object colour variation
     img = table[s.inst]
     if target:
         strength = np.float32([MATERIALS[m][2] for m in s.materials])[s.inst]
         grain = 0.6 * _value_noise(rng, h, w, 2) + 0.4 * _value_noise(rng, h, w, 8)
-        img *= (1 + _TARGET_TEXTURE * strength * grain)[..., None]
+        img *= (1 + shift.texture * strength * grain)[..., None]
         rows = (np.arange(h, dtype=np.float32) / h)[:, None]
         glow = np.clip(rows / 0.45, 0, 1)[..., None] ** 2  # dusk sky: orange towards the horizon
         sky = (1 - glow) * table[0] + glow * np.float32([235, 150, 95]) * np.float32(rng.uniform(0.85, 1.1))
         img = np.where((s.inst == 0)[..., None], sky, img)
         cols = (np.arange(w, dtype=np.float32) / w)[None, :] - 0.5
-        light = rng.uniform(*_TARGET_EXPOSURE) * (1 + rng.uniform(-0.35, 0.35) * cols)  # one side darker
+        light = rng.uniform(*shift.exposure) * (1 + rng.uniform(-0.35, 0.35) * cols)  # one side darker
         light = light * (1 - rng.uniform(0.2, 0.45) * 2 * (cols**2 + (rows - 0.5) ** 2))  # vignetting
         emissive = np.array([m in _EMISSIVE for m in s.materials])[s.inst]
         img *= np.where(emissive, 1, light.astype(np.float32))[..., None] * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)  # colour cast
-        img = _blur(img) + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*_TARGET_NOISE)  # optics, then sensor noise
+        img = _blur(img) + rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(*shift.noise)  # optics, then sensor noise
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -363,7 +378,9 @@ def _random_appearance(s: _Scene, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def render_scene(rng: np.random.Generator, domain: str, *, height: int = 128, width: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator, domain: str, *, height: int = 128, width: int = 256, shift: TargetShift | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene: `(image uint8 (H, W, 3), label uint8 (H, W) trainIds)`.
 
     The layout consumes `rng` identically in both domains, so generators in the same state
@@ -373,7 +390,7 @@ def render_scene(rng: np.random.Generator, domain: str, *, height: int = 128, wi
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     scene = _layout(rng, height, width)
     look_rng = np.random.default_rng(rng.integers(2**63))  # fixed rng use, whatever the domain
-    return _appearance(scene, domain, look_rng), scene.label
+    return _appearance(scene, domain, look_rng, shift or TargetShift()), scene.label
 
 
 def _png(array: np.ndarray) -> dict:
@@ -383,7 +400,7 @@ def _png(array: np.ndarray) -> dict:
 
 
 def build_synthetic_benchmark(
-    out_dir, *, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0
+    out_dir, *, num_source=600, num_target=600, num_target_val=100, height=128, width=256, seed=0, shift: TargetShift | None = None
 ) -> dict[str, str]:
     """Write `source`, `target` and `target_val` `datasets` folders under `out_dir`; return their paths.
 
@@ -402,7 +419,9 @@ def build_synthetic_benchmark(
         "width": width,
         "seed": seed,
     }
-    return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height=height, width=width, seed=seed)
+    if shift is not None and shift != TargetShift():  # the default benchmark keeps its meta, and so its bytes
+        meta["shift"] = asdict(shift)
+    return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height=height, width=width, seed=seed, shift=shift)
 
 
 def build_pretraining_domain(out_dir, *, num_train=1200, num_val=100, height=128, width=256, seed=1000) -> dict[str, str]:
@@ -416,7 +435,9 @@ def build_pretraining_domain(out_dir, *, num_train=1200, num_val=100, height=128
     return _write_splits(Path(out_dir), splits, meta, "pretraining_meta.json", height=height, width=width, seed=seed)
 
 
-def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, meta_name: str, *, height: int, width: int, seed: int):
+def _write_splits(
+    out: Path, splits: dict[str, tuple[str, int]], meta: dict, meta_name: str, *, height: int, width: int, seed: int, shift=None
+):
     """Render and save each split `name: (domain, count)` atomically; reuse them when `meta_name` matches `meta`."""
     import datasets  # heavy import; rendering alone doesn't need it
 
@@ -432,7 +453,7 @@ def _write_splits(out: Path, splits: dict[str, tuple[str, int]], meta: dict, met
     features = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
     for (name, (domain, count)), split_seed in zip(splits.items(), np.random.SeedSequence(seed).spawn(len(splits))):
         rng = np.random.default_rng(split_seed)
-        scenes = [render_scene(rng, domain, height=height, width=width) for _ in range(count)]
+        scenes = [render_scene(rng, domain, height=height, width=width, shift=shift) for _ in range(count)]
         columns = {"image": [_png(img) for img, _ in scenes], "label": [_png(lbl) for _, lbl in scenes]}
         table = datasets.Dataset.from_dict(columns, features=features)
         # from_dict picks a random fingerprint; a derived one keeps the saved bytes reproducible.
