@@ -36,6 +36,15 @@ from pathlib import Path
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+# The benchmarks: the one the recipes were tuned on (dusk), and a second one with another shift (night: darker,
+# noisier, more textured, colours further from the source) to confirm a configuration on data it was not tuned on.
+BENCHMARKS = {
+    "dusk": ("data_synthetic", []),
+    "night": (
+        "data_synthetic_night",
+        ["--seed", "7", "--colour_drift", "0.35", "--exposure", "0.4", "0.7", "--noise", "4", "8", "--texture", "0.8"],
+    ),
+}
 RANDOM, PRETRAINED = "configs/synthetic_cpu.yaml", "configs/synthetic_pretrained_cpu.yaml"
 MAX_STEPS = 1500  # both recipes' budget
 
@@ -122,6 +131,16 @@ PROBE_ROWS = {
         PRETRAINED,
         ["--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
     ),
+    "probe_duda_clean1_cwd3_stage_after": (
+        f"probe: duda + KD and channel-wise KD (weight 3) on the clean target, then a {STAGE}-step stage",
+        PRETRAINED,
+        ["--kd_clean_target", "1", "--cwd_weight", "3", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+    ),
+    "probe_duda_clean3_stage_after": (
+        f"probe: duda + KD on the clean target (weight 3), then a {STAGE}-step stage",
+        PRETRAINED,
+        ["--kd_clean_target", "3", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+    ),
     "probe_duda_longer": (
         f"probe: duda for {MAX_STEPS + STAGE} steps (no stage)",
         PRETRAINED,
@@ -134,12 +153,38 @@ PROBE_ROWS = {
     ),
 }
 DIAGNOSTIC_ROWS.update(PROBE_ROWS)
+# The mechanism with a much stronger teacher (diagnostic only: the teacher saw the target's labels). Run
+# `pretrained_oracle_tiny_wide` first (one seed); the next rows fuse it as the only teacher (EMA teacher weight 0).
+ORACLE_TEACHER = "{output_root}/pretrained_oracle_tiny_wide_seed0/student"
+DIAGNOSTIC_ROWS.update(
+    {
+        "pretrained_oracle_tiny_wide": (
+            "pretrained tiny-wide trained on the target's labels (oracle)",
+            PRETRAINED,
+            ["--method", "source_only", "--source_dataset", "data_synthetic/target", "--student", "pretrained_synthetic/tiny-wide"],
+        ),
+        "oracle_teacher_duda": (
+            "duda taught by the oracle tiny-wide (frozen extra teacher, EMA teacher weight 0)",
+            PRETRAINED,
+            ["--extra_teachers", ORACLE_TEACHER, "--teacher_weights", "0", "1"],
+        ),
+    }
+)
 ALL_ROWS = {**ROWS, **DIAGNOSTIC_ROWS}
 NETWORKS = ("student", "auxiliary", "teacher")
 
 
-def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None, collect_only: bool = False) -> dict | None:
+def run(
+    row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None, collect_only: bool = False, data: str = "data_synthetic"
+) -> dict | None:
     label, recipe, flags = ALL_ROWS[row]
+    flags = [flag.replace("{output_root}", str(output_root)) for flag in flags]
+    datasets = [f"--{split}_dataset" for split in ("source", "target", "target_eval")]
+    if data != "data_synthetic":  # the recipes' folders, and the oracle rows' target, on the other benchmark
+        flags = [flag.replace("data_synthetic/", f"{data}/", 1) if flag.startswith("data_synthetic/") else flag for flag in flags]
+        if "--source_dataset" not in flags:
+            flags = [*flags, *datasets[:1], f"{data}/source"]
+        flags = [*flags, datasets[1], f"{data}/target", datasets[2], f"{data}/target_val"]
     output_dir = output_root / f"{row}_seed{seed}"
     results_file = output_dir / "eval_results.json"
     if not results_file.exists() and collect_only:
@@ -169,6 +214,10 @@ def run(row: str, seed: int, output_root: Path, extra: list[str], threads: int |
     record = {"row": row, "label": label, "seed": seed, "seconds": results["seconds"]}
     for name in NETWORKS:
         record[f"{name}_mIoU"] = round(100 * results[name]["mIoU"], 2) if isinstance(results.get(name), dict) else None
+    agreement = results.get("student_vs_teacher")
+    # the share of labelled target pixels where the student predicts the teacher's class, at the end and per evaluation
+    record["student_teacher_agreement"] = round(100 * agreement["overall_accuracy"], 2) if agreement else None
+    record["history"] = results.get("history", [])
     return record
 
 
@@ -191,23 +240,33 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time, each with cores/jobs threads (default: 1).")
     parser.add_argument("--collect_only", action="store_true", help="Summarise the runs already done; start none.")
-    parser.add_argument("--output_root", default=str(ROOT / "outputs" / "quality_synthetic"))
+    parser.add_argument(
+        "--benchmark",
+        default="dusk",
+        choices=list(BENCHMARKS),
+        help="dusk: the benchmark the recipes were tuned on (default); night: a second shift, to confirm on (built if missing).",
+    )
+    parser.add_argument("--output_root", help="Run folders (default: outputs/quality_synthetic, or _night).")
     parser.add_argument(
         "--results",
-        help="Result file (default: results/quality_synthetic.json, or quality_synthetic_diagnostics.json with a diagnostic row).",
+        help="Result file (default: results/quality_synthetic.json, quality_synthetic_night.json on the second benchmark, "
+        "quality_synthetic_diagnostics.json with a diagnostic row).",
     )
     args, extra = parser.parse_known_args()
+    suffix = "" if args.benchmark == "dusk" else f"_{args.benchmark}"
     if args.results is None:
-        name = "quality_synthetic_diagnostics.json" if set(args.rows) & set(DIAGNOSTIC_ROWS) else "quality_synthetic.json"
-        args.results = str(ROOT / "benchmarks" / "results" / name)
+        name = "quality_synthetic_diagnostics" if set(args.rows) & set(DIAGNOSTIC_ROWS) else "quality_synthetic"
+        args.results = str(ROOT / "benchmarks" / "results" / f"{name}{suffix}.json")
+    args.output_root = args.output_root or str(ROOT / "outputs" / f"quality_synthetic{suffix}")
     extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
-    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
+    data, shift = BENCHMARKS[args.benchmark]
+    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", data, *shift], cwd=ROOT, check=True, capture_output=True)
     if any(ALL_ROWS[row][1] == PRETRAINED for row in args.rows):
         subprocess.run([sys.executable, "scripts/pretrain_synthetic.py"], cwd=ROOT, check=True, capture_output=True)
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait for them
-        runs = [r for r in pool.map(lambda job: run(*job, Path(args.output_root), extra, threads, args.collect_only), jobs) if r]
+        runs = [r for r in pool.map(lambda job: run(*job, Path(args.output_root), extra, threads, args.collect_only, data), jobs) if r]
     summary = {
         row: {f"{name}_mIoU": summarise([r for r in runs if r["row"] == row], f"{name}_mIoU") for name in NETWORKS}
         for row in args.rows
@@ -221,6 +280,7 @@ def main() -> None:
     report = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {platform.python_version()}",
+        "benchmark": {"name": args.benchmark, "data": data, "make_synthetic_flags": shift},
         "rows": {row: {"label": ALL_ROWS[row][0], "recipe": ALL_ROWS[row][1], "flags": ALL_ROWS[row][2]} for row in args.rows},
         "extra_flags": extra,
         "pretraining": pretraining,

@@ -90,13 +90,15 @@ class DudaConfig(TrainingArguments):
     preadapt_steps: float = field(
         default=0.25,
         metadata=_help(
-            "Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of max_steps. DUDA: 0.25."
+            "Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of the adaptation "
+            "steps (max_steps less distill_stage_steps). DUDA: 0.25."
         ),
     )
     distill_ramp_steps: float = field(
         default=0.25,
         metadata=_help(
-            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of max_steps. DUDA: 0.25."
+            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of the adaptation steps. "
+            "DUDA: 0.25."
         ),
     )
     kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
@@ -118,6 +120,15 @@ class DudaConfig(TrainingArguments):
             "evaluated on, not only on the target part of the strongly augmented mix. 0: off (the paper's step)."
         ),
     )
+    cwd_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Weight of channel-wise distillation (Shu et al., ICCV 2021) on the clean target image, lam_t * w * "
+            "CWD(s(x_t), T(x_t)): each class channel is a distribution over positions, so every class weighs the same "
+            "whatever its area. Teachers' logits are fused by their weighted mean. 0: off (the paper's step)."
+        ),
+    )
+    cwd_temperature: float = field(default=4.0, metadata=_help("Temperature of channel-wise distillation. Shu et al.: 4."))
     distill_stage_steps: float = field(
         default=0,
         metadata=_help(
@@ -244,9 +255,10 @@ class DudaConfig(TrainingArguments):
             "0 < blur_sigma_min <= blur_sigma_max",
             (self.blur_sigma_min, self.blur_sigma_max),
         )
-        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda", "kd_clean_target", "distill_stage_steps"):
+        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda", "kd_clean_target", "cwd_weight", "distill_stage_steps"):
             _check(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         _check(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
+        _check(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)
         _check(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)
         _check(self.head_lr_multiplier > 0, "DudaConfig.head_lr_multiplier", "> 0", self.head_lr_multiplier)
         _check(self.poly_power > 0, "DudaConfig.poly_power", "> 0", self.poly_power)
@@ -273,8 +285,10 @@ class DudaConfig(TrainingArguments):
         if self.extra_teachers and self.method != "duda":
             raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
         _check(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
-        if self.kd_clean_target or self.distill_stage_steps:
-            _check(self.method == "duda", "DudaConfig.kd_clean_target/distill_stage_steps", "0 unless method is 'duda'", self.method)
+        if self.kd_clean_target or self.cwd_weight or self.distill_stage_steps:
+            _check(
+                self.method == "duda", "DudaConfig.kd_clean_target/cwd_weight/distill_stage_steps", "0 unless method is 'duda'", self.method
+            )
         _check(
             self.distill_stage_steps_resolved < self.max_steps,
             "DudaConfig.distill_stage_steps",

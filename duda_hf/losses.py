@@ -139,6 +139,32 @@ def kd_loss(
     return _weighted_mean(per_pixel, weight, valid.float())
 
 
+def channel_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Channel-wise distillation (Shu et al., ICCV 2021): each class channel's map as a distribution over positions.
+
+    For every image and class `c`, `P_c = softmax over positions of z_c / tau`, for the teacher and the student; the
+    loss is `tau^2 * mean over images and classes of KL(P_c^teacher || P_c^student)`. Each class weighs the same
+    whatever its area, so small classes (poles, lights, riders) count as much as road and sky.
+
+    Args:
+        student_logits, teacher_logits: `(B, C, h, w)`; the student's are resized (bilinear) to the teacher's size.
+        valid: `(B, h, w)` bool, the positions that count (e.g. outside the ignore margins); all when None.
+    """
+    student_logits = _upsample(student_logits, teacher_logits.shape[-2:]).float()
+    teacher_logits = teacher_logits.float()
+    if valid is not None:  # positions outside `valid` get no probability mass in either distribution
+        outside = ~valid.unsqueeze(1)
+        student_logits = student_logits.masked_fill(outside, -1e4 * temperature)
+        teacher_logits = teacher_logits.masked_fill(outside, -1e4 * temperature)
+    batch, classes = teacher_logits.shape[:2]
+    log_student = F.log_softmax(student_logits.reshape(batch, classes, -1) / temperature, dim=-1)
+    teacher = F.softmax(teacher_logits.reshape(batch, classes, -1) / temperature, dim=-1)
+    per_channel = (torch.xlogy(teacher, teacher) - teacher * log_student).sum(dim=-1)
+    return per_channel.mean() * temperature**2
+
+
 def distillation_weight(step: int, preadapt_steps: int, ramp_steps: int) -> float:
     """`lam_t` of gradual distillation: 0 before `preadapt_steps`, a linear ramp over `ramp_steps`, then 1."""
     if step < preadapt_steps:

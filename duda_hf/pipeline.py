@@ -164,6 +164,9 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         "history": [entry for entry in trainer.state.log_history if any(key.endswith("_mIoU") for key in entry)],
         # per evaluation of this process's run: each network's per-class IoU and the student-teacher agreement per class
         "per_class_history": trainer.per_class_history,
+        # every logging step: the loss terms and diagnostics (pseudo-label quality, lam_t, what the student sees of
+        # the teacher, the class weights)
+        "train_history": [entry for entry in trainer.state.log_history if "loss" in entry],
         "seconds": round(time.monotonic() - started, 1),
         "recipe": recipe_summary(model_args, data_args, config),
     }

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .config import DudaConfig
 from .data.labels import IGNORE_INDEX, NUM_CLASSES
 from .losses import (
+    channel_distillation_loss,
     distillation_weight,
     feature_distance,
     fuse_teacher_probs,
@@ -62,9 +63,10 @@ class StepTensors:
     outputs: dict[str, torch.Tensor]  # the trained networks' forward pass (`DudaModel.forward`)
     student_source: torch.Tensor
     student_mix: torch.Tensor | None = None
-    student_target: torch.Tensor | None = None  # the student on the clean target images (`kd_clean_target` > 0)
+    student_target: torch.Tensor | None = None  # the student on the clean target images (`kd_clean_target`, `cwd_weight`)
     aux_source: torch.Tensor | None = None
     aux_mix: torch.Tensor | None = None
+    teacher_logits: list[torch.Tensor] | None = None  # each teacher's logits on the clean target images
     probs_tau: torch.Tensor | None = None  # the fused teachers' softmax at the KD temperature, at label size
     pseudo_label: torch.Tensor | None = None
     quality: torch.Tensor | None = None  # 0-dim: the share of confident target pixels (the quality weight)
@@ -145,13 +147,25 @@ def student_kd_clean_target(t: StepTensors) -> torch.Tensor | None:
     Every target pixel outside the margins counts, weighted by its pseudo-label's class weight (and by the quality
     share when `kd_confidence_weight` is true, as the mixed term's target pixels are).
     """
-    if t.student_target is None or t.lam <= 0:
+    if t.args.kd_clean_target <= 0 or t.lam <= 0:
         return None
     weight = t.inside * t.class_weights[t.pseudo_label]
     if t.args.kd_confidence_weight:
         weight = weight * t.quality
     kd = kd_loss(t.student_target, t.probs_tau, t.args.kd_temperature, weight)
     return t.args.kd_clean_target * t.lam * kd
+
+
+def student_cwd_clean_target(t: StepTensors) -> torch.Tensor | None:
+    """`cwd_weight * lam_t * CWD(s(x_t), T(x_t))` (this project's addition): channel-wise distillation towards the
+    teachers' logits (their weighted mean), at the logits' size, outside the margins; off at weight 0 or lam_t 0."""
+    if t.args.cwd_weight <= 0 or t.lam <= 0:
+        return None
+    weights = t.args.teacher_weights or [1.0] * len(t.teacher_logits)
+    teacher = sum(w * logits.float() for w, logits in zip(weights, t.teacher_logits)) / sum(weights)
+    valid = F.interpolate(t.inside[:, None], size=teacher.shape[-2:], mode="nearest")[:, 0] > 0
+    cwd = channel_distillation_loss(t.student_target, teacher, t.args.cwd_temperature, valid)
+    return t.args.cwd_weight * t.lam * cwd
 
 
 def feature_distance_term(t: StepTensors) -> torch.Tensor | None:
@@ -185,6 +199,7 @@ TERMS: dict[str, tuple[LossTerm, ...]] = {
         LossTerm("loss_student_kd", student_kd),
         LossTerm("loss_feature_distance", feature_distance_term),
         LossTerm("loss_student_kd_clean", student_kd_clean_target),
+        LossTerm("loss_student_cwd", student_cwd_clean_target),
     ),
 }
 
@@ -252,7 +267,7 @@ def step_tensors(
     # target images for `kd_clean_target`); in the distillation stage the auxiliary student stops.
     stage = args.in_distill_stage(step)
     use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
-    clean_target = target_image if args.kd_clean_target > 0 else None
+    clean_target = target_image if args.kd_clean_target > 0 or args.cwd_weight > 0 else None
     with autocast():
         outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd, student_extra=clean_target, aux=not stage)
         reference_features = duda.imagenet_features(source_image) if use_fd else None
@@ -268,6 +283,7 @@ def step_tensors(
         student_source,
         student_mix=student_mix,
         student_target=outputs.get("student_extra_logits"),
+        teacher_logits=teacher_logits,
         probs_tau=probs_tau,
         pseudo_label=pseudo,
         quality=quality,

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from duda_hf.losses import (
+    channel_distillation_loss,
     class_iou_counts,
     distillation_weight,
     feature_distance,
@@ -142,3 +143,22 @@ def test_feature_distance_on_thing_cells_only():
     value = feature_distance(features, reference, labels.unsqueeze(0), classes=(11,), scale_min_ratio=0.75)
     assert value.item() == pytest.approx((3.0 + 5.0) / 2)
     assert feature_distance(features, reference, labels.unsqueeze(0), classes=(13,)).item() == 0.0
+
+
+def test_channel_distillation_loss_exact():
+    """Per class, the map over positions is a distribution: teacher channel 0 = softmax([0, 2 ln 3] / 2) = (1/4, 3/4),
+    channel 1 flat; the student is flat everywhere. KL = 1/4 ln(1/2) + 3/4 ln(3/2) for channel 0, 0 for channel 1;
+    the loss is tau^2 = 4 times their mean."""
+    teacher = torch.tensor([[0.0, 2 * math.log(3)], [5.0, 5.0]]).view(1, 2, 1, 2)
+    student = torch.zeros(1, 2, 1, 2)
+    expected = 4 * (0.25 * math.log(0.5) + 0.75 * math.log(1.5)) / 2
+    assert channel_distillation_loss(student, teacher, 2.0).item() == pytest.approx(expected, rel=1e-6)
+    # a position outside `valid` counts in neither distribution, whatever its logits
+    teacher3 = torch.cat([teacher, torch.tensor([9.0, -3.0]).view(1, 2, 1, 1)], dim=-1)
+    student3 = torch.cat([student, torch.tensor([-7.0, 4.0]).view(1, 2, 1, 1)], dim=-1)
+    valid = torch.tensor([[[True, True, False]]])
+    assert channel_distillation_loss(student3, teacher3, 2.0, valid).item() == pytest.approx(expected, rel=1e-6)
+    assert channel_distillation_loss(teacher, teacher, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    # every class weighs the same whatever its area: the mean over (images, classes), not over pixels
+    two = channel_distillation_loss(torch.zeros(2, 2, 1, 2), torch.cat([teacher, teacher.flip(1)]), 2.0)
+    assert two.item() == pytest.approx(expected, rel=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import set_seed
 
-from duda_hf.losses import kd_loss, weighted_cross_entropy
+from duda_hf.losses import channel_distillation_loss, kd_loss, weighted_cross_entropy
 from duda_hf.pipeline import build_trainer, parse_args
 from duda_hf.step import TERMS, LossTerm, duda_step
 from duda_hf.trainer import DudaTrainer
@@ -40,7 +40,7 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
     assert changed == []
     assert trainer._step_log.count == 0 and trainer.debug_tensors is None
     assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", "loss_student_mix", "loss_student_kd"]
-    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance", "loss_student_kd_clean"]
+    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance", "loss_student_kd_clean", "loss_student_cwd"]
     assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight", "teacher_pixel_share", "teacher_pixel_weight"}
     assert result.diagnostics["lam_t"] == 0.5
 
@@ -192,14 +192,14 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     """`--kd_clean_target w` adds `w * lam_t * KD(s(x_t), p_tau)` over the target pixels outside the margins, weighted
     by the pseudo-label's class weight; the student's clean-target logits come from the same forward pass."""
     trainer = make_trainer(
-        tiny_benchmark, tmp_path, "--kd_clean_target", "2", "--kd_temperature", "2", "--kd_confidence_weight", "false"
+        tiny_benchmark, tmp_path, "--kd_clean_target", "2", "--kd_temperature", "2", "--kd_confidence_weight", "false", "--cwd_weight", "3"
     )
     duda, inputs = trainer.model, fixed_batch(trainer)
     torch.manual_seed(0)
     generator = trainer._step_generator(torch.device("cpu"))
     result = duda_step(duda, inputs, trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast)
     t = result.tensors
-    assert list(result.terms)[-1] == "loss_student_kd_clean" and t.lam == 0.5
+    assert list(result.terms)[-2:] == ["loss_student_kd_clean", "loss_student_cwd"] and t.lam == 0.5
     # the student's logits on the clean target: the last images of its one forward pass over source, mix and target
     torch.manual_seed(0)  # the same drop-path draws (the teacher, in eval mode, draws none)
     from duda_hf.models import network_inputs
@@ -213,11 +213,17 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     student = torch.nn.functional.interpolate(t.student_target.float(), size=t.probs_tau.shape[-2:], mode="bilinear")
     per_pixel = (t.probs_tau * (t.probs_tau.clamp(min=1e-30).log() - student.div(2).log_softmax(1))).sum(1) * 4
     assert float(result.terms["loss_student_kd_clean"]) == pytest.approx(float((per_pixel * weight).mean()), rel=1e-4)
+    # channel-wise distillation towards the EMA teacher's logits on the same clean images, at the logits' size
+    teacher = duda.teacher(pixel_values=network_inputs(t.target_image, duda.teacher)).logits
+    assert torch.equal(t.teacher_logits[0], teacher)
+    valid = torch.nn.functional.interpolate(t.inside[:, None], size=teacher.shape[-2:], mode="nearest")[:, 0] > 0
+    cwd = channel_distillation_loss(t.student_target, teacher, 4.0, valid)
+    assert torch.equal(result.terms["loss_student_cwd"], 3.0 * 0.5 * cwd)
     # at weight 0 (the default) the student does not see the clean target at all
     plain = make_trainer(tiny_benchmark, tmp_path / "plain")
     generator = plain._step_generator(torch.device("cpu"))
     result = duda_step(plain.model, fixed_batch(plain), plain.args, step=2, generator=generator, autocast=plain.accelerator.autocast)
-    assert "loss_student_kd_clean" not in result.terms and result.tensors.student_target is None
+    assert not {"loss_student_kd_clean", "loss_student_cwd"} & set(result.terms) and result.tensors.student_target is None
 
 
 def test_the_distillation_stage_schedule_and_its_checks(tiny_benchmark, tmp_path):
