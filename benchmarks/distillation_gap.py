@@ -30,9 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality_synthetic import ALL_ROWS  # noqa: E402
+from quality_synthetic import ALL_ROWS
 
-from duda_hf.jsonio import write_json  # noqa: E402
+from duda_hf.jsonio import write_json
 
 EVAL_STEPS = 250
 SEEN = ("teacher_pixel_share", "teacher_pixel_weight", "pseudo_label_quality")
@@ -137,7 +137,9 @@ def main() -> None:
         print(f"\n### {data['label']} (seed {args.seed})\n")
         print("| step | student | teacher | gap | pixel agreement | agreement mIoU |\n|---|---|---|---|---|---|")
         for t in data["trajectory"]:
-            print(f"| {t['step']} | {t['student_mIoU']:.2f} | {t['teacher_mIoU']:.2f} | {t['gap']:.2f} | {t['pixel_agreement']:.2f} | {t['agreement_mIoU']:.2f} |")
+            print(
+                f"| {t['step']} | {t['student_mIoU']:.2f} | {t['teacher_mIoU']:.2f} | {t['gap']:.2f} | {t['pixel_agreement']:.2f} | {t['agreement_mIoU']:.2f} |"
+            )
         for name, record in data["classes"].items():
             print(f"\nPer class at step {record['step']} ({name}): student / teacher / agreement IoU\n")
             print("| class | student | teacher | teacher − student | student-teacher IoU |\n|---|---|---|---|---|")

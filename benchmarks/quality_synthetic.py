@@ -175,7 +175,13 @@ NETWORKS = ("student", "auxiliary", "teacher")
 
 
 def run(
-    row: str, seed: int, output_root: Path, extra: list[str], threads: int | None = None, collect_only: bool = False, data: str = "data_synthetic"
+    row: str,
+    seed: int,
+    output_root: Path,
+    extra: list[str],
+    threads: int | None = None,
+    collect_only: bool = False,
+    data: str = "data_synthetic",
 ) -> dict | None:
     label, recipe, flags = ALL_ROWS[row]
     flags = [flag.replace("{output_root}", str(output_root)) for flag in flags]

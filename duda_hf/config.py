@@ -97,8 +97,7 @@ class DudaConfig(TrainingArguments):
     distill_ramp_steps: float = field(
         default=0.25,
         metadata=_help(
-            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of the adaptation steps. "
-            "DUDA: 0.25."
+            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of the adaptation steps. DUDA: 0.25."
         ),
     )
     kd_temperature: float = field(default=1.0, metadata=_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
@@ -255,7 +254,15 @@ class DudaConfig(TrainingArguments):
             "0 < blur_sigma_min <= blur_sigma_max",
             (self.blur_sigma_min, self.blur_sigma_max),
         )
-        for name in ("preadapt_steps", "distill_ramp_steps", "inconsistency_beta", "fd_lambda", "kd_clean_target", "cwd_weight", "distill_stage_steps"):
+        for name in (
+            "preadapt_steps",
+            "distill_ramp_steps",
+            "inconsistency_beta",
+            "fd_lambda",
+            "kd_clean_target",
+            "cwd_weight",
+            "distill_stage_steps",
+        ):
             _check(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         _check(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
         _check(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)

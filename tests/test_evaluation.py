@@ -313,7 +313,9 @@ def test_agreement_scores_one_network_against_another_on_labelled_pixels():
         label[:2] = 255
         rows.append({"image": Image.fromarray(image), "label": Image.fromarray(label)})
     networks = {"student": _ChannelNetwork(0.0), "teacher": _ChannelNetwork(0.1)}
-    matrices = evaluate_networks(networks, rows, torch.device("cpu"), image_mean=(0, 0, 0), image_std=(1, 1, 1), agreement=(("student", "teacher"),))
+    matrices = evaluate_networks(
+        networks, rows, torch.device("cpu"), image_mean=(0, 0, 0), image_std=(1, 1, 1), agreement=(("student", "teacher"),)
+    )
     assert set(matrices) == {"student", "teacher", "student_vs_teacher"}
     expected = torch.zeros(19, 19, dtype=torch.long)
     for row in rows:

@@ -179,7 +179,9 @@ def test_what_the_student_sees_of_the_teacher_is_logged(tiny_benchmark, tmp_path
     margins); `teacher_pixel_weight`: the mean weight the soft term gives them (quality x class weight, as specified)."""
     trainer = make_trainer(tiny_benchmark, tmp_path)
     generator = trainer._step_generator(torch.device("cpu"))
-    result = duda_step(trainer.model, fixed_batch(trainer), trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast)
+    result = duda_step(
+        trainer.model, fixed_batch(trainer), trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast
+    )
     t = result.tensors
     teacher_pixels = (t.mask == 0) & (t.inside == 1)
     assert 0 < float(result.diagnostics["teacher_pixel_share"]) < 1
@@ -257,7 +259,16 @@ def test_in_the_distillation_stage_only_the_student_learns_from_the_frozen_teach
                 snapshots[state.global_step] = {k: v.clone() for k, v in model.state_dict().items()}
 
     trainer = make_trainer(
-        tiny_benchmark, tmp_path, "--distill_stage_steps", "2", "--kd_clean_target", "1", "--preadapt_steps", "0", "--distill_ramp_steps", "1"
+        tiny_benchmark,
+        tmp_path,
+        "--distill_stage_steps",
+        "2",
+        "--kd_clean_target",
+        "1",
+        "--preadapt_steps",
+        "0",
+        "--distill_ramp_steps",
+        "1",
     )
     trainer.add_callback(Snapshot())
     trainer.train()
