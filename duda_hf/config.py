@@ -137,6 +137,14 @@ class DudaConfig(TrainingArguments):
             "0: off (the paper's step)."
         ),
     )
+    distill_stage_target_only: bool = field(
+        default=False,
+        metadata=_help(
+            "In the distillation stage the student learns from the teacher on the clean target image alone "
+            "(kd_clean_target, cwd_weight): no source cross-entropy and no mixed image. Needs distill_stage_steps and "
+            "one of the clean-target terms."
+        ),
+    )
     # --- inconsistency weighting ---
     inconsistency_beta: float = field(
         default=1.0, metadata=_help("beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.")
@@ -292,16 +300,19 @@ class DudaConfig(TrainingArguments):
         if self.extra_teachers and self.method != "duda":
             raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
         _check(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
-        if self.kd_clean_target or self.cwd_weight or self.distill_stage_steps:
-            _check(
-                self.method == "duda", "DudaConfig.kd_clean_target/cwd_weight/distill_stage_steps", "0 unless method is 'duda'", self.method
-            )
         _check(
             self.distill_stage_steps_resolved < self.max_steps,
             "DudaConfig.distill_stage_steps",
             f"fewer than max_steps ({self.max_steps}): the adaptation needs steps of its own",
             self.distill_stage_steps,
         )
+        if self.distill_stage_target_only and self.method == "duda":
+            _check(
+                self.distill_stage_steps_resolved > 0 and (self.kd_clean_target > 0 or self.cwd_weight > 0),
+                "DudaConfig.distill_stage_target_only",
+                "used with distill_stage_steps > 0 and kd_clean_target or cwd_weight > 0 (the stage's only terms)",
+                self.distill_stage_target_only,
+            )
         if self.distill_stage_steps_resolved and self.ddp_find_unused_parameters is False:
             # in the stage the auxiliary student gets no gradient, so DDP must not wait for one
             self.ddp_find_unused_parameters = True
@@ -338,7 +349,8 @@ class DudaConfig(TrainingArguments):
     # Resolved step counts (a fraction below 1 means a share of max_steps; the lam_t schedule, of the adaptation steps).
     @property
     def distill_stage_steps_resolved(self) -> int:
-        return resolve_steps(self.distill_stage_steps, self.max_steps)
+        """The stage's steps; 0 for the baselines, which ignore it like every DUDA-only flag (one recipe serves all)."""
+        return resolve_steps(self.distill_stage_steps, self.max_steps) if self.method == "duda" else 0
 
     @property
     def adaptation_steps(self) -> int:

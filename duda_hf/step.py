@@ -103,8 +103,15 @@ class StepResult:
 
 
 # ---- the loss terms (docs/method.md, steps 3, 4 and 6) ----
-def student_source_ce(t: StepTensors) -> torch.Tensor:
+def student_source_ce(t: StepTensors) -> torch.Tensor | None:
+    """Off only in a distillation stage that learns from the clean target alone (`distill_stage_target_only`)."""
+    if _target_only_stage(t):
+        return None
     return weighted_cross_entropy(t.student_source, t.source_label)
+
+
+def _target_only_stage(t: StepTensors) -> bool:
+    return t.args.distill_stage_target_only and t.args.in_distill_stage(t.step)
 
 
 def student_mix_ce(t: StepTensors) -> torch.Tensor:
@@ -130,7 +137,7 @@ def student_mix_hard(t: StepTensors) -> torch.Tensor | None:
 
 def student_kd(t: StepTensors) -> torch.Tensor | None:
     """`lam_t * KD` towards the teachers' soft output (one-hot on source pixels); off while `lam_t` is 0."""
-    if t.lam <= 0:
+    if t.lam <= 0 or _target_only_stage(t):
         return None
     source_onehot = F.one_hot(t.source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
     soft_target = mix(t.mask, source_onehot, t.probs_tau)
@@ -267,7 +274,7 @@ def step_tensors(
     # target images for `kd_clean_target`); in the distillation stage the auxiliary student stops.
     stage = args.in_distill_stage(step)
     use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
-    clean_target = target_image if args.kd_clean_target > 0 or args.cwd_weight > 0 else None
+    clean_target = target_image if duda.aux_student is not None and (args.kd_clean_target > 0 or args.cwd_weight > 0) else None
     with autocast():
         outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd, student_extra=clean_target, aux=not stage)
         reference_features = duda.imagenet_features(source_image) if use_fd else None

@@ -226,6 +226,17 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     generator = plain._step_generator(torch.device("cpu"))
     result = duda_step(plain.model, fixed_batch(plain), plain.args, step=2, generator=generator, autocast=plain.accelerator.autocast)
     assert not {"loss_student_kd_clean", "loss_student_cwd"} & set(result.terms) and result.tensors.student_target is None
+    # self-training ignores them (one recipe serves every method): the same step as without the flags
+    for flags in ((), ("--kd_clean_target", "1", "--cwd_weight", "1")):
+        baseline = make_trainer(tiny_benchmark, tmp_path / f"st{len(flags)}", "--method", "self_training", *flags)
+        torch.manual_seed(0)
+        generator = baseline._step_generator(torch.device("cpu"))
+        inputs = fixed_batch(baseline)
+        result = duda_step(baseline.model, inputs, baseline.args, step=2, generator=generator, autocast=baseline.accelerator.autocast)
+        assert result.tensors.student_target is None
+        if flags:
+            assert list(result.terms) == list(reference) and all(torch.equal(result.terms[k], reference[k]) for k in reference)
+        reference = result.terms
 
 
 def test_the_distillation_stage_schedule_and_its_checks(tiny_benchmark, tmp_path):
@@ -242,10 +253,10 @@ def test_the_distillation_stage_schedule_and_its_checks(tiny_benchmark, tmp_path
     assert plain.ddp_find_unused_parameters is False
     with pytest.raises(ValueError, match=r"distill_stage_steps.*fewer than max_steps \(100\)"):
         DudaConfig(output_dir=str(tmp_path), max_steps=100, distill_stage_steps=100, report_to="none")
-    with pytest.raises(ValueError, match=r"0 unless method is 'duda'"):
-        DudaConfig(output_dir=str(tmp_path), max_steps=100, distill_stage_steps=10, method="self_training", report_to="none")
-    with pytest.raises(ValueError, match=r"0 unless method is 'duda'"):
-        DudaConfig(output_dir=str(tmp_path), max_steps=100, kd_clean_target=1, method="self_training", report_to="none")
+    # the baselines ignore the stage (one recipe serves every method): self-training adapts, and its teacher follows,
+    # for all of max_steps
+    baseline = DudaConfig(output_dir=str(tmp_path), max_steps=100, distill_stage_steps=10, method="self_training", report_to="none")
+    assert (baseline.adaptation_steps, baseline.in_distill_stage(99), baseline.ddp_find_unused_parameters) == (100, False, False)
 
 
 def test_in_the_distillation_stage_only_the_student_learns_from_the_frozen_teacher(tiny_benchmark, tmp_path):
@@ -283,3 +294,23 @@ def test_in_the_distillation_stage_only_the_student_learns_from_the_frozen_teach
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [("loss_aux_source" in entry, entry["lam_t"]) for entry in logs] == [(True, 0.0), (True, 1.0), (False, 1.0), (False, 1.0)]
     assert all("loss_student_kd" in entry and "loss_student_kd_clean" in entry for entry in logs[1:])
+
+
+def test_a_target_only_stage_learns_from_the_clean_target_alone(tiny_benchmark, tmp_path):
+    """`--distill_stage_target_only`: in the stage the student's only term is the clean-target distillation."""
+    trainer = make_trainer(
+        tiny_benchmark,
+        tmp_path,
+        *("--distill_stage_steps", "2", "--kd_clean_target", "1", "--distill_stage_target_only", "true"),
+        *("--preadapt_steps", "0", "--distill_ramp_steps", "1"),
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    terms = [sorted(key for key in entry if key.startswith("loss_")) for entry in logs]
+    assert terms[2:] == [["loss_student_kd_clean"], ["loss_student_kd_clean"]]
+    assert "loss_student_source" in terms[1] and "loss_aux_source" in terms[1]
+    assert logs[3]["loss"] == pytest.approx(logs[3]["loss_student_kd_clean"], rel=1e-3)
+    from duda_hf.config import DudaConfig
+
+    with pytest.raises(ValueError, match=r"distill_stage_target_only.*kd_clean_target or cwd_weight > 0"):
+        DudaConfig(output_dir=str(tmp_path), max_steps=10, distill_stage_steps=2, distill_stage_target_only=True, report_to="none")
