@@ -227,6 +227,7 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     result = duda_step(plain.model, fixed_batch(plain), plain.args, step=2, generator=generator, autocast=plain.accelerator.autocast)
     assert not {"loss_student_kd_clean", "loss_student_cwd"} & set(result.terms) and result.tensors.student_target is None
     # self-training ignores them (one recipe serves every method): the same step as without the flags
+    reference = {}
     for flags in ((), ("--kd_clean_target", "1", "--cwd_weight", "1")):
         baseline = make_trainer(tiny_benchmark, tmp_path / f"st{len(flags)}", "--method", "self_training", *flags)
         torch.manual_seed(0)
