@@ -118,7 +118,7 @@ def _pct(value):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=["pretrained_duda", "pretrained_duda_kept"], choices=list(ALL_ROWS))
+    parser.add_argument("--rows", nargs="+", default=["pretrained_duda_paper", "pretrained_duda"], choices=list(ALL_ROWS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--output_root", default=str(ROOT / "outputs" / "distillation_gap"))

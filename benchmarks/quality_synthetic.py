@@ -145,12 +145,6 @@ DIAGNOSTIC_ROWS = {
 STAGE = 500
 PROBE_ROWS = {
     "probe_duda_clean1": ("probe: duda + KD on the clean target (weight 1)", PRETRAINED, [*PAPER, "--kd_clean_target", "1"]),
-    "probe_duda_clean3": ("probe: duda + KD on the clean target (weight 3)", PRETRAINED, [*PAPER, "--kd_clean_target", "3"]),
-    "probe_duda_stage_in": (
-        f"probe: duda, the last {STAGE} of {MAX_STEPS} steps a distillation stage",
-        PRETRAINED,
-        [*PAPER, "--distill_stage_steps", str(STAGE)],
-    ),
     "probe_duda_stage_after": (
         f"probe: duda, {MAX_STEPS} steps then a {STAGE}-step distillation stage",
         PRETRAINED,
@@ -237,14 +231,6 @@ PROBE_ROWS = {
         [
             *(*PAPER, "--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)),
             *("--kd_temperature", "0.5", "--inconsistency_beta", "3"),
-        ],
-    ),
-    "probe_duda_clean1_stage_target_tau05": (
-        f"probe: duda + KD on the clean target, then a {STAGE}-step stage on the clean target alone; KD temperature 0.5",
-        PRETRAINED,
-        [
-            *(*PAPER, "--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)),
-            *("--distill_stage_target_only", "true", "--kd_temperature", "0.5"),
         ],
     ),
     "probe_duda_longer": (

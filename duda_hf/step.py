@@ -50,8 +50,8 @@ class StepTensors:
 
     Images are RGB in [0, 1] (fp32), labels `(B, H, W)` long; logits are at the networks' output size (1/4 of the
     input). The fields after `student_source` are None for `source_only`; `aux_*`, `lam`, `class_weights` and
-    `pixel_weight` are None unless the method is `duda` (`aux_*` also in the distillation stage); `reference_features`
-    is None without the feature distance.
+    `pixel_weight` are None unless the method is `duda`, and `aux_*` also in the distillation stage; `student_target`
+    is None without a clean-target term; `reference_features` is None without the feature distance.
     """
 
     model: DudaModel  # the networks, unwrapped (read only)

@@ -23,7 +23,17 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        # the issue-21 additions: a student-only stage (the auxiliary student gets no gradient, so DDP must not wait
+        # for one) and the clean-target terms (a larger student batch than the auxiliary's)
+        ("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
+    ],
+    ids=["paper_step", "stage_and_clean_target"],
+)
+def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     command = [
         accelerate,
@@ -40,7 +50,7 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path):
         "--main_process_port",
         str(free_port()),
         str(ROOT / "tests" / "helpers" / "ddp_probe.py"),
-        *tiny_argv(tiny_benchmark, tmp_path, "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0"),
+        *tiny_argv(tiny_benchmark, tmp_path, "--per_device_train_batch_size", "1", "--dataloader_num_workers", "0", *extra),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -50,7 +60,7 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path):
     indices = ranks[0]["indices"] + ranks[1]["indices"]
     assert len(indices) == 8 and len(set(indices)) == 8
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # the confusion matrices were summed across processes
-    for network in ("student", "teacher"):
+    for network in ("student", "teacher", "aux_student"):
         first, second = (load_file(tmp_path / f"{network}_rank{r}.safetensors") for r in (0, 1))
         assert first.keys() == second.keys()
         for key in first:

@@ -28,6 +28,7 @@ def main() -> None:
     duda = trainer.model
     save_file({k: v.contiguous() for k, v in duda.student.state_dict().items()}, out / f"student_rank{rank}.safetensors")
     save_file({k: v.contiguous() for k, v in duda.teacher.state_dict().items()}, out / f"teacher_rank{rank}.safetensors")
+    save_file({k: v.contiguous() for k, v in duda.aux_student.state_dict().items()}, out / f"aux_student_rank{rank}.safetensors")
     info = {"world_size": trainer.args.world_size, "indices": seen, "metrics": metrics, "steps": trainer.state.global_step}
     (out / f"rank{rank}.json").write_text(json.dumps(info))
 
