@@ -76,9 +76,16 @@ def recipe_summary(model_args, data_args, config) -> dict:
         "distill_ramp_steps": config.distill_ramp_steps_resolved,
         "kd_temperature": config.kd_temperature,
         "kd_confidence_weight": config.kd_confidence_weight,
-        "kd_clean_target": config.kd_clean_target,
-        "cwd_weight": config.cwd_weight,
-        "distill_stage_steps": config.distill_stage_steps_resolved,
+        # this project's additions (docs/method.md), which only `duda` uses
+        **(
+            {
+                "kd_clean_target": config.kd_clean_target,
+                "cwd_weight": config.cwd_weight,
+                "distill_stage_steps": config.distill_stage_steps_resolved,
+            }
+            if config.method == "duda"
+            else {}
+        ),
         "inconsistency_beta": config.inconsistency_beta,
         "class_mix": config.class_mix,
         "rare_class_sampling": config.rare_class_sampling,

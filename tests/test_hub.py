@@ -281,3 +281,16 @@ def test_trainer_push_offline_stops_before_training(tiny_benchmark, tmp_path, mo
         build_trainer(
             *parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", "--push_to_hub", "true", "--hub_model_id", "me/duda-offline"))
         )
+
+
+def test_the_recipe_summary_names_the_duda_only_additions_only_for_duda(tiny_benchmark, tmp_path):
+    """The card's recipe table: the stage and the clean-target terms for `duda`; the baselines, which ignore them, do
+    not list them."""
+    from duda_hf.hub import recipe_summary
+    from duda_hf.pipeline import parse_args
+
+    flags = ("--max_steps", "8", "--distill_stage_steps", "0.25", "--kd_clean_target", "1", "--kd_temperature", "0.5")
+    duda = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags)))
+    assert (duda["distill_stage_steps"], duda["kd_clean_target"], duda["cwd_weight"], duda["kd_temperature"]) == (2, 1.0, 0.0, 0.5)
+    baseline = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags, "--method", "self_training")))
+    assert not {"distill_stage_steps", "kd_clean_target", "cwd_weight"} & set(baseline) and baseline["max_steps"] == 8
