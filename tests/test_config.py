@@ -93,10 +93,15 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
     assert config.output_dir == str(tmp_path)  # the command line overrides the recipe
     if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes
         assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")
-        assert config.max_steps == 1500 and config.ema_alpha == 0.99
+        assert config.max_steps == 2000 and config.ema_alpha == 0.99
     elif recipe.name != "synthetic_cpu.yaml":
         assert (model_args.student, model_args.aux_student, config.method) == ("mit-b0", "mit-b5", "duda")
         assert config.max_steps == 40000 and config.learning_rate == 6e-5 and data_args.crop_size == [512, 512]
+    if recipe.name.startswith("synthetic_"):  # 1500 adaptation steps, then a 500-step distillation stage
+        assert (config.max_steps, config.distill_stage_steps_resolved, config.adaptation_steps) == (2000, 500, 1500)
+        assert (config.kd_clean_target, config.kd_temperature) == (1.0, 0.5)
+    else:  # the paper recipes: the paper's step as specified
+        assert (config.distill_stage_steps, config.kd_clean_target, config.cwd_weight, config.kd_temperature) == (0, 0, 0, 1.0)
 
 
 def test_command_line_overrides_recipe(tmp_path):
@@ -105,6 +110,7 @@ def test_command_line_overrides_recipe(tmp_path):
         ["--config", str(recipe), "--max_steps", "7", "--crop_size", "32", "48", "--output_dir", str(tmp_path)]
     )
     assert config.max_steps == 7 and data_args.crop_size == [32, 48] and config.learning_rate == 6e-4
+    assert config.distill_stage_steps_resolved == 2  # the recipe's stage is a share of max_steps (0.25 of 7, rounded)
 
 
 def test_recipe_with_unknown_key(tmp_path):

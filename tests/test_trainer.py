@@ -205,7 +205,7 @@ def test_evaluation_reports_the_auxiliary_student_beside_teacher_and_student(tin
     trainer = make_trainer(tiny_benchmark, tmp_path, "--max_steps", "1")
     metrics = trainer.evaluate()
     assert {"eval_auxiliary_mIoU", "eval_student_mIoU", "eval_teacher_mIoU"} <= set(metrics)
-    assert set(trainer.last_eval_results) == {"student", "auxiliary", "teacher"}
+    assert set(trainer.last_eval_results) == {"student", "auxiliary", "teacher", "student_vs_teacher"}
 
 
 def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchmark, tmp_path):
