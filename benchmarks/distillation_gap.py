@@ -47,10 +47,9 @@ def phases(results: dict) -> dict[str, tuple[int, int]]:
     """Step ranges `(first, last]` of pre-adaptation, ramp, distillation (lam_t = 1) and the stage, from the recipe."""
     recipe = results["recipe"]
     steps = results["max_steps"]
-    stage = _resolve(recipe.get("distill_stage_steps", 0), steps)
+    stage = recipe.get("distill_stage_steps", 0)  # eval_results.json records resolved step counts
     adaptation = steps - stage
-    preadapt = _resolve(recipe.get("preadapt_steps", 0.25), adaptation)
-    ramp = _resolve(recipe.get("distill_ramp_steps", 0.25), adaptation)
+    preadapt, ramp = recipe["preadapt_steps"], recipe["distill_ramp_steps"]
     bounds = {
         "pre-adaptation": (0, preadapt),
         "ramp": (preadapt, preadapt + ramp),
@@ -58,10 +57,6 @@ def phases(results: dict) -> dict[str, tuple[int, int]]:
         "stage": (adaptation, steps),
     }
     return {name: bound for name, bound in bounds.items() if bound[1] > bound[0]}
-
-
-def _resolve(value: float, steps: int) -> int:
-    return round(value * steps) if 0 < value < 1 else int(value)
 
 
 def analyse(results: dict) -> dict:

@@ -34,7 +34,9 @@ RECIPE_KEYS = (
     "kd_confidence_weight",
     "kd_clean_target",
     "cwd_weight",
+    "cwd_temperature",
     "distill_stage_steps",
+    "distill_stage_target_only",
     "inconsistency_beta",
     "class_mix",
     "rare_class_sampling",
@@ -75,13 +77,15 @@ def recipe_summary(model_args, data_args, config) -> dict:
         "preadapt_steps": config.preadapt_steps_resolved,
         "distill_ramp_steps": config.distill_ramp_steps_resolved,
         "kd_temperature": config.kd_temperature,
-        "kd_confidence_weight": config.kd_confidence_weight,
-        # this project's additions (docs/method.md), which only `duda` uses
+        # the soft term's weighting and this project's additions (docs/method.md), which only `duda` uses
         **(
             {
+                "kd_confidence_weight": config.kd_confidence_weight,
                 "kd_clean_target": config.kd_clean_target,
                 "cwd_weight": config.cwd_weight,
+                "cwd_temperature": config.cwd_temperature,
                 "distill_stage_steps": config.distill_stage_steps_resolved,
+                "distill_stage_target_only": config.distill_stage_target_only,
             }
             if config.method == "duda"
             else {}

@@ -293,4 +293,5 @@ def test_the_recipe_summary_names_the_duda_only_additions_only_for_duda(tiny_ben
     duda = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags)))
     assert (duda["distill_stage_steps"], duda["kd_clean_target"], duda["cwd_weight"], duda["kd_temperature"]) == (2, 1.0, 0.0, 0.5)
     baseline = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags, "--method", "self_training")))
-    assert not {"distill_stage_steps", "kd_clean_target", "cwd_weight"} & set(baseline) and baseline["max_steps"] == 8
+    assert not {"distill_stage_steps", "kd_clean_target", "cwd_weight", "kd_confidence_weight"} & set(baseline)
+    assert baseline["max_steps"] == 8

@@ -420,7 +420,7 @@ def build_synthetic_benchmark(
         "seed": seed,
     }
     if shift is not None and shift != TargetShift():  # the default benchmark keeps its meta, and so its bytes
-        meta["shift"] = asdict(shift)
+        meta["shift"] = json.loads(json.dumps(asdict(shift)))  # as the meta file reads back (lists), so a rebuild reuses it
     return _write_splits(Path(out_dir), splits, meta, "synthetic_meta.json", height=height, width=width, seed=seed, shift=shift)
 
 
