@@ -143,95 +143,60 @@ DIAGNOSTIC_ROWS = {
 # teacher. `clean`: the soft term also on the clean target image; `stage`: the last steps train the student alone
 # from the frozen teacher.
 STAGE = 500
+CLEAN = ["--kd_clean_target", "1"]
+
+
+def stage_after(steps: int = STAGE) -> list[str]:
+    """The paper's 1500 steps, then a `steps`-step distillation stage."""
+    return ["--max_steps", str(MAX_STEPS + steps), "--distill_stage_steps", str(steps)]
+
+
 PROBE_ROWS = {
-    "probe_duda_clean1": ("probe: duda + KD on the clean target (weight 1)", PRETRAINED, [*PAPER, "--kd_clean_target", "1"]),
+    "probe_duda_clean1": ("probe: duda + KD on the clean target (weight 1)", PRETRAINED, [*PAPER, *CLEAN]),
     "probe_duda_stage_after": (
         f"probe: duda, {MAX_STEPS} steps then a {STAGE}-step distillation stage",
         PRETRAINED,
-        [*PAPER, "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+        [*PAPER, *stage_after()],
     ),
     "probe_duda_clean1_stage_after": (
         f"probe: duda + KD on the clean target, {MAX_STEPS} steps then a {STAGE}-step distillation stage",
         PRETRAINED,
-        [*PAPER, "--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+        [*PAPER, *CLEAN, *stage_after()],
     ),
     "probe_duda_clean1_cwd3_stage_after": (
         f"probe: duda + KD and channel-wise KD (weight 3) on the clean target, then a {STAGE}-step stage",
         PRETRAINED,
-        [*PAPER, "--kd_clean_target", "1", "--cwd_weight", "3", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+        [*PAPER, *CLEAN, "--cwd_weight", "3", *stage_after()],
     ),
     "probe_duda_clean3_stage_after": (
         f"probe: duda + KD on the clean target (weight 3), then a {STAGE}-step stage",
         PRETRAINED,
-        [*PAPER, "--kd_clean_target", "3", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)],
+        [*PAPER, "--kd_clean_target", "3", *stage_after()],
     ),
     "probe_duda_clean1_stage_after_tau05": (
         f"probe: duda + KD on the clean target, then a {STAGE}-step stage; KD temperature 0.5",
         PRETRAINED,
-        [
-            *PAPER,
-            "--kd_clean_target",
-            "1",
-            "--max_steps",
-            str(MAX_STEPS + STAGE),
-            "--distill_stage_steps",
-            str(STAGE),
-            "--kd_temperature",
-            "0.5",
-        ],
+        [*PAPER, *CLEAN, *stage_after(), "--kd_temperature", "0.5"],
     ),
     "probe_duda_clean1_stage_after_beta3": (
         f"probe: duda + KD on the clean target, then a {STAGE}-step stage; inconsistency beta 3",
         PRETRAINED,
-        [
-            *PAPER,
-            "--kd_clean_target",
-            "1",
-            "--max_steps",
-            str(MAX_STEPS + STAGE),
-            "--distill_stage_steps",
-            str(STAGE),
-            "--inconsistency_beta",
-            "3",
-        ],
+        [*PAPER, *CLEAN, *stage_after(), "--inconsistency_beta", "3"],
     ),
     "probe_duda_clean1_stage_target": (
         f"probe: duda + KD on the clean target, then a {STAGE}-step stage on the clean target alone",
         PRETRAINED,
-        [
-            *PAPER,
-            "--kd_clean_target",
-            "1",
-            "--max_steps",
-            str(MAX_STEPS + STAGE),
-            "--distill_stage_steps",
-            str(STAGE),
-            "--distill_stage_target_only",
-            "true",
-        ],
+        [*PAPER, *CLEAN, *stage_after(), "--distill_stage_target_only", "true"],
     ),
     "probe_duda_clean1_stage1000_target": (
         "probe: duda + KD on the clean target, then a 1000-step stage on the clean target alone",
         PRETRAINED,
-        [
-            *PAPER,
-            "--kd_clean_target",
-            "1",
-            "--max_steps",
-            str(MAX_STEPS + 1000),
-            "--distill_stage_steps",
-            "1000",
-            "--distill_stage_target_only",
-            "true",
-        ],
+        [*PAPER, *CLEAN, *stage_after(1000), "--distill_stage_target_only", "true"],
     ),
     "probe_duda_clean1_stage_after_tau05_beta3": (
         f"probe: duda + KD on the clean target, then a {STAGE}-step stage; KD temperature 0.5, inconsistency beta 3",
         PRETRAINED,
-        [
-            *(*PAPER, "--kd_clean_target", "1", "--max_steps", str(MAX_STEPS + STAGE), "--distill_stage_steps", str(STAGE)),
-            *("--kd_temperature", "0.5", "--inconsistency_beta", "3"),
-        ],
+        [*PAPER, *CLEAN, *stage_after(), "--kd_temperature", "0.5", "--inconsistency_beta", "3"],
     ),
     "probe_duda_longer": (
         f"probe: duda for {MAX_STEPS + STAGE} steps (no stage)",

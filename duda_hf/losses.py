@@ -29,21 +29,37 @@ def fuse_teacher_probs(
     Returns:
         `(probs, probs_tau)`, both `(B, C, H, W)`.
     """
-    if weights is None:
-        weights = [1.0] * len(teacher_logits)
-    if len(weights) != len(teacher_logits):
-        raise ValueError(f"got {len(teacher_logits)} teachers but {len(weights)} teacher_weights")
-    total = float(sum(weights))
     probs = probs_tau = None
-    for logits, weight in zip(teacher_logits, weights):
+    for logits, share in zip(teacher_logits, _teacher_shares(weights, len(teacher_logits))):
         if size is not None and tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
         logits = logits.float()
-        p = torch.softmax(logits, dim=1) * (weight / total)
-        p_tau = torch.softmax(logits / temperature, dim=1) * (weight / total)
+        p = torch.softmax(logits, dim=1) * share
+        p_tau = torch.softmax(logits / temperature, dim=1) * share
         probs = p if probs is None else probs + p
         probs_tau = p_tau if probs_tau is None else probs_tau + p_tau
     return probs, probs_tau
+
+
+def fuse_teacher_logits(teacher_logits: list[torch.Tensor], weights: list[float] | None = None) -> torch.Tensor:
+    """Weighted mean of several teachers' logits (fp32), at the first teacher's size (the others resized bilinearly):
+    the teacher of channel-wise distillation. One teacher's logits come back as they are (in fp32)."""
+    size = tuple(teacher_logits[0].shape[-2:])
+    fused = None
+    for logits, share in zip(teacher_logits, _teacher_shares(weights, len(teacher_logits))):
+        logits = _upsample(logits.float(), size)
+        fused = logits * share if fused is None else fused + logits * share
+    return fused
+
+
+def _teacher_shares(weights: list[float] | None, count: int) -> list[float]:
+    """Each teacher's share of the fusion: `weights` normalised to sum 1 (equal when None), one per teacher."""
+    if weights is None:
+        weights = [1.0] * count
+    if len(weights) != count:
+        raise ValueError(f"got {count} teachers but {len(weights)} teacher_weights")
+    total = float(sum(weights))
+    return [weight / total for weight in weights]
 
 
 def pseudo_label(probs: torch.Tensor, threshold: float = 0.968) -> tuple[torch.Tensor, torch.Tensor]:

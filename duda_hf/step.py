@@ -28,6 +28,7 @@ from .losses import (
     channel_distillation_loss,
     distillation_weight,
     feature_distance,
+    fuse_teacher_logits,
     fuse_teacher_probs,
     inconsistency_class_weights,
     kd_loss,
@@ -142,10 +143,15 @@ def student_kd(t: StepTensors) -> torch.Tensor | None:
     source_onehot = F.one_hot(t.source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
     soft_target = mix(t.mask, source_onehot, t.probs_tau)
     valid = t.mixed_label != IGNORE_INDEX
-    weight = t.pixel_weight
-    if not t.args.kd_confidence_weight:  # target pixels outside the margins weigh their class weight, not x quality
-        weight = mix(t.mask, torch.ones_like(t.inside), t.inside) * t.class_pixel_weight
-    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, weight, valid)
+    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, _kd_mix_weight(t), valid)
+
+
+def _kd_mix_weight(t: StepTensors) -> torch.Tensor:
+    """The soft term's per-pixel weight on the mix: `pixel_weight` as specified; with `kd_confidence_weight` false,
+    target pixels outside the margins weigh their class weight, not times the quality."""
+    if t.args.kd_confidence_weight:
+        return t.pixel_weight
+    return mix(t.mask, torch.ones_like(t.inside), t.inside) * t.class_pixel_weight
 
 
 def student_kd_clean_target(t: StepTensors) -> torch.Tensor | None:
@@ -168,8 +174,7 @@ def student_cwd_clean_target(t: StepTensors) -> torch.Tensor | None:
     teachers' logits (their weighted mean), at the logits' size, outside the margins; off at weight 0 or lam_t 0."""
     if t.args.cwd_weight <= 0 or t.lam <= 0:
         return None
-    weights = t.args.teacher_weights or [1.0] * len(t.teacher_logits)
-    teacher = sum(w * logits.float() for w, logits in zip(weights, t.teacher_logits)) / sum(weights)
+    teacher = fuse_teacher_logits(t.teacher_logits, t.args.teacher_weights or None)
     valid = F.interpolate(t.inside[:, None], size=teacher.shape[-2:], mode="nearest")[:, 0] > 0
     cwd = channel_distillation_loss(t.student_target, teacher, t.args.cwd_temperature, valid)
     return t.args.cwd_weight * t.lam * cwd
@@ -327,8 +332,7 @@ def step_diagnostics(t: StepTensors) -> dict[str, torch.Tensor | float]:
         # (target pixels outside the margins), and the mean weight the soft term gives them
         teacher_pixels = (t.mask == 0) * t.inside
         diagnostics["teacher_pixel_share"] = teacher_pixels.mean()
-        kd_weight = t.class_pixel_weight * (t.quality if t.args.kd_confidence_weight else 1.0)
-        diagnostics["teacher_pixel_weight"] = (kd_weight * teacher_pixels).sum() / teacher_pixels.sum().clamp(min=1)
+        diagnostics["teacher_pixel_weight"] = (_kd_mix_weight(t) * teacher_pixels).sum() / teacher_pixels.sum().clamp(min=1)
     return diagnostics
 
 

@@ -10,6 +10,7 @@ from duda_hf.losses import (
     class_iou_counts,
     distillation_weight,
     feature_distance,
+    fuse_teacher_logits,
     fuse_teacher_probs,
     inconsistency_class_weights,
     kd_loss,
@@ -162,3 +163,14 @@ def test_channel_distillation_loss_exact():
     # every class weighs the same whatever its area: the mean over (images, classes), not over pixels
     two = channel_distillation_loss(torch.zeros(2, 2, 1, 2), torch.cat([teacher, teacher.flip(1)]), 2.0)
     assert two.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_fuse_teacher_logits_weighted_mean_at_the_first_teachers_size():
+    first = torch.full((1, 2, 2, 2), 4.0)
+    second = torch.full((1, 2, 1, 1), -4.0)  # resized (bilinear) to 2x2: -4 everywhere
+    fused = fuse_teacher_logits([first, second], weights=[3.0, 1.0])
+    assert fused.shape == (1, 2, 2, 2) and torch.equal(fused, torch.full((1, 2, 2, 2), 2.0))  # 3/4 * 4 + 1/4 * -4
+    one = torch.randn(1, 3, 2, 2, dtype=torch.bfloat16)
+    assert torch.equal(fuse_teacher_logits([one]), one.float())
+    with pytest.raises(ValueError, match="got 2 teachers but 1 teacher_weights"):
+        fuse_teacher_logits([first, first], weights=[1.0])
