@@ -196,12 +196,13 @@ def run_inference(workdir: Path, repeats: int = 5, warmup: int = 2) -> dict:
     import torch
     from transformers import AutoModelForSemanticSegmentation, SegformerForSemanticSegmentation
 
-    from duda_hf.models import export_segformer, preset_config
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.presets import preset_config
 
     results = {}
     for role, preset in (("student", "mit-b0"), ("teacher", "mit-b5")):
         torch.manual_seed(0)
-        folder = export_segformer(SegformerForSemanticSegmentation(preset_config(preset)), workdir / role)
+        folder = export_network(SegformerForSemanticSegmentation(preset_config(preset)), workdir / role)
         network = AutoModelForSemanticSegmentation.from_pretrained(folder).cuda().eval()
         for height, width in ((512, 1024), (1024, 2048)):
             for batch in (1, 8):

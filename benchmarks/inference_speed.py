@@ -32,11 +32,12 @@ def child(preset: str, width: int, height: int, repeats: int) -> dict:
     import torch.nn.functional as F
     from transformers import SegformerForSemanticSegmentation
 
-    from duda_hf.models import build_segformer, export_segformer
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as folder:
-        export_segformer(build_segformer(preset, "random"), folder, eval_size_hw=(height, width))
+        export_network(build_network(preset, "random"), folder, eval_size_hw=(height, width))
         model = SegformerForSemanticSegmentation.from_pretrained(folder).to(device).eval()
     parameters = sum(p.numel() for p in model.parameters())
     image = torch.randn(1, 3, height, width, device=device)

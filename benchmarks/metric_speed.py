@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from duda_hf.evaluation import StreamingConfusion, metrics_from_confusion
+from duda_hf.evaluation.confusion import StreamingConfusion, metrics_from_confusion
 from duda_hf.jsonio import write_json
 
 NUM_CLASSES = 19

@@ -4,7 +4,7 @@
                                     [--student_dir RUN/student] [--val_dataset data_synthetic/target_val]
 
 Speed, memory, size and parity use a random-init MiT-B0 (speed does not depend on the weights), exported with
-`duda_hf.onnx_export.export_onnx` (fp32 and the dynamic int8 file of the transformers.js layout) plus, for
+`duda_hf.export.onnx_export.export_onnx` (fp32 and the dynamic int8 file of the transformers.js layout) plus, for
 comparison only, a static QDQ int8 file calibrated on 32 images of `--calibration_dataset`. The teacher is a
 random-init MiT-B5 in PyTorch fp32, the network the B0 student replaces.
 
@@ -71,7 +71,7 @@ def child(kind: str, path: str, width: int, height: int, repeats: int, threads: 
     import torch.nn.functional as F
     from transformers import SegformerForSemanticSegmentation
 
-    from duda_hf.onnx_export import OnnxSegmenter
+    from duda_hf.export.onnx_export import OnnxSegmenter
 
     torch.set_num_threads(threads)
     imports_mib = _peak_mib()
@@ -113,7 +113,7 @@ def calibration_pixels(dataset_path: str, count: int, mean, std) -> list:
     import torch
 
     from duda_hf.data.images import to_rgb_array
-    from duda_hf.models import normalize_images
+    from duda_hf.networks.inputs import normalize_images
 
     rows = datasets.load_from_disk(dataset_path)
     pixels = []
@@ -154,7 +154,7 @@ def static_qdq(fp32_path: Path, out_path: Path, pixels: list) -> Path:
 
 def onnx_files(folder: Path, calibration: list) -> dict:
     """The variants' paths for an exported folder: export_onnx's two files plus the static QDQ file."""
-    from duda_hf.onnx_export import FP32_FILE, INT8_FILE, ONNX_FOLDER, export_onnx
+    from duda_hf.export.onnx_export import FP32_FILE, INT8_FILE, ONNX_FOLDER, export_onnx
 
     export_onnx(folder)
     onnx_dir = folder / ONNX_FOLDER
@@ -172,7 +172,7 @@ def parity(paths: dict, width: int, height: int, threads: int) -> dict:
     import torch
     from transformers import SegformerForSemanticSegmentation
 
-    from duda_hf.onnx_export import OnnxSegmenter
+    from duda_hf.export.onnx_export import OnnxSegmenter
 
     model = SegformerForSemanticSegmentation.from_pretrained(paths["torch-fp32"]).eval()
     image = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
@@ -193,8 +193,8 @@ def target_miou(student_dir: Path, val_dataset: str, calibration: list, work: Pa
     import torch
     from transformers import SegformerForSemanticSegmentation
 
-    from duda_hf.evaluation import evaluate_networks
-    from duda_hf.onnx_export import OnnxSegmenter
+    from duda_hf.evaluation.inference import evaluate_networks
+    from duda_hf.export.onnx_export import OnnxSegmenter
 
     folder = Path(shutil.copytree(student_dir, work / "trained_student"))
     paths = onnx_files(folder, calibration)
@@ -265,8 +265,10 @@ def main() -> None:
     import onnxscript
     import torch
 
-    from duda_hf.models import IMAGENET_MEAN, IMAGENET_STD, build_segformer, export_segformer
-    from duda_hf.onnx_export import OPSET
+    from duda_hf.export.network import export_network
+    from duda_hf.export.onnx_export import OPSET
+    from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD
+    from duda_hf.networks.loading import build_network
 
     out = Path(__file__).resolve().parent / "results" / "onnx_speed.json"
     torch.manual_seed(0)
@@ -294,8 +296,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        student = export_segformer(build_segformer("mit-b0", "random"), work / "b0")
-        teacher = export_segformer(build_segformer("mit-b5", "random"), work / "b5")
+        student = export_network(build_network("mit-b0", "random"), work / "b0")
+        teacher = export_network(build_network("mit-b5", "random"), work / "b5")
         started = time.perf_counter()
         paths = onnx_files(student, calibration)
         report["export_s"] = round(time.perf_counter() - started, 1)

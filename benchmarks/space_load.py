@@ -59,7 +59,8 @@ def child(concurrency: int, requests: int, size_wh: tuple[int, int], large_wh: t
     """One queue setting measured; the image sizes are (W, H), as the flags give them and PIL takes them."""
     import gradio_client
 
-    from duda_hf.models import build_segformer, export_segformer
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
 
     spec = importlib.util.spec_from_file_location("duda_space_app", SPACE / "app.py")
     app = importlib.util.module_from_spec(spec)
@@ -68,7 +69,7 @@ def child(concurrency: int, requests: int, size_wh: tuple[int, int], large_wh: t
     app.QUEUE_CONCURRENCY, app.QUEUE_MAX_SIZE = concurrency, requests
     folder = Path(tempfile.mkdtemp())
     os.environ["GRADIO_TEMP_DIR"] = str(folder / "cache")
-    export_segformer(build_segformer("mit-b0", "random"), folder / "student", eval_size_hw=(512, 1024))
+    export_network(build_network("mit-b0", "random"), folder / "student", eval_size_hw=(512, 1024))
     demo = app.build_demo(model=str(folder / "student"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

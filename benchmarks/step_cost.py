@@ -47,9 +47,9 @@ CPU_DEFAULT = {**GPU_DEFAULT, "precision": "fp32", "tf32": None}
 def build(shape: str, device: str, options: dict):
     import torch
 
-    from duda_hf.config import DudaConfig
-    from duda_hf.models import build_duda_model
-    from duda_hf.trainer import DudaTrainer
+    from duda_hf.method.config import DudaConfig
+    from duda_hf.networks.duda_model import build_duda_model
+    from duda_hf.training.trainer import DudaTrainer
 
     student, aux, crop, batch = SHAPES[shape]
     torch.manual_seed(0)
@@ -99,7 +99,7 @@ def run_floor(trainer, model, inputs, step: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from duda_hf.models import normalize_images
+    from duda_hf.networks.inputs import normalize_images
 
     source = normalize_images(inputs["source_image"].float() / 255)
     target = normalize_images(inputs["target_image"].float() / 255)

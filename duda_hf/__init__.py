@@ -11,14 +11,14 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DataArguments": ".config",
-    "DudaConfig": ".config",
-    "ModelArguments": ".config",
-    "DudaModel": ".models",
-    "build_duda_model": ".models",
-    "build_segformer": ".models",
-    "export_segformer": ".models",
-    "DudaTrainer": ".trainer",
+    "DudaConfig": ".method.config",
+    "DataArguments": ".cli.arguments",
+    "ModelArguments": ".cli.arguments",
+    "DudaModel": ".networks.duda_model",
+    "build_duda_model": ".networks.duda_model",
+    "build_network": ".networks.loading",
+    "export_network": ".export.network",
+    "DudaTrainer": ".training.trainer",
 }
 __all__ = [
     "DataArguments",
@@ -27,8 +27,8 @@ __all__ = [
     "DudaTrainer",
     "ModelArguments",
     "build_duda_model",
-    "build_segformer",
-    "export_segformer",
+    "build_network",
+    "export_network",
 ]
 
 

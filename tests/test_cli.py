@@ -52,3 +52,28 @@ def test_every_console_command_has_its_script():
     assert declared == {command: Path(script).stem for script, command in CONSOLE_COMMANDS.items()}
     for module in declared.values():
         assert (ROOT / "duda_hf" / "cli" / f"{module}.py").is_file() and (ROOT / "scripts" / f"{module}.py").is_file()
+
+
+def test_duda_train_says_the_teacher_premise_once_after_the_results(tiny_benchmark, tmp_path):
+    """The end of a run: the mIoU line, then (where the teacher is not clearly stronger) one note, not two."""
+    import json
+
+    from duda_hf.evaluation.report import teacher_premise
+
+    from .conftest import tiny_argv
+
+    done = subprocess.run(
+        [sys.executable, "-m", "duda_hf.cli.train_duda", *tiny_argv(tiny_benchmark, tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    premise = teacher_premise(json.loads((tmp_path / "run" / "eval_results.json").read_text()))
+    assert premise is not None  # 4 steps from scratch: the teacher is no stronger
+    output = done.stdout + done.stderr
+    assert output.count("is not clearly stronger") == 1
+    lines = done.stdout.splitlines()
+    mious = [i for i, line in enumerate(lines) if line.startswith("target-validation mIoU")]
+    assert len(mious) == 1 and lines[mious[0] + 1] == f"note: {premise}"

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from duda_hf.config import DudaConfig, ModelArguments
-from duda_hf.pipeline import RecipeError, load_recipe, parse_args
+from duda_hf.cli.arguments import ModelArguments, load_recipe, parse_args
+from duda_hf.cli.recipe import RecipeError
+from duda_hf.method.config import DudaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_feature_distance_classes_are_daformers_thing_classes(tmp_path):
 def test_every_field_has_help():
     import dataclasses
 
-    from duda_hf.config import DataArguments
+    from duda_hf.cli.arguments import DataArguments
 
     for cls in (DudaConfig, ModelArguments, DataArguments):
         own = [f for f in dataclasses.fields(cls) if cls is not DudaConfig or f.name in DudaConfig.__annotations__]
@@ -125,10 +126,10 @@ def test_recipe_with_unknown_key(tmp_path):
 def _offline_build(tmp_path, **env):
     code = (
         "import time\n"
-        "from duda_hf.models import build_segformer, ModelUnavailableError\n"
+        "from duda_hf.networks.loading import ModelUnavailableError, build_network\n"
         "start = time.monotonic()\n"
         "try:\n"
-        "    build_segformer('mit-b0', 'imagenet')\n"
+        "    build_network('mit-b0', 'imagenet')\n"
         "except ModelUnavailableError as error:\n"
         "    print(f'{time.monotonic() - start:.2f}'); print(error)\n"
     )

@@ -135,7 +135,8 @@ def test_image_label_size_mismatch(tmp_path):
 
 def test_the_training_set_gets_its_length_from_the_recipe(tiny_benchmark, tmp_path):
     """Steps x batch per process x gradient accumulation x processes: one epoch is the whole run."""
-    from duda_hf.pipeline import build_trainer, parse_args
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import build_trainer
 
     argv = tiny_argv(
         tiny_benchmark, tmp_path, "--max_steps", "5", "--per_device_train_batch_size", "3", "--gradient_accumulation_steps", "2"

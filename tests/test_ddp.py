@@ -60,6 +60,15 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, e
     indices = ranks[0]["indices"] + ranks[1]["indices"]
     assert len(indices) == 8 and len(set(indices)) == 8
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # the confusion matrices were summed across processes
+    # The logged terms and diagnostics are means over both processes, as Trainer's `loss` is: the same on each
+    # process, and the terms add up to the loss at every logging step (docs/design.md, "Training contract").
+    logs = [[entry for entry in rank["log_history"] if "loss" in entry] for rank in ranks]
+    assert len(logs[0]) == 4 and logs[0] == logs[1]
+    for entry in logs[0]:
+        terms = sum(value for name, value in entry.items() if name.startswith("loss_"))
+        assert terms == pytest.approx(entry["loss"], rel=1e-4, abs=1e-5), entry
+    ends = [[entry["train_loss"] for entry in rank["log_history"] if "train_loss" in entry] for rank in ranks]
+    assert ends[0] == ends[1] and ends[0][0] == pytest.approx(sum(entry["loss"] for entry in logs[0]) / 4, rel=1e-4)
     for network in ("student", "teacher", "aux_student"):
         first, second = (load_file(tmp_path / f"{network}_rank{r}.safetensors") for r in (0, 1))
         assert first.keys() == second.keys()

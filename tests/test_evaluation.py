@@ -14,16 +14,11 @@ import torch
 from PIL import Image
 
 from duda_hf.data.labels import SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
-from duda_hf.evaluation import (
-    METRIC_PATH,
-    StreamingConfusion,
-    _sliding_windows,
-    evaluate_networks,
-    metrics_from_confusion,
-    predict_slide,
-    predict_whole,
-)
-from duda_hf.models import build_segformer, export_segformer
+from duda_hf.evaluation import METRIC_PATH
+from duda_hf.evaluation.confusion import StreamingConfusion, metrics_from_confusion
+from duda_hf.evaluation.inference import _sliding_windows, evaluate_networks, predict_slide, predict_whole
+from duda_hf.export.network import export_network
+from duda_hf.networks.loading import build_network
 
 from .conftest import load_strict_json
 
@@ -148,7 +143,7 @@ def test_sliding_window_grid():
 
 def test_slide_equals_whole_when_one_window_covers_the_image():
     torch.manual_seed(0)
-    model = build_segformer("tiny", "random").eval()
+    model = build_network("tiny", "random").eval()
     images = torch.randn(2, 3, 48, 80)
     whole = predict_whole(model, images, (48, 80))
     slide = predict_slide(model, images, (48, 80), window_hw=(64, 96), stride_hw=(32, 32))
@@ -162,7 +157,7 @@ def eval_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     torch.manual_seed(0)
     for name in ("student", "teacher"):
-        export_segformer(build_segformer("tiny" if name == "student" else "tiny-wide", "random"), root / name, eval_size_hw=(32, 64))
+        export_network(build_network("tiny" if name == "student" else "tiny-wide", "random"), root / name, eval_size_hw=(32, 64))
     rng = np.random.default_rng(0)
     rows = {"image": [], "label": []}
     for _ in range(5):
@@ -274,12 +269,12 @@ def test_evaluate_results_are_strict_json_with_null_for_absent_classes(eval_setu
 
 
 def test_one_percent_format_for_reports_and_the_model_card():
-    from duda_hf import hub
-    from duda_hf.report import markdown_report, percent
+    from duda_hf.evaluation.report import markdown_report, percent
+    from duda_hf.export import model_card
 
     assert [percent(v) for v in (0.4567, 1, np.float64(0.5), 0.0)] == ["45.67", "100.00", "50.00", "0.00"]
     assert percent(None) == percent(float("nan")) == "—"
-    assert hub.percent is percent  # the card formats with the same function
+    assert model_card.percent is percent  # the card formats with the same function
     classes = ("road", "sidewalk")
     one = {"mIoU": 0.5, "per_class_iou": dict(zip(classes, (0.5, None))), "per_class_accuracy": dict(zip(classes, (0.25, None)))}
     two = {"mIoU": float("nan"), "per_class_iou": dict(zip(classes, (0.75, 0.1))), "per_class_accuracy": dict(zip(classes, (1.0, 0.2)))}

@@ -9,17 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForSemanticSegmentation, MobileViTV2Config
 
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import run_training
 from duda_hf.data.labels import CITYSCAPES_CLASSES
-from duda_hf.models import (
-    INPUT_NORMALIZATION_KEY,
-    ModelUnavailableError,
-    build_duda_model,
-    build_network,
-    export_network,
-    input_normalization,
-    network_inputs,
-)
-from duda_hf.pipeline import parse_args, run_training
+from duda_hf.export.network import export_network
+from duda_hf.networks.duda_model import build_duda_model
+from duda_hf.networks.inputs import INPUT_NORMALIZATION_KEY, input_normalization, network_inputs
+from duda_hf.networks.loading import ModelUnavailableError, build_network
 
 from .conftest import tiny_argv
 
@@ -35,6 +31,37 @@ def test_presets_of_other_families_predict_19_classes_at_their_stride(preset, mo
     logits = network(pixel_values=torch.zeros(1, 3, 64, 96)).logits
     assert tuple(logits.shape) == (1, 19, 64 // stride, 96 // stride)
     assert network.config.id2label[0] == "road" and network.config.id2label[18] == "bicycle"
+
+
+@pytest.mark.parametrize(
+    ("student", "aux_student", "head_prefixes"),
+    [
+        ("tiny", "tiny-wide", ("decode_head.", "decode_head.")),
+        ("mobilenetv2-deeplabv3-tiny", "tiny-wide", ("segmentation_head.", "decode_head.")),
+        ("tiny", "mobilevitv2-tiny", ("decode_head.", "segmentation_head.")),
+    ],
+)
+def test_every_familys_head_trains_at_the_head_learning_rate(tiny_benchmark, tmp_path, student, aux_student, head_prefixes):
+    """The head of each trained network (every parameter outside its backbone) gets head_lr_multiplier x lr, the
+    backbone 1x, whatever the family calls its head (MobileNetV2-DeepLabV3's and MobileViTV2's `segmentation_head`)."""
+    from duda_hf.cli.training_run import build_trainer
+
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--student", student, "--aux_student", aux_student, "--learning_rate", "0.001")
+    trainer = build_trainer(*parse_args(argv))
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    duda = trainer.model
+    for role, prefix in (("student", head_prefixes[0]), ("aux_student", head_prefixes[1])):
+        network = getattr(duda, role)
+        backbone = {id(param) for param in network.base_model.parameters()}
+        names = dict(network.named_parameters())
+        head = [name for name, param in names.items() if id(param) not in backbone]
+        assert head and all(name.startswith(prefix) for name in head), (role, head[:3])
+        assert {lr_of[id(names[name])] for name in head} == {0.001 * trainer.args.head_lr_multiplier}
+        assert {lr_of[id(param)] for param in network.base_model.parameters()} == {0.001}
+    # every trained parameter is in one group, and nothing frozen (the teacher) is
+    trained = [param for param in duda.parameters() if param.requires_grad]
+    assert sorted(map(id, trained)) == sorted(lr_of)
 
 
 def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_exports(tiny_benchmark, tmp_path):
@@ -120,7 +147,7 @@ def test_a_non_segformer_folder_without_image_processor_fails_at_start_up(tmp_pa
 
 
 def test_a_non_segformer_student_exports_to_onnx_matching_pytorch(tmp_path):
-    from duda_hf.onnx_export import OnnxSegmenter, export_onnx
+    from duda_hf.export.onnx_export import OnnxSegmenter, export_onnx
 
     network = build_network("mobilenetv2-deeplabv3-tiny", "random").eval()
     folder = export_network(network, tmp_path / "student", eval_size_hw=(64, 96))

@@ -12,10 +12,12 @@ import warnings
 import pytest
 import torch
 
-from duda_hf.evaluation import evaluate_networks, predict_slide, predict_whole
-from duda_hf.losses import fuse_teacher_probs
-from duda_hf.models import export_segformer, normalize_images
-from duda_hf.pipeline import build_trainer, parse_args
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import build_trainer
+from duda_hf.evaluation.inference import evaluate_networks, predict_slide, predict_whole
+from duda_hf.export.network import export_network
+from duda_hf.method.losses import fuse_teacher_probs
+from duda_hf.networks.inputs import normalize_images
 
 from .conftest import tiny_argv
 
@@ -98,7 +100,7 @@ def test_cuda_step_equals_cpu_step_in_fp32(tiny_benchmark, tmp_path):
             trainer.model.teacher.decode_head.classifier.weight.mul_(1000)
         trainer.state.global_step = 2  # lam_t = 0.5: hard and soft student terms
         loss = trainer.compute_loss(trainer.model, fixed_batch(trainer, device)).detach()
-        runs[device] = trainer, loss.cpu(), trainer._step_log.pop_means(), trainer.debug_tensors["mixed_label"].cpu()
+        runs[device] = trainer, loss.cpu(), trainer.step_log.pop_means(), trainer.debug_tensors["mixed_label"].cpu()
     (cpu, cpu_loss, cpu_terms, cpu_labels), (_, cuda_loss, cuda_terms, cuda_labels) = runs["cpu"], runs["cuda"]
     assert float(cuda_loss) == pytest.approx(float(cpu_loss), rel=FP32_RTOL)
     assert set(cuda_terms) == set(cpu_terms)
@@ -168,7 +170,7 @@ def test_inference_and_evaluation_on_cuda_equal_cpu(tiny_benchmark, tmp_path):
 def test_export_from_cuda_reloads_with_plain_transformers(tiny_benchmark, tmp_path):
     trainer = make_trainer(tiny_benchmark, tmp_path / "run")
     network = trainer.model.student.cuda().eval()
-    folder = export_segformer(network, tmp_path / "student", eval_size_hw=(64, 128))
+    folder = export_network(network, tmp_path / "student", eval_size_hw=(64, 128))
     images = torch.rand(1, 3, 64, 128, generator=torch.Generator().manual_seed(1))
     torch.save(images, tmp_path / "images.pt")
     with torch.no_grad():

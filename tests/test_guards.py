@@ -15,14 +15,17 @@ import torch
 from PIL import Image
 
 from duda_hf.cli import evaluate_duda, train_duda
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.recipe import RecipeError
+from duda_hf.cli.training_run import build_trainer
 from duda_hf.data.checks import check_pairs, header_sizes
 from duda_hf.data.domains import load_domain
 from duda_hf.data.errors import DomainError
-from duda_hf.evaluation import StreamingConfusion, evaluate_networks
-from duda_hf.models import build_segformer, export_segformer
-from duda_hf.pipeline import build_trainer, parse_args
-from duda_hf.recipe import RecipeError
-from duda_hf.resume import ResumeError, resolve_checkpoint
+from duda_hf.evaluation.confusion import StreamingConfusion
+from duda_hf.evaluation.inference import evaluate_networks
+from duda_hf.export.network import export_network
+from duda_hf.networks.loading import build_network
+from duda_hf.training.resume import ResumeError, resolve_checkpoint
 
 from .conftest import broken_model_copy, load_strict_json, tiny_argv
 
@@ -48,7 +51,7 @@ def save_pairs(path: Path, labels: list[np.ndarray], image_size_hw=None, label_f
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
-    return export_segformer(build_segformer("tiny", "random"), tmp_path_factory.mktemp("guards") / "student", eval_size_hw=(32, 64))
+    return export_network(build_network("tiny", "random"), tmp_path_factory.mktemp("guards") / "student", eval_size_hw=(32, 64))
 
 
 def one_line_error(main, argv, capfd) -> str:
@@ -138,7 +141,7 @@ def test_an_error_that_is_not_the_projects_keeps_its_traceback(tiny_benchmark, t
     def broken(*args):
         return {}["student"]  # a bug, not a message for the user
 
-    monkeypatch.setattr("duda_hf.pipeline.run_training", broken)
+    monkeypatch.setattr("duda_hf.cli.training_run.run_training", broken)
     with pytest.raises(KeyError):
         train_duda.main(tiny_argv(tiny_benchmark, tmp_path))
 
@@ -224,7 +227,7 @@ def test_recipe_values_are_converted_or_named(tiny_benchmark, tmp_path):
 
 
 def test_resume_last_without_a_checkpoint_says_it_starts_afresh_and_a_wrong_path_lists_the_checkpoints(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="duda_hf.resume"):
+    with caplog.at_level(logging.WARNING, logger="duda_hf.training.resume"):
         assert resolve_checkpoint("last", str(tmp_path / "new_run")) is None
     assert f"--resume_from_checkpoint last: no checkpoint in {tmp_path / 'new_run'}, so training starts from step 0" in caplog.text
     (tmp_path / "run" / "checkpoint-4").mkdir(parents=True)

@@ -100,7 +100,7 @@ class RecordingApi:
 
 
 def test_push_sends_exactly_the_export_with_the_commit(trained_run, monkeypatch):
-    from duda_hf import hub
+    from duda_hf.export import hub
 
     RecordingApi.calls = []
     monkeypatch.setattr(hub, "HfApi", RecordingApi)
@@ -241,8 +241,9 @@ def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tm
 
 
 def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_the_root(tiny_benchmark, tmp_path, monkeypatch):
-    from duda_hf import hub
-    from duda_hf.pipeline import parse_args, run_training
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import run_training
+    from duda_hf.export import hub
 
     RecordingApi.calls = []
     monkeypatch.setattr(hub, "HfApi", RecordingApi)
@@ -273,8 +274,9 @@ def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_t
 def test_trainer_push_offline_stops_before_training(tiny_benchmark, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from duda_hf.hub import HubError
-    from duda_hf.pipeline import build_trainer, parse_args
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import build_trainer
+    from duda_hf.export.hub import HubError
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="cannot push to 'me/duda-offline': offline mode is on"):
@@ -286,8 +288,8 @@ def test_trainer_push_offline_stops_before_training(tiny_benchmark, tmp_path, mo
 def test_the_recipe_summary_names_the_duda_only_additions_only_for_duda(tiny_benchmark, tmp_path):
     """The card's recipe table: the stage and the clean-target terms for `duda`; the baselines, which ignore them, do
     not list them."""
-    from duda_hf.hub import recipe_summary
-    from duda_hf.pipeline import parse_args
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.export.model_card import recipe_summary
 
     flags = ("--max_steps", "8", "--distill_stage_steps", "0.25", "--kd_clean_target", "1", "--kd_temperature", "0.5")
     duda = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags)))

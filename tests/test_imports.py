@@ -1,4 +1,9 @@
-"""The import graph of duda_hf has no circle: no module imports, directly or through others, a module that imports it back.
+"""The import graph of duda_hf: it has no circle, and each layer imports only the layers below it.
+
+The layers, lowest first (docs/design.md, "Layout"): the foundations (`jsonio`, `data`: label space and datasets);
+`networks`; beside each other and not importing one another, `method` (the step as pure tensor code) and
+`evaluation`; `export`; `training` (the Trainer); `cli` (arguments and programs). No module imports, directly or
+through others, a module that imports it back.
 
 The graph is read from the source with `ast` (every `import` and `from ... import` statement, also those inside
 functions), so a circle that only shows at run time, behind a late import, counts too. The package `__init__`'s
@@ -110,7 +115,7 @@ def cycle_in(component: list[str], graph: dict[str, set[str]]) -> list[str]:
 
 def test_the_package_import_graph_has_no_circle():
     graph = import_graph()
-    assert {"duda_hf.data.domains", "duda_hf.data.native", "duda_hf.pipeline", "duda_hf.cli.train_duda"} <= set(graph)
+    assert {"duda_hf.data.domains", "duda_hf.data.native", "duda_hf.cli.training_run", "duda_hf.cli.train_duda"} <= set(graph)
     circles = [cycle_in(component, graph) for component in strongly_connected(graph) if len(component) > 1]
     assert not circles, "import circles: " + "; ".join(" -> ".join(circle) for circle in circles)
 
@@ -132,3 +137,60 @@ def test_the_graph_sees_relative_late_and_submodule_imports(tmp_path):
     assert graph["pkg.d"] == {"pkg.sub", "pkg.sub.b"}
     circles = [cycle_in(c, graph) for c in strongly_connected(graph) if len(c) > 1]
     assert circles == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+
+
+# Which layers each layer may import (its own included). `method` and `evaluation` sit side by side.
+FOUNDATION = {"foundation"}
+ALLOWED = {
+    "foundation": FOUNDATION,
+    "networks": FOUNDATION | {"networks"},
+    "method": FOUNDATION | {"networks", "method"},
+    "evaluation": FOUNDATION | {"networks", "evaluation"},
+    "export": FOUNDATION | {"networks", "evaluation", "export"},
+    "training": FOUNDATION | {"networks", "method", "evaluation", "export", "training"},
+    "cli": FOUNDATION | {"networks", "method", "evaluation", "export", "training", "cli"},
+}
+
+
+def layer_of(module: str, package: str = "duda_hf") -> str | None:
+    """The layer a module belongs to: its first sub-package, `jsonio` and `data` as the foundation; None for the
+    package itself (whose exports load lazily and import nothing)."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return None
+    return "foundation" if parts[0] in ("jsonio", "data") else parts[0]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, imported in sorted(graph.items()):
+        layer = layer_of(module)
+        for target in sorted(imported):
+            target_layer = layer_of(target)
+            if layer is not None and target_layer is not None and target_layer not in ALLOWED[layer]:
+                found.append(f"{module} ({layer}) imports {target} ({target_layer})")
+    return found
+
+
+def test_every_module_belongs_to_a_layer():
+    layers = {layer_of(module) for module in import_graph()} - {None}
+    assert layers == set(ALLOWED), f"modules outside the layers: {layers - set(ALLOWED)}; add the layer to ALLOWED and docs/design.md"
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    violations = layer_violations(import_graph())
+    assert not violations, "imports against the layers:\n" + "\n".join(violations)
+
+
+def test_the_layer_check_fails_when_a_lower_layer_imports_a_higher_one():
+    graph = import_graph()
+    assert not layer_violations(graph)
+    for module, target in (
+        ("duda_hf.method.step", "duda_hf.training.trainer"),  # the method does not know the Trainer
+        ("duda_hf.method.losses", "duda_hf.evaluation.confusion"),  # side by side: neither imports the other
+        ("duda_hf.networks.loading", "duda_hf.export.hub"),
+        ("duda_hf.data.labels", "duda_hf.networks.presets"),
+        ("duda_hf.training.trainer", "duda_hf.cli.arguments"),
+    ):
+        changed = {**graph, module: graph[module] | {target}}
+        assert layer_violations(changed) == [f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from duda_hf.losses import (
+from duda_hf.method.losses import (
     channel_distillation_loss,
     class_iou_counts,
     distillation_weight,

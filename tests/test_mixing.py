@@ -5,15 +5,7 @@ import math
 import pytest
 import torch
 
-from duda_hf.mixing import (
-    AugmentParams,
-    class_mix_masks,
-    color_jitter,
-    gaussian_blur,
-    mix,
-    sample_augment_params,
-    strong_augment,
-)
+from duda_hf.method.mixing import AugmentParams, class_mix_masks, color_jitter, gaussian_blur, mix, sample_augment_params, strong_augment
 
 
 def test_class_mix_masks_pick_half_of_each_images_classes():

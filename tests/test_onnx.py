@@ -1,4 +1,4 @@
-"""The student as ONNX (duda_hf.onnx_export, duda-export-onnx): the transformers.js layout, dynamic height and width
+"""The student as ONNX (duda_hf.export.onnx_export, duda-export-onnx): the transformers.js layout, dynamic height and width
 against PyTorch, the int8 file, the errors, and an atomic write."""
 
 import os
@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("onnxruntime", reason='pip install -e ".[onnx]"')
 onnx = pytest.importorskip("onnx", reason='pip install -e ".[onnx]"')
 
-from duda_hf.onnx_export import FP32_TOLERANCE, OPSET, OnnxExportError, OnnxSegmenter, export_onnx
+from duda_hf.export.onnx_export import FP32_TOLERANCE, OPSET, OnnxExportError, OnnxSegmenter, export_onnx
 
 # int8 (dynamic, uint8 weights per tensor) against PyTorch on a random image: the share of pixels with the same argmax.
 MIN_INT8_ARGMAX_AGREEMENT = 0.95
@@ -20,13 +20,14 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _student(folder: Path) -> Path:
-    from duda_hf.models import build_segformer, export_segformer
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
 
     torch.manual_seed(0)
-    model = build_segformer("tiny", "random")
+    model = build_network("tiny", "random")
     with torch.no_grad():  # logits of a trained network's scale (a std of a few units), not init's ~1e-3
         model.decode_head.classifier.weight.mul_(1000)
-    return export_segformer(model, folder, (64, 128))
+    return export_network(model, folder, (64, 128))
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +140,9 @@ def test_the_command_ends_with_one_error_line_for_a_missing_folder(tmp_path):
 
 
 def test_export_onnx_at_the_end_of_training_is_pushed_with_the_student_and_the_card_says_how(tiny_benchmark, tmp_path, monkeypatch):
-    from duda_hf import hub
-    from duda_hf.pipeline import parse_args, run_training
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import run_training
+    from duda_hf.export import hub
 
     from .conftest import tiny_argv
     from .test_hub import RecordingApi
@@ -166,7 +168,7 @@ def test_export_onnx_at_the_end_of_training_is_pushed_with_the_student_and_the_c
 
 
 def test_a_card_without_onnx_files_does_not_mention_them(tmp_path):
-    from duda_hf.hub import build_model_card
+    from duda_hf.export.model_card import build_model_card
 
     metrics = {"mIoU": 0.5, "per_class_iou": {"road": 0.5}, "num_images": 1}
     card = str(

@@ -65,8 +65,8 @@ def installed_wheel(tmp_path_factory):
 def test_the_wheel_installs_a_self_contained_package(installed_wheel):
     env, bin_dir, work = installed_wheel
     code = (
-        "import duda_hf, duda_hf.hub as hub, duda_hf.evaluation as evaluation, os\n"
-        "print(duda_hf.__file__, hub.TEMPLATE.is_file(), os.path.isfile(os.path.join(evaluation.METRIC_PATH, 'streaming_miou.py')))\n"
+        "import duda_hf, duda_hf.export.model_card as card, duda_hf.evaluation as evaluation, os\n"
+        "print(duda_hf.__file__, card.TEMPLATE.is_file(), os.path.isfile(os.path.join(evaluation.METRIC_PATH, 'streaming_miou.py')))\n"
     )
     location, template, metric = run([str(bin_dir / "python"), "-c", code], env, work).split()
     assert Path(location).is_relative_to(bin_dir.parent) and not Path(location).is_relative_to(ROOT)

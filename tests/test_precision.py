@@ -6,10 +6,12 @@ The GPU runs of the same properties are in `tests/test_gpu.py` (marker `gpu`), r
 import pytest
 import torch
 
-from duda_hf.losses import fuse_teacher_probs
-from duda_hf.models import build_segformer, export_segformer
-from duda_hf.pipeline import build_trainer, parse_args
-from duda_hf.trainer import StepLog
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import build_trainer
+from duda_hf.export.network import export_network
+from duda_hf.method.losses import fuse_teacher_probs
+from duda_hf.networks.loading import build_network
+from duda_hf.training.trainer import StepLog
 
 from .conftest import tiny_argv
 
@@ -40,7 +42,7 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
     device"; the CPU run catches the same mistake by making the default device one the inputs are not on.
     """
     if "EXTRA" in extra:
-        extra = ("--extra_teachers", str(export_segformer(build_segformer("tiny"), tmp_path / "extra")))
+        extra = ("--extra_teachers", str(export_network(build_network("tiny"), tmp_path / "extra")))
     trainer = make_trainer(
         tiny_benchmark,
         tmp_path / "run",
@@ -70,7 +72,7 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
     assert loss.device.type == "cpu" and torch.isfinite(loss)
     trained = [p for p in model.parameters() if p.requires_grad]
     assert all(p.grad is not None and p.grad.device.type == "cpu" for p in trained)
-    logged = trainer._step_log.pop_means()
+    logged = trainer.step_log.pop_means()
     assert logged["loss_student_source"] > 0
     if method == "duda":
         assert logged["lam_t"] == 0.5 and logged["class_weight_road"] == pytest.approx(1.0)
@@ -95,7 +97,7 @@ def test_bf16_step_gives_the_fp32_pseudo_labels_and_losses(tiny_benchmark, tmp_p
             trainer.model.teacher.decode_head.classifier.weight.mul_(1000)
         trainer.state.global_step = 2  # lam_t = 0.5
         loss = trainer.compute_loss(trainer.model, fixed_batch(trainer)).detach()
-        runs[precision] = trainer, loss, trainer._step_log.pop_means(), trainer.debug_tensors["mixed_label"]
+        runs[precision] = trainer, loss, trainer.step_log.pop_means(), trainer.debug_tensors["mixed_label"]
     (fp32, fp32_loss, fp32_terms, fp32_labels), (bf16, bf16_loss, bf16_terms, bf16_labels) = runs["fp32"], runs["bf16"]
     for (name, a), b in zip(fp32.model.named_parameters(), bf16.model.parameters()):
         assert torch.equal(a, b), name  # the same networks: only the precision differs

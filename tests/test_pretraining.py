@@ -25,8 +25,9 @@ def test_pretraining_scenes_share_the_layouts_and_randomise_the_look():
 
 
 def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path, tiny_benchmark, capsys):
+    from duda_hf.cli.arguments import parse_args
     from duda_hf.cli.pretrain_synthetic import main
-    from duda_hf.pipeline import build_trainer, parse_args
+    from duda_hf.cli.training_run import build_trainer
 
     from .conftest import tiny_argv
 
@@ -84,7 +85,7 @@ def test_an_interrupted_pretraining_resumes_from_its_checkpoint_and_ends_identic
     shutil.rmtree(run_dir / "checkpoint-4")  # as if stopped between steps 2 and 4
 
     capsys.readouterr()
-    with caplog.at_level(logging.WARNING, logger="duda_hf.resume"):
+    with caplog.at_level(logging.WARNING, logger="duda_hf.training.resume"):
         assert pretrain_synthetic.main([*argv, "--out", str(tmp_path / "stopped")]) == 0
     assert f"tiny: continuing the interrupted run in {run_dir}" in capsys.readouterr().out
     assert "checkpoint-2: step 2 of 4" in caplog.text  # resumed, not started again

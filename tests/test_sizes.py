@@ -30,10 +30,10 @@ def record_inputs(network, shapes: list) -> None:
 @pytest.fixture(scope="module")
 def sized_run(tiny_benchmark, tmp_path_factory):
     """A 2-step run with non-square crop, resizes and evaluation size; the student's inputs, by mode."""
-    from duda_hf import pipeline
+    from duda_hf.cli import arguments, training_run
 
     shapes, built = [], {}
-    build_trainer = pipeline.build_trainer
+    build_trainer = training_run.build_trainer
 
     def recording_build_trainer(*args, **kwargs):
         trainer = build_trainer(*args, **kwargs)
@@ -43,16 +43,16 @@ def sized_run(tiny_benchmark, tmp_path_factory):
 
     output_dir = tmp_path_factory.mktemp("sizes") / "run"
     argv = tiny_argv(tiny_benchmark, output_dir, "--max_steps", "2", *TRAIN_FLAGS, *EVAL_FLAGS)
-    pipeline.build_trainer = recording_build_trainer
+    training_run.build_trainer = recording_build_trainer
     try:
-        pipeline.run_training(*pipeline.parse_args(argv))
+        training_run.run_training(*arguments.parse_args(argv))
     finally:
-        pipeline.build_trainer = build_trainer
+        training_run.build_trainer = build_trainer
     return output_dir, shapes, built["trainer"]
 
 
 def test_flags_in_w_h_order_become_height_width_once():
-    from duda_hf.config import DataArguments
+    from duda_hf.cli.arguments import DataArguments
 
     data_args = DataArguments(crop_size=[48, 64], source_resize=[112, 60], target_resize=[120, 56], eval_resize=[96, 64])
     assert data_args.crop_size_hw == (48, 64)

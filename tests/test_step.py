@@ -4,10 +4,11 @@ import pytest
 import torch
 from transformers import set_seed
 
-from duda_hf.losses import channel_distillation_loss, kd_loss, weighted_cross_entropy
-from duda_hf.pipeline import build_trainer, parse_args
-from duda_hf.step import TERMS, LossTerm, duda_step
-from duda_hf.trainer import DudaTrainer
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import build_trainer
+from duda_hf.method.losses import channel_distillation_loss, kd_loss, weighted_cross_entropy
+from duda_hf.method.step import TERMS, LossTerm, duda_step
+from duda_hf.training.trainer import DudaTrainer
 
 from .conftest import tiny_argv
 
@@ -38,7 +39,7 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
     changed = [name for name, value in duda.state_dict().items() if not torch.equal(value, state[name]) and "running_" not in name]
     changed = [name for name in changed if not name.endswith("num_batches_tracked")]
     assert changed == []
-    assert trainer._step_log.count == 0 and trainer.debug_tensors is None
+    assert trainer.step_log.count == 0 and trainer.debug_tensors is None
     assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", "loss_student_mix", "loss_student_kd"]
     assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance", "loss_student_kd_clean", "loss_student_cwd"]
     assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight", "teacher_pixel_share", "teacher_pixel_weight"}
@@ -62,14 +63,14 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
         + (1 - 0.5) * hard
         + 0.5 * soft
     )
-    trainer._micro_step = (-1, 0)
+    trainer.micro_step = (-1, 0)
     torch.manual_seed(0)
     loss = trainer.compute_loss(duda, inputs)
     assert torch.equal(loss, expected)
     assert torch.equal(loss, sum(result.terms.values()))
     # ... and then the state updates: the inconsistency state and the log
     assert bool(duda.class_seen.any()) and not torch.equal(duda.class_discrepancy, state["class_discrepancy"])
-    logged = trainer._step_log.pop_means()
+    logged = trainer.step_log.pop_means()
     assert logged["loss_student_kd"] == round(float(result.terms["loss_student_kd"].detach()), 5)
     assert logged["lam_t"] == 0.5 and len([name for name in logged if name.startswith("class_weight_")]) == 19
 
@@ -162,7 +163,7 @@ def test_kd_confidence_weight_false_lets_an_unconfident_teacher_teach(tiny_bench
         assert float(t.quality) == 0.0 and t.lam == 1.0
         kd[flag] = result.terms["loss_student_kd"]
         if flag == "false":  # the same KD over the target pixels with weight 1 x class weight, source pixels 1
-            weight = torch.where(t.mask == 1, 1.0, t.inside) * t.class_pixel_weight
+            weight = torch.where(t.mask == 1, 1.0, t.outside_margins) * t.class_pixel_weight
             soft_target = torch.where(
                 t.mask[:, None] == 1,
                 torch.nn.functional.one_hot(t.source_label.clamp(max=18), 19).permute(0, 3, 1, 2).float(),
@@ -183,7 +184,7 @@ def test_what_the_student_sees_of_the_teacher_is_logged(tiny_benchmark, tmp_path
         trainer.model, fixed_batch(trainer), trainer.args, step=2, generator=generator, autocast=trainer.accelerator.autocast
     )
     t = result.tensors
-    teacher_pixels = (t.mask == 0) & (t.inside == 1)
+    teacher_pixels = (t.mask == 0) & (t.outside_margins == 1)
     assert 0 < float(result.diagnostics["teacher_pixel_share"]) < 1
     assert float(result.diagnostics["teacher_pixel_share"]) == pytest.approx(teacher_pixels.float().mean().item(), abs=1e-7)
     expected = (t.quality * t.class_pixel_weight)[teacher_pixels].mean().item()
@@ -204,12 +205,12 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     assert list(result.terms)[-2:] == ["loss_student_kd_clean", "loss_student_cwd"] and t.lam == 0.5
     # the student's logits on the clean target: the last images of its one forward pass over source, mix and target
     torch.manual_seed(0)  # the same drop-path draws (the teacher, in eval mode, draws none)
-    from duda_hf.models import network_inputs
+    from duda_hf.networks.inputs import network_inputs
 
     images = torch.cat([t.source_image, t.mixed_image, t.target_image])
     logits = duda.student(pixel_values=network_inputs(images, duda.student)).logits
     assert torch.equal(t.student_target, logits[4:])
-    weight = t.inside * t.class_weights[t.pseudo_label]
+    weight = t.outside_margins * t.class_weights[t.pseudo_label]
     assert torch.equal(result.terms["loss_student_kd_clean"], 2.0 * 0.5 * kd_loss(t.student_target, t.probs_tau, 2.0, weight))
     # by hand: KL(p_tau || softmax(s / 2)) * 4 per pixel, weighted, over every label pixel
     student = torch.nn.functional.interpolate(t.student_target.float(), size=t.probs_tau.shape[-2:], mode="bilinear")
@@ -218,7 +219,7 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
     # channel-wise distillation towards the EMA teacher's logits on the same clean images, at the logits' size
     teacher = duda.teacher(pixel_values=network_inputs(t.target_image, duda.teacher)).logits
     assert torch.equal(t.teacher_logits[0], teacher)
-    valid = torch.nn.functional.interpolate(t.inside[:, None], size=teacher.shape[-2:], mode="nearest")[:, 0] > 0
+    valid = torch.nn.functional.interpolate(t.outside_margins[:, None], size=teacher.shape[-2:], mode="nearest")[:, 0] > 0
     cwd = channel_distillation_loss(t.student_target, teacher, 4.0, valid)
     assert torch.equal(result.terms["loss_student_cwd"], 3.0 * 0.5 * cwd)
     # at weight 0 (the default) the student does not see the clean target at all
@@ -241,7 +242,7 @@ def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teacher
 
 
 def test_the_distillation_stage_schedule_and_its_checks(tiny_benchmark, tmp_path):
-    from duda_hf.config import DudaConfig
+    from duda_hf.method.config import DudaConfig
 
     config = DudaConfig(output_dir=str(tmp_path), max_steps=2000, distill_stage_steps=0.25, report_to="none")
     assert (config.distill_stage_steps_resolved, config.adaptation_steps) == (500, 1500)
@@ -311,7 +312,7 @@ def test_a_target_only_stage_learns_from_the_clean_target_alone(tiny_benchmark, 
     assert terms[2:] == [["loss_student_kd_clean"], ["loss_student_kd_clean"]]
     assert "loss_student_source" in terms[1] and "loss_aux_source" in terms[1]
     assert logs[3]["loss"] == pytest.approx(logs[3]["loss_student_kd_clean"], rel=1e-3)
-    from duda_hf.config import DudaConfig
+    from duda_hf.method.config import DudaConfig
 
     with pytest.raises(ValueError, match=r"distill_stage_target_only.*kd_clean_target or cwd_weight > 0"):
         DudaConfig(output_dir=str(tmp_path), max_steps=10, distill_stage_steps=2, distill_stage_target_only=True, report_to="none")

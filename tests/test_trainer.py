@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from duda_hf.pipeline import build_trainer, parse_args
-from duda_hf.trainer import NonFiniteLossError
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import build_trainer
+from duda_hf.training.trainer import NonFiniteLossError
 
 from .conftest import tiny_argv
 
@@ -170,9 +171,10 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
 
 
 def test_extra_teacher_is_frozen_and_fused(tiny_benchmark, tmp_path):
-    from duda_hf.models import build_segformer, export_segformer
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
 
-    folder = export_segformer(build_segformer("tiny"), tmp_path / "extra_teacher")
+    folder = export_network(build_network("tiny"), tmp_path / "extra_teacher")
     trainer = make_trainer(
         tiny_benchmark, tmp_path / "run", "--extra_teachers", str(folder), "--teacher_weights", "3", "1", "--max_steps", "2"
     )
@@ -209,19 +211,19 @@ def test_evaluation_reports_the_auxiliary_student_beside_teacher_and_student(tin
 
 
 def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchmark, tmp_path):
-    from duda_hf.models import ModelUnavailableError, build_segformer
+    from duda_hf.networks.loading import ModelUnavailableError, build_network
 
     trainer = make_trainer(tiny_benchmark, tmp_path / "run", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
     trainer.train()
     checkpoint = tmp_path / "run" / "checkpoint-2"
     images = torch.rand(1, 3, 32, 64)
     for role in ("student", "aux_student", "teacher"):
-        network = build_segformer(f"{checkpoint}@{role}").eval()
+        network = build_network(f"{checkpoint}@{role}").eval()
         original = getattr(trainer.model, role).eval()
         with torch.no_grad():
             torch.testing.assert_close(network(pixel_values=images).logits, original(pixel_values=images).logits, rtol=0, atol=0)
     with pytest.raises(ModelUnavailableError, match=r"no network 'extra_teacher_0'.*aux_student"):
-        build_segformer(f"{checkpoint}@extra_teacher_0")
+        build_network(f"{checkpoint}@extra_teacher_0")
     # the teacher of one run as the auxiliary student of the next (and as an extra teacher)
     again = make_trainer(
         tiny_benchmark,
@@ -237,7 +239,7 @@ def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchma
 
 
 def test_the_run_says_when_the_teacher_is_not_stronger_than_the_student():
-    from duda_hf.report import teacher_premise
+    from duda_hf.evaluation.report import teacher_premise
 
     def results(student, auxiliary, teacher, method="duda"):
         return {"method": method, "student": {"mIoU": student}, "auxiliary": {"mIoU": auxiliary}, "teacher": {"mIoU": teacher}}

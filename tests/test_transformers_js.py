@@ -67,8 +67,9 @@ def site(tmp_path_factory, tiny_benchmark):
     """A served folder: the page (web/), its node_modules, models/student (a tiny student with onnx/) and sample.png."""
     import datasets
 
-    from duda_hf.models import build_segformer, export_segformer
-    from duda_hf.onnx_export import export_onnx
+    from duda_hf.export.network import export_network
+    from duda_hf.export.onnx_export import export_onnx
+    from duda_hf.networks.loading import build_network
 
     if not (WEB / "node_modules" / "@huggingface" / "transformers").is_dir():
         _skip_or_fail("web/node_modules is missing: cd web && npm ci")
@@ -78,7 +79,7 @@ def site(tmp_path_factory, tiny_benchmark):
     image = datasets.load_from_disk(tiny_benchmark["target_val"])[0]["image"].convert("RGB")
     image.save(root / "sample.png")
     torch.manual_seed(0)
-    student = export_segformer(build_segformer("tiny", "random"), root / "models" / "student", (image.height, image.width))
+    student = export_network(build_network("tiny", "random"), root / "models" / "student", (image.height, image.width))
     export_onnx(student)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -115,7 +116,7 @@ def _reference(student: Path, image_path: Path, onnx_file: str | None) -> np.nda
     """The class of every pixel as transformers' own post-processing gives it, from PyTorch or an ONNX file."""
     from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
-    from duda_hf.onnx_export import OnnxSegmenter
+    from duda_hf.export.onnx_export import OnnxSegmenter
 
     processor = SegformerImageProcessor.from_pretrained(student)
     image = Image.open(image_path).convert("RGB")

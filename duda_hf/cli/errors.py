@@ -7,7 +7,7 @@ the traceback or the exceptions it was chained from, and returns 2. Anything els
 library) keeps its traceback. `DUDA_DEBUG=1` shows the traceback of every error.
 
 Ctrl-C outside training prints `interrupted` and returns 130; a training run stopped by a signal returns
-128 + the signal number after saying where its checkpoint is (`duda_hf.preemption`).
+128 + the signal number after saying where its checkpoint is (`duda_hf.training.preemption`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def is_project_error(error: BaseException) -> bool:
 def program(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
     """Decorate a program's `main(argv)`: project errors become one message on stderr and exit status 2.
 
-    An error with an `exit_code` (`duda_hf.preemption.TrainingPreempted`: a stop, not a failure) is printed as
+    An error with an `exit_code` (`duda_hf.training.preemption.TrainingPreempted`: a stop, not a failure) is printed as
     it is and ends the program with that status.
     """
 

@@ -70,8 +70,8 @@ def parse(argv):
 def load_model(name_or_path: str, role: str = "--model"):
     """The network (any segmentation family, normalised as its image processor says) and its evaluation size
     `(height, width)` from its image processor, if it has one (else the native size)."""
-    from duda_hf.model_checks import check_model_folder
-    from duda_hf.models import adopt_input_normalization, load_pretrained_network, read_processor_config
+    from duda_hf.networks.checks import check_model_folder
+    from duda_hf.networks.loading import adopt_input_normalization, load_pretrained_network, read_processor_config
 
     if Path(name_or_path).is_dir():
         check_model_folder(name_or_path, role)
@@ -103,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from duda_hf.data.domains import load_domain
     from duda_hf.data.labels import CITYSCAPES_CLASSES
     from duda_hf.data.rcs import class_pixel_counts
-    from duda_hf.evaluation import SYNTHIA_SUBSETS, evaluate_networks
+    from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
+    from duda_hf.evaluation.inference import evaluate_networks
+    from duda_hf.evaluation.report import markdown_report, plot_confusion, plot_per_class_iou
     from duda_hf.jsonio import write_json
-    from duda_hf.report import markdown_report, plot_confusion, plot_per_class_iou
 
     state = PartialState()
     dataset = load_domain(

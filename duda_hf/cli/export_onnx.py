@@ -22,7 +22,7 @@ from duda_hf.cli.errors import program
 
 @program
 def main(argv: list[str] | None = None) -> int:
-    from duda_hf.onnx_export import FP32_TOLERANCE, OPSET
+    from duda_hf.export.onnx_export import FP32_TOLERANCE, OPSET
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_dir", required=True, help="exported model folder (config.json, model.safetensors, ...)")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"largest |logits difference| allowed between the fp32 file and PyTorch on a check image (default {FP32_TOLERANCE:g})",
     )
     args = parser.parse_args(argv)
-    from duda_hf.onnx_export import export_onnx, onnx_summary
+    from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
     result = export_onnx(args.model_dir, opset=args.opset, quantize=not args.no_quantize, tolerance=args.tolerance)
     print(onnx_summary(result))

@@ -31,8 +31,9 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int, 
     The run checkpoints every `save_every` steps (and on SIGTERM/SIGINT) under `out/.runs/name`; a later call with
     the same settings continues from its newest checkpoint, one with other settings starts again.
     """
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import run_training
     from duda_hf.jsonio import write_json
-    from duda_hf.pipeline import parse_args, run_training
 
     settings = {"network": name, "steps": steps, "seed": seed, "batch_size": 4, "crop_size": 128, "learning_rate": 6e-4}
     target = out / name

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from duda_hf.cli.errors import program
-from duda_hf.hub import HubError, build_model_card, check_export, push_folder
+from duda_hf.export.hub import HubError, check_export, push_folder
+from duda_hf.export.model_card import build_model_card
 
 
 @program

@@ -18,8 +18,9 @@ from duda_hf.cli.errors import program
 
 @program
 def main(argv: list[str] | None = None) -> int:
-    from duda_hf.pipeline import parse_args, run_training
-    from duda_hf.report import teacher_premise
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import run_training
+    from duda_hf.evaluation.report import teacher_premise
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, config = parse_args(argv, description=__doc__)

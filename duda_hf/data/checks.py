@@ -15,7 +15,7 @@ import datasets
 import pyarrow.compute as pc
 from PIL import Image
 
-from .errors import DomainError
+from duda_hf.data.errors import DomainError
 
 HEADER_BYTES = 65536  # PNG and WebP sizes are in the first bytes; a JPEG's after its EXIF block, which fits in most
 MAX_LISTED = 5

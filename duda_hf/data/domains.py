@@ -9,10 +9,10 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .errors import DomainError
-from .labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
-from .native import load_native
-from .splits import other_split_name
+from duda_hf.data.errors import DomainError
+from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
+from duda_hf.data.native import load_native
+from duda_hf.data.splits import other_split_name
 
 __all__ = ["LABEL_TYPES", "DomainError", "LabelConverter", "load_domain"]  # DomainError lives in .errors, also named here
 

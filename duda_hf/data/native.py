@@ -18,9 +18,9 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from .errors import DomainError
-from .labels import CITYSCAPES_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, TRAINID_IDENTITY, apply_lookup
-from .splits import native_split
+from duda_hf.data.errors import DomainError
+from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, SYNTHIA_ID_TO_TRAINID, TRAINID_IDENTITY, apply_lookup
+from duda_hf.data.splits import native_split
 
 MAX_LISTED = 5
 

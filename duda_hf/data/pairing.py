@@ -12,9 +12,9 @@ import datasets
 import numpy as np
 import torch
 
-from .images import pad_to, to_label_array, to_rgb_array
-from .labels import IGNORE_INDEX, NUM_CLASSES
-from .rcs import RareClassSampler
+from duda_hf.data.images import pad_to, to_label_array, to_rgb_array
+from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES
+from duda_hf.data.rcs import RareClassSampler
 
 CROP_TRIES = 10
 

@@ -23,9 +23,9 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..jsonio import write_json
-from .errors import DomainError
-from .native import NativeDecoder, list_native_files, read_image
+from duda_hf.data.errors import DomainError
+from duda_hf.data.native import NativeDecoder, list_native_files, read_image
+from duda_hf.jsonio import write_json
 
 FEATURES_LABELLED = datasets.Features({"image": datasets.Image(), "label": datasets.Image()})
 FEATURES_UNLABELLED = datasets.Features({"image": datasets.Image()})

@@ -17,10 +17,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..jsonio import dumps
-from .checks import row_name
-from .errors import DomainError
-from .labels import IGNORE_INDEX, NUM_CLASSES, invalid_label_values
+from duda_hf.data.checks import row_name
+from duda_hf.data.errors import DomainError
+from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES, invalid_label_values
+from duda_hf.jsonio import dumps
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..jsonio import write_json
+from duda_hf.jsonio import write_json
 
 DOMAINS = ("source", "target", "pretrain")
 # The pretraining domain (a stand-in for ImageNet pretraining, docs/reproducibility.md): the same layouts with

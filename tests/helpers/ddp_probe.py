@@ -6,7 +6,8 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from duda_hf.pipeline import build_trainer, parse_args
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.training_run import build_trainer
 
 
 def main() -> None:
@@ -29,7 +30,13 @@ def main() -> None:
     save_file({k: v.contiguous() for k, v in duda.student.state_dict().items()}, out / f"student_rank{rank}.safetensors")
     save_file({k: v.contiguous() for k, v in duda.teacher.state_dict().items()}, out / f"teacher_rank{rank}.safetensors")
     save_file({k: v.contiguous() for k, v in duda.aux_student.state_dict().items()}, out / f"aux_student_rank{rank}.safetensors")
-    info = {"world_size": trainer.args.world_size, "indices": seen, "metrics": metrics, "steps": trainer.state.global_step}
+    info = {
+        "world_size": trainer.args.world_size,
+        "indices": seen,
+        "metrics": metrics,
+        "steps": trainer.state.global_step,
+        "log_history": trainer.state.log_history,
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(info))
 
 

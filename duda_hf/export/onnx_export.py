@@ -86,8 +86,8 @@ def require_onnx_packages() -> None:
 
 def check_model_dir(model_dir: str | os.PathLike) -> Path:
     """The folder, if it holds an exported SegFormer (config.json and complete safetensors); OnnxExportError otherwise."""
-    from .model_checks import check_model_folder
-    from .models import ModelUnavailableError
+    from duda_hf.networks.checks import check_model_folder
+    from duda_hf.networks.loading import ModelUnavailableError
 
     folder = Path(model_dir)
     if not folder.is_dir():

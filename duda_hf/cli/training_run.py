@@ -2,73 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import logging
-import os
-import sys
 import time
 from pathlib import Path
 
-import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
-from .config import DataArguments, DudaConfig, ModelArguments
-from .data.checks import check_training_data
-from .data.domains import load_domain
-from .data.pairing import DudaTrainDataset
-from .data.rcs import RareClassSampler, class_pixel_counts
-from .evaluation import SYNTHIA_SUBSETS
-from .hub import build_model_card, recipe_summary
-from .jsonio import write_json
-from .models import build_duda_model, export_network
-from .recipe import RecipeError, typed_recipe
-from .report import teacher_premise
-from .resume import resolve_checkpoint
-from .trainer import DudaTrainer
-
-logger = logging.getLogger(__name__)
-ARGUMENT_CLASSES = (ModelArguments, DataArguments, DudaConfig)
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The description as written (its examples keep their lines), every flag with its default."""
-
-
-def load_recipe(path: str | os.PathLike) -> dict:
-    """Read a YAML recipe and check that every key is a known flag."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe '{path}' does not exist (see configs/ for the shipped recipes)")
-    recipe = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise RecipeError(f"recipe '{path}' must be a mapping of flag: value, got {type(recipe).__name__}")
-    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `duda-train --help` for the flags")
-    return recipe
-
-
-def parse_args(argv: list[str] | None = None, description: str | None = None) -> tuple[ModelArguments, DataArguments, DudaConfig]:
-    """Flags override the recipe given by `--config`; the recipe overrides the dataclass defaults.
-
-    Args:
-        description: text `--help` shows above the flags.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(ARGUMENT_CLASSES, description=description, formatter_class=_HelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML recipe (see configs/); command-line flags override it.")
-    config_path = None
-    if "--config" in argv:
-        position = argv.index("--config")
-        config_path = argv[position + 1]
-    elif any(arg.startswith("--config=") for arg in argv):
-        config_path = next(arg for arg in argv if arg.startswith("--config=")).split("=", 1)[1]
-    if config_path:
-        parser.set_defaults(**typed_recipe(load_recipe(config_path), parser, config_path))
-    model_args, data_args, config, _ = parser.parse_args_into_dataclasses(args=argv)
-    return model_args, data_args, config
+from duda_hf.cli.arguments import DataArguments, ModelArguments
+from duda_hf.cli.recipe import RecipeError
+from duda_hf.data.checks import check_training_data
+from duda_hf.data.domains import load_domain
+from duda_hf.data.pairing import DudaTrainDataset
+from duda_hf.data.rcs import RareClassSampler, class_pixel_counts
+from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
+from duda_hf.export.model_card import build_model_card, recipe_summary
+from duda_hf.export.network import export_network
+from duda_hf.jsonio import write_json
+from duda_hf.method.config import DudaConfig
+from duda_hf.networks.duda_model import build_duda_model
+from duda_hf.training.resume import resolve_checkpoint
+from duda_hf.training.trainer import DudaTrainer
 
 
 def _require(value, flag: str) -> None:
@@ -83,7 +35,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     for flag in ("source_dataset", "target_dataset", "target_eval_dataset"):
         _require(getattr(data_args, flag), f"--{flag}")
     if config.export_onnx:  # a missing extra fails now, not after training
-        from .onnx_export import require_onnx_packages
+        from duda_hf.export.onnx_export import require_onnx_packages
 
         require_onnx_packages()
     set_seed(config.seed)
@@ -177,13 +129,10 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if trainer.model.teacher is not None:  # for comparison (`evaluate_duda.py --compare`), exported the same way
             export_network(trainer.model.teacher, Path(config.output_dir) / "teacher", eval_size_hw=eval_size_hw)
         if config.export_onnx:  # before the card, which then says how to run it, and before any push
-            from .onnx_export import export_onnx, onnx_summary
+            from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
             print(onnx_summary(export_onnx(Path(config.output_dir) / "student")))
         write_json(Path(config.output_dir) / "eval_results.json", results)
-        premise = teacher_premise(results)
-        if premise:
-            logger.warning(premise)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(
             results,

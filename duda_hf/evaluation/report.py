@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from duda_hf.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 
 
 def is_undefined(value: float | None) -> bool:

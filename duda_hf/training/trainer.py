@@ -1,7 +1,7 @@
-"""`DudaTrainer`: the step of docs/method.md (`duda_hf/step.py`) as `compute_loss`, the rest deferred to `transformers.Trainer`.
+"""`DudaTrainer`: the step of docs/method.md (`duda_hf/method/step.py`) as `compute_loss`, the rest deferred to `transformers.Trainer`.
 
 The Trainer methods it overrides, and the private Trainer attributes it reads, are listed with the reason and the
-transformers versions they were written for in `duda_hf/trainer_internals.py`.
+transformers versions they were written for in `duda_hf/training/trainer_internals.py`.
 """
 
 from __future__ import annotations
@@ -14,25 +14,25 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainerCallback
+from accelerate.utils import reduce
+from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from .checkpointing import staged_checkpoint
-from .config import DudaConfig
-from .data.labels import CITYSCAPES_CLASSES, NUM_CLASSES
-from .evaluation import evaluate_networks
-from .hub_policy import create_run_repo, push_checkpoint, push_student
-from .losses import class_iou_counts, update_class_discrepancy
-from .models import DudaModel, prepare_networks
-from .preemption import Preemption
-from .resume import RunLoss
-from .step import TERMS, LossTerm, StepTensors, duda_step
-from .step import unwrap as _unwrap
-from .trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
+from duda_hf.data.labels import CITYSCAPES_CLASSES, NUM_CLASSES
+from duda_hf.evaluation.inference import evaluate_networks
+from duda_hf.method.config import DudaConfig
+from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
+from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
+from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
+from duda_hf.training.callbacks import DebugImageCallback, EmaTeacherCallback, RunLoss, SyncBatchNormBuffers
+from duda_hf.training.checkpointing import save_checkpoint
+from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
+from duda_hf.training.preemption import Preemption
+from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DebugImageCallback", "DudaTrainer", "EmaTeacherCallback", "NonFiniteLossError", "StepLog"]
+__all__ = ["DudaTrainer", "NonFiniteLossError", "StepLog"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,12 +57,19 @@ class StepLog:
             self.sums[name] = value if name not in self.sums else self.sums[name] + value
         self.count += 1
 
-    def pop_means(self, digits: int = 5) -> dict[str, float]:
-        """Means since the last call, as host floats (one device-to-host copy), then start again."""
+    def pop_means(self, digits: int = 5, world_size: int = 1) -> dict[str, float]:
+        """Means since the last call, as host floats (one device-to-host copy), then start again.
+
+        With several processes (every process calls it at the same logging step), tensor values are averaged over
+        the processes, as Trainer's logged `loss` is, so that the logged terms add up to it.
+        """
         if not self.count:
             return {}
         tensors = {name: value for name, value in self.sums.items() if isinstance(value, torch.Tensor)}
-        flat = torch.cat([value.reshape(-1) for value in tensors.values()]).cpu().tolist() if tensors else []
+        flat = torch.cat([value.reshape(-1) for value in tensors.values()]) if tensors else None
+        if flat is not None and world_size > 1:
+            flat = reduce(flat, reduction="mean")
+        flat = flat.cpu().tolist() if flat is not None else []
         means, offset = {}, 0
         for name, value in self.sums.items():
             if not isinstance(value, torch.Tensor):
@@ -77,50 +84,6 @@ class StepLog:
                     means[f"{name}_{class_name.replace(' ', '_')}"] = round(number / self.count, digits)
         self.sums, self.count = {}, 0
         return means
-
-
-class EmaTeacherCallback(TrainerCallback):
-    """Updates the EMA teacher once per optimizer step (after it, before any checkpoint of that step), but in the
-    distillation stage (`distill_stage_steps`), where the teacher is frozen."""
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        duda = _unwrap(model)
-        if duda.teacher is not None and not args.in_distill_stage(state.global_step - 1):  # frozen in the stage
-            duda.update_teacher(state.global_step - 1, args.ema_alpha)
-
-
-class DebugImageCallback(TrainerCallback):
-    """Every `debug_image_steps` steps, saves a picture of the step: source, target, mix, pseudo-label, prediction.
-
-    Rows are images of the batch; the picture goes to `output_dir/debug/step_N.png` and to TensorBoard when
-    it is a logger. The trainer only keeps the tensors of the steps this callback asks for.
-    """
-
-    def __init__(self, trainer: DudaTrainer):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        tensors = self.trainer.debug_tensors
-        self.trainer.debug_tensors = None
-        if tensors is None or not args.should_save:
-            return
-        from PIL import Image
-
-        from .data.labels import colorize
-
-        def rgb(images):
-            return (images.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8)
-
-        columns = [rgb(tensors["source_image"]), rgb(tensors["target_image"]), rgb(tensors["mixed_image"])]
-        columns += [colorize(tensors[key].cpu().numpy()) for key in ("mixed_label", "prediction")]
-        grid = np.concatenate([np.concatenate(list(column), axis=0) for column in columns], axis=1)
-        path = os.path.join(args.output_dir, "debug", f"step_{state.global_step}.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray(grid).save(path)
-        for callback in self.trainer.callback_handler.callbacks:
-            writer = getattr(callback, "tb_writer", None)
-            if writer is not None:
-                writer.add_image("debug/source_target_mix_pseudolabel_prediction", grid, state.global_step, dataformats="HWC")
 
 
 class DudaTrainer(Trainer):
@@ -153,51 +116,45 @@ class DudaTrainer(Trainer):
         if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
             _check_train_dataset(train_dataset, args)
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
-        self._preemption = Preemption()  # SIGTERM / SIGINT: checkpoint at the end of the step, then stop
-        callbacks = [EmaTeacherCallback(), self._preemption, RunLoss(), *(callbacks or [])]
-        super().__init__(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks, **kwargs)
+        self.run_loss = RunLoss()
+        # in this order: the EMA follows the step; preemption may ask for a save, which the run loss must precede
+        own = [EmaTeacherCallback(), Preemption(), self.run_loss, SyncBatchNormBuffers()]
+        super().__init__(
+            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[*own, *(callbacks or [])], **kwargs
+        )
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
-        prepare_networks(_unwrap(self.model), channels_last=args.channels_last, compile_options=args.compile_networks)
+        prepare_networks(self.accelerator.unwrap_model(self.model), channels_last=args.channels_last, compile_options=args.compile_networks)
         self.eval_size_hw = tuple(eval_size_hw) if eval_size_hw else None
         self.eval_class_subsets = eval_class_subsets
         self.debug_tensors = None
         self.last_eval_results: dict | None = None
         self.per_class_history: list[dict] = []  # per evaluation: each network's per-class IoU, the student-teacher agreement
         self.last_eval_step = -1
-        self._step_log = StepLog()
-        self._micro_step = (-1, 0)
-        self._checkpoint_staging: str | None = None  # the folder `_get_output_dir` returns during a save
+        self.step_log = StepLog()
+        self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
         outside = transformers_outside_checked_versions()
         if outside:
             logger.warning(
                 "DudaTrainer overrides Trainer internals written for transformers %s, found %s; if training fails, "
-                "see duda_hf/trainer_internals.py",
+                "see duda_hf/training/trainer_internals.py",
                 TRANSFORMERS_VERSIONS,
                 outside,
             )
 
-    def train(self, *args, **kwargs):
-        with self._preemption:
-            output = super().train(*args, **kwargs)
-        if self.args.world_size > 1:
-            # DDP syncs buffers from rank 0 at the start of each forward; after the last one every process has
-            # updated its own BatchNorm statistics. Make them identical, as the next forward would.
-            for buffer in _unwrap(self.model).buffers():
-                torch.distributed.broadcast(buffer, src=0)
-        self._preemption.raise_if_stopped(self.state, self.args.output_dir)
-        return output._replace(training_loss=output.metrics["train_loss"])  # the whole run's (`log`)
-
     # ---- optimisation ----
     def create_optimizer(self, model=None):
-        """AdamW over the trained networks: decode heads at `head_lr_multiplier` x lr; no weight decay on norms and biases."""
+        """AdamW over the trained networks: each network's head (every parameter outside its backbone, in any model
+        family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms and biases."""
         if self.optimizer is None:
             args = self.args
+            duda = self.accelerator.unwrap_model(model or self.model)
+            heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
             groups = defaultdict(list)
-            for name, param in _unwrap(model or self.model).named_parameters():
+            for param in duda.parameters():
                 if not param.requires_grad:
                     continue
-                is_head = ".decode_head." in f".{name}"
+                is_head = id(param) in heads
                 no_decay = param.ndim <= 1  # biases and norm scales
                 groups[(is_head, no_decay)].append(param)
             param_groups = [
@@ -213,7 +170,7 @@ class DudaTrainer(Trainer):
             self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
-    # ---- one step (docs/method.md; the terms in duda_hf/step.py) ----
+    # ---- one step (docs/method.md; the terms in duda_hf/method/step.py) ----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """One micro-step: the loss is the sum of the step's named, weighted terms; every state update is here.
 
@@ -240,15 +197,16 @@ class DudaTrainer(Trainer):
         self._keep_debug_tensors(result.tensors)
         loss = sum(result.terms.values())  # in the order of the terms (the floating-point order of the sum)
         self._check_finite({**result.terms, "loss": loss})
-        self._step_log.add({**result.terms, **result.diagnostics})
+        self.step_log.add({**result.terms, **result.diagnostics})
+        self.run_loss.add(loss / self.args.gradient_accumulation_steps)  # as Trainer counts it for train_loss
         return (loss, result.tensors.outputs) if return_outputs else loss
 
     def _step_generator(self, device: torch.device) -> torch.Generator:
         """Random source for this micro-step: a function of (seed, step, micro-step, process), so resumes are exact."""
         step = self.state.global_step
-        last_step, micro = self._micro_step
-        self._micro_step = (step, micro + 1 if last_step == step else 0)
-        seed = np.random.SeedSequence([self.args.seed, step, self._micro_step[1], self.args.process_index]).generate_state(1)[0]
+        last_step, micro = self.micro_step
+        self.micro_step = (step, micro + 1 if last_step == step else 0)
+        seed = np.random.SeedSequence([self.args.seed, step, self.micro_step[1], self.args.process_index]).generate_state(1)[0]
         return torch.Generator(device=device).manual_seed(int(seed))
 
     @torch.no_grad()
@@ -260,7 +218,7 @@ class DudaTrainer(Trainer):
         if t.class_weights is None or self.args.inconsistency_beta == 0:
             return
         duda = t.model
-        valid = (t.mask == 0) & (t.inside > 0)
+        valid = (t.mask == 0) & (t.outside_margins > 0)
         prediction = F.interpolate(t.student_mix.float(), size=t.mixed_label.shape[-2:], mode="bilinear").argmax(1)
         counts = torch.stack(class_iou_counts(prediction, t.mixed_label, valid, NUM_CLASSES))
         if self.args.world_size > 1:
@@ -301,40 +259,26 @@ class DudaTrainer(Trainer):
     # ---- logging ----
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
-            logs.update(self._step_log.pop_means())
+            logs.update(self.step_log.pop_means(world_size=self.args.world_size))
         if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
-            logs["train_loss"] = self._run_loss().train_loss(self._total_loss_scalar, self.state.global_step, self._initial_global_step)
+            logs["train_loss"] = self.run_loss.train_loss(self.state.global_step)
         super().log(logs, start_time)
 
-    def _run_loss(self) -> RunLoss:
-        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
-
-    # ---- checkpoints: Trainer's save, written in a staging folder, then renamed (duda_hf/checkpointing.py) ----
+    # ---- checkpoints: written whole or not at all, then pushed (duda_hf/training/checkpointing.py, hub_policy.py) ----
     def _save_checkpoint(self, model, trial):
-        self._run_loss().record(self._total_loss_scalar + self._tr_loss.item(), self.state.global_step)
-        run_dir = self._get_output_dir(trial=trial)
-        with staged_checkpoint(self, run_dir, _unwrap(model).network_configs()) as staging:
-            self._checkpoint_staging = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._checkpoint_staging = None
+        """Trainer's checkpoint, staged and renamed into place with `networks.json`; then, with `--push_to_hub`, that
+        complete folder goes to `last-checkpoint/` or `checkpoint-N/` of the repo (`--hub_strategy`), never the root."""
+        folder = save_checkpoint(self, self.accelerator.unwrap_model(model).network_configs())
+        if self.args.push_to_hub and self.is_world_process_zero():
+            push_checkpoint(self.args, self.hub_model_id, folder, self.state.global_step)
 
-    def _get_output_dir(self, trial) -> str:
-        return self._checkpoint_staging or super()._get_output_dir(trial)
-
-    # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/hub_policy.py) ----
+    # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/training/hub_policy.py) ----
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
         if not self.is_world_process_zero():
             return
         self.hub_model_id = create_run_repo(self.args, token, private)
         self.push_in_progress = None
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        """Push a checkpoint to `last-checkpoint/` (hub_strategy checkpoint, every_save) or `checkpoint-N/` (all_checkpoints)."""
-        if self.is_world_process_zero():
-            push_checkpoint(self.args, self.hub_model_id, checkpoint_folder, self.state.global_step)
 
     def push_to_hub(
         self,
@@ -362,7 +306,7 @@ class DudaTrainer(Trainer):
         class (per class: `per_class_history`, and `student_vs_teacher` in the results).
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        duda = _unwrap(self.model)
+        duda = self.accelerator.unwrap_model(self.model)
         networks = {"student": duda.student}
         if duda.aux_student is not None:
             networks["auxiliary"] = duda.aux_student

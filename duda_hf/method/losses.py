@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .data.labels import IGNORE_INDEX
+from duda_hf.data.labels import IGNORE_INDEX
 
 
 def fuse_teacher_probs(

@@ -10,7 +10,7 @@ exported student (`output_dir/student/`, a plain SegFormer with its model card),
 | `every_save`, `checkpoint` | the checkpoint to `last-checkpoint/` | the student to the root |
 | `all_checkpoints` | the checkpoint to `checkpoint-N/` | the student to the root |
 
-Pushes go through `duda_hf.hub`, whose errors (offline, no token, refused) say the cause and the fix. Only the
+Pushes go through `duda_hf.export.hub`, whose errors (offline, no token, refused) say the cause and the fix. Only the
 main process pushes.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .hub import check_export, create_repo, upload_folder
+from duda_hf.export.hub import check_export, create_repo, upload_folder
 
 
 def run_repo_id(args) -> str:

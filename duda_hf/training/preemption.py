@@ -1,10 +1,12 @@
 """Preemption-safe training: SIGTERM and SIGINT save a checkpoint at the end of the step in progress, then stop.
 
 Clusters and spot instances send SIGTERM before they take a machine; Ctrl-C sends SIGINT. While
-`DudaTrainer.train` runs, the first of either only sets a flag. At the end of the optimizer step in progress
+`DudaTrainer.train` runs (the `Preemption` callback installs the handlers at the start of training and restores
+the previous ones at its end, or at the next signal if training ended by an exception), the first of either only
+sets a flag. At the end of the optimizer step in progress
 every process agrees on it (one all-reduce of one integer per step, over a CPU process group, so no GPU
 synchronisation), asks the Trainer for a checkpoint (written through the trainer's atomic staging path) and
-stops; `train` then raises `TrainingPreempted`, whose message says where the checkpoint is and how to resume,
+stops; at the end of `train` the callback raises `TrainingPreempted`, whose message says where the checkpoint is and how to resume,
 and which the programs turn into exit status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second
 signal restores the default action and re-sends itself: the process ends at once, without saving.
 
@@ -46,7 +48,8 @@ class TrainingPreempted(Exception):
 
 
 class Preemption(TrainerCallback):
-    """The signal handlers (a context manager around training) and the callback that acts on them per step."""
+    """The signal handlers, installed while `train` runs (`on_train_begin` to `on_train_end`), and what they ask of
+    each step."""
 
     def __init__(self):
         self.received = 0  # the first signal this process got
@@ -58,7 +61,7 @@ class Preemption(TrainerCallback):
         self._group = None  # the process group the flag travels on (None: the default group)
 
     # ---- the handlers, installed for the duration of `train` ----
-    def __enter__(self) -> Preemption:
+    def on_train_begin(self, args, state, control, **kwargs):
         self.received, self.signum, self.checkpoint = 0, 0, None
         self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals to the main thread
@@ -67,9 +70,12 @@ class Preemption(TrainerCallback):
             # the flag travels on the CPU: through the default group where it has gloo, else a gloo group beside NCCL
             self._distributed = True
             self._group = None if "gloo" in str(torch.distributed.get_backend()) else torch.distributed.new_group(backend="gloo")
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def on_train_end(self, args, state, control, **kwargs):
+        self._restore()
+        self.raise_if_stopped(state, args.output_dir)
+
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
@@ -77,6 +83,15 @@ class Preemption(TrainerCallback):
     def _handle(self, signum: int, frame) -> None:
         if os.getpid() != self._pid:  # a DataLoader worker forked with the handler (Ctrl-C reaches the whole group)
             return  # the training process decides; its workers end with it
+        if not _training_on_stack(frame):
+            # `train` ended by an exception, so `on_train_end` never ran: put the handlers back, act as they would
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            self._restore()
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
+            return
         if self.received:  # the second signal: end now, as if no handler were installed
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -110,8 +125,20 @@ class Preemption(TrainerCallback):
             self.checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
 
     def raise_if_stopped(self, state, output_dir: str) -> None:
-        """After `train`: raise `TrainingPreempted` if a signal came (acted on at a step end, or after the last one)."""
+        """At the end of `train`: raise `TrainingPreempted` if a signal came (acted on at a step end, or after the last one)."""
         signum = self.signum or self.received
         if signum:
             checkpoint = self.checkpoint or (get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None)
             raise TrainingPreempted(signum, state.global_step, state.max_steps, checkpoint)
+
+
+def _training_on_stack(frame) -> bool:
+    """Whether `Trainer.train` is running in the interrupted thread (the frame a signal handler gets)."""
+    from transformers import Trainer
+
+    code = Trainer.train.__code__
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False

@@ -14,7 +14,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from .data.labels import NUM_CLASSES
+from duda_hf.data.labels import NUM_CLASSES
 
 
 def class_mix_masks(source_labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

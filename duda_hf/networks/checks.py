@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .models import ModelUnavailableError
+from duda_hf.networks.loading import ModelUnavailableError
 
 
 def check_model_folder(folder: str | Path, role: str = "--model") -> None:

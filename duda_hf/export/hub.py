@@ -1,0 +1,102 @@
+"""The Hub: create a repo and upload folders, with errors that say the cause and the fix."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+
+class HubError(RuntimeError):
+    """A push that could not happen, with the cause and what to do; local files are untouched."""
+
+
+def check_export(model_dir: str | os.PathLike) -> Path:
+    """The folder, if it is a safetensors SegFormer export; HubError otherwise."""
+    folder = Path(model_dir)
+    missing = [name for name in ("config.json", "model.safetensors") if not (folder / name).is_file()]
+    if missing:
+        raise HubError(f"'{folder}' is not an exported model (missing {missing}); push the run's student/ folder")
+    pickles = sorted(p.name for p in folder.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+    if pickles:
+        raise HubError(f"'{folder}' holds pickle files {pickles}; only safetensors exports are pushed")
+    return folder
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, local: str | os.PathLike):
+    """Turn huggingface_hub failures into a HubError naming the cause, the fix, and that `local` is untouched."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    where = f"The local files in '{local}' are unchanged."
+    try:
+        yield
+    except OfflineModeIsEnabled as error:
+        raise HubError(
+            f"cannot push to '{repo_id}': offline mode is on (HF_HUB_OFFLINE=1). Unset it where there is network. {where}"
+        ) from error
+    except LocalTokenNotFoundError as error:
+        raise HubError(f"cannot push to '{repo_id}': no Hugging Face token. Run `hf auth login` or set HF_TOKEN. {where}") from error
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        cause = {
+            401: "the token is invalid or expired",
+            403: "the token may not write to this repo or organisation",
+            404: "the repo or organisation does not exist",
+        }.get(status, f"the server refused it ({status})")
+        raise HubError(f"cannot push to '{repo_id}': {cause}: {error}. {where}") from error
+    except OSError as error:  # connection errors (requests / httpx raise OSError subclasses)
+        raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
+
+
+def create_repo(repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None, local: str = ".") -> str:
+    """Create the model repo (and branch) if missing; returns the repo id. HubError on failure."""
+    api = HfApi(token=token)
+    with hub_errors(repo_id, local):
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+    return repo_id
+
+
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    commit_message: str,
+    *,
+    path_in_repo: str | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure."""
+    with hub_errors(repo_id, folder):
+        info = HfApi(token=token).upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            path_in_repo=path_in_repo,
+            revision=revision,
+            repo_type="model",
+            commit_message=commit_message,
+        )
+    return str(getattr(info, "commit_url", info))
+
+
+def push_folder(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Create the repo if needed and upload the export `model_dir` to its root in one commit; returns the commit URL.
+
+    Raises:
+        HubError: offline, no token, refused by the server, or a folder that is not an export; names the cause.
+    """
+    folder = check_export(model_dir)
+    create_repo(repo_id, private=private, revision=revision, token=token, local=str(folder))
+    return upload_folder(folder, repo_id, commit_message or f"Upload DUDA student from {folder.name}", revision=revision, token=token)

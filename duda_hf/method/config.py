@@ -1,0 +1,373 @@
+"""Configuration: `DudaConfig` (every knob of docs/method.md on top of `TrainingArguments`), plus model and data arguments.
+
+One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022; in the DAFormer repository `configs/daformer/*` and
+`mmseg/models/uda/dacs.py`) and the DUDA components as docs/method.md reconstructs them. Recipes in
+`configs/` override only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from duda_hf.data.labels import NUM_CLASSES, THING_CLASSES
+
+METHODS = ("duda", "self_training", "source_only")
+
+
+def flag_help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+def check_flag(condition: bool, name: str, allowed: str, value) -> None:
+    if not condition:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _has_accelerator() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def resolve_steps(value: float, max_steps: int) -> int:
+    """A step count given as an int, or as a fraction of `max_steps` when below 1 (like `warmup_steps`)."""
+    return round(value * max_steps) if 0 < value < 1 else int(value)
+
+
+@dataclass
+class DudaConfig(TrainingArguments):
+    """Training arguments for `DudaTrainer`: DUDA's knobs with DAFormer defaults, plus Trainer's own."""
+
+    # --- method ---
+    method: str = field(
+        default="duda",
+        metadata=flag_help(
+            "Training method: 'duda' (large EMA pair distilled into the student, docs/method.md), "
+            "'self_training' (DAFormer-style EMA self-training of the student alone) or 'source_only'.",
+            choices=list(METHODS),
+        ),
+    )
+    # --- EMA teacher ---
+    ema_alpha: float = field(
+        default=0.999,
+        metadata=flag_help("EMA decay of the teacher; alpha_t = min(1 - 1/(t+1), ema_alpha), t = 0-based optimizer step. DAFormer: 0.999."),
+    )
+    teacher_train_mode: bool = field(
+        default=False,
+        metadata=flag_help(
+            "Run the EMA teacher in train mode (BatchNorm on the target batch's statistics, dropout and drop-path "
+            "off), as DAFormer does. Default: eval mode with buffers averaged like the weights."
+        ),
+    )
+    # --- pseudo-labels ---
+    pseudo_label_threshold: float = field(
+        default=0.968, metadata=flag_help("Confidence a pseudo-labelled pixel needs to count in the quality weight q. DAFormer: 0.968.")
+    )
+    pseudo_label_ignore_top: int = field(
+        default=15,
+        metadata=flag_help("Rows at the top of each target crop whose pseudo-label weight is 0. DAFormer (Cityscapes, 512 crops): 15."),
+    )
+    pseudo_label_ignore_bottom: int = field(
+        default=120, metadata=flag_help("Rows at the bottom of each target crop whose pseudo-label weight is 0 (ego car). DAFormer: 120.")
+    )
+    # --- mixing and strong augmentation ---
+    class_mix: bool = field(
+        default=True,
+        metadata=flag_help(
+            "ClassMix source classes onto the target image (half of each source image's classes). Off: the student sees the plain target image."
+        ),
+    )
+    color_jitter_strength: float = field(
+        default=0.2, metadata=flag_help("Colour-jitter strength for brightness, contrast, saturation and hue. DAFormer: 0.2.")
+    )
+    color_jitter_p: float = field(default=0.8, metadata=flag_help("Probability of colour jitter per mixed image (docs/method.md: 0.8)."))
+    blur_p: float = field(default=0.5, metadata=flag_help("Probability of Gaussian blur per mixed image. DAFormer: 0.5."))
+    blur_sigma_min: float = field(default=0.15, metadata=flag_help("Smallest Gaussian-blur sigma. DAFormer: 0.15."))
+    blur_sigma_max: float = field(default=1.15, metadata=flag_help("Largest Gaussian-blur sigma. DAFormer: 1.15."))
+    # --- gradual distillation ---
+    preadapt_steps: float = field(
+        default=0.25,
+        metadata=flag_help(
+            "Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); a value below 1 is a fraction of the adaptation "
+            "steps (max_steps less distill_stage_steps). DUDA: 0.25."
+        ),
+    )
+    distill_ramp_steps: float = field(
+        default=0.25,
+        metadata=flag_help(
+            "Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1 is a fraction of the adaptation steps. DUDA: 0.25."
+        ),
+    )
+    kd_temperature: float = field(default=1.0, metadata=flag_help("Temperature tau of the soft distillation loss (KL * tau^2)."))
+    kd_confidence_weight: bool = field(
+        default=True,
+        metadata=flag_help(
+            "Weight the soft distillation term on target pixels by the pseudo-labels' confidence share (the quality weight "
+            "of the hard term), as docs/method.md specifies. false: target pixels weigh 1 there (margins and class weights "
+            "kept), so the teacher's soft output teaches before its pseudo-labels are confident (short runs)."
+        ),
+    )
+    # --- the student learns its teacher (this project's additions to the paper; docs/method.md) ---
+    kd_clean_target: float = field(
+        default=0.0,
+        metadata=flag_help(
+            "Weight of a second soft distillation term on the clean target image, lam_t * w * KD(s(x_t), p_tau), on the "
+            "target pixels outside the margins, class-weighted (and weighted by the quality share unless "
+            "kd_confidence_weight is false). The student then learns the teacher's output on the very images it is "
+            "evaluated on, not only on the target part of the strongly augmented mix. 0: off (the paper's step)."
+        ),
+    )
+    cwd_weight: float = field(
+        default=0.0,
+        metadata=flag_help(
+            "Weight of channel-wise distillation (Shu et al., ICCV 2021) on the clean target image, lam_t * w * "
+            "CWD(s(x_t), T(x_t)): each class channel is a distribution over positions, so every class weighs the same "
+            "whatever its area. Teachers' logits are fused by their weighted mean. 0: off (the paper's step)."
+        ),
+    )
+    cwd_temperature: float = field(default=4.0, metadata=flag_help("Temperature of channel-wise distillation. Shu et al.: 4."))
+    distill_stage_steps: float = field(
+        default=0,
+        metadata=flag_help(
+            "The last N of max_steps (below 1: a fraction of max_steps) are a distillation stage: the auxiliary student "
+            "and the EMA teacher stop (no forward pass, no update) and the student alone learns from the frozen teacher "
+            "with lam_t = 1. preadapt_steps and distill_ramp_steps then count in the max_steps - N adaptation steps. "
+            "0: off (the paper's step)."
+        ),
+    )
+    distill_stage_target_only: bool = field(
+        default=False,
+        metadata=flag_help(
+            "In the distillation stage the student learns from the teacher on the clean target image alone "
+            "(kd_clean_target, cwd_weight): no source cross-entropy and no mixed image. Needs distill_stage_steps and "
+            "one of the clean-target terms."
+        ),
+    )
+    # --- inconsistency weighting ---
+    inconsistency_beta: float = field(
+        default=1.0, metadata=flag_help("beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.")
+    )
+    inconsistency_momentum: float = field(
+        default=0.99, metadata=flag_help("EMA momentum of the per-class discrepancy d_c = 1 - IoU_c(student, pseudo-label).")
+    )
+    # --- multiple teachers ---
+    extra_teachers: list[str] = field(
+        default_factory=list,
+        metadata=flag_help("Frozen extra teachers (SegFormer Hub ids or folders with 19 Cityscapes classes), fused with the EMA teacher."),
+    )
+    teacher_weights: list[float] = field(
+        default_factory=list,
+        metadata=flag_help("Fusion weights, EMA teacher first, then each extra teacher. Empty: equal weights."),
+    )
+    # --- ImageNet feature distance ---
+    fd_lambda: float = field(
+        default=0.005,
+        metadata=flag_help(
+            "Weight of DAFormer's ImageNet feature distance on the auxiliary student. Used only when it starts from ImageNet weights."
+        ),
+    )
+    fd_classes: list[int] = field(
+        default_factory=lambda: list(THING_CLASSES),
+        metadata=flag_help("trainIds the feature distance applies to. DAFormer: thing classes."),
+    )
+    fd_scale_min_ratio: float = field(
+        default=0.75, metadata=flag_help("Share of a feature cell a class must cover to count in the feature distance. DAFormer: 0.75.")
+    )
+    # --- rare class sampling (source) ---
+    rare_class_sampling: bool = field(default=True, metadata=flag_help("Sample source images by rare classes (DAFormer RCS)."))
+    rcs_temperature: float = field(default=0.01, metadata=flag_help("RCS temperature T in p_c ~ exp((1 - f_c) / T). DAFormer: 0.01."))
+    rcs_min_pixels: int = field(
+        default=3000, metadata=flag_help("Pixels a class needs in an image for that image to be sampled for the class. DAFormer: 3000.")
+    )
+    rcs_min_crop_ratio: float = field(
+        default=0.5,
+        metadata=flag_help(
+            "Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: 0.5."
+        ),
+    )
+    # --- optimisation ---
+    head_lr_multiplier: float = field(default=10.0, metadata=flag_help("Learning-rate multiplier of the decode heads. DAFormer: 10."))
+    poly_power: float = field(default=1.0, metadata=flag_help("Power of the polynomial learning-rate decay after warmup. DAFormer: 1.0."))
+    # --- speed (GPU) ---
+    channels_last: bool = field(
+        default=False,
+        metadata=flag_help("Store every network's convolution weights channels-last (NHWC). Measured by benchmarks/gpu_check.py."),
+    )
+    # --- deployment ---
+    export_onnx: bool = field(
+        default=False,
+        metadata=flag_help(
+            "At the end of training also write the student as ONNX into student/onnx/ (model.onnx fp32, model_quantized.onnx "
+            "int8: the transformers.js layout); needs the `onnx` extra (pip install 'duda-hf[onnx]')."
+        ),
+    )
+    # --- monitoring ---
+    debug_image_steps: int = field(
+        default=0,
+        metadata=flag_help(
+            "Every N steps save a debug picture (source, target, mix, pseudo-label, prediction) to output_dir/debug and the loggers; 0 = off."
+        ),
+    )
+
+    # --- Trainer defaults that differ for DUDA (DAFormer recipe) ---
+    learning_rate: float = field(
+        default=6e-5, metadata=flag_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5.")
+    )
+    weight_decay: float = field(default=0.01, metadata=flag_help("AdamW weight decay; never applied to norms and biases. DAFormer: 0.01."))
+    max_steps: int = field(default=40000, metadata=flag_help("Training iterations. DAFormer: 40000."))
+    warmup_steps: float = field(default=1500, metadata=flag_help("Linear warmup steps (below 1: fraction of max_steps). DAFormer: 1500."))
+    lr_scheduler_type: str = field(
+        default="polynomial", metadata=flag_help("Learning-rate schedule after warmup. DAFormer: polynomial decay to 0.")
+    )
+    max_grad_norm: float = field(default=0.0, metadata=flag_help("Gradient clipping norm; 0 = off, as in DAFormer."))
+    per_device_train_batch_size: int = field(
+        default=2, metadata=flag_help("Source images per device per micro-step; as many target images are drawn. DAFormer: 2 + 2.")
+    )
+    per_device_eval_batch_size: int = field(default=1, metadata=flag_help("Target validation images per device per evaluation step."))
+    logging_steps: float = field(default=50, metadata=flag_help("Log every N steps."))
+    eval_strategy: str = field(default="steps", metadata=flag_help("When to evaluate on the target validation set."))
+    eval_steps: float | None = field(default=4000, metadata=flag_help("Evaluate every N steps. DAFormer: 4000."))
+    save_steps: float = field(default=4000, metadata=flag_help("Checkpoint every N steps."))
+    remove_unused_columns: bool = field(
+        default=False, metadata=flag_help("Keep every column: the DUDA batch has source and target fields.")
+    )
+    ddp_find_unused_parameters: bool | None = field(default=False, metadata=flag_help("Every trainable parameter is used in each step."))
+    train_sampling_strategy: str = field(
+        default="sequential",
+        metadata=flag_help(
+            "Order of the training samples. DUDA reads them in order: sample i is a function of (seed, i), so the data is a "
+            "function of the step (and a resume is exact).",
+            choices=["sequential"],
+        ),
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata=flag_help(
+            "Trainer's filter of non-finite losses from the logged mean. Off: a non-finite loss term stops the run before "
+            "the optimizer step instead (and the filter would read the loss on the host every step)."
+        ),
+    )
+
+    def __post_init__(self):
+        check_flag(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
+        check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
+        check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
+        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
+            check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
+        check_flag(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
+        for name in ("color_jitter_p", "blur_p", "inconsistency_momentum", "rcs_min_crop_ratio", "fd_scale_min_ratio"):
+            check_flag(0 <= getattr(self, name) <= 1, f"DudaConfig.{name}", "in [0, 1]", getattr(self, name))
+        check_flag(
+            0 < self.blur_sigma_min <= self.blur_sigma_max,
+            "DudaConfig.blur_sigma_min/blur_sigma_max",
+            "0 < blur_sigma_min <= blur_sigma_max",
+            (self.blur_sigma_min, self.blur_sigma_max),
+        )
+        for name in (
+            "preadapt_steps",
+            "distill_ramp_steps",
+            "inconsistency_beta",
+            "fd_lambda",
+            "kd_clean_target",
+            "cwd_weight",
+            "distill_stage_steps",
+        ):
+            check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
+        check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
+        check_flag(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)
+        check_flag(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)
+        check_flag(self.head_lr_multiplier > 0, "DudaConfig.head_lr_multiplier", "> 0", self.head_lr_multiplier)
+        check_flag(self.poly_power > 0, "DudaConfig.poly_power", "> 0", self.poly_power)
+        check_flag(
+            all(0 <= c < NUM_CLASSES for c in self.fd_classes),
+            "DudaConfig.fd_classes",
+            f"trainIds in [0, {NUM_CLASSES - 1}]",
+            self.fd_classes,
+        )
+        if self.teacher_weights:
+            expected = 1 + len(self.extra_teachers)
+            check_flag(
+                len(self.teacher_weights) == expected,
+                "DudaConfig.teacher_weights",
+                f"empty or {expected} values (EMA teacher + {len(self.extra_teachers)} extra teachers)",
+                self.teacher_weights,
+            )
+            check_flag(
+                all(w >= 0 for w in self.teacher_weights) and sum(self.teacher_weights) > 0,
+                "DudaConfig.teacher_weights",
+                "non-negative with a positive sum",
+                self.teacher_weights,
+            )
+        if self.extra_teachers and self.method != "duda":
+            raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
+        check_flag(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
+        check_flag(
+            self.distill_stage_steps_resolved < self.max_steps,
+            "DudaConfig.distill_stage_steps",
+            f"fewer than max_steps ({self.max_steps}): the adaptation needs steps of its own",
+            self.distill_stage_steps,
+        )
+        if self.distill_stage_target_only and self.method == "duda":
+            check_flag(
+                self.distill_stage_steps_resolved > 0 and (self.kd_clean_target > 0 or self.cwd_weight > 0),
+                "DudaConfig.distill_stage_target_only",
+                "used with distill_stage_steps > 0 and kd_clean_target or cwd_weight > 0 (the stage's only terms)",
+                self.distill_stage_target_only,
+            )
+        if self.distill_stage_steps_resolved and self.ddp_find_unused_parameters is False:
+            # in the stage the auxiliary student gets no gradient, so DDP must not wait for one
+            self.ddp_find_unused_parameters = True
+        if not _has_accelerator():
+            # Without this, `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine leaves every
+            # process alone (distributed type NO); with it they form one gloo DDP group.
+            self.use_cpu = True
+            self.dataloader_pin_memory = False
+        # `--torch_compile` compiles each network in place (`Module.compile`), so that the teacher's and the frozen
+        # networks' calls, which do not go through the wrapped model, are compiled too and checkpoint keys do not
+        # change; accelerate's own compilation of the wrapper is left off.
+        compile_requested = bool(self.torch_compile or self.torch_compile_backend or self.torch_compile_mode)
+        self.compile_networks = (
+            {"backend": self.torch_compile_backend or "inductor", "mode": self.torch_compile_mode} if compile_requested else None
+        )
+        self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
+        if self.accelerator_config is None and _has_accelerator():
+            # Batches are copied to the device from pinned memory without waiting for it.
+            self.accelerator_config = {"non_blocking": True}
+        if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:
+            # DAFormer decays to exactly 0; transformers' default lr_end is 1e-7.
+            self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
+        super().__post_init__()
+
+    @property
+    def train_samples(self) -> int:
+        """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
+
+        Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
+        one process under DataParallel) x gradient accumulation x processes.
+        """
+        return self.max_steps * self.train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    # Resolved step counts (a fraction below 1 means a share of max_steps; the lam_t schedule, of the adaptation steps).
+    @property
+    def distill_stage_steps_resolved(self) -> int:
+        """The stage's steps; 0 for the baselines, which ignore it like every DUDA-only flag (one recipe serves all)."""
+        return resolve_steps(self.distill_stage_steps, self.max_steps) if self.method == "duda" else 0
+
+    @property
+    def adaptation_steps(self) -> int:
+        """The steps before the distillation stage, in which the large pair trains (all of them without a stage)."""
+        return self.max_steps - self.distill_stage_steps_resolved
+
+    @property
+    def preadapt_steps_resolved(self) -> int:
+        return resolve_steps(self.preadapt_steps, self.adaptation_steps)
+
+    @property
+    def distill_ramp_steps_resolved(self) -> int:
+        return resolve_steps(self.distill_ramp_steps, self.adaptation_steps)
+
+    def in_distill_stage(self, step: int) -> bool:
+        """Whether optimizer step `step` (0-based) belongs to the distillation stage."""
+        return step >= self.adaptation_steps

@@ -1,0 +1,205 @@
+"""`DudaModel`: the networks of one run (students, EMA teacher, extra teachers), trained and checkpointed as one module."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from duda_hf.data.labels import NUM_CLASSES
+from duda_hf.networks.inputs import InputCache, normalize_images
+from duda_hf.networks.loading import build_network
+from duda_hf.networks.presets import MIT_SIZES
+
+
+def _set_dropout_eval(module: nn.Module) -> None:
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout) or type(sub).__name__.endswith("DropPath"):
+            sub.eval()
+
+
+def head_parameters(network: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a segmentation network's head: every parameter outside its backbone (`base_model`, the
+    pretrained encoder), whatever the family calls the head (SegFormer's `decode_head`, MobileNetV2-DeepLabV3's and
+    MobileViTV2's `segmentation_head`). A network that is its own base model has no separate head."""
+    backbone = getattr(network, "base_model", network)
+    if backbone is network:
+        return []
+    in_backbone = {id(param) for param in backbone.parameters()}
+    return [param for param in network.parameters() if id(param) not in in_backbone]
+
+
+class DudaModel(nn.Module):
+    """The networks of one DUDA run, trained and checkpointed as one module.
+
+    - `student`: the deployed network, trained by gradient.
+    - `aux_student`: the large network (method 'duda' only), trained by gradient.
+    - `teacher`: EMA of `aux_student` ('duda') or of `student` ('self_training'); no gradient.
+    - `extra_teachers`: frozen networks fused with the teacher.
+    - `ema_source`: the network the teacher follows.
+    Buffers `class_discrepancy`/`class_seen` hold the inconsistency state so that resuming is exact.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        aux_student: nn.Module | None = None,
+        method: str = "duda",
+        *,
+        extra_teachers: list[nn.Module] | None = None,
+        imagenet_encoder: nn.Module | None = None,
+        teacher_train_mode: bool = False,
+    ):
+        super().__init__()
+        if method == "duda" and aux_student is None:
+            raise ValueError("method='duda' needs an auxiliary student")
+        self.method = method
+        self.student = student
+        self.aux_student = aux_student if method == "duda" else None
+        self.teacher = None
+        if method != "source_only":
+            self.teacher = copy.deepcopy(self.ema_source)
+            self.teacher.requires_grad_(False)
+        self.extra_teachers = nn.ModuleList(extra_teachers or [])
+        self.extra_teachers.requires_grad_(False)
+        # Frozen ImageNet encoder for DAFormer's feature distance (None: feature distance off).
+        self.imagenet_encoder = imagenet_encoder
+        if imagenet_encoder is not None:
+            imagenet_encoder.requires_grad_(False)
+        self.teacher_train_mode = teacher_train_mode
+        self.register_buffer("class_discrepancy", torch.zeros(NUM_CLASSES))
+        self.register_buffer("class_seen", torch.zeros(NUM_CLASSES, dtype=torch.bool))
+        self.train()
+
+    def network_configs(self) -> dict:
+        """Each network's transformers config by role, as written beside a checkpoint's weights (`NETWORKS_FILE`)."""
+        roles = {"student": self.student, "aux_student": self.aux_student, "teacher": self.teacher}
+        roles.update({f"extra_teacher_{i}": net for i, net in enumerate(self.extra_teachers)})
+        return {role: net.config.to_dict() for role, net in roles.items() if net is not None}
+
+    @property
+    def ema_source(self) -> nn.Module:
+        return self.aux_student if self.aux_student is not None else self.student
+
+    def train(self, mode: bool = True) -> DudaModel:
+        super().train(mode)
+        # Trainer calls model.train() every step: frozen networks must stay in inference mode.
+        if self.teacher is not None:
+            self.teacher.train(mode and self.teacher_train_mode)
+            _set_dropout_eval(self.teacher)
+        self.extra_teachers.eval()
+        if self.imagenet_encoder is not None:
+            self.imagenet_encoder.eval()
+        return self
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_features: bool = False,
+        *,
+        student_extra: torch.Tensor | None = None,
+        aux: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass of the trained networks on `(B, 3, H, W)` RGB in [0, 1].
+
+        Returns logits `(B, 19, H/4, W/4)` under `student_logits` and, for 'duda', `aux_logits`; with
+        `output_features`, the last encoder stage of the network that gets the feature distance.
+        `student_extra` (`(B', 3, H, W)`): more images for the student alone, in the same forward pass (its logits
+        under `student_extra_logits`); `aux=False` leaves the auxiliary student out (the distillation stage).
+        """
+        if student_extra is not None:
+            student_images = torch.cat([pixel_values, student_extra])
+        else:
+            student_images = pixel_values
+        inputs = InputCache(student_images)
+        outputs = {}
+        student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
+        outputs["student_logits"] = student_out.logits
+        if student_extra is not None:
+            outputs["student_logits"], outputs["student_extra_logits"] = student_out.logits.split(pixel_values.shape[0])
+        fd_out = student_out
+        if self.aux_student is not None and aux:
+            inputs = InputCache(pixel_values) if student_extra is not None else inputs
+            fd_out = self.aux_student(pixel_values=inputs(self.aux_student), output_hidden_states=output_features)
+            outputs["aux_logits"] = fd_out.logits
+        if output_features:
+            outputs["features"] = fd_out.hidden_states[-1]
+        return outputs
+
+    @torch.no_grad()
+    def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of the EMA teacher and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
+        inputs = InputCache(pixel_values)
+        return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers]]
+
+    @torch.no_grad()
+    def imagenet_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Last encoder stage of the frozen ImageNet encoder."""
+        return self.imagenet_encoder(pixel_values=normalize_images(pixel_values), output_hidden_states=True).hidden_states[-1]
+
+    @torch.no_grad()
+    def update_teacher(self, step: int, ema_alpha: float) -> float:
+        """EMA update after optimizer step `step` (0-based): alpha = min(1 - 1/(step+1), ema_alpha).
+
+        Floating parameters and buffers (BatchNorm statistics) are averaged with fused `torch._foreach_*`
+        ops; integer buffers (BatchNorm's counter) are copied. Returns alpha.
+        """
+        alpha = min(1 - 1 / (step + 1), ema_alpha)
+        teacher_params = list(self.teacher.parameters())
+        source_params = [p.detach() for p in self.ema_source.parameters()]
+        teacher_float, source_float, teacher_int, source_int = [], [], [], []
+        for t_buf, s_buf in zip(self.teacher.buffers(), self.ema_source.buffers()):
+            (teacher_float if t_buf.is_floating_point() else teacher_int).append(t_buf)
+            (source_float if s_buf.is_floating_point() else source_int).append(s_buf)
+        teachers, sources = teacher_params + teacher_float, source_params + source_float
+        torch._foreach_mul_(teachers, alpha)
+        torch._foreach_add_(teachers, sources, alpha=1 - alpha)
+        if teacher_int:
+            torch._foreach_copy_(teacher_int, source_int)
+        return alpha
+
+
+def prepare_networks(duda: DudaModel, channels_last: bool = False, compile_options: dict | None = None) -> DudaModel:
+    """Speed options of a run, applied in place to every network of `duda` (names and checkpoints unchanged).
+
+    Args:
+        channels_last: convolution weights in NHWC layout.
+        compile_options: if given, `torch.compile` keyword arguments (`backend`, `mode`) for each network
+            (`Module.compile`): the students, the EMA teacher, the extra teachers and the feature-distance encoder.
+    """
+    networks = [duda.student, duda.aux_student, duda.teacher, *duda.extra_teachers, duda.imagenet_encoder]
+    for network in [n for n in networks if n is not None]:
+        if channels_last:
+            network.to(memory_format=torch.channels_last)
+        if compile_options is not None:
+            network.compile(**compile_options)
+    return duda
+
+
+def build_duda_model(
+    method: str,
+    student: str,
+    aux_student: str | None = None,
+    *,
+    init: str = "imagenet",
+    extra_teachers: list[str] | None = None,
+    fd_lambda: float = 0.0,
+    teacher_train_mode: bool = False,
+) -> DudaModel:
+    """Build every network of a run by name (see `build_network`).
+
+    The feature-distance encoder is a frozen copy of the ImageNet network the trained large network
+    starts from; with `init='random'` or a non-MiT preset there is none and the feature distance is off.
+    """
+    student_net = build_network(student, init)
+    aux_net = build_network(aux_student, init) if method == "duda" else None
+    fd_base = aux_net if aux_net is not None else student_net
+    fd_name = aux_student if method == "duda" else student
+    imagenet_encoder = None
+    if fd_lambda > 0 and fd_name in MIT_SIZES and init == "imagenet" and method != "source_only":
+        imagenet_encoder = copy.deepcopy(fd_base.segformer)
+    teachers = [build_network(name, init) for name in (extra_teachers or [])]
+    return DudaModel(
+        student_net, aux_net, method, extra_teachers=teachers, imagenet_encoder=imagenet_encoder, teacher_train_mode=teacher_train_mode
+    )

@@ -1,0 +1,172 @@
+"""Networks from a preset, a folder, a Hub id or a training checkpoint's role, with clear errors offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    PreTrainedModel,
+    SegformerForSemanticSegmentation,
+)
+
+from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
+from duda_hf.networks.presets import MIT_SIZES, OTHER_FAMILY_PRESETS, SMALL_SIZES, preset_config
+
+
+class ModelUnavailableError(OSError):
+    """Weights that cannot be had: offline and not cached, or no such repo/folder."""
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Fast check that the Hub endpoint accepts connections (a missing network otherwise costs ~23 s of retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_pretrained_network(
+    name_or_path: str, *, hint: str = "pass --init random to train from scratch", model_class=AutoModelForSemanticSegmentation, **kwargs
+) -> PreTrainedModel:
+    """A 19-class segmentation network from a folder or Hub id: `from_pretrained` that uses the cache first and
+    fails within seconds, with a way forward, when offline.
+
+    Args:
+        hint: the way forward the offline error offers first.
+        model_class: `AutoModelForSemanticSegmentation` (any family) or one model class.
+        kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override).
+
+    Raises:
+        ModelUnavailableError: offline and not cached, or no such repo or folder.
+    """
+    kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
+    if Path(name_or_path).is_dir():
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    try:
+        return model_class.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if not hub_reachable():
+        raise ModelUnavailableError(
+            f"Cannot load '{name_or_path}': it is not a local folder, not in the Hugging Face cache, and the Hub is "
+            f"unreachable (offline or HF_HUB_OFFLINE=1). Either {hint}, or download the weights where there is network "
+            f"(`hf download {name_or_path} --local-dir DIR`) and pass that folder."
+        )
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:
+        raise ModelUnavailableError(f"Cannot load '{name_or_path}' from the Hub: {error}") from error
+
+
+def load_pretrained_segformer(name_or_path: str, **kwargs) -> SegformerForSemanticSegmentation:
+    """`load_pretrained_network` for a SegFormer (the ImageNet MiT encoders, whose checkpoints are classifiers)."""
+    return load_pretrained_network(name_or_path, model_class=SegformerForSemanticSegmentation, **kwargs)
+
+
+def read_processor_config(name_or_path: str) -> dict | None:
+    """The `preprocessor_config.json` of a folder or (cached) Hub repo, or None when it has none."""
+    from transformers.utils import cached_file
+
+    if Path(name_or_path).is_dir():
+        path = Path(name_or_path) / "preprocessor_config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def adopt_input_normalization(network: PreTrainedModel, name_or_path: str) -> PreTrainedModel:
+    """Keep the input normalisation of a loaded network's own image processor in its config (see
+    `INPUT_NORMALIZATION_KEY`); a SegFormer without one keeps ImageNet's; any other family must have one."""
+    processor = read_processor_config(name_or_path)
+    if processor is None:
+        if network.config.model_type == "segformer":
+            return network
+        raise ModelUnavailableError(
+            f"'{name_or_path}' ({network.config.model_type}) has no image processor (preprocessor_config.json), so "
+            "the normalisation its weights expect is unknown. Add the preprocessor_config.json of the model it came "
+            "from to the folder (or pass a preset name to train from scratch)."
+        )
+    normalize = processor.get("do_normalize", "image_mean" in processor)
+    mean = tuple(processor.get("image_mean", IMAGENET_MEAN)) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.get("image_std", IMAGENET_STD)) if normalize else (1.0, 1.0, 1.0)
+    bgr = bool(processor.get("do_flip_channel_order", False))
+    if (mean, std, bgr) != (IMAGENET_MEAN, IMAGENET_STD, False):
+        setattr(network.config, INPUT_NORMALIZATION_KEY, {"mean": list(mean), "std": list(std), "bgr": bgr})
+    return network
+
+
+def _check_labels(network: PreTrainedModel, name: str) -> PreTrainedModel:
+    if getattr(network.config, "num_labels", None) != NUM_CLASSES:
+        raise ValueError(
+            f"'{name}' predicts {network.config.num_labels} classes, not the {NUM_CLASSES} Cityscapes classes; "
+            "its head could not be set to 19 labels."
+        )
+    return network
+
+
+NETWORKS_FILE = "networks.json"  # in a DudaTrainer checkpoint: each network's config by role
+
+
+def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrainedModel:
+    """One network (`student`, `aux_student`, `teacher`, `extra_teacher_N`) of a DudaTrainer checkpoint folder."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    folder = Path(checkpoint)
+    networks_path, weights_path = folder / NETWORKS_FILE, folder / "model.safetensors"
+    if not networks_path.is_file() or not weights_path.is_file():
+        raise ModelUnavailableError(
+            f"'{folder}' is not a DUDA training checkpoint: it needs {NETWORKS_FILE} and model.safetensors "
+            "(checkpoints written by duda-hf have both; an exported network folder is passed without '@role')"
+        )
+    configs = json.loads(networks_path.read_text())
+    if role not in configs:
+        raise ModelUnavailableError(f"checkpoint '{folder}' has no network '{role}'; it holds {sorted(configs)}")
+    config = configs[role]
+    network = AutoModelForSemanticSegmentation.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
+    prefix = "extra_teachers." + role.rsplit("_", 1)[1] + "." if role.startswith("extra_teacher_") else f"{role}."
+    state = {key[len(prefix) :]: value for key, value in load_file(weights_path).items() if key.startswith(prefix)}
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
+    """A 19-class segmentation network by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`,
+    `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`), Hub id or local folder of any
+    `AutoModelForSemanticSegmentation` family, or one network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role`
+    (`student`, `aux_student`, `teacher`).
+
+    A loaded network with another number of classes gets a new 19-class head (the rest of its weights kept); one
+    that is not a SegFormer must come with its image processor, whose normalisation it is then trained with.
+
+    Args:
+        name: preset, Hub id or folder.
+        init: for `mit-bN`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head new);
+            'random' builds the architecture from scratch. The small presets are always random.
+    """
+    if name in SMALL_SIZES or (name in MIT_SIZES and init == "random"):
+        return SegformerForSemanticSegmentation(preset_config(name))
+    if name in OTHER_FAMILY_PRESETS:
+        return AutoModelForSemanticSegmentation.from_config(preset_config(name))
+    if name in MIT_SIZES:
+        # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
+        return load_pretrained_segformer(f"nvidia/{name}", ignore_mismatched_sizes=True)
+    path, _, role = name.rpartition("@")
+    if path and Path(path).is_dir():
+        return load_from_checkpoint(path, role)
+    # A head for another label set (e.g. 21 VOC classes) is replaced by a new 19-class one.
+    network = load_pretrained_network(name, ignore_mismatched_sizes=True)
+    return _check_labels(adopt_input_normalization(network, name), name)

@@ -1,0 +1,62 @@
+"""Networks by preset name: MiT sizes (mit-b0..mit-b5), the CPU sizes (tiny, tiny-wide) and two other families, with 19 Cityscapes labels (no download)."""
+
+from __future__ import annotations
+
+from transformers import (
+    MobileNetV2Config,
+    MobileViTV2Config,
+    PretrainedConfig,
+    SegformerConfig,
+)
+
+from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+
+# MiT encoder sizes (Xie et al., 2021; the nvidia/mit-bN configs). Decoder width: 256 for b0/b1, 768 above.
+MIT_SIZES = {
+    "mit-b0": ([2, 2, 2, 2], [32, 64, 160, 256], 256),
+    "mit-b1": ([2, 2, 2, 2], [64, 128, 320, 512], 256),
+    "mit-b2": ([3, 4, 6, 3], [64, 128, 320, 512], 768),
+    "mit-b3": ([3, 4, 18, 3], [64, 128, 320, 512], 768),
+    "mit-b4": ([3, 8, 27, 3], [64, 128, 320, 512], 768),
+    "mit-b5": ([3, 6, 40, 3], [64, 128, 320, 512], 768),
+}
+
+
+# Test and CPU sizes (random init only): an 8-64 student and a 16-128 large network. Trained from scratch on the
+# synthetic benchmark the larger one is not stronger (docs/reproducibility.md, "The teacher premise").
+SMALL_SIZES = {
+    "tiny": ([1, 1, 1, 1], [8, 16, 32, 64], 32),
+    "tiny-wide": ([1, 1, 1, 1], [16, 32, 64, 128], 64),
+}
+
+
+# Small random-init presets of two other families, for tests and the CPU benchmark: a MobileNetV2 with a
+# DeepLabV3 head (output stride 8) and a MobileViTV2 (output stride 8, a narrow ASPP).
+OTHER_FAMILY_PRESETS = {
+    "mobilenetv2-deeplabv3-tiny": lambda: MobileNetV2Config(
+        depth_multiplier=0.25, output_stride=8, image_size=128, classifier_dropout_prob=0.1, tf_padding=False
+    ),
+    "mobilevitv2-tiny": lambda: MobileViTV2Config(width_multiplier=0.5, output_stride=8, aspp_out_channels=64, image_size=128),
+}
+
+
+MODEL_PRESETS = tuple(MIT_SIZES) + tuple(SMALL_SIZES) + tuple(OTHER_FAMILY_PRESETS)
+
+
+def preset_config(name: str) -> PretrainedConfig:
+    """The config of a preset name with 19 Cityscapes labels (no download)."""
+    if name in OTHER_FAMILY_PRESETS:
+        config = OTHER_FAMILY_PRESETS[name]()
+        config.num_labels, config.id2label, config.label2id = NUM_CLASSES, dict(ID2LABEL), dict(LABEL2ID)
+        return config
+    depths, hidden_sizes, decoder = {**MIT_SIZES, **SMALL_SIZES}[name]
+    heads = [1, 2, 5, 8] if name.startswith("mit") else [1, 1, 2, 4]
+    return SegformerConfig(
+        depths=depths,
+        hidden_sizes=hidden_sizes,
+        decoder_hidden_size=decoder,
+        num_attention_heads=heads,
+        num_labels=NUM_CLASSES,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+    )

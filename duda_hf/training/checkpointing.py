@@ -1,0 +1,135 @@
+"""Atomic checkpoints: written in a staging folder, then renamed into place.
+
+A checkpoint written file by file in place could be left half-written by a run killed mid-save (or a full disk),
+looking like a checkpoint, and `--resume_from_checkpoint last` would pick it. `save_checkpoint` writes what
+`Trainer` writes into `.partial-checkpoints/checkpoint-N` instead (`staged_checkpoint`); when every file is written (and `networks.json`
+beside the weights, so that `--student CHECKPOINT@role` can rebuild a network) the folder is renamed to
+`checkpoint-N`, which readers see appear whole, and older checkpoints are rotated as `save_total_limit` says.
+A staging folder left by an interrupted save is never read, and is removed by the next save of the same step.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+
+from duda_hf.jsonio import write_json
+from duda_hf.networks.loading import NETWORKS_FILE
+
+STAGING_DIR = ".partial-checkpoints"
+
+
+def disk_full_error(name: str, staging: str, run_dir: str, error: OSError) -> OSError:
+    """The ENOSPC error of a save, with where the partial copy is, the last whole checkpoint and the way forward."""
+    last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    return OSError(
+        errno.ENOSPC,
+        f"disk full while writing {name}; the partial copy stays in {staging} and is not used. "
+        f"Last complete checkpoint: {last or 'none'}. Free space (or raise --save_total_limit pruning) "
+        "and resume with --resume_from_checkpoint.",
+    )
+
+
+@contextmanager
+def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
+    """Around one `Trainer` save of `checkpoint-<global_step>`: yields the folder the save must write into.
+
+    Every process enters it (the saves and renames of the main process are fenced by `wait_for_everyone`).
+    The folder yielded is the staging folder; the save writes `checkpoint-<global_step>` inside it.
+    On exit without an error, the main process writes `networks` (each network's config by role) into the
+    staged checkpoint, renames it to `run_dir/checkpoint-N` (replacing one of the same step), and rotates the
+    checkpoints. A full disk becomes an error that says what to do.
+
+    Args:
+        trainer: the `Trainer` that saves (its `args`, `state` and `accelerator` are read).
+        run_dir: the folder the checkpoints live in (the output folder).
+        networks: `DudaModel.network_configs()`, written as `networks.json`.
+    """
+    args, state, accelerator = trainer.args, trainer.state, trainer.accelerator
+    name = f"checkpoint-{state.global_step}"
+    staging = os.path.join(run_dir, STAGING_DIR)
+    if args.should_save and os.path.isdir(os.path.join(staging, name)):
+        shutil.rmtree(os.path.join(staging, name))  # debris of an interrupted save
+    accelerator.wait_for_everyone()
+    try:
+        yield staging
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise disk_full_error(name, staging, run_dir, error) from error
+        raise
+    if args.should_save:
+        write_json(os.path.join(staging, name, NETWORKS_FILE), networks)
+    accelerator.wait_for_everyone()
+    if args.should_save:
+        final = os.path.join(run_dir, name)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(os.path.join(staging, name), final)
+        rotate_checkpoints(
+            output_dir=run_dir,
+            save_total_limit=args.save_total_limit,
+            best_model_checkpoint=state.best_model_checkpoint,
+            use_mtime=False,
+        )
+    accelerator.wait_for_everyone()
+
+
+def save_checkpoint(trainer, networks: dict) -> str:
+    """`output_dir/checkpoint-<global_step>` of `trainer`, whole or not at all; returns its path.
+
+    What `Trainer` saves, in Trainer's file names and formats (so that Trainer's resume reads it): the model
+    (`save_model`: every network in one model.safetensors), the optimizer, the learning-rate schedule, the gradient
+    scaler if any, the random state of each process, and the trainer state with the state of every callback that
+    keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
+    """
+    args, state = trainer.args, trainer.state
+    trainer.store_flos()
+    name = f"checkpoint-{state.global_step}"
+    if state.best_global_step:  # `load_best_model_at_end`: the best step's checkpoint, once it exists
+        best = os.path.join(args.output_dir, f"checkpoint-{state.best_global_step}")
+        if os.path.isdir(best) or state.best_global_step == state.global_step:
+            state.best_model_checkpoint = best
+    with staged_checkpoint(trainer, args.output_dir, networks) as staging:
+        folder = os.path.join(staging, name)
+        trainer.save_model(folder, _internal_call=True)
+        if not args.save_only_model:
+            _save_training_state(trainer, folder)
+        if args.should_save:
+            for callback in [*trainer.callback_handler.callbacks, trainer.control]:
+                if isinstance(callback, ExportableState):
+                    key = type(callback).__name__
+                    if isinstance(state.stateful_callbacks.get(key), list):
+                        state.stateful_callbacks[key].append(callback.state())
+                    else:
+                        state.stateful_callbacks[key] = callback.state()
+            state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
+    return os.path.join(args.output_dir, name)
+
+
+def _save_training_state(trainer, folder: str) -> None:
+    """The optimizer, schedule and scaler (main process) and this process's random state, as Trainer writes them."""
+    args = trainer.args
+    os.makedirs(folder, exist_ok=True)
+    if args.should_save:
+        torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
+        with warnings.catch_warnings(record=True):  # the scheduler's "please also save the optimizer" warning
+            torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
+        scaler = getattr(trainer.accelerator, "scaler", None)
+        if scaler is not None:
+            torch.save(scaler.state_dict(), os.path.join(folder, SCALER_NAME))
+    rng_states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        rng_states["cuda"] = torch.cuda.random.get_rng_state_all() if args.world_size > 1 else torch.cuda.random.get_rng_state()
+    file = "rng_state.pth" if args.world_size <= 1 else f"rng_state_{args.process_index}.pth"
+    torch.save(rng_states, os.path.join(folder, file))
