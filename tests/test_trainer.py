@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.training_run import build_trainer
-from duda_hf.training.trainer import NonFiniteLossError
+from duda_hf.training.trainer import DudaTrainer, NonFiniteLossError
 
 from .conftest import tiny_argv
 
@@ -124,6 +124,28 @@ def test_non_finite_loss_names_step_and_term(tiny_benchmark, tmp_path):
     # the first non-finite term in the order of the sum: the auxiliary student's source term
     with pytest.raises(NonFiniteLossError, match=r"step 1: term 'loss_aux_source'.*checkpoint-7"):
         trainer.compute_loss(trainer.model, inputs)
+
+
+def test_signals_act_as_before_once_training_has_ended_by_an_error(tiny_benchmark, tmp_path):
+    """The preemption handlers are installed while `train` runs; if it ends by an exception (no `on_train_end`), the
+    next Ctrl-C puts the previous handler back and acts as it would (here: KeyboardInterrupt), not swallowed."""
+    import os
+    import signal
+
+    from duda_hf.method.step import LossTerm
+
+    def nan_term(t):
+        return t.student_source.sum() * math.nan
+
+    built = make_trainer(tiny_benchmark, tmp_path)
+    trainer = DudaTrainer(built.model, built.args, built.train_dataset, built.eval_dataset, loss_terms=[LossTerm("loss_nan", nan_term)])
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(NonFiniteLossError, match="loss_nan"):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is not before  # still the training handler: on_train_end never ran
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is not None
 
 
 def test_training_script_writes_student_results_tensorboard_and_debug_images(tiny_benchmark, tmp_path):

@@ -71,15 +71,16 @@ def load_model(name_or_path: str, role: str = "--model"):
     """The network (any segmentation family, normalised as its image processor says) and its evaluation size
     `(height, width)` from its image processor, if it has one (else the native size)."""
     from duda_hf.networks.checks import check_model_folder
-    from duda_hf.networks.loading import adopt_input_normalization, load_pretrained_network, read_processor_config
+    from duda_hf.networks.loading import adopt_input_normalization, load_image_processor, load_pretrained_network
 
     if Path(name_or_path).is_dir():
         check_model_folder(name_or_path, role)
     model = load_pretrained_network(name_or_path, hint="pass a local folder (e.g. the run's student/) instead")
     model = adopt_input_normalization(model, name_or_path)
-    processor = read_processor_config(name_or_path) or {}
-    size = processor.get("size") or {}
-    size_hw = (size["height"], size["width"]) if processor.get("do_resize", True) and {"height", "width"} <= set(size) else None
+    processor = load_image_processor(name_or_path)
+    size = getattr(processor, "size", None)
+    fixed = processor is not None and processor.do_resize and size is not None and size.height and size.width
+    size_hw = (size.height, size.width) if fixed else None
     return model, size_hw
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import kornia
 import torch
-import torch.nn.functional as F
 
 from duda_hf.data.labels import NUM_CLASSES
 
@@ -112,6 +111,11 @@ def color_jitter(
 ) -> torch.Tensor:
     """Brightness, contrast, saturation and hue in this fixed order, per image, clamped to [0, 1].
 
+    As torchvision's `ColorJitter` (DAFormer's): brightness multiplies, contrast and saturation blend with the
+    grey image's mean and the grey image. The hue shift is kornia's; the first three stay written out here because
+    kornia's brightness adds instead of multiplying, and its mean- and grey-subtracting contrast and saturation
+    differ from these in the last bit of float32 (about 1e-7), which would change every run's numbers.
+
     Args:
         images: `(B, 3, H, W)` RGB in [0, 1].
         brightness, contrast, saturation: `(B,)` multiplicative factors (1 = identity).
@@ -123,27 +127,19 @@ def color_jitter(
     images = (mean + (images - mean) * contrast.view(view)).clamp(0, 1)
     gray = _grayscale(images)
     images = (gray + (images - gray) * saturation.view(view)).clamp(0, 1)
-    hsv = kornia.color.rgb_to_hsv(images)
-    shifted_h = torch.remainder(hsv[:, :1] + hue.view(view) * 2 * math.pi, 2 * math.pi)
-    return kornia.color.hsv_to_rgb(torch.cat([shifted_h, hsv[:, 1:]], dim=1)).clamp(0, 1)
+    return kornia.enhance.adjust_hue(images, hue * (2 * math.pi)).clamp(0, 1)
 
 
 def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, sigma_max: float | None = None) -> torch.Tensor:
-    """Per-image isotropic Gaussian blur with standard deviation `sigma` `(B,)`, reflecting at the borders.
+    """Per-image isotropic Gaussian blur with standard deviation `sigma` `(B,)`, reflecting at the borders
+    (`kornia.filters.gaussian_blur2d`, separable, one normalised kernel per image).
 
-    Separable, as two grouped convolutions with one normalised kernel per image. The kernel radius is
-    ceil(3 * sigma_max); `sigma_max` defaults to `sigma.max()`, which reads the device: the training step
-    passes its host-side bound instead.
+    The kernel radius is ceil(3 * sigma_max); `sigma_max` defaults to `sigma.max()`, which reads the device: the
+    training step passes its host-side bound instead, so the size of the kernel never waits for the device.
     """
     radius = max(1, math.ceil(3 * (float(sigma.max()) if sigma_max is None else sigma_max)))
-    batch, channels, height, width = images.shape
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    taps = torch.exp(-offsets.square() / (2 * sigma.to(images.dtype).view(-1, 1).square()))
-    taps = (taps / taps.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B * C, 2r + 1)
-    planes = F.pad(images.reshape(1, batch * channels, height, width), (radius,) * 4, mode="reflect")
-    planes = F.conv2d(planes, taps.view(batch * channels, 1, 1, -1), groups=batch * channels)
-    planes = F.conv2d(planes, taps.view(batch * channels, 1, -1, 1), groups=batch * channels)
-    return planes.view(batch, channels, height, width)
+    sigma = sigma.to(images.dtype).view(-1, 1).expand(-1, 2)
+    return kornia.filters.gaussian_blur2d(images, (2 * radius + 1, 2 * radius + 1), sigma, border_type="reflect", separable=True)
 
 
 def strong_augment(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:

@@ -8,8 +8,11 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import constants, is_offline_mode
 from transformers import (
+    AutoImageProcessor,
     AutoModelForSemanticSegmentation,
+    BaseImageProcessor,
     PreTrainedModel,
     SegformerForSemanticSegmentation,
 )
@@ -24,10 +27,13 @@ class ModelUnavailableError(OSError):
 
 
 def hub_reachable(timeout: float = 1.5) -> bool:
-    """Fast check that the Hub endpoint accepts connections (a missing network otherwise costs ~23 s of retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+    """Fast check that the Hub endpoint accepts connections (a missing network otherwise costs ~23 s of retries).
+
+    False in huggingface_hub's offline mode (`HF_HUB_OFFLINE`); the endpoint is huggingface_hub's (`HF_ENDPOINT`).
+    """
+    if is_offline_mode():
         return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    endpoint = urlparse(constants.ENDPOINT)
     try:
         with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
             return True
@@ -73,24 +79,18 @@ def load_pretrained_segformer(name_or_path: str, **kwargs) -> SegformerForSemant
     return load_pretrained_network(name_or_path, model_class=SegformerForSemanticSegmentation, **kwargs)
 
 
-def read_processor_config(name_or_path: str) -> dict | None:
-    """The `preprocessor_config.json` of a folder or (cached) Hub repo, or None when it has none."""
-    from transformers.utils import cached_file
-
-    if Path(name_or_path).is_dir():
-        path = Path(name_or_path) / "preprocessor_config.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+def load_image_processor(name_or_path: str) -> BaseImageProcessor | None:
+    """The image processor a folder or (cached) Hub repo ships, as its PIL class (no torchvision), or None when it has none."""
     try:
-        path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
-    except OSError:
+        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+    except (OSError, ValueError):  # no preprocessor_config.json, or one naming no known processor
         return None
-    return json.loads(Path(path).read_text()) if path else None
 
 
 def adopt_input_normalization(network: PreTrainedModel, name_or_path: str) -> PreTrainedModel:
     """Keep the input normalisation of a loaded network's own image processor in its config (see
     `INPUT_NORMALIZATION_KEY`); a SegFormer without one keeps ImageNet's; any other family must have one."""
-    processor = read_processor_config(name_or_path)
+    processor = load_image_processor(name_or_path)
     if processor is None:
         if network.config.model_type == "segformer":
             return network
@@ -99,10 +99,10 @@ def adopt_input_normalization(network: PreTrainedModel, name_or_path: str) -> Pr
             "the normalisation its weights expect is unknown. Add the preprocessor_config.json of the model it came "
             "from to the folder (or pass a preset name to train from scratch)."
         )
-    normalize = processor.get("do_normalize", "image_mean" in processor)
-    mean = tuple(processor.get("image_mean", IMAGENET_MEAN)) if normalize else (0.0, 0.0, 0.0)
-    std = tuple(processor.get("image_std", IMAGENET_STD)) if normalize else (1.0, 1.0, 1.0)
-    bgr = bool(processor.get("do_flip_channel_order", False))
+    normalize = bool(getattr(processor, "do_normalize", False))  # MobileViT's processors do not normalise
+    mean = tuple(processor.image_mean or IMAGENET_MEAN) if normalize else (0.0, 0.0, 0.0)
+    std = tuple(processor.image_std or IMAGENET_STD) if normalize else (1.0, 1.0, 1.0)
+    bgr = bool(getattr(processor, "do_flip_channel_order", False))
     if (mean, std, bgr) != (IMAGENET_MEAN, IMAGENET_STD, False):
         setattr(network.config, INPUT_NORMALIZATION_KEY, {"mean": list(mean), "std": list(std), "bgr": bgr})
     return network
