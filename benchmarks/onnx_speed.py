@@ -20,7 +20,7 @@ random-init MiT-B5 in PyTorch fp32, the network the B0 student replaces.
 - Parity (this process): max |logits difference| against PyTorch on one random image at each size, and the
   share of pixels whose argmax agrees (at the logits' resolution, 1/4 of the input).
 - Target mIoU, with `--student_dir` (a trained student, e.g. `scripts/train_duda.py --max_steps 300` then its
-  student/): the same images of `--val_dataset` scored by `duda_hf.evaluation.evaluate_networks` with the
+  student/): the same images of `--val_dataset` scored by `duda_hf.evaluation.inference.evaluate_networks` with the
   PyTorch student and with each ONNX file, at the student's evaluation size. The folder is copied, not changed.
 
 Writes benchmarks/results/onnx_speed.json and prints a Markdown table.

@@ -182,6 +182,16 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_the_resume_is_bit_ide
     assert train_loss(resumed) == train_loss(reference)
 
 
+def test_a_resume_that_restores_callback_states_keeps_the_whole_runs_loss(reference, tiny_benchmark, tmp_path):
+    """`--restore_callback_states_from_checkpoint`: Trainer rebuilds the run-loss callback from the checkpoint's record."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.output_dir / "checkpoint-3", run_dir / "checkpoint-3")
+    resumed = Run(tiny_benchmark, run_dir, "--resume_from_checkpoint", "last", "--restore_callback_states_from_checkpoint", "true")
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert_ends_like(reference.output_dir, run_dir)
+    assert train_loss(resumed) == train_loss(reference)
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_and_exits_130_without_a_traceback(tiny_benchmark, tmp_path):
     run = Run(tiny_benchmark, tmp_path / "run", "--save_strategy", "no", "--dataloader_num_workers", "2")

@@ -146,6 +146,14 @@ def test_signals_act_as_before_once_training_has_ended_by_an_error(tiny_benchmar
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is not None
+    # the same trainer trains again (a retry in a notebook) and fails again: its handlers still lead back to the first
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()
+    with pytest.raises(NonFiniteLossError):
+        trainer.train()  # installed over its own handler, which must not become "the previous one"
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_training_script_writes_student_results_tensorboard_and_debug_images(tiny_benchmark, tmp_path):

@@ -86,7 +86,7 @@ def test_the_override_surface_stays_within_its_budget():
 
 @pytest.mark.parametrize(
     "version, outside",
-    [("5.17.0", None), ("5.24.0", None), ("5.24.3", None), ("5.16.2", "5.16.2"), ("5.25.0", "5.25.0"), ("6.0.0", "6.0.0")],
+    [("5.17.0", None), ("5.24.0", None), ("5.25.0", None), ("5.16.2", "5.16.2"), ("5.26.0", "5.26.0"), ("6.0.0", "6.0.0")],
 )
 def test_versions_outside_the_checked_range_are_named(monkeypatch, version, outside):
     monkeypatch.setattr(transformers, "__version__", version)

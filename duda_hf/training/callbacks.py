@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
@@ -37,28 +38,34 @@ class RunLoss(TrainerCallback, ExportableState):
     """The training loss summed over every step of the run so far, kept in every checkpoint (trainer_state.json).
 
     `DudaTrainer.compute_loss` adds each micro-step's loss as Trainer counts it (divided by the gradient
-    accumulation steps). The sum stays where the loss lives and is read back, averaged over the processes as
-    Trainer's logged loss is, only at the steps that log, evaluate, save or end, where the processes meet anyway. On
-    resume the sum of the steps before comes from the checkpoint, so `train_loss` is the mean over the whole run.
+    accumulation steps). The sum stays where the loss lives; `read_back` averages it over the processes, as
+    Trainer's logged loss is, and reads it to the host: `DudaTrainer` calls it where every process meets anyway,
+    before each log and each checkpoint. On resume the sum of the steps before comes from the checkpoint, so
+    `train_loss` is the mean over the whole run.
+
+    Args:
+        loss_sum, steps: a checkpoint's record, as Trainer passes it when it rebuilds the callback from a checkpoint
+            (`restore_callback_states_from_checkpoint`); the record is read again at `on_train_begin` either way.
     """
 
-    def __init__(self):
-        self.earlier: float | None = 0.0  # the sum before this `train` call; None when the checkpoint did not keep it
-        self.first_step = 0  # the step this `train` call started from
+    def __init__(self, loss_sum: float = 0.0, steps: int = 0):
+        self.earlier: float | None = loss_sum  # the sum before this `train` call; None when the checkpoint did not keep it
+        self.first_step = self.global_step = steps  # the step this `train` call started from; the last read back
         self.total = 0.0  # this call's sum, read back
         self.pending: torch.Tensor | None = None  # this process's sum since the last read-back
-        self.global_step = 0
 
     def add(self, loss: torch.Tensor) -> None:
         loss = loss.detach().float()
         self.pending = loss if self.pending is None else self.pending + loss
 
-    def _read_back(self, world_size: int) -> None:
-        if self.pending is None:
-            return
-        value = reduce(self.pending, reduction="mean") if world_size > 1 else self.pending
-        self.total += value.item()
-        self.pending = None
+    def read_back(self, world_size: int, global_step: int) -> None:
+        """Add the sum since the last read-back, averaged over the processes (every process must call it)."""
+        if world_size > 1:  # every process takes part, also one with nothing pending
+            pending = self.pending if self.pending is not None else torch.zeros((), device=PartialState().device)
+            self.total += reduce(pending, reduction="mean").item()
+        elif self.pending is not None:
+            self.total += self.pending.item()
+        self.pending, self.global_step = None, global_step
 
     def state(self) -> dict:
         steps = self.global_step if self.earlier is not None else -1  # -1: no sum to keep (unknown before a resume)
@@ -73,22 +80,17 @@ class RunLoss(TrainerCallback, ExportableState):
         self.first_step = self.global_step = state.global_step
         self.total, self.pending = 0.0, None
 
-    def on_step_end(self, args, state, control, **kwargs):
-        self.global_step = state.global_step
-        if control.should_log or control.should_evaluate or control.should_save or control.should_training_stop:
-            self._read_back(args.world_size)
-
-    def train_loss(self, global_step: int) -> float:
-        """The mean loss over the whole run; over this call's steps (said in the log) when the earlier sum is unknown."""
-        self._read_back(1)  # normally read back at the last step already
+    def train_loss(self) -> float:
+        """The mean loss over the whole run (up to the last read-back); over this call's steps (said in the log) when
+        the earlier sum is unknown."""
         if self.earlier is not None:
-            return (self.earlier + self.total) / max(global_step, 1)
+            return (self.earlier + self.total) / max(self.global_step, 1)
         logger.warning(
             "train_loss covers steps %d to %d only: the checkpoint resumed from does not keep the loss of the steps before it",
             self.first_step + 1,
-            global_step,
+            self.global_step,
         )
-        return self.total / max(global_step - self.first_step, 1)
+        return self.total / max(self.global_step - self.first_step, 1)
 
 
 class SyncBatchNormBuffers(TrainerCallback):

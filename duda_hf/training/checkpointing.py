@@ -17,17 +17,21 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from duda_hf.jsonio import write_json
 from duda_hf.networks.loading import NETWORKS_FILE
 
 STAGING_DIR = ".partial-checkpoints"
+TRAINING_ARGS_FILE = "training_args.json"
 
 
 def disk_full_error(name: str, staging: str, run_dir: str, error: OSError) -> OSError:
@@ -89,7 +93,8 @@ def save_checkpoint(trainer, networks: dict) -> str:
     """`output_dir/checkpoint-<global_step>` of `trainer`, whole or not at all; returns its path.
 
     What `Trainer` saves, in Trainer's file names and formats (so that Trainer's resume reads it): the model
-    (`save_model`: every network in one model.safetensors), the optimizer, the learning-rate schedule, the gradient
+    (every network in one model.safetensors), the training arguments (as JSON, `training_args.json`, not Trainer's
+    pickled `training_args.bin`), the optimizer, the learning-rate schedule, the gradient
     scaler if any, the random state of each process, and the trainer state with the state of every callback that
     keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
     """
@@ -102,7 +107,11 @@ def save_checkpoint(trainer, networks: dict) -> str:
             state.best_model_checkpoint = best
     with staged_checkpoint(trainer, args.output_dir, networks) as staging:
         folder = os.path.join(staging, name)
-        trainer.save_model(folder, _internal_call=True)
+        if args.should_save:  # what Trainer's save_model writes for a model that is not a PreTrainedModel, without a pickle
+            os.makedirs(folder, exist_ok=True)
+            weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+            save_file(weights, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+            Path(folder, TRAINING_ARGS_FILE).write_text(args.to_json_string())
         if not args.save_only_model:
             _save_training_state(trainer, folder)
         if args.should_save:

@@ -64,6 +64,7 @@ class Preemption(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.received, self.signum, self.checkpoint = 0, 0, None
         self._pid = os.getpid()
+        self._restore()  # still installed by a `train` that ended by an error: the handlers before it are the previous ones
         if threading.current_thread() is threading.main_thread():  # Python only delivers signals to the main thread
             self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNALS}
         if torch.distributed.is_available() and torch.distributed.is_initialized() and not self._distributed:

@@ -1,7 +1,7 @@
 """`DudaTrainer`: the step of docs/method.md (`duda_hf/method/step.py`) as `compute_loss`, the rest deferred to `transformers.Trainer`.
 
-The Trainer methods it overrides, and the private Trainer attributes it reads, are listed with the reason and the
-transformers versions they were written for in `duda_hf/training/trainer_internals.py`.
+The Trainer methods it overrides are listed with the reason and the transformers versions they were written for in
+`duda_hf/training/trainer_internals.py`; what a callback can do is in `duda_hf/training/callbacks.py`.
 """
 
 from __future__ import annotations
@@ -116,14 +116,19 @@ class DudaTrainer(Trainer):
         if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
             _check_train_dataset(train_dataset, args)
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
-        self.run_loss = RunLoss()
-        # in this order: the EMA follows the step; preemption may ask for a save, which the run loss must precede
-        own = [EmaTeacherCallback(), Preemption(), self.run_loss, SyncBatchNormBuffers()]
+        if args.deepspeed or args.fsdp:
+            raise ValueError(
+                "DudaTrainer trains on one device or with DDP (accelerate launch --multi_gpu): DeepSpeed and FSDP are "
+                "not supported; drop --deepspeed / --fsdp"
+            )
+        own = [EmaTeacherCallback(), RunLoss(), SyncBatchNormBuffers()]
         super().__init__(
             model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[*own, *(callbacks or [])], **kwargs
         )
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
+        # last, so that every other callback's `on_train_end` runs before it raises `TrainingPreempted` there
+        self.add_callback(Preemption())
         prepare_networks(self.accelerator.unwrap_model(self.model), channels_last=args.channels_last, compile_options=args.compile_networks)
         self.eval_size_hw = tuple(eval_size_hw) if eval_size_hw else None
         self.eval_class_subsets = eval_class_subsets
@@ -257,17 +262,27 @@ class DudaTrainer(Trainer):
         )
 
     # ---- logging ----
+    @property
+    def run_loss(self) -> RunLoss:
+        """The run's loss sum (the `RunLoss` callback; Trainer replaces it when it restores callback states)."""
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log with the step's terms and diagnostics; `train_loss` over the whole run. Every process calls it
+        at a logging step and at the end of training, where both read-backs below meet across processes."""
         if "loss" in logs:
             logs.update(self.step_log.pop_means(world_size=self.args.world_size))
+            self.run_loss.read_back(self.args.world_size, self.state.global_step)
         if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
-            logs["train_loss"] = self.run_loss.train_loss(self.state.global_step)
+            self.run_loss.read_back(self.args.world_size, self.state.global_step)
+            logs["train_loss"] = self.run_loss.train_loss()
         super().log(logs, start_time)
 
     # ---- checkpoints: written whole or not at all, then pushed (duda_hf/training/checkpointing.py, hub_policy.py) ----
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, staged and renamed into place with `networks.json`; then, with `--push_to_hub`, that
         complete folder goes to `last-checkpoint/` or `checkpoint-N/` of the repo (`--hub_strategy`), never the root."""
+        self.run_loss.read_back(self.args.world_size, self.state.global_step)  # its sum goes into the checkpoint
         folder = save_checkpoint(self, self.accelerator.unwrap_model(model).network_configs())
         if self.args.push_to_hub and self.is_world_process_zero():
             push_checkpoint(self.args, self.hub_model_id, folder, self.state.global_step)
@@ -372,5 +387,5 @@ def _check_train_dataset(dataset, args: DudaConfig) -> None:
         raise ValueError(
             f"the training dataset has {len(dataset)} samples but the run draws {needed} (max_steps {args.max_steps} x "
             f"batch {args.train_batch_size} x gradient accumulation {args.gradient_accumulation_steps} x processes "
-            f"{args.world_size}); build it with DudaTrainDataset(..., num_samples={needed}) (pipeline.build_trainer does)"
+            f"{args.world_size}); build it with DudaTrainDataset(..., num_samples={needed}) (cli.training_run.build_trainer does)"
         )
