@@ -62,6 +62,7 @@ def child(concurrency: int, requests: int, size_wh: tuple[int, int], large_wh: t
     from duda_hf.export.network import export_network
     from duda_hf.networks.loading import build_network
 
+    sys.path.insert(0, str(SPACE))  # as a Space runs app.py: its segmenter.py beside it
     spec = importlib.util.spec_from_file_location("duda_space_app", SPACE / "app.py")
     app = importlib.util.module_from_spec(spec)
     sys.modules["duda_space_app"] = app

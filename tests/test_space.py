@@ -51,7 +51,12 @@ gradio_client = _require("gradio_client", "calling the Space's endpoint")
 
 
 def load_space():
-    """app.py imported from its path (the Space is not a package); registered so dataclasses resolve it."""
+    """app.py imported from its path (the Space is not a package); registered so dataclasses resolve it.
+
+    The Space's folder goes on sys.path, as when a Space runs `python app.py` there: app.py imports segmenter.py.
+    """
+    if str(SPACE) not in sys.path:
+        sys.path.insert(0, str(SPACE))
     if "duda_space_app" not in sys.modules:
         spec = importlib.util.spec_from_file_location("duda_space_app", SPACE / "app.py")
         module = importlib.util.module_from_spec(spec)
@@ -84,10 +89,11 @@ class Running:
 
 
 def _export(folder: Path, name: str, eval_size_hw: tuple[int, int]) -> Path:
-    from duda_hf.models import build_segformer, export_segformer
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
 
     if not (folder / "model.safetensors").is_file():
-        export_segformer(build_segformer(name, "random"), folder, eval_size_hw=eval_size_hw)
+        export_network(build_network(name, "random"), folder, eval_size_hw=eval_size_hw)
     return folder
 
 
@@ -145,17 +151,23 @@ def test_space_files_declare_a_gradio_space_that_needs_no_duda_hf():
     assert "org/duda-mitb0-gta2cs" in header["models"]
     assert {"title", "emoji", "colorFrom", "colorTo", "license", "short_description"} <= set(header)
     requirements = (SPACE / "requirements.txt").read_text().lower()
-    for package in ("gradio", "transformers", "torch", "pillow", "numpy", "onnxruntime"):
+    for package in ("gradio", "transformers", "huggingface-hub", "safetensors", "torch", "pillow", "numpy", "onnxruntime"):
         assert package in requirements
     assert "duda" not in requirements
-    imported = {
-        alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
-        for node in ast.walk(ast.parse((SPACE / "app.py").read_text()))
-        if isinstance(node, (ast.Import, ast.ImportFrom))
-        for alias in node.names
-    }
+
+    def imported(name: str) -> set[str]:
+        return {
+            alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+            for node in ast.walk(ast.parse((SPACE / name).read_text()))
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+
+    ui, model = imported("app.py"), imported("segmenter.py")
+    assert "segmenter" in ui and "gradio" not in model  # the model side runs without the page
     # onnxruntime: imported only when the model has an ONNX file (DUDA_RUNTIME)
-    assert imported - set(sys.stdlib_module_names) == {"gradio", "numpy", "torch", "PIL", "transformers", "onnxruntime"}
+    third_party = (ui | model) - set(sys.stdlib_module_names) - {"segmenter"}
+    assert third_party == {"gradio", "numpy", "torch", "PIL", "transformers", "huggingface_hub", "safetensors", "onnxruntime"}
 
 
 def test_examples_are_small_generated_street_images():
@@ -167,8 +179,9 @@ def test_examples_are_small_generated_street_images():
 
 
 def test_palette_and_class_names_match_the_library(app):
-    assert app.CITYSCAPES_CLASSES == CITYSCAPES_CLASSES
-    assert app.CITYSCAPES_PALETTE == CITYSCAPES_PALETTE
+    model_side = importlib.import_module("segmenter")  # beside app.py, which imports it
+    assert app.CITYSCAPES_CLASSES == model_side.CITYSCAPES_CLASSES == CITYSCAPES_CLASSES
+    assert model_side.CITYSCAPES_PALETTE == CITYSCAPES_PALETTE
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -328,7 +341,10 @@ def test_image_above_the_pixel_limit_is_refused_with_the_limit(space, app, tmp_p
 
 
 def test_missing_model_fails_fast_offline_with_the_fix(app, monkeypatch):
+    import huggingface_hub
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read once, at import: is_offline_mode() returns it
     monkeypatch.delenv("DUDA_MODEL", raising=False)
     start = time.perf_counter()
     demo = app.build_demo()
@@ -354,13 +370,14 @@ def test_missing_folder_and_folder_without_weights_are_explained(app, tmp_path):
 
 def test_teacher_beside_student_and_each_model_loads_once(app, tiny_model, monkeypatch):
     loads = []
-    original = app.AutoModelForSemanticSegmentation.from_pretrained
+    loader = importlib.import_module("segmenter").AutoModelForSemanticSegmentation  # the class the Space loads with
+    original = loader.from_pretrained
 
     def counting(source, **kwargs):
         loads.append(source)
         return original(source, **kwargs)
 
-    monkeypatch.setattr(app.AutoModelForSemanticSegmentation, "from_pretrained", counting)
+    monkeypatch.setattr(loader, "from_pretrained", counting)
     running = Running(app.build_demo(model=str(tiny_model), teacher=str(tiny_model)))
     try:
         for _ in range(2):
@@ -581,7 +598,7 @@ def test_browser_round_trip_with_b0_at_1024x512(tmp_path_factory, app, tmp_path)
 
 
 def test_an_onnx_student_answers_through_onnx_runtime_like_pytorch(app, tmp_path, monkeypatch):
-    from duda_hf.onnx_export import export_onnx
+    from duda_hf.export.onnx_export import export_onnx
 
     folder = _export(tmp_path / "tiny", "tiny", (64, 128))
     export_onnx(folder, quantize=False)

@@ -1,0 +1,356 @@
+"""The demo Space's model side, without Gradio: load a segmentation model, check it, run it on an uploaded image.
+
+A Space installs requirements.txt, not duda_hf: this module needs only torch, transformers (with huggingface_hub
+and safetensors), pillow and numpy, and onnxruntime for an ONNX student.
+
+Environment:
+    DUDA_RUNTIME  `auto` (default): ONNX Runtime when the model has `onnx/model.onnx` (duda-export-onnx) and
+                  onnxruntime is installed, else PyTorch; `onnx`: ONNX Runtime or a load error; `onnx-int8`: the
+                  quantized `onnx/model_quantized.onnx`; `pytorch`: always PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import is_offline_mode
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import SafetensorError, safe_open
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, PreTrainedModel, SegformerImageProcessorPil
+from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import cached_file
+
+DEFAULT_MODEL = "org/duda-mitb0-gta2cs"
+MAX_SIDE = 2048  # longest side the model output is computed at; larger images are downscaled, the overlay is not
+MAX_PIXELS = 50_000_000  # larger uploads are refused: a free CPU Space has 16 GB and the overlay keeps the original size
+
+# Cityscapes trainIds 0..18 and their palette (copied from duda_hf.data.labels: the Space must not import duda_hf).
+CITYSCAPES_CLASSES = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
+CITYSCAPES_PALETTE = (
+    (128, 64, 128),
+    (244, 35, 232),
+    (70, 70, 70),
+    (102, 102, 156),
+    (190, 153, 153),
+    (153, 153, 153),
+    (250, 170, 30),
+    (220, 220, 0),
+    (107, 142, 35),
+    (152, 251, 152),
+    (70, 130, 180),
+    (220, 20, 60),
+    (255, 0, 0),
+    (0, 0, 142),
+    (0, 0, 70),
+    (0, 60, 100),
+    (0, 80, 100),
+    (0, 0, 230),
+    (119, 11, 32),
+)
+
+NO_IMAGE = "No image: upload a street photo (PNG, JPEG, WebP, ...) or click one of the examples, then press Segment."
+
+
+class ModelLoadError(RuntimeError):
+    """A model that cannot be loaded; the message says why and how to fix it."""
+
+
+class InputError(ValueError):
+    """An upload the demo cannot segment; the message is shown to the user as is."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model
+
+
+@dataclass
+class Segmenter:
+    """A segmentation model, the image processor it was exported with, and the runtime that answers."""
+
+    source: str  # Hub id or folder it was loaded from
+    model: PreTrainedModel
+    processor: BaseImageProcessor  # from preprocessor_config.json: size, rescale, mean and std, channel order
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    session: object | None = None  # an onnxruntime.InferenceSession; None: PyTorch
+    runtime: str = "PyTorch"  # shown with every answer
+
+    @property
+    def input_size_hw(self) -> tuple[int, int]:
+        """(height, width) the image is resized to."""
+        return int(self.processor.size.height), int(self.processor.size.width)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def pixel_values(self, image: Image.Image) -> torch.Tensor:
+        """RGB image -> normalised `(1, 3, H, W)` float tensor at the model's input size, by the model's processor.
+
+        Always the whole image resized (never cropped or padded): the class map is interpolated back onto it.
+        """
+        return self.processor(image, do_resize=True, do_center_crop=False, do_pad=False, return_tensors="pt")["pixel_values"]
+
+    @torch.inference_mode()
+    def predict(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        """Class map `(H, W)` uint8 at `image`'s size, and the seconds spent (resize, forward, upsampling, argmax)."""
+        start = time.perf_counter()
+        pixels = self.pixel_values(image)
+        if self.session is not None:
+            logits = torch.from_numpy(self.session.run(["logits"], {"pixel_values": pixels.numpy()})[0])
+        else:
+            logits = self.model(pixel_values=pixels).logits  # (1, C, H/s, W/s) at the model's output stride
+        logits = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+        label_map = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
+        return label_map, time.perf_counter() - start
+
+
+def _hub_reachable(timeout: float = 1.5) -> bool:
+    """A quick connection probe: without network, from_pretrained would spend ~30 s in retries before failing.
+
+    The same probe as `duda_hf.networks.loading.hub_reachable`, repeated because a Space installs requirements.txt,
+    not duda_hf.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _fix_hint(env_var: str) -> str:
+    return (
+        f"To fix it, set {env_var} to a local folder holding config.json, model.safetensors and preprocessor_config.json "
+        f"(for example the student/ folder of a training run) or to a Hub model id you can download, and restart: "
+        f"{env_var}=path/to/student python spaces/duda-demo/app.py"
+    )
+
+
+def _image_processor(source: str, local_only: bool) -> BaseImageProcessor:
+    """The model's image processor (PIL backend: no torchvision); SegFormer's defaults when it has no preprocessor_config.json."""
+    try:
+        return AutoImageProcessor.from_pretrained(source, backend="pil", local_files_only=local_only)
+    except OSError as err:
+        if "Can't load image processor" not in str(err):  # transformers' words for "no preprocessor config"; else a real error
+            raise
+    return SegformerImageProcessorPil()  # 512x512, ImageNet mean and std
+
+
+RUNTIMES = {"auto": "onnx/model.onnx", "onnx": "onnx/model.onnx", "onnx-int8": "onnx/model_quantized.onnx", "pytorch": None}
+
+
+def _onnx_session(source: str, local_only: bool, env_var: str) -> tuple[object | None, str]:
+    """The ONNX Runtime session DUDA_RUNTIME asks for (None: PyTorch) and the runtime's name for the page."""
+    choice = os.environ.get("DUDA_RUNTIME", "auto").strip().lower() or "auto"
+    if choice not in RUNTIMES:
+        raise ModelLoadError(f"DUDA_RUNTIME={choice!r} is not one of {sorted(RUNTIMES)}; unset it or pick one, and restart.")
+    if RUNTIMES[choice] is None:
+        return None, "PyTorch"
+    path = cached_file(source, RUNTIMES[choice], local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+    try:
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    if path is None or onnxruntime is None:
+        if choice == "auto":
+            return None, "PyTorch"
+        missing = (
+            f"the model has no {RUNTIMES[choice]} (export it with duda-export-onnx)" if path is None else "onnxruntime is not installed"
+        )
+        raise ModelLoadError(f"DUDA_RUNTIME={choice} but {missing}. {_fix_hint(env_var)}")
+    options = onnxruntime.SessionOptions()
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return session, f"ONNX Runtime {onnxruntime.__version__} ({RUNTIMES[choice]})"
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What makes a local model folder unloadable, said plainly; None when its files look complete.
+
+    Checked before transformers reads it: without config.json, transformers builds a default SegFormer and fails
+    with a long weight report that never names the file; a truncated model.safetensors fails inside safetensors.
+    """
+    config = folder / "config.json"
+    if not config.is_file():
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        return f"it has no config.json (it holds {present}); copy the whole exported folder"
+    try:
+        json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"its config.json is not valid JSON ({err}); copy it again from the exported folder"
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return "it has no model.safetensors; copy the whole exported folder"
+    try:  # safetensors checks the header and that the data it declares fills the file exactly
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        return f"its model.safetensors is truncated or damaged ({weights.stat().st_size:,} bytes on disk; {err}); copy it again"
+    return None
+
+
+def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
+    """Load a SegFormer from a Hub id or local folder: the local cache first, the Hub only when online.
+
+    Raises:
+        ModelLoadError: with the reason and the fix (which `env_var` to set).
+    """
+    is_folder = Path(source).expanduser().is_dir()
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source  # Hub ids are name or org/name
+    if not is_folder and looks_like_path:
+        raise ModelLoadError(f"Could not load the model '{source}': there is no such folder. {_fix_hint(env_var)}")
+    source = str(Path(source).expanduser()) if is_folder else source
+    if is_folder:
+        problem = _folder_problem(Path(source))
+        if problem:
+            raise ModelLoadError(f"Could not load the model '{source}' from the folder: {problem}. {_fix_hint(env_var)}")
+    # the cached copy first; the Hub only when online and reachable (fails within seconds without network)
+    attempts = [True] if is_folder or is_offline_mode() else [True, False]
+    error: Exception | None = None
+    model = processor = None
+    for local_only in attempts:
+        if not local_only and not _hub_reachable():
+            error = ConnectionError("the Hub is unreachable (no network)")
+            continue
+        try:
+            model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
+            processor = _image_processor(source, local_only)
+            break
+        except Exception as err:  # a missing repo or file (OSError), damaged weights (SafetensorError), a bad config ...
+            model, error = None, err
+    if model is None:
+        offline = "the local cache (HF_HUB_OFFLINE is set)" if is_offline_mode() else "the Hub or the local cache"
+        where = "the folder" if is_folder else offline
+        reason = str(error).strip().splitlines()[0].rstrip(".") if error is not None and str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"Could not load the model '{source}' from {where}: {reason}. {_fix_hint(env_var)}")
+
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    names = tuple(id2label.get(i, f"class {i}") for i in range(model.config.num_labels))
+    if len(names) > 256:
+        raise ModelLoadError(f"The model '{source}' has {len(names)} classes; this demo shows at most 256. {_fix_hint(env_var)}")
+    colours = dict(zip(CITYSCAPES_CLASSES, CITYSCAPES_PALETTE))
+    rng = np.random.default_rng(0)  # fixed colours for classes outside the Cityscapes palette
+    palette = tuple(colours.get(name) or tuple(int(c) for c in rng.integers(0, 256, 3)) for name in names)
+    size = processor.size
+    if size is None or size.height is None or size.width is None:
+        needed = "{'height': H, 'width': W}"
+        given = {key: value for key, value in vars(size).items() if value is not None} if size is not None else None
+        raise ModelLoadError(f"The model '{source}' has preprocessor size {given}; this demo needs {needed}. {_fix_hint(env_var)}")
+    session, runtime = _onnx_session(source, local_only, env_var)
+    segmenter = Segmenter(source, model, processor, names, palette, session=session, runtime=runtime)
+    try:  # warm-up: the first forward pass is the slowest, better paid at start-up than by the first visitor
+        height, width = segmenter.input_size_hw
+        segmenter.predict(Image.new("RGB", (width, height)))  # PIL takes (W, H)
+    except Exception as err:
+        raise ModelLoadError(f"The model '{source}' loaded but could not run ({type(err).__name__}: {err}). {_fix_hint(env_var)}") from err
+    return segmenter
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Input and output images
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency over white, 16-bit and float greys scaled to 8 bits."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        if grey.max(initial=0) > 255:  # 16-bit range
+            grey = grey * (255.0 / 65535.0)
+        elif image.mode == "F" and grey.max(initial=0) <= 1.0:  # float range [0, 1]
+            grey = grey * 255.0
+        return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def read_image(path: str | os.PathLike | None) -> Image.Image:
+    """Open an upload as an upright RGB image (EXIF orientation applied).
+
+    Raises:
+        InputError: no file, not an image, a damaged image, or more than MAX_PIXELS pixels.
+    """
+    if path is None or str(path).strip() == "":
+        raise InputError(NO_IMAGE)
+    name = Path(path).name
+    try:
+        with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise InputError(too_large_message(opened.width, opened.height))
+            try:
+                image = ImageOps.exif_transpose(opened)
+            except Exception:  # a broken EXIF block should not lose the picture: keep it unrotated
+                image = opened.copy()
+            image.load()
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(too_large_message(None, None)) from None
+    except (UnidentifiedImageError, FileNotFoundError, IsADirectoryError):
+        raise InputError(f"'{name}' is not an image this demo can read. Upload a PNG, JPEG, WebP, BMP or TIFF file.") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise InputError(f"'{name}' looks like an image but could not be decoded ({err}). Try re-saving it as PNG or JPEG.") from None
+    try:
+        return _to_rgb(image)
+    except (OSError, ValueError) as err:
+        raise InputError(f"'{name}' uses the colour mode {image.mode}, which cannot be converted to RGB ({err}).") from None
+
+
+def too_large_message(width: int | None, height: int | None) -> str:
+    """What an upload above MAX_PIXELS is told; its size when known."""
+    size = f" ({width}x{height} = {width * height / 1e6:.0f} megapixels)" if width else ""
+    return f"The image is too large{size}: this demo accepts up to {MAX_PIXELS / 1e6:.0f} megapixels. Downscale it and try again."
+
+
+def downscale_to_cap(image: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
+    """`image` with its longest side at most `max_side` (aspect ratio kept); small images are returned as they are."""
+    scale = max_side / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+
+
+def resize_nearest(label_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of a class map `(h, w)` to `(height, width)`; classes are never blended."""
+    rows = np.minimum((np.arange(height) + 0.5) * label_map.shape[0] / height, label_map.shape[0] - 1).astype(np.intp)
+    cols = np.minimum((np.arange(width) + 0.5) * label_map.shape[1] / width, label_map.shape[1] - 1).astype(np.intp)
+    return label_map[rows[:, None], cols[None, :]]
+
+
+def class_shares(label_map: np.ndarray, class_names: tuple[str, ...]) -> dict[str, float]:
+    """Share of pixels per class present in `label_map`, largest first (sums to 1)."""
+    counts = np.bincount(label_map.ravel(), minlength=len(class_names))[: len(class_names)]
+    order = np.argsort(-counts, kind="stable")
+    return {class_names[i]: float(counts[i] / label_map.size) for i in order if counts[i] > 0}
