@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -107,19 +108,14 @@ def step_tensors(
     source_image = inputs["source_image"].float() / 255
     source_label = inputs["source_label"].long()
     target_image = inputs["target_image"].float() / 255
+    # the batch's fields; the rest are given below, once, by keyword
+    tensors = partial(
+        StepTensors, model=duda, args=args, step=step, source_image=source_image, source_label=source_label, target_image=target_image
+    )
     if args.method == "source_only":
         with autocast():
             outputs = model(source_image)
-        return StepTensors(
-            model=duda,
-            args=args,
-            step=step,
-            source_image=source_image,
-            source_label=source_label,
-            target_image=target_image,
-            outputs=outputs,
-            student_source=outputs["student_logits"],
-        )
+        return tensors(outputs=outputs, student_source=outputs["student_logits"])
 
     # 1. Pseudo-labels from the (fused) teachers on the clean target images (softmax and labels in fp32).
     with autocast():
@@ -170,13 +166,7 @@ def step_tensors(
         class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
         class_pixel_weight = torch.where(mask == 0, class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)], 1.0)
         pixel_weight = mixed_weight * class_pixel_weight
-    return StepTensors(
-        model=duda,
-        args=args,
-        step=step,
-        source_image=source_image,
-        source_label=source_label,
-        target_image=target_image,
+    return tensors(
         outputs=outputs,
         student_source=student_source,
         student_mix=student_mix,
