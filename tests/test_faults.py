@@ -5,6 +5,7 @@ was interrupted and resumed must end with the same bits as the run that was not:
 and the class inconsistency state of its last checkpoint, the exported student and teacher, and `train_loss`.
 """
 
+import json
 import os
 import random
 import re
@@ -91,7 +92,12 @@ def assert_checkpoints_complete(run_dir: Path) -> list[int]:
     """Every `checkpoint-N` the run left is whole (its weights load); returns the steps."""
     steps = []
     for checkpoint in sorted(run_dir.glob("checkpoint-*")):
-        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+        names = {p.name for p in checkpoint.iterdir()}
+        assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "trainer_state.json"} <= names
+        assert {"networks.json", "training_args.json"} <= names
+        # the random state of each process: rng_state.* with one, rng_state_<rank>.* with several
+        assert {"rng_state.safetensors", "rng_state.json"} <= names or {"rng_state_0.safetensors", "rng_state_1.json"} <= names
+        assert all(name.endswith((".safetensors", ".json")) for name in names), names  # no pickle
         load_file(checkpoint / "model.safetensors")
         steps.append(int(checkpoint.name.split("-")[1]))
     return steps
@@ -107,7 +113,7 @@ def reference(tiny_benchmark, tmp_path_factory):
 
 
 # kill -9 during a save: when the staging folder appears, when the weights are being written, when the optimizer is
-KILL_DURING_SAVE = ("", "model.safetensors", "optimizer.pt")
+KILL_DURING_SAVE = ("", "model.safetensors", "optimizer.safetensors")
 TRIALS = [(0, "save"), (1, "save"), (2, "step")]  # (seed, where the kill lands); the seed picks the step and the moment
 
 
@@ -180,6 +186,55 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_the_resume_is_bit_ide
     assert said in resumed.stderr and "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
     assert_ends_like(reference.output_dir, run.output_dir)
     assert train_loss(resumed) == train_loss(reference)
+
+
+NO_PICKLE = """
+import pickle, runpy, sys, torch
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("a pickle was read")
+
+torch.load = pickle.load = pickle.loads = refuse
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_resume_reads_no_pickle_and_is_bit_identical(reference, tiny_benchmark, tmp_path):
+    """Every file of a checkpoint is safetensors or JSON, and a resume with torch.load and pickle made to fail ends
+    exactly like the uninterrupted run."""
+    wrapper = tmp_path / "no_pickle.py"
+    wrapper.write_text(NO_PICKLE)
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.output_dir / "checkpoint-3", run_dir / "checkpoint-3")
+    resumed = Run(tiny_benchmark, run_dir, "--resume_from_checkpoint", "last", launcher=(sys.executable, str(wrapper)))
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
+    assert_ends_like(reference.output_dir, run_dir)
+    assert train_loss(resumed) == train_loss(reference)
+
+
+def test_a_checkpoint_of_the_earlier_pickled_format_still_resumes_exactly(reference, tiny_benchmark, tmp_path):
+    """optimizer.pt, scheduler.pt and rng_state.pth, as duda-hf wrote them before: read by Trainer with
+    torch.load(weights_only=True), and the run ends as the uninterrupted one; its next checkpoints have no pickle."""
+    from duda_hf.training import state_files
+
+    run_dir = tmp_path / "run"
+    older = run_dir / "checkpoint-3"
+    shutil.copytree(reference.output_dir / "checkpoint-3", older)
+    torch.save(state_files.optimizer_state_dict(older), older / "optimizer.pt")
+    torch.save(json.loads((older / "scheduler.json").read_text()), older / "scheduler.pt")
+    states = state_files.random_state(older, 0, 1)
+    torch.save({"python": states["python"], "numpy": states["numpy"], "cpu": states["cpu"]}, older / "rng_state.pth")
+    for name in ("optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors", "rng_state.json"):
+        (older / name).unlink()
+    resumed = Run(tiny_benchmark, run_dir, "--resume_from_checkpoint", "last", *EVERY_STEP)
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "an earlier duda-hf's pickles, read with torch.load(weights_only=True)" in resumed.stderr
+    assert_ends_like(reference.output_dir, run_dir)
+    assert train_loss(resumed) == train_loss(reference)
+    shutil.rmtree(older)
+    assert assert_checkpoints_complete(run_dir) == [4, 5, 6]  # the run's next checkpoints: the new format
 
 
 def test_a_resume_that_restores_callback_states_keeps_the_whole_runs_loss(reference, tiny_benchmark, tmp_path):

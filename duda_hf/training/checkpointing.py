@@ -12,23 +12,20 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import shutil
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import torch
 from safetensors.torch import save_file
-from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from duda_hf.jsonio import write_json
 from duda_hf.networks.loading import NETWORKS_FILE
+from duda_hf.training import state_files
 
 STAGING_DIR = ".partial-checkpoints"
 TRAINING_ARGS_FILE = "training_args.json"
@@ -92,11 +89,11 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
 def save_checkpoint(trainer, networks: dict) -> str:
     """`output_dir/checkpoint-<global_step>` of `trainer`, whole or not at all; returns its path.
 
-    What `Trainer` saves, in Trainer's file names and formats (so that Trainer's resume reads it): the model
-    (every network in one model.safetensors), the training arguments (as JSON, `training_args.json`, not Trainer's
-    pickled `training_args.bin`), the optimizer, the learning-rate schedule, the gradient
-    scaler if any, the random state of each process, and the trainer state with the state of every callback that
-    keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
+    What `Trainer` saves, as safetensors and JSON only: the model (every network in one model.safetensors, as
+    Trainer writes it), the training arguments (`training_args.json`, where Trainer pickles `training_args.bin`), the
+    optimizer, the learning-rate schedule, the gradient scaler if any and the random state of each process
+    (`duda_hf/training/state_files.py`, where Trainer pickles them), and the trainer state with the state of every
+    callback that keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
     """
     args, state = trainer.args, trainer.state
     trainer.store_flos()
@@ -127,18 +124,14 @@ def save_checkpoint(trainer, networks: dict) -> str:
 
 
 def _save_training_state(trainer, folder: str) -> None:
-    """The optimizer, schedule and scaler (main process) and this process's random state, as Trainer writes them."""
+    """The optimizer, schedule and scaler (main process) and this process's random state, as safetensors and JSON
+    (`duda_hf/training/state_files.py`)."""
     args = trainer.args
     os.makedirs(folder, exist_ok=True)
     if args.should_save:
-        torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
-        with warnings.catch_warnings(record=True):  # the scheduler's "please also save the optimizer" warning
-            torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
+        state_files.save_optimizer(trainer.optimizer, folder)
+        state_files.save_json_state(trainer.lr_scheduler, os.path.join(folder, state_files.SCHEDULER_JSON))
         scaler = getattr(trainer.accelerator, "scaler", None)
         if scaler is not None:
-            torch.save(scaler.state_dict(), os.path.join(folder, SCALER_NAME))
-    rng_states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        rng_states["cuda"] = torch.cuda.random.get_rng_state_all() if args.world_size > 1 else torch.cuda.random.get_rng_state()
-    file = "rng_state.pth" if args.world_size <= 1 else f"rng_state_{args.process_index}.pth"
-    torch.save(rng_states, os.path.join(folder, file))
+            state_files.save_json_state(scaler, os.path.join(folder, state_files.SCALER_JSON))
+    state_files.save_random_state(folder, args.process_index, args.world_size)

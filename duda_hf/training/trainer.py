@@ -24,6 +24,7 @@ from duda_hf.method.config import DudaConfig
 from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
 from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
+from duda_hf.training import state_files
 from duda_hf.training.callbacks import DebugImageCallback, EmaTeacherCallback, RunLoss, SyncBatchNormBuffers
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
@@ -115,6 +116,10 @@ class DudaTrainer(Trainer):
     ):
         if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
             _check_train_dataset(train_dataset, args)
+        if args.push_to_hub and args.process_index == 0:
+            # the repo first, through duda_hf.export.hub, whose errors (offline, no token) say the cause and the fix;
+            # Trainer's own set-up then finds it (`create_repo(..., exist_ok=True)`) and keeps its id
+            create_run_repo(args)
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
         if args.deepspeed or args.fsdp:
             raise ValueError(
@@ -138,6 +143,7 @@ class DudaTrainer(Trainer):
         self.last_eval_step = -1
         self.step_log = StepLog()
         self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
+        self.random_state_to_restore: str | None = None  # the checkpoint a resume reads the random state from
         outside = transformers_outside_checked_versions()
         if outside:
             logger.warning(
@@ -188,6 +194,9 @@ class DudaTrainer(Trainer):
         before a non-finite loss reaches the optimizer. Logged values stay on the device and are read once per
         logging step.
         """
+        if self.random_state_to_restore:  # the first micro-step after a resume: where Trainer restores its own
+            state_files.load_random_state(self.random_state_to_restore, self.args.process_index, self.args.world_size)
+            self.random_state_to_restore = None
         generator = self._step_generator(inputs["source_image"].device)
         result = duda_step(
             model,
@@ -278,6 +287,20 @@ class DudaTrainer(Trainer):
             logs["train_loss"] = self.run_loss.train_loss()
         super().log(logs, start_time)
 
+    # ---- resume: the training state read from safetensors and JSON (duda_hf/training/state_files.py) ----
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The optimizer, schedule and scaler of `checkpoint`, without a pickle; this process's random state is
+        restored at the first micro-step (`compute_loss`), where Trainer would restore its own. A checkpoint of the
+        earlier, pickled format goes to Trainer's loading (`torch.load(weights_only=True)`)."""
+        if checkpoint is None or not state_files.has_training_state(checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        state_files.load_optimizer(self.optimizer, checkpoint)
+        state_files.load_json_state(self.lr_scheduler, os.path.join(checkpoint, state_files.SCHEDULER_JSON))
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and os.path.isfile(os.path.join(checkpoint, state_files.SCALER_JSON)):
+            state_files.load_json_state(scaler, os.path.join(checkpoint, state_files.SCALER_JSON))
+        self.random_state_to_restore = checkpoint
+
     # ---- checkpoints: written whole or not at all, then pushed (duda_hf/training/checkpointing.py, hub_policy.py) ----
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, staged and renamed into place with `networks.json`; then, with `--push_to_hub`, that
@@ -288,13 +311,6 @@ class DudaTrainer(Trainer):
             push_checkpoint(self.args, self.hub_model_id, folder, self.state.global_step)
 
     # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/training/hub_policy.py) ----
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
-        if not self.is_world_process_zero():
-            return
-        self.hub_model_id = create_run_repo(self.args, token, private)
-        self.push_in_progress = None
-
     def push_to_hub(
         self,
         commit_message: str | None = "End of training",
@@ -305,10 +321,10 @@ class DudaTrainer(Trainer):
         **kwargs,
     ) -> str | None:
         """Push `output_dir/student/` (the exported student with its model card) to the repo root."""
-        if self.hub_model_id is None:
-            self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
+        if self.hub_model_id is None:
+            self.hub_model_id = create_run_repo(self.args, token, private)
         return push_student(self.args, self.hub_model_id, commit_message, revision, token)
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----

@@ -73,8 +73,9 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
             "optimizer_cls_and_kwargs",
             "preprocess_logits_for_metrics",
         ),
-        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py) and checks the "
-        "training data's order and length before Trainer's set-up, which may create a Hub repo",
+        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py); before "
+        "Trainer's set-up, checks the training data's order and length and creates the Hub repo through "
+        "duda_hf.export.hub, whose errors say the cause and the fix (Trainer's init_hf_repo then finds it)",
     ),
     TrainerOverride(
         "create_optimizer",
@@ -99,24 +100,27 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
         "streaming mIoU of student, auxiliary student and teacher instead of Trainer's prediction loop",
     ),
     TrainerOverride(
-        "init_hf_repo",
-        ("self", "token", "private"),
-        "the Hub repo created through duda_hf.export.hub, with errors that say the cause and the fix",
-        older_parameters=(("self", "token"),),
-    ),
-    TrainerOverride(
         "push_to_hub",
         ("self", "commit_message", "blocking", "token", "revision", "private", "kwargs"),
         "pushes the exported student to the repo root, not the output folder (duda_hf/training/hub_policy.py)",
         older_parameters=(("self", "commit_message", "blocking", "token", "revision", "kwargs"),),
     ),
     TrainerOverride(
+        "_load_optimizer_and_scheduler",
+        ("self", "checkpoint"),
+        "the second private override: a resume reads the optimizer, schedule and scaler from safetensors and JSON, "
+        "not Trainer's pickles, and notes the checkpoint whose random state compute_loss restores at the first "
+        "micro-step (where Trainer's private `_load_rng_state` would, which is not overridden); an older, pickled "
+        "checkpoint goes to Trainer's own loading (torch.load(weights_only=True))",
+    ),
+    TrainerOverride(
         "_save_checkpoint",
         ("self", "model", "trial"),
-        "the one private override, worth its upgrade risk: a checkpoint is written whole in a staging folder and "
+        "a private override, worth its upgrade risk: a checkpoint is written whole in a staging folder and "
         "renamed into place (a run killed or out of disk mid-save never leaves a folder that looks complete), with "
         "networks.json, and only then pushed (duda_hf/training/checkpointing.py). It writes Trainer's files itself "
-        "from public objects (save_model, the optimizer, the scheduler, the trainer state), so it calls no private "
+        "from public objects (the model, the optimizer, the scheduler, the trainer state) as safetensors and JSON, so it "
+        "calls no private "
         "Trainer method, and it replaces the two other private overrides this needed before (`_get_output_dir`, "
         "`_push_from_checkpoint`)",
     ),
