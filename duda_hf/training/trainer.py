@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import reduce
+from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -116,10 +116,7 @@ class DudaTrainer(Trainer):
     ):
         if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
             _check_train_dataset(train_dataset, args)
-        if args.push_to_hub and args.process_index == 0:
-            # the repo first, through duda_hf.export.hub, whose errors (offline, no token) say the cause and the fix;
-            # Trainer's own set-up then finds it (`create_repo(..., exist_ok=True)`) and keeps its id
-            create_run_repo(args)
+
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
         if args.deepspeed or args.fsdp:
             raise ValueError(
@@ -127,8 +124,17 @@ class DudaTrainer(Trainer):
                 "not supported; drop --deepspeed / --fsdp"
             )
         own = [EmaTeacherCallback(), RunLoss(), SyncBatchNormBuffers()]
+        optimizers = kwargs.pop("optimizers", (None, None))
+        if optimizers[0] is None:  # Trainer's public way in: the optimizer, and Trainer makes the schedule for it
+            optimizers = (build_optimizer(model, args), optimizers[1])
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[*own, *(callbacks or [])], **kwargs
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=[*own, *(callbacks or [])],
+            optimizers=optimizers,
+            **kwargs,
         )
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
@@ -152,34 +158,6 @@ class DudaTrainer(Trainer):
                 TRANSFORMERS_VERSIONS,
                 outside,
             )
-
-    # ---- optimisation ----
-    def create_optimizer(self, model=None):
-        """AdamW over the trained networks: each network's head (every parameter outside its backbone, in any model
-        family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms and biases."""
-        if self.optimizer is None:
-            args = self.args
-            duda = self.accelerator.unwrap_model(model or self.model)
-            heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
-            groups = defaultdict(list)
-            for param in duda.parameters():
-                if not param.requires_grad:
-                    continue
-                is_head = id(param) in heads
-                no_decay = param.ndim <= 1  # biases and norm scales
-                groups[(is_head, no_decay)].append(param)
-            param_groups = [
-                {
-                    "params": params,
-                    "lr": args.learning_rate * (args.head_lr_multiplier if is_head else 1.0),
-                    "weight_decay": 0.0 if no_decay else args.weight_decay,
-                }
-                for (is_head, no_decay), params in sorted(groups.items())
-            ]
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, self.model)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
-        return self.optimizer
 
     # ---- one step (docs/method.md; the terms in duda_hf/method/step.py) ----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -311,6 +289,13 @@ class DudaTrainer(Trainer):
             push_checkpoint(self.args, self.hub_model_id, folder, self.state.global_step)
 
     # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/training/hub_policy.py) ----
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
+        if not self.is_world_process_zero():
+            return
+        self.hub_model_id = create_run_repo(self.args, token, private)
+        self.push_in_progress = None
+
     def push_to_hub(
         self,
         commit_message: str | None = "End of training",
@@ -321,10 +306,10 @@ class DudaTrainer(Trainer):
         **kwargs,
     ) -> str | None:
         """Push `output_dir/student/` (the exported student with its model card) to the repo root."""
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
-        if self.hub_model_id is None:
-            self.hub_model_id = create_run_repo(self.args, token, private)
         return push_student(self.args, self.hub_model_id, commit_message, revision, token)
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
@@ -376,6 +361,29 @@ class DudaTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def build_optimizer(model: DudaModel, args: DudaConfig) -> torch.optim.Optimizer:
+    """AdamW (or `--optim`) over the trained networks: each network's head (every parameter outside its backbone, in
+    any model family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms
+    and biases. `DudaTrainer` passes it to Trainer as `optimizers=(optimizer, None)`."""
+    duda = extract_model_from_parallel(model)
+    heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
+    groups = defaultdict(list)
+    for param in duda.parameters():
+        if param.requires_grad:
+            groups[(id(param) in heads, param.ndim <= 1)].append(param)  # (head, no decay: biases and norm scales)
+    param_groups = [
+        {
+            "params": params,
+            "lr": args.learning_rate * (args.head_lr_multiplier if is_head else 1.0),
+            "weight_decay": 0.0 if no_decay else args.weight_decay,
+        }
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, duda)
+    optimizer_kwargs.pop("lr", None)
+    return optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
 
 
 def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:

@@ -73,15 +73,10 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
             "optimizer_cls_and_kwargs",
             "preprocess_logits_for_metrics",
         ),
-        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py); before "
-        "Trainer's set-up, checks the training data's order and length and creates the Hub repo through "
-        "duda_hf.export.hub, whose errors say the cause and the fix (Trainer's init_hf_repo then finds it)",
-    ),
-    TrainerOverride(
-        "create_optimizer",
-        ("self", "model"),
-        "AdamW groups: each network's head (every parameter outside its backbone) at head_lr_multiplier x lr, no weight "
-        "decay on norms and biases; Trainer's own groups know neither",
+        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py), checks the "
+        "training data's order and length before Trainer's set-up (which may create a Hub repo), and hands Trainer the "
+        "optimizer through its public `optimizers` argument (`build_optimizer`: each network's head at "
+        "head_lr_multiplier x lr, no weight decay on norms and biases; Trainer's own groups know neither)",
     ),
     TrainerOverride(
         "compute_loss",
@@ -98,6 +93,12 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
         "evaluate",
         ("self", "eval_dataset", "ignore_keys", "metric_key_prefix"),
         "streaming mIoU of student, auxiliary student and teacher instead of Trainer's prediction loop",
+    ),
+    TrainerOverride(
+        "init_hf_repo",
+        ("self", "token", "private"),
+        "the Hub repo created through duda_hf.export.hub, with errors that say the cause and the fix",
+        older_parameters=(("self", "token"),),
     ),
     TrainerOverride(
         "push_to_hub",
