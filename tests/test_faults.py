@@ -323,3 +323,45 @@ def test_ddp_sigterm_to_one_process_stops_every_process_at_the_same_step(tiny_be
     assert len(stops) == 2 and stops[0] == stops[1], run.stderr[-4000:]  # both processes, the same step and checkpoint
     assert "exitcode: 143" in run.stderr
     assert assert_checkpoints_complete(run.output_dir) == [int(stops[0][0])]
+
+
+def truncated_copy(folder: str, indices: set[int], out: Path) -> str:
+    """A copy of a save_to_disk set whose images at `indices` are cut short after their header."""
+    import datasets
+
+    data = datasets.load_from_disk(folder).cast_column("image", datasets.Image(decode=False))
+
+    def cut(row, index):
+        if index in indices:
+            row["image"] = {"bytes": row["image"]["bytes"][:400], "path": None}
+        return row
+
+    data.map(cut, with_indices=True).cast_column("image", datasets.Image()).save_to_disk(str(out))
+    return str(out)
+
+
+def test_truncated_images_in_a_stored_set_are_skipped_and_counted(tiny_benchmark, tmp_path):
+    source = truncated_copy(tiny_benchmark["source"], {1, 5, 9}, tmp_path / "source")
+    run = Run({**tiny_benchmark, "source": source}, tmp_path / "run", "--max_bad_sample_share", "0.9")
+    assert run.finish() == 0, run.stderr[-3000:]
+    named = re.findall(r"--source_dataset: sample #(\d+) cannot be decoded \(image file is truncated", run.stderr)
+    assert named and set(map(int, named)) <= {1, 5, 9}
+    results = json.loads((run.output_dir / "eval_results.json").read_text())
+    # counted once per draw that was replaced (a replacement that fails too warns again)
+    assert 1 <= results["bad_samples"]["count"] <= len(named) and results["bad_samples"]["draws"] == STEPS * 2 * 2
+    assert {name.split("#")[1] for name in results["bad_samples"]["first"]} <= set(named)
+    logged = re.findall(r"'bad_samples': '?(\d+)", run.stdout)
+    assert logged and int(logged[-1]) == results["bad_samples"]["count"]  # the count so far, at each logging step
+
+
+def test_a_set_with_too_many_undecodable_images_stops_with_one_line(tiny_benchmark, tmp_path):
+    source = truncated_copy(tiny_benchmark["source"], set(range(12)), tmp_path / "source")
+    run = Run({**tiny_benchmark, "source": source}, tmp_path / "run")
+    assert run.finish() == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert re.search(
+        r"error: \d+ of the \d+ training images drawn so far could not be decoded \(more than --max_bad_sample_share 0.01\): --source_dataset #\d+",
+        errors[0],
+    )
+    assert "resume with --resume_from_checkpoint last" in errors[0]

@@ -25,6 +25,7 @@ from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
 from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
 from duda_hf.training import state_files
+from duda_hf.training.bad_samples import BadSamples
 from duda_hf.training.callbacks import DebugImageCallback, EmaTeacherCallback, RunLoss, SyncBatchNormBuffers
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
@@ -149,6 +150,7 @@ class DudaTrainer(Trainer):
         self.last_eval_step = -1
         self.step_log = StepLog()
         self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
+        self.bad_samples = BadSamples(args.max_bad_sample_share)  # training images that could not be decoded
         self.random_state_to_restore: str | None = None  # the checkpoint a resume reads the random state from
         outside = transformers_outside_checked_versions()
         if outside:
@@ -190,6 +192,7 @@ class DudaTrainer(Trainer):
         loss = sum(result.terms.values())  # in the order of the terms (the floating-point order of the sum)
         self._check_finite({**result.terms, "loss": loss})
         self.step_log.add({**result.terms, **result.diagnostics})
+        self.bad_samples.add(inputs.get("bad_samples"))
         self.run_loss.add(loss / self.args.gradient_accumulation_steps)  # as Trainer counts it for train_loss
         return (loss, result.tensors.outputs) if return_outputs else loss
 
@@ -259,8 +262,12 @@ class DudaTrainer(Trainer):
         at a logging step and at the end of training, where both read-backs below meet across processes."""
         if "loss" in logs:
             logs.update(self.step_log.pop_means(world_size=self.args.world_size))
+            bad = self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
+            if bad:
+                logs["bad_samples"] = bad
             self.run_loss.read_back(self.args.world_size, self.state.global_step)
         if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
+            self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
             self.run_loss.read_back(self.args.world_size, self.state.global_step)
             logs["train_loss"] = self.run_loss.train_loss()
         super().log(logs, start_time)
