@@ -365,3 +365,41 @@ def test_a_set_with_too_many_undecodable_images_stops_with_one_line(tiny_benchma
         errors[0],
     )
     assert "resume with --resume_from_checkpoint last" in errors[0]
+
+
+DISK_FULL = """
+import runpy, sys
+from safetensors import SafetensorError
+from duda_hf.training import checkpointing
+
+real = checkpointing.save_file
+
+def save_file(tensors, path, *args, **kwargs):
+    if "checkpoint-2" in str(path):  # the disk fills up during the second save
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    return real(tensors, path, *args, **kwargs)
+
+checkpointing.save_file = save_file
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_full_disk_ends_in_one_line_and_the_next_start_cleans_up(reference, tiny_benchmark, tmp_path):
+    wrapper = tmp_path / "disk_full.py"
+    wrapper.write_text(DISK_FULL)
+    run = Run(tiny_benchmark, tmp_path / "run", *EVERY_STEP, launcher=(sys.executable, str(wrapper)))
+    assert run.finish() == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert re.search(
+        rf"error: disk full while writing checkpoint-2 in {re.escape(str(run.output_dir))}: a checkpoint needs about [0-9.]+ MB \([0-9,]+ bytes\)",
+        errors[0],
+    )
+    assert f"Last complete checkpoint: {run.output_dir / 'checkpoint-1'}" in errors[0]
+    assert (run.output_dir / ".partial-checkpoints" / "checkpoint-2").is_dir() and assert_checkpoints_complete(run.output_dir) == [1]
+    resumed = Run(tiny_benchmark, run.output_dir, *EVERY_STEP, "--resume_from_checkpoint", "last")
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "partial copy of an interrupted save" in resumed.stderr
+    assert not (run.output_dir / ".partial-checkpoints").exists()
+    assert_ends_like(reference.output_dir, run.output_dir)

@@ -1,4 +1,5 @@
-"""Training samples that could not be decoded, counted over the run (`DudaTrainDataset` replaces and names them).
+"""Training images that could not be decoded, counted over the run (`DudaTrainDataset` names and replaces them; a
+draw counts once even when its replacement fails too, and warns again).
 
 Each training item says which source and target index failed (`bad_samples`, -1 for none). The trainer keeps
 those tensors where they are and reads them once per logging step, gathered over the processes: the log gets the

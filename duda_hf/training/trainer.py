@@ -26,7 +26,13 @@ from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
 from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
 from duda_hf.training import state_files
 from duda_hf.training.bad_samples import BadSamples
-from duda_hf.training.callbacks import DebugImageCallback, EmaTeacherCallback, RunLoss, SyncBatchNormBuffers
+from duda_hf.training.callbacks import (
+    DebugImageCallback,
+    EmaTeacherCallback,
+    RemovePartialCheckpoints,
+    RunLoss,
+    SyncBatchNormBuffers,
+)
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
 from duda_hf.training.preemption import Preemption
@@ -124,7 +130,7 @@ class DudaTrainer(Trainer):
                 "DudaTrainer trains on one device or with DDP (accelerate launch --multi_gpu): DeepSpeed and FSDP are "
                 "not supported; drop --deepspeed / --fsdp"
             )
-        own = [EmaTeacherCallback(), RunLoss(), SyncBatchNormBuffers()]
+        own = [EmaTeacherCallback(), RunLoss(), RemovePartialCheckpoints(), SyncBatchNormBuffers()]
         optimizers = kwargs.pop("optimizers", (None, None))
         if optimizers[0] is None:  # Trainer's public way in: the optimizer, and Trainer makes the schedule for it
             optimizers = (build_optimizer(model, args), optimizers[1])
