@@ -120,8 +120,8 @@ def download_checkpoint(value: str, announce: bool = True) -> str:
             f"--resume_from_checkpoint {value}: cannot download the checkpoint, the Hub is unreachable (offline or "
             "HF_HUB_OFFLINE=1). Copy the checkpoint folder to this machine and pass its path instead."
         )
-    try:
-        files = HfApi().list_repo_files(repo_id, revision=revision)
+    try:  # the repo's file list, from the endpoint snapshot_download reads too
+        files = [sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision or "main").siblings or []]
     except (HfHubHTTPError, OSError) as error:
         raise ResumeError(f"--resume_from_checkpoint {value}: cannot read the repo {repo_id}: {error}") from error
     folders = sorted({name.split("/", 1)[0] for name in files if "/" in name and name.endswith("/trainer_state.json")})
