@@ -32,10 +32,11 @@ EVERY_STEP = ("--save_strategy", "steps", "--save_steps", "1")
 class Run:
     """`scripts/train_duda.py` in its own process, its output in files (no pipe to fill)."""
 
-    def __init__(self, benchmark, output_dir: Path, *extra, launcher: tuple[str, ...] = (sys.executable,)):
+    def __init__(self, benchmark, output_dir: Path, *extra, launcher: tuple[str, ...] = (sys.executable,), log_name: str | None = None):
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.stdout_path, self.stderr_path = output_dir.parent / f"{output_dir.name}.out", output_dir.parent / f"{output_dir.name}.err"
+        name = log_name or output_dir.name
+        self.stdout_path, self.stderr_path = output_dir.parent / f"{name}.out", output_dir.parent / f"{name}.err"
         argv = tiny_argv(benchmark, output_dir, "--max_steps", str(STEPS), *extra)
         command = [*launcher, str(ROOT / "scripts" / "train_duda.py"), *argv]
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:  # a process group of its own, as in a terminal
@@ -403,3 +404,58 @@ def test_a_full_disk_ends_in_one_line_and_the_next_start_cleans_up(reference, ti
     assert "partial copy of an interrupted save" in resumed.stderr
     assert not (run.output_dir / ".partial-checkpoints").exists()
     assert_ends_like(reference.output_dir, run.output_dir)
+
+
+@pytest.mark.slow
+def test_two_machines_train_are_preempted_on_one_and_resume(tiny_benchmark, tmp_path):
+    """accelerate's multi-machine launch, one process per "machine" on this host (the output folder shared, as on a
+    cluster's file system): SIGTERM on machine 1 stops both at the same step with one checkpoint, and both resume."""
+    from .test_ddp import free_port
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+
+    def machine(rank: int, port: int, *extra: str) -> Run:
+        launcher = (accelerate, "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2")
+        launcher += (
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        )
+        flags = ("--per_device_train_batch_size", "1", "--dataloader_num_workers", "0", *extra)
+        return Run(tiny_benchmark, tmp_path / "run", *flags, launcher=launcher, log_name=f"machine{rank}")
+
+    port = free_port()
+    machines = [machine(rank, port, "--save_strategy", "no", "--max_steps", "10000") for rank in (0, 1)]
+    machines[0].wait_until(lambda: machines[0].steps_logged() >= 2, timeout=240)
+    pid = next(
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit() and _environ(p).get("RANK") == "1" and _environ(p).get("MASTER_PORT") == str(port)
+    )
+    os.kill(pid, signal.SIGTERM)  # machine 1 is reclaimed
+    for run in machines:
+        run.finish(timeout=240)
+    stops = [re.findall(r"training stopped by SIGTERM after step (\d+) of 10000: checkpoint (\S+) holds", run.stderr) for run in machines]
+    assert stops[0] and stops[0] == stops[1], machines[1].stderr[-3000:]
+    step = int(stops[0][0][0])
+    assert assert_checkpoints_complete(tmp_path / "run") == [step]
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors"} <= {p.name for p in (tmp_path / "run" / f"checkpoint-{step}").iterdir()}
+
+    port = free_port()
+    resumed = [machine(rank, port, "--resume_from_checkpoint", "last", "--max_steps", str(step + 2)) for rank in (0, 1)]
+    assert [run.finish(timeout=240) for run in resumed] == [0, 0], resumed[1].stderr[-3000:]
+    assert f"resuming from {tmp_path / 'run' / f'checkpoint-{step}'}: step {step}" in resumed[0].stderr
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+def _environ(pid: str) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
