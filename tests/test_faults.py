@@ -5,6 +5,7 @@ was interrupted and resumed must end with the same bits as the run that was not:
 and the class inconsistency state of its last checkpoint, the exported student and teacher, and `train_loss`.
 """
 
+import json
 import os
 import random
 import re
@@ -31,10 +32,11 @@ EVERY_STEP = ("--save_strategy", "steps", "--save_steps", "1")
 class Run:
     """`scripts/train_duda.py` in its own process, its output in files (no pipe to fill)."""
 
-    def __init__(self, benchmark, output_dir: Path, *extra, launcher: tuple[str, ...] = (sys.executable,)):
+    def __init__(self, benchmark, output_dir: Path, *extra, launcher: tuple[str, ...] = (sys.executable,), log_name: str | None = None):
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
-        self.stdout_path, self.stderr_path = output_dir.parent / f"{output_dir.name}.out", output_dir.parent / f"{output_dir.name}.err"
+        name = log_name or output_dir.name
+        self.stdout_path, self.stderr_path = output_dir.parent / f"{name}.out", output_dir.parent / f"{name}.err"
         argv = tiny_argv(benchmark, output_dir, "--max_steps", str(STEPS), *extra)
         command = [*launcher, str(ROOT / "scripts" / "train_duda.py"), *argv]
         with open(self.stdout_path, "w") as stdout, open(self.stderr_path, "w") as stderr:  # a process group of its own, as in a terminal
@@ -91,7 +93,12 @@ def assert_checkpoints_complete(run_dir: Path) -> list[int]:
     """Every `checkpoint-N` the run left is whole (its weights load); returns the steps."""
     steps = []
     for checkpoint in sorted(run_dir.glob("checkpoint-*")):
-        assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= {p.name for p in checkpoint.iterdir()}
+        names = {p.name for p in checkpoint.iterdir()}
+        assert {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "trainer_state.json"} <= names
+        assert {"networks.json", "training_args.json"} <= names
+        # the random state of each process: rng_state.* with one, rng_state_<rank>.* with several
+        assert {"rng_state.safetensors", "rng_state.json"} <= names or {"rng_state_0.safetensors", "rng_state_1.json"} <= names
+        assert all(name.endswith((".safetensors", ".json")) for name in names), names  # no pickle
         load_file(checkpoint / "model.safetensors")
         steps.append(int(checkpoint.name.split("-")[1]))
     return steps
@@ -107,7 +114,7 @@ def reference(tiny_benchmark, tmp_path_factory):
 
 
 # kill -9 during a save: when the staging folder appears, when the weights are being written, when the optimizer is
-KILL_DURING_SAVE = ("", "model.safetensors", "optimizer.pt")
+KILL_DURING_SAVE = ("", "model.safetensors", "optimizer.safetensors")
 TRIALS = [(0, "save"), (1, "save"), (2, "step")]  # (seed, where the kill lands); the seed picks the step and the moment
 
 
@@ -180,6 +187,55 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_the_resume_is_bit_ide
     assert said in resumed.stderr and "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
     assert_ends_like(reference.output_dir, run.output_dir)
     assert train_loss(resumed) == train_loss(reference)
+
+
+NO_PICKLE = """
+import pickle, runpy, sys, torch
+
+def refuse(*args, **kwargs):
+    raise RuntimeError("a pickle was read")
+
+torch.load = pickle.load = pickle.loads = refuse
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_resume_reads_no_pickle_and_is_bit_identical(reference, tiny_benchmark, tmp_path):
+    """Every file of a checkpoint is safetensors or JSON, and a resume with torch.load and pickle made to fail ends
+    exactly like the uninterrupted run."""
+    wrapper = tmp_path / "no_pickle.py"
+    wrapper.write_text(NO_PICKLE)
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference.output_dir / "checkpoint-3", run_dir / "checkpoint-3")
+    resumed = Run(tiny_benchmark, run_dir, "--resume_from_checkpoint", "last", launcher=(sys.executable, str(wrapper)))
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
+    assert_ends_like(reference.output_dir, run_dir)
+    assert train_loss(resumed) == train_loss(reference)
+
+
+def test_a_checkpoint_of_the_earlier_pickled_format_still_resumes_exactly(reference, tiny_benchmark, tmp_path):
+    """optimizer.pt, scheduler.pt and rng_state.pth, as duda-hf wrote them before: read by Trainer with
+    torch.load(weights_only=True), and the run ends as the uninterrupted one; its next checkpoints have no pickle."""
+    from duda_hf.training import state_files
+
+    run_dir = tmp_path / "run"
+    older = run_dir / "checkpoint-3"
+    shutil.copytree(reference.output_dir / "checkpoint-3", older)
+    torch.save(state_files.optimizer_state_dict(older), older / "optimizer.pt")
+    torch.save(json.loads((older / "scheduler.json").read_text()), older / "scheduler.pt")
+    states = state_files.random_state(older, 0, 1)
+    torch.save({"python": states["python"], "numpy": states["numpy"], "cpu": states["cpu"]}, older / "rng_state.pth")
+    for name in ("optimizer.safetensors", "optimizer.json", "scheduler.json", "rng_state.safetensors", "rng_state.json"):
+        (older / name).unlink()
+    resumed = Run(tiny_benchmark, run_dir, "--resume_from_checkpoint", "last", *EVERY_STEP)
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "an earlier duda-hf's pickles, read with torch.load(weights_only=True)" in resumed.stderr
+    assert_ends_like(reference.output_dir, run_dir)
+    assert train_loss(resumed) == train_loss(reference)
+    shutil.rmtree(older)
+    assert assert_checkpoints_complete(run_dir) == [4, 5, 6]  # the run's next checkpoints: the new format
 
 
 def test_a_resume_that_restores_callback_states_keeps_the_whole_runs_loss(reference, tiny_benchmark, tmp_path):
@@ -268,3 +324,138 @@ def test_ddp_sigterm_to_one_process_stops_every_process_at_the_same_step(tiny_be
     assert len(stops) == 2 and stops[0] == stops[1], run.stderr[-4000:]  # both processes, the same step and checkpoint
     assert "exitcode: 143" in run.stderr
     assert assert_checkpoints_complete(run.output_dir) == [int(stops[0][0])]
+
+
+def truncated_copy(folder: str, indices: set[int], out: Path) -> str:
+    """A copy of a save_to_disk set whose images at `indices` are cut short after their header."""
+    import datasets
+
+    data = datasets.load_from_disk(folder).cast_column("image", datasets.Image(decode=False))
+
+    def cut(row, index):
+        if index in indices:
+            row["image"] = {"bytes": row["image"]["bytes"][:400], "path": None}
+        return row
+
+    data.map(cut, with_indices=True).cast_column("image", datasets.Image()).save_to_disk(str(out))
+    return str(out)
+
+
+def test_truncated_images_in_a_stored_set_are_skipped_and_counted(tiny_benchmark, tmp_path):
+    source = truncated_copy(tiny_benchmark["source"], {1, 5, 9}, tmp_path / "source")
+    run = Run({**tiny_benchmark, "source": source}, tmp_path / "run", "--max_bad_sample_share", "0.9")
+    assert run.finish() == 0, run.stderr[-3000:]
+    named = re.findall(r"--source_dataset: sample #(\d+) cannot be decoded \(image file is truncated", run.stderr)
+    assert named and set(map(int, named)) <= {1, 5, 9}
+    results = json.loads((run.output_dir / "eval_results.json").read_text())
+    # counted once per draw that was replaced (a replacement that fails too warns again)
+    assert 1 <= results["bad_samples"]["count"] <= len(named) and results["bad_samples"]["draws"] == STEPS * 2 * 2
+    assert {name.split("#")[1] for name in results["bad_samples"]["first"]} <= set(named)
+    logged = re.findall(r"'bad_samples': '?(\d+)", run.stdout)
+    assert logged and int(logged[-1]) == results["bad_samples"]["count"]  # the count so far, at each logging step
+
+
+def test_a_set_with_too_many_undecodable_images_stops_with_one_line(tiny_benchmark, tmp_path):
+    source = truncated_copy(tiny_benchmark["source"], set(range(12)), tmp_path / "source")
+    run = Run({**tiny_benchmark, "source": source}, tmp_path / "run")
+    assert run.finish() == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert re.search(
+        r"error: \d+ of the \d+ training images drawn so far could not be decoded \(more than --max_bad_sample_share 0.01\): --source_dataset #\d+",
+        errors[0],
+    )
+    assert "resume with --resume_from_checkpoint last" in errors[0]
+
+
+DISK_FULL = """
+import runpy, sys
+from safetensors import SafetensorError
+from duda_hf.training import checkpointing
+
+real = checkpointing.save_file
+
+def save_file(tensors, path, *args, **kwargs):
+    if "checkpoint-2" in str(path):  # the disk fills up during the second save
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    return real(tensors, path, *args, **kwargs)
+
+checkpointing.save_file = save_file
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_full_disk_ends_in_one_line_and_the_next_start_cleans_up(reference, tiny_benchmark, tmp_path):
+    wrapper = tmp_path / "disk_full.py"
+    wrapper.write_text(DISK_FULL)
+    run = Run(tiny_benchmark, tmp_path / "run", *EVERY_STEP, launcher=(sys.executable, str(wrapper)))
+    assert run.finish() == 2
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert re.search(
+        rf"error: disk full while writing checkpoint-2 in {re.escape(str(run.output_dir))}: a checkpoint needs about [0-9.]+ MB \([0-9,]+ bytes\)",
+        errors[0],
+    )
+    assert f"Last complete checkpoint: {run.output_dir / 'checkpoint-1'}" in errors[0]
+    assert (run.output_dir / ".partial-checkpoints" / "checkpoint-2").is_dir() and assert_checkpoints_complete(run.output_dir) == [1]
+    resumed = Run(tiny_benchmark, run.output_dir, *EVERY_STEP, "--resume_from_checkpoint", "last")
+    assert resumed.finish() == 0, resumed.stderr[-3000:]
+    assert "partial copy of an interrupted save" in resumed.stderr
+    assert not (run.output_dir / ".partial-checkpoints").exists()
+    assert_ends_like(reference.output_dir, run.output_dir)
+
+
+@pytest.mark.slow
+def test_two_machines_train_are_preempted_on_one_and_resume(tiny_benchmark, tmp_path):
+    """accelerate's multi-machine launch, one process per "machine" on this host (the output folder shared, as on a
+    cluster's file system): SIGTERM on machine 1 stops both at the same step with one checkpoint, and both resume."""
+    from .test_ddp import free_port
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+
+    def machine(rank: int, port: int, *extra: str) -> Run:
+        launcher = (accelerate, "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank), "--num_processes", "2")
+        launcher += (
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        )
+        flags = ("--per_device_train_batch_size", "1", "--dataloader_num_workers", "0", *extra)
+        return Run(tiny_benchmark, tmp_path / "run", *flags, launcher=launcher, log_name=f"machine{rank}")
+
+    port = free_port()
+    machines = [machine(rank, port, "--save_strategy", "no", "--max_steps", "10000") for rank in (0, 1)]
+    machines[0].wait_until(lambda: machines[0].steps_logged() >= 2, timeout=240)
+    pid = next(
+        int(p)
+        for p in os.listdir("/proc")
+        if p.isdigit() and _environ(p).get("RANK") == "1" and _environ(p).get("MASTER_PORT") == str(port)
+    )
+    os.kill(pid, signal.SIGTERM)  # machine 1 is reclaimed
+    for run in machines:
+        run.finish(timeout=240)
+    stops = [re.findall(r"training stopped by SIGTERM after step (\d+) of 10000: checkpoint (\S+) holds", run.stderr) for run in machines]
+    assert stops[0] and stops[0] == stops[1], machines[1].stderr[-3000:]
+    step = int(stops[0][0][0])
+    assert assert_checkpoints_complete(tmp_path / "run") == [step]
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors"} <= {p.name for p in (tmp_path / "run" / f"checkpoint-{step}").iterdir()}
+
+    port = free_port()
+    resumed = [machine(rank, port, "--resume_from_checkpoint", "last", "--max_steps", str(step + 2)) for rank in (0, 1)]
+    assert [run.finish(timeout=240) for run in resumed] == [0, 0], resumed[1].stderr[-3000:]
+    assert f"resuming from {tmp_path / 'run' / f'checkpoint-{step}'}: step {step}" in resumed[0].stderr
+    assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+
+
+def _environ(pid: str) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)

@@ -163,19 +163,20 @@ def _olah_cli() -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
-@pytest.fixture
-def olah_mirror(trained_run, tmp_path):
-    """olah (a Hub mirror, its own venv, installed by .ci/run) serving the exported student as git repo org/duda-mitb0-gta2cs."""
+def _serve_olah(tmp_path: Path, repos: dict[str, Path]):
+    """olah (a Hub mirror, its own venv, installed by .ci/run) serving each folder as the git repo of a model id;
+    yields its URL (HF_ENDPOINT)."""
     cli = _olah_cli()
     if cli is None:
         if os.environ.get("DUDA_REQUIRE_SYSTEM_TESTS") == "1":
             pytest.fail("olah is not installed in .venv-olah (or OLAH_CLI); .ci/run installs it")
         pytest.skip("olah not installed: python3 -m venv .venv-olah && .venv-olah/bin/pip install olah")
-    repo = tmp_path / "mirrors" / "models" / "org" / "duda-mitb0-gta2cs"
-    shutil.copytree(trained_run / "student", repo)
-    git = ["git", "-c", "user.email=ci@duda-hf", "-c", "user.name=ci"]
-    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "DUDA student"]):
-        subprocess.run([*git, *command], cwd=repo, check=True)
+    for repo_id, folder in repos.items():
+        repo = tmp_path / "mirrors" / "models" / repo_id
+        shutil.copytree(folder, repo)
+        git = ["git", "-c", "user.email=ci@duda-hf", "-c", "user.name=ci"]
+        for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "DUDA"]):
+            subprocess.run([*git, *command], cwd=repo, check=True)
     port = _free_port()
     config = tmp_path / "olah.toml"
     config.write_text(
@@ -203,6 +204,12 @@ def olah_mirror(trained_run, tmp_path):
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=10)
+
+
+@pytest.fixture
+def olah_mirror(trained_run, tmp_path):
+    """The exported student as the Hub repo org/duda-mitb0-gta2cs, through a local mirror."""
+    yield from _serve_olah(tmp_path, {"org/duda-mitb0-gta2cs": trained_run / "student"})
 
 
 def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tmp_path):
@@ -265,7 +272,12 @@ def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_t
     uploads = [c[2] for c in RecordingApi.calls if c[0] == "upload_folder"]
     assert RecordingApi.calls[0][:2] == ("create_repo", "me/duda-live")
     assert [u["path_in_repo"] for u in uploads] == ["last-checkpoint", "last-checkpoint", None]
-    assert "model.safetensors" in uploads[0]["files"] and "trainer_state.json" in uploads[0]["files"]
+    # what is pushed is the complete, renamed checkpoint as saved (with networks.json), not a staging folder
+    saved = sorted(
+        str(p.relative_to(tmp_path / "run" / "checkpoint-2")) for p in (tmp_path / "run" / "checkpoint-2").rglob("*") if p.is_file()
+    )
+    assert uploads[0]["files"] == saved and "networks.json" in saved and "optimizer.safetensors" in saved
+    assert all(name.endswith((".safetensors", ".json")) for name in saved)
     assert uploads[-1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert uploads[-1]["commit_message"] == "DUDA student after 4 steps"
     assert 'model="me/duda-live"' in (tmp_path / "run/student/README.md").read_text()
@@ -297,3 +309,61 @@ def test_the_recipe_summary_names_the_duda_only_additions_only_for_duda(tiny_ben
     baseline = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags, "--method", "self_training")))
     assert not {"distill_stage_steps", "kd_clean_target", "cwd_weight", "kd_confidence_weight"} & set(baseline)
     assert baseline["max_steps"] == 8
+
+
+def _train(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_duda.py"), *argv], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def test_a_run_resumes_from_a_checkpoint_on_the_hub(tiny_benchmark, trained_run, tmp_path):
+    """`--resume_from_checkpoint ORG/NAME` downloads the repo's last-checkpoint/ by repo id (over HTTP, from a local
+    mirror) and continues bit for bit, on a machine with an empty output folder; a repo without a checkpoint is one
+    error line."""
+    from safetensors.torch import load_file
+
+    reference = _train(tiny_argv(tiny_benchmark, tmp_path / "reference", "--save_strategy", "steps", "--save_steps", "2"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    pushed = tmp_path / "pushed"  # what --hub_strategy checkpoint pushes at step 2
+    shutil.copytree(tmp_path / "reference" / "checkpoint-2", pushed / "last-checkpoint")
+    mirror = _serve_olah(tmp_path / "olah", {"me/duda-run": pushed, "org/duda-mitb0-gta2cs": trained_run / "student"})
+    env = {"HF_ENDPOINT": next(mirror), "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home")}
+    try:
+        resumed = _train(tiny_argv(tiny_benchmark, tmp_path / "elsewhere", "--resume_from_checkpoint", "me/duda-run"), **env)
+        empty = _train(tiny_argv(tiny_benchmark, tmp_path / "none", "--resume_from_checkpoint", "org/duda-mitb0-gta2cs"), **env)
+    finally:
+        next(mirror, None)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "downloading me/duda-run/last-checkpoint from the Hub" in resumed.stderr
+    assert "resuming from " in resumed.stderr and ": step 2 of 4" in resumed.stderr
+    for network in ("student", "teacher"):
+        expected = load_file(tmp_path / "reference" / network / "model.safetensors")
+        got = load_file(tmp_path / "elsewhere" / network / "model.safetensors")
+        assert expected.keys() == got.keys() and all(torch.equal(expected[key], got[key]) for key in expected)
+    assert empty.returncode == 2
+    errors = [line for line in empty.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        (
+            "error: --resume_from_checkpoint org/duda-mitb0-gta2cs: the repo org/duda-mitb0-gta2cs has no last-checkpoint/ "
+            "(checkpoints in it: none). A run pushes its checkpoints with --push_to_hub and --hub_strategy checkpoint "
+            "(last-checkpoint/) or all_checkpoints (checkpoint-N/)."
+        )
+    ]
+
+
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_resuming_from_the_hub_offline_fails_within_two_seconds(tmp_path, monkeypatch, offline):
+    import time
+
+    import huggingface_hub.constants
+
+    from duda_hf.training.resume import ResumeError, resolve_checkpoint
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(ResumeError, match=r"--resume_from_checkpoint me/duda-run: cannot download the checkpoint, the Hub is unreachable"):
+        resolve_checkpoint("me/duda-run", str(tmp_path))
+    assert time.monotonic() - start < 2

@@ -1,5 +1,6 @@
 """Native dataset layouts: exact trainIds, prepare_data (parallel, resumable), validation errors, training from folders."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,34 @@ def test_training_starts_from_native_folders(tmp_path):
     done = subprocess.run([sys.executable, "scripts/train_duda.py", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run/student/model.safetensors").exists() and (tmp_path / "run/eval_results.json").exists()
+
+
+def test_a_truncated_native_image_mid_run_is_skipped_named_and_counted(tmp_path):
+    """A GTA5 image cut short after its header (the start-up checks read headers only): the run goes on with a warning
+    naming the dataset, the index and the file, and eval_results.json counts it."""
+    make_gta5(tmp_path / "gta5", count=3, height=64, width=96)
+    make_cityscapes(tmp_path / "cs", "train", per_city=3)
+    make_cityscapes(tmp_path / "cs", "val", cities=("frankfurt",), per_city=2)
+    broken = tmp_path / "gta5" / "images" / "00002.png"
+    broken.write_bytes(broken.read_bytes()[:400])
+    argv = tiny_argv(
+        {"source": str(tmp_path / "gta5"), "target": str(tmp_path / "cs"), "target_val": str(tmp_path / "cs")}, tmp_path / "run"
+    )
+    argv += [
+        "--source_format",
+        "gta5",
+        "--target_format",
+        "cityscapes",
+        "--target_eval_format",
+        "cityscapes",
+        "--rare_class_sampling",
+        "false",
+    ]
+    argv += ["--max_bad_sample_share", "0.9"]
+    done = subprocess.run([sys.executable, "scripts/train_duda.py", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = re.findall(r"--source_dataset: sample #(\d+) cannot be decoded \(cannot read image '([^']+)'", done.stderr)
+    assert warnings and {Path(path).name for _, path in warnings} == {"00002.png"}
+    results = load_strict_json(tmp_path / "run" / "eval_results.json")
+    assert 1 <= results["bad_samples"]["count"] <= len(warnings) and results["bad_samples"]["draws"] == 4 * 2 * 2
+    assert set(results["bad_samples"]["first"]) == {f"--source_dataset #{index}" for index, _ in warnings}

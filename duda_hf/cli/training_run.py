@@ -119,6 +119,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         # every logging step: the loss terms and diagnostics (pseudo-label quality, lam_t, what the student sees of
         # the teacher, the class weights)
         "train_history": [entry for entry in trainer.state.log_history if "loss" in entry],
+        # training images that could not be decoded and were replaced (counted up to the last logging step)
+        "bad_samples": trainer.bad_samples.summary(),
         "seconds": round(time.monotonic() - started, 1),
         "recipe": recipe_summary(model_args, data_args, config),
     }

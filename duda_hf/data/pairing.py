@@ -4,19 +4,31 @@ Sample `i` is drawn from `numpy.random.default_rng([seed, i])`: which source ima
 which target image, crops and flips. With a sequential sampler, sample indices are a function of the step,
 so a resumed run sees exactly the samples it would have seen, and DDP processes (which take different
 batches of indices) never repeat each other's samples.
+
+A source or target image that cannot be decoded (a truncated file whose header passed the start-up checks) is
+skipped: a warning names the dataset flag and the index, another sample is drawn in its place from the same random
+stream, and the item says which index failed (`bad_samples`), so that the trainer counts them and stops the run
+when more than `--max_bad_sample_share` of the draws have failed.
 """
 
 from __future__ import annotations
+
+import logging
 
 import datasets
 import numpy as np
 import torch
 
+from duda_hf.data.errors import DomainError
 from duda_hf.data.images import pad_to, to_label_array, to_rgb_array
 from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES
 from duda_hf.data.rcs import RareClassSampler
 
+logger = logging.getLogger(__name__)
 CROP_TRIES = 10
+MAX_REDRAWS = 10  # samples in a row that may fail before the dataset itself is taken to be broken
+# what PIL and the native readers raise for a truncated, corrupt or unreadable file (DomainError is a ValueError)
+BAD_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError)
 
 
 def random_crop_box(rng: np.random.Generator, shape_hw: tuple[int, int], crop_hw: tuple[int, int]) -> tuple[int, int]:
@@ -28,7 +40,8 @@ class DudaTrainDataset(torch.utils.data.Dataset):
     """Map-style dataset of `num_samples` (source, target) pairs.
 
     Items: `source_image` uint8 `(3, h, w)`, `source_label` long `(h, w)`, `target_image` uint8 `(3, h, w)`,
-    with `(h, w) = crop_size_hw`.
+    with `(h, w) = crop_size_hw`, and `bad_samples` long `(2,)`: the source and target index that could not be
+    decoded and was replaced (-1: none).
 
     Args:
         crop_size_hw: the training crop, (height, width).
@@ -84,26 +97,59 @@ class DudaTrainDataset(torch.utils.data.Dataset):
                 break
         return image[top : top + height, left : left + width], crop
 
+    def _read_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        source = self.source[index]
+        image = to_rgb_array(source["image"], self.source_resize_hw)
+        label = to_label_array(source["label"], self.source_resize_hw)
+        if image.shape[:2] != label.shape:
+            raise ValueError(
+                f"source image #{index} is {image.shape[1]}x{image.shape[0]} but its label is "
+                f"{label.shape[1]}x{label.shape[0]}; image and label must have the same size"
+            )
+        return image, label
+
+    def _read_target(self, index: int) -> np.ndarray:
+        return to_rgb_array(self.target[index]["image"], self.target_resize_hw)
+
+    def _read(self, flag: str, read, index: int, redraw) -> tuple[object, int]:
+        """`read(index)`, or, for a sample that cannot be decoded, a warning naming it and the next drawn in its place
+        (`redraw()`, from the sample's own random stream: the replacement is a function of seed and index too).
+
+        Returns what was read and the index that could not be decoded first (-1: none)."""
+        bad = -1
+        for _ in range(MAX_REDRAWS):
+            try:
+                return read(index), bad
+            except BAD_SAMPLE_ERRORS as error:
+                logger.warning("%s: sample #%d cannot be decoded (%s); training draws another in its place", flag, index, error)
+                bad = index if bad < 0 else bad
+                index = redraw()
+        raise DomainError(f"{flag}: {MAX_REDRAWS} samples in a row cannot be decoded (the last: #{index}); check the dataset's files")
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
-        if self.rare_class_sampler is not None:
-            rare_class, source_index = self.rare_class_sampler.sample(rng)
-        else:
-            rare_class, source_index = None, int(rng.integers(len(self.source)))
+
+        def draw_source() -> tuple[int | None, int]:
+            if self.rare_class_sampler is not None:
+                return self.rare_class_sampler.sample(rng)
+            return None, int(rng.integers(len(self.source)))
+
+        rare_class, source_index = draw_source()
         target_index = int(rng.integers(len(self.target)))
 
-        source = self.source[source_index]
-        source_image = to_rgb_array(source["image"], self.source_resize_hw)
-        source_label = to_label_array(source["label"], self.source_resize_hw)
-        if source_image.shape[:2] != source_label.shape:
-            raise ValueError(
-                f"source image #{source_index} is {source_image.shape[1]}x{source_image.shape[0]} but its label is "
-                f"{source_label.shape[1]}x{source_label.shape[0]}; image and label must have the same size"
-            )
+        def redraw_source() -> int:
+            nonlocal rare_class
+            rare_class, drawn = draw_source()
+            return drawn
+
+        (source_image, source_label), bad_source = self._read("--source_dataset", self._read_source, source_index, redraw_source)
         source_image, source_label = self._crop_source(rng, source_image, source_label, rare_class)
 
         height, width = self.crop_size_hw
-        target_image = pad_to(to_rgb_array(self.target[target_index]["image"], self.target_resize_hw), height, width, 0)
+        target_image, bad_target = self._read(
+            "--target_dataset", self._read_target, target_index, lambda: int(rng.integers(len(self.target)))
+        )
+        target_image = pad_to(target_image, height, width, 0)
         top, left = random_crop_box(rng, target_image.shape[:2], self.crop_size_hw)
         target_image = target_image[top : top + height, left : left + width]
 
@@ -115,4 +161,6 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             "source_image": torch.from_numpy(np.ascontiguousarray(source_image.transpose(2, 0, 1))),
             "source_label": torch.from_numpy(np.ascontiguousarray(source_label)).long(),
             "target_image": torch.from_numpy(np.ascontiguousarray(target_image.transpose(2, 0, 1))),
+            # the source and target index that could not be decoded (-1: none), counted by the trainer
+            "bad_samples": torch.tensor([bad_source, bad_target], dtype=torch.int64),
         }

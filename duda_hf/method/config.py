@@ -211,6 +211,14 @@ class DudaConfig(TrainingArguments):
         ),
     )
 
+    max_bad_sample_share: float = field(
+        default=0.01,
+        metadata=flag_help(
+            "Training images that cannot be decoded are skipped with a warning and counted; the run stops once more than "
+            "this share of the images drawn so far has failed (from 5 failures on)."
+        ),
+    )
+
     # --- Trainer defaults that differ for DUDA (DAFormer recipe) ---
     learning_rate: float = field(
         default=6e-5, metadata=flag_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5.")
@@ -257,7 +265,14 @@ class DudaConfig(TrainingArguments):
         for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         check_flag(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
-        for name in ("color_jitter_p", "blur_p", "inconsistency_momentum", "rcs_min_crop_ratio", "fd_scale_min_ratio"):
+        for name in (
+            "color_jitter_p",
+            "blur_p",
+            "inconsistency_momentum",
+            "rcs_min_crop_ratio",
+            "fd_scale_min_ratio",
+            "max_bad_sample_share",
+        ):
             check_flag(0 <= getattr(self, name) <= 1, f"DudaConfig.{name}", "in [0, 1]", getattr(self, name))
         check_flag(
             0 < self.blur_sigma_min <= self.blur_sigma_max,

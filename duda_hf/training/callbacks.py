@@ -3,6 +3,7 @@
 - `EmaTeacherCallback`: the EMA teacher follows its network after each optimizer step (not in the distillation stage).
 - `RunLoss`: the loss summed over the whole run, kept in every checkpoint, so that `train_loss` covers the whole run
   also after a resume (Trainer's own covers one `train` call).
+- `RemovePartialCheckpoints`: the partial copy an interrupted save left is removed when training starts again.
 - `SyncBatchNormBuffers`: at the end of a DDP run, every process gets rank 0's BatchNorm statistics.
 - `DebugImageCallback`: a picture of the step (source, target, mix, pseudo-label, prediction) every N steps.
 
@@ -20,6 +21,8 @@ from accelerate import PartialState
 from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
+
+from duda_hf.training.checkpointing import STAGING_DIR, remove_partial_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,14 @@ class RunLoss(TrainerCallback, ExportableState):
             self.global_step,
         )
         return self.total / max(self.global_step - self.first_step, 1)
+
+
+class RemovePartialCheckpoints(TrainerCallback):
+    """At the start of training, removes what interrupted saves (a kill, a full disk) left in `.partial-checkpoints/`."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.should_save and remove_partial_checkpoints(args.output_dir):
+            logger.warning("removed %s, the partial copy of an interrupted save (never read)", os.path.join(args.output_dir, STAGING_DIR))
 
 
 class SyncBatchNormBuffers(TrainerCallback):

@@ -12,37 +12,70 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 import shutil
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
-from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_NAME
 
 from duda_hf.jsonio import write_json
 from duda_hf.networks.loading import NETWORKS_FILE
+from duda_hf.training import state_files
 
 STAGING_DIR = ".partial-checkpoints"
 TRAINING_ARGS_FILE = "training_args.json"
 
 
-def disk_full_error(name: str, staging: str, run_dir: str, error: OSError) -> OSError:
-    """The ENOSPC error of a save, with where the partial copy is, the last whole checkpoint and the way forward."""
+class DiskFullError(OSError):
+    """A checkpoint could not be written for lack of space; the message says where, how much and how to go on."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC, as an OSError or as safetensors' own error (which is not an OSError)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, SafetensorError) and "No space left on device" in str(error)
+
+
+def disk_full_error(name: str, run_dir: str, needed: int) -> DiskFullError:
+    """The error of a save that ran out of space: the folder, the space a checkpoint takes, the last whole checkpoint."""
     last = get_last_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-    return OSError(
-        errno.ENOSPC,
-        f"disk full while writing {name}; the partial copy stays in {staging} and is not used. "
-        f"Last complete checkpoint: {last or 'none'}. Free space (or raise --save_total_limit pruning) "
-        "and resume with --resume_from_checkpoint.",
+    error = DiskFullError(
+        f"disk full while writing {name} in {run_dir}: a checkpoint needs about {needed / 2**20:.1f} MB ({needed:,} bytes). "
+        f"Last complete checkpoint: {last or 'none'}; the partial copy in {STAGING_DIR}/ is never read and is removed "
+        "at the next start. Free that much space (or lower --save_total_limit) and resume with "
+        "--resume_from_checkpoint last."
     )
+    error.errno = errno.ENOSPC
+    return error
+
+
+def checkpoint_bytes(trainer) -> int:
+    """About what one checkpoint takes: every network's tensors and the optimizer's (its state, once it has one; else
+    Adam's two moments per trained parameter)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    state = trainer.optimizer.state_dict()["state"] if trainer.optimizer is not None else {}
+    if state:
+        total += sum(v.numel() * v.element_size() for entry in state.values() for v in entry.values() if hasattr(v, "numel"))
+    else:
+        total += 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return total
+
+
+def remove_partial_checkpoints(run_dir: str) -> bool:
+    """Remove what interrupted saves left in `run_dir/.partial-checkpoints/` (never read); True if there was some."""
+    staging = os.path.join(run_dir, STAGING_DIR)
+    if not os.path.isdir(staging):
+        return False
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
 @contextmanager
@@ -53,7 +86,7 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
     The folder yielded is the staging folder; the save writes `checkpoint-<global_step>` inside it.
     On exit without an error, the main process writes `networks` (each network's config by role) into the
     staged checkpoint, renames it to `run_dir/checkpoint-N` (replacing one of the same step), and rotates the
-    checkpoints. A full disk becomes an error that says what to do.
+    checkpoints. A full disk becomes one error that says where, how much space and what to do.
 
     Args:
         trainer: the `Trainer` that saves (its `args`, `state` and `accelerator` are read).
@@ -68,9 +101,9 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
     accelerator.wait_for_everyone()
     try:
         yield staging
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            raise disk_full_error(name, staging, run_dir, error) from error
+    except (OSError, SafetensorError) as error:
+        if is_disk_full(error):
+            raise disk_full_error(name, run_dir, checkpoint_bytes(trainer)) from error
         raise
     if args.should_save:
         write_json(os.path.join(staging, name, NETWORKS_FILE), networks)
@@ -80,6 +113,8 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(os.path.join(staging, name), final)
+        if not os.listdir(staging):
+            os.rmdir(staging)
         rotate_checkpoints(
             output_dir=run_dir,
             save_total_limit=args.save_total_limit,
@@ -92,11 +127,11 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
 def save_checkpoint(trainer, networks: dict) -> str:
     """`output_dir/checkpoint-<global_step>` of `trainer`, whole or not at all; returns its path.
 
-    What `Trainer` saves, in Trainer's file names and formats (so that Trainer's resume reads it): the model
-    (every network in one model.safetensors), the training arguments (as JSON, `training_args.json`, not Trainer's
-    pickled `training_args.bin`), the optimizer, the learning-rate schedule, the gradient
-    scaler if any, the random state of each process, and the trainer state with the state of every callback that
-    keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
+    What `Trainer` saves, as safetensors and JSON only: the model (every network in one model.safetensors, as
+    Trainer writes it), the training arguments (`training_args.json`, where Trainer pickles `training_args.bin`), the
+    optimizer, the learning-rate schedule, the gradient scaler if any and the random state of each process
+    (`duda_hf/training/state_files.py`, where Trainer pickles them), and the trainer state with the state of every
+    callback that keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
     """
     args, state = trainer.args, trainer.state
     trainer.store_flos()
@@ -127,18 +162,14 @@ def save_checkpoint(trainer, networks: dict) -> str:
 
 
 def _save_training_state(trainer, folder: str) -> None:
-    """The optimizer, schedule and scaler (main process) and this process's random state, as Trainer writes them."""
+    """The optimizer, schedule and scaler (main process) and this process's random state, as safetensors and JSON
+    (`duda_hf/training/state_files.py`)."""
     args = trainer.args
     os.makedirs(folder, exist_ok=True)
     if args.should_save:
-        torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
-        with warnings.catch_warnings(record=True):  # the scheduler's "please also save the optimizer" warning
-            torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
+        state_files.save_optimizer(trainer.optimizer, folder)
+        state_files.save_json_state(trainer.lr_scheduler, os.path.join(folder, state_files.SCHEDULER_JSON))
         scaler = getattr(trainer.accelerator, "scaler", None)
         if scaler is not None:
-            torch.save(scaler.state_dict(), os.path.join(folder, SCALER_NAME))
-    rng_states = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        rng_states["cuda"] = torch.cuda.random.get_rng_state_all() if args.world_size > 1 else torch.cuda.random.get_rng_state()
-    file = "rng_state.pth" if args.world_size <= 1 else f"rng_state_{args.process_index}.pth"
-    torch.save(rng_states, os.path.join(folder, file))
+            state_files.save_json_state(scaler, os.path.join(folder, state_files.SCALER_JSON))
+    state_files.save_random_state(folder, args.process_index, args.world_size)

@@ -12,9 +12,13 @@ import glob
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
+
+from duda_hf.networks.loading import NETWORKS_FILE
+from duda_hf.training.state_files import has_training_state
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +26,21 @@ LAST = ("last", "true", "True")
 # what a checkpoint file restores (DudaTrainer checkpoints: docs/design.md, "Training contract")
 RESTORES = (
     ("model.safetensors", "every network (students, EMA teacher, extra teachers) and the class inconsistency state"),
+    ("optimizer.safetensors", "the optimizer"),
+    ("scheduler.json", "the learning-rate schedule"),
+    ("rng_state*.safetensors", "the random state"),
+)
+# the same in a checkpoint of an earlier duda-hf (pickles, read by Trainer with torch.load(weights_only=True))
+OLDER_RESTORES = (
+    RESTORES[0],
     ("optimizer.pt", "the optimizer"),
     ("scheduler.pt", "the learning-rate schedule"),
     ("rng_state*.pth", "the random state"),
 )
+# a checkpoint is complete with these (`networks.json`: each network's config, for `CHECKPOINT@role`)
+REQUIRED = ("trainer_state.json", "model.safetensors", NETWORKS_FILE)
+# `--resume_from_checkpoint ORG/NAME[/checkpoint-N][@REVISION]`: a checkpoint pushed to the Hub
+HUB_CHECKPOINT = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)(?:/(?P<folder>checkpoint-\d+|last-checkpoint))?(?:@(?P<revision>[\w./-]+))?$")
 
 
 class ResumeError(ValueError):
@@ -36,7 +51,8 @@ def resolve_checkpoint(value: str | None, output_dir: str, announce: bool = True
     """The checkpoint folder `--resume_from_checkpoint` means (None: start from step 0), said in the log.
 
     Args:
-        value: a checkpoint folder, `last` (the newest complete `checkpoint-N` of `output_dir`), or empty.
+        value: a checkpoint folder, `last` (the newest complete `checkpoint-N` of `output_dir`), a checkpoint pushed
+            to the Hub (`ORG/NAME`, `ORG/NAME/checkpoint-N`, either with `@REVISION`: `download_checkpoint`), or empty.
         announce: log what the run continues from (the main process).
 
     Raises:
@@ -44,6 +60,9 @@ def resolve_checkpoint(value: str | None, output_dir: str, announce: bool = True
     """
     if not value or value in ("false", "False"):
         return None
+    on_hub = HUB_CHECKPOINT.match(value) and not os.path.exists(value.split("/", 1)[0])  # not a local path either
+    if value not in LAST and on_hub:
+        value = download_checkpoint(value, announce=announce)
     if value in LAST:
         checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         if checkpoint is None:
@@ -62,8 +81,12 @@ def resolve_checkpoint(value: str | None, output_dir: str, announce: bool = True
         )
     if announce:
         state = json.loads(Path(state_file).read_text())
-        restored = [what for pattern, what in RESTORES if glob.glob(os.path.join(checkpoint, pattern))]
-        missing = [what for pattern, what in RESTORES if not glob.glob(os.path.join(checkpoint, pattern))]
+        older = not has_training_state(checkpoint) and os.path.isfile(os.path.join(checkpoint, "optimizer.pt"))
+        restores = OLDER_RESTORES if older else RESTORES
+        restored = [what for pattern, what in restores if glob.glob(os.path.join(checkpoint, pattern))]
+        missing = [what for pattern, what in restores if not glob.glob(os.path.join(checkpoint, pattern))]
+        if older:
+            restored[-1] += " (an earlier duda-hf's pickles, read with torch.load(weights_only=True))"
         logger.warning(
             "resuming from %s: step %d of %d; restored %s, and the log history%s",
             checkpoint,
@@ -73,3 +96,46 @@ def resolve_checkpoint(value: str | None, output_dir: str, announce: bool = True
             f"; not in it, so started afresh: {', '.join(missing)}" if missing else "",
         )
     return checkpoint
+
+
+def download_checkpoint(value: str, announce: bool = True) -> str:
+    """The local copy (in the Hugging Face cache) of a checkpoint pushed to the Hub, checked to be complete.
+
+    Args:
+        value: `ORG/NAME` (its `last-checkpoint/`), `ORG/NAME/checkpoint-N`, either with `@REVISION`.
+
+    Raises:
+        ResumeError: offline or the Hub unreachable (within about 2 s), no such repo, no checkpoint in it, or one
+            that is not complete.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from duda_hf.networks.loading import hub_reachable
+
+    match = HUB_CHECKPOINT.match(value)
+    repo_id, revision = match["repo"], match["revision"]
+    if not hub_reachable():
+        raise ResumeError(
+            f"--resume_from_checkpoint {value}: cannot download the checkpoint, the Hub is unreachable (offline or "
+            "HF_HUB_OFFLINE=1). Copy the checkpoint folder to this machine and pass its path instead."
+        )
+    try:  # the repo's file list, from the endpoint snapshot_download reads too
+        files = [sibling.rfilename for sibling in HfApi().model_info(repo_id, revision=revision or "main").siblings or []]
+    except (HfHubHTTPError, OSError) as error:
+        raise ResumeError(f"--resume_from_checkpoint {value}: cannot read the repo {repo_id}: {error}") from error
+    folders = sorted({name.split("/", 1)[0] for name in files if "/" in name and name.endswith("/trainer_state.json")})
+    folder = match["folder"] or "last-checkpoint"
+    if folder not in folders:
+        raise ResumeError(
+            f"--resume_from_checkpoint {value}: the repo {repo_id} has no {folder}/ (checkpoints in it: "
+            f"{folders or 'none'}). A run pushes its checkpoints with --push_to_hub and --hub_strategy checkpoint "
+            "(last-checkpoint/) or all_checkpoints (checkpoint-N/)."
+        )
+    missing = [name for name in REQUIRED if f"{folder}/{name}" not in files]
+    if missing:
+        raise ResumeError(f"--resume_from_checkpoint {value}: {repo_id}/{folder} is not complete (missing {missing})")
+    if announce:
+        logger.warning("downloading %s/%s%s from the Hub", repo_id, folder, f" at {revision}" if revision else "")
+    snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[f"{folder}/*"])
+    return os.path.join(snapshot, folder)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import reduce
+from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -24,7 +24,15 @@ from duda_hf.method.config import DudaConfig
 from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
 from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
-from duda_hf.training.callbacks import DebugImageCallback, EmaTeacherCallback, RunLoss, SyncBatchNormBuffers
+from duda_hf.training import state_files
+from duda_hf.training.bad_samples import BadSamples
+from duda_hf.training.callbacks import (
+    DebugImageCallback,
+    EmaTeacherCallback,
+    RemovePartialCheckpoints,
+    RunLoss,
+    SyncBatchNormBuffers,
+)
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
 from duda_hf.training.preemption import Preemption
@@ -115,15 +123,25 @@ class DudaTrainer(Trainer):
     ):
         if train_dataset is not None:  # before Trainer's set-up, which may create a Hub repo
             _check_train_dataset(train_dataset, args)
+
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
         if args.deepspeed or args.fsdp:
             raise ValueError(
                 "DudaTrainer trains on one device or with DDP (accelerate launch --multi_gpu): DeepSpeed and FSDP are "
                 "not supported; drop --deepspeed / --fsdp"
             )
-        own = [EmaTeacherCallback(), RunLoss(), SyncBatchNormBuffers()]
+        own = [EmaTeacherCallback(), RunLoss(), RemovePartialCheckpoints(), SyncBatchNormBuffers()]
+        optimizers = kwargs.pop("optimizers", (None, None))
+        if optimizers[0] is None:  # Trainer's public way in: the optimizer, and Trainer makes the schedule for it
+            optimizers = (build_optimizer(model, args), optimizers[1])
         super().__init__(
-            model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=[*own, *(callbacks or [])], **kwargs
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            callbacks=[*own, *(callbacks or [])],
+            optimizers=optimizers,
+            **kwargs,
         )
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
@@ -138,6 +156,8 @@ class DudaTrainer(Trainer):
         self.last_eval_step = -1
         self.step_log = StepLog()
         self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
+        self.bad_samples = BadSamples(args.max_bad_sample_share)  # training images that could not be decoded
+        self.random_state_to_restore: str | None = None  # the checkpoint a resume reads the random state from
         outside = transformers_outside_checked_versions()
         if outside:
             logger.warning(
@@ -146,34 +166,6 @@ class DudaTrainer(Trainer):
                 TRANSFORMERS_VERSIONS,
                 outside,
             )
-
-    # ---- optimisation ----
-    def create_optimizer(self, model=None):
-        """AdamW over the trained networks: each network's head (every parameter outside its backbone, in any model
-        family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms and biases."""
-        if self.optimizer is None:
-            args = self.args
-            duda = self.accelerator.unwrap_model(model or self.model)
-            heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
-            groups = defaultdict(list)
-            for param in duda.parameters():
-                if not param.requires_grad:
-                    continue
-                is_head = id(param) in heads
-                no_decay = param.ndim <= 1  # biases and norm scales
-                groups[(is_head, no_decay)].append(param)
-            param_groups = [
-                {
-                    "params": params,
-                    "lr": args.learning_rate * (args.head_lr_multiplier if is_head else 1.0),
-                    "weight_decay": 0.0 if no_decay else args.weight_decay,
-                }
-                for (is_head, no_decay), params in sorted(groups.items())
-            ]
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(args, self.model)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
-        return self.optimizer
 
     # ---- one step (docs/method.md; the terms in duda_hf/method/step.py) ----
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -188,6 +180,9 @@ class DudaTrainer(Trainer):
         before a non-finite loss reaches the optimizer. Logged values stay on the device and are read once per
         logging step.
         """
+        if self.random_state_to_restore:  # the first micro-step after a resume: where Trainer restores its own
+            state_files.load_random_state(self.random_state_to_restore, self.args.process_index, self.args.world_size)
+            self.random_state_to_restore = None
         generator = self._step_generator(inputs["source_image"].device)
         result = duda_step(
             model,
@@ -203,6 +198,7 @@ class DudaTrainer(Trainer):
         loss = sum(result.terms.values())  # in the order of the terms (the floating-point order of the sum)
         self._check_finite({**result.terms, "loss": loss})
         self.step_log.add({**result.terms, **result.diagnostics})
+        self.bad_samples.add(inputs.get("bad_samples"))
         self.run_loss.add(loss / self.args.gradient_accumulation_steps)  # as Trainer counts it for train_loss
         return (loss, result.tensors.outputs) if return_outputs else loss
 
@@ -272,11 +268,29 @@ class DudaTrainer(Trainer):
         at a logging step and at the end of training, where both read-backs below meet across processes."""
         if "loss" in logs:
             logs.update(self.step_log.pop_means(world_size=self.args.world_size))
+            bad = self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
+            if bad:
+                logs["bad_samples"] = bad
             self.run_loss.read_back(self.args.world_size, self.state.global_step)
         if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
+            self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
             self.run_loss.read_back(self.args.world_size, self.state.global_step)
             logs["train_loss"] = self.run_loss.train_loss()
         super().log(logs, start_time)
+
+    # ---- resume: the training state read from safetensors and JSON (duda_hf/training/state_files.py) ----
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The optimizer, schedule and scaler of `checkpoint`, without a pickle; this process's random state is
+        restored at the first micro-step (`compute_loss`), where Trainer would restore its own. A checkpoint of the
+        earlier, pickled format goes to Trainer's loading (`torch.load(weights_only=True)`)."""
+        if checkpoint is None or not state_files.has_training_state(checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        state_files.load_optimizer(self.optimizer, checkpoint)
+        state_files.load_json_state(self.lr_scheduler, os.path.join(checkpoint, state_files.SCHEDULER_JSON))
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and os.path.isfile(os.path.join(checkpoint, state_files.SCALER_JSON)):
+            state_files.load_json_state(scaler, os.path.join(checkpoint, state_files.SCALER_JSON))
+        self.random_state_to_restore = checkpoint
 
     # ---- checkpoints: written whole or not at all, then pushed (duda_hf/training/checkpointing.py, hub_policy.py) ----
     def _save_checkpoint(self, model, trial):
@@ -360,6 +374,29 @@ class DudaTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def build_optimizer(model: DudaModel, args: DudaConfig) -> torch.optim.Optimizer:
+    """AdamW (or `--optim`) over the trained networks: each network's head (every parameter outside its backbone, in
+    any model family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms
+    and biases. `DudaTrainer` passes it to Trainer as `optimizers=(optimizer, None)`."""
+    duda = extract_model_from_parallel(model)
+    heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
+    groups = defaultdict(list)
+    for param in duda.parameters():
+        if param.requires_grad:
+            groups[(id(param) in heads, param.ndim <= 1)].append(param)  # (head, no decay: biases and norm scales)
+    param_groups = [
+        {
+            "params": params,
+            "lr": args.learning_rate * (args.head_lr_multiplier if is_head else 1.0),
+            "weight_decay": 0.0 if no_decay else args.weight_decay,
+        }
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, duda)
+    optimizer_kwargs.pop("lr", None)
+    return optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
 
 
 def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:

@@ -73,14 +73,10 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
             "optimizer_cls_and_kwargs",
             "preprocess_logits_for_metrics",
         ),
-        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py) and checks the "
-        "training data's order and length before Trainer's set-up, which may create a Hub repo",
-    ),
-    TrainerOverride(
-        "create_optimizer",
-        ("self", "model"),
-        "AdamW groups: each network's head (every parameter outside its backbone) at head_lr_multiplier x lr, no weight "
-        "decay on norms and biases; Trainer's own groups know neither",
+        "adds the callbacks (EMA teacher, preemption, run loss, BatchNorm sync; duda_hf/training/callbacks.py), checks the "
+        "training data's order and length before Trainer's set-up (which may create a Hub repo), and hands Trainer the "
+        "optimizer through its public `optimizers` argument (`build_optimizer`: each network's head at "
+        "head_lr_multiplier x lr, no weight decay on norms and biases; Trainer's own groups know neither)",
     ),
     TrainerOverride(
         "compute_loss",
@@ -111,12 +107,21 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
         older_parameters=(("self", "commit_message", "blocking", "token", "revision", "kwargs"),),
     ),
     TrainerOverride(
+        "_load_optimizer_and_scheduler",
+        ("self", "checkpoint"),
+        "the second private override: a resume reads the optimizer, schedule and scaler from safetensors and JSON, "
+        "not Trainer's pickles, and notes the checkpoint whose random state compute_loss restores at the first "
+        "micro-step (where Trainer's private `_load_rng_state` would, which is not overridden); an older, pickled "
+        "checkpoint goes to Trainer's own loading (torch.load(weights_only=True))",
+    ),
+    TrainerOverride(
         "_save_checkpoint",
         ("self", "model", "trial"),
-        "the one private override, worth its upgrade risk: a checkpoint is written whole in a staging folder and "
+        "a private override, worth its upgrade risk: a checkpoint is written whole in a staging folder and "
         "renamed into place (a run killed or out of disk mid-save never leaves a folder that looks complete), with "
         "networks.json, and only then pushed (duda_hf/training/checkpointing.py). It writes Trainer's files itself "
-        "from public objects (save_model, the optimizer, the scheduler, the trainer state), so it calls no private "
+        "from public objects (the model, the optimizer, the scheduler, the trainer state) as safetensors and JSON, so it "
+        "calls no private "
         "Trainer method, and it replaces the two other private overrides this needed before (`_get_output_dir`, "
         "`_push_from_checkpoint`)",
     ),
