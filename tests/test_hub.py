@@ -277,6 +277,7 @@ def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_t
         str(p.relative_to(tmp_path / "run" / "checkpoint-2")) for p in (tmp_path / "run" / "checkpoint-2").rglob("*") if p.is_file()
     )
     assert uploads[0]["files"] == saved and "networks.json" in saved and "optimizer.safetensors" in saved
+    assert uploads[0]["delete_patterns"] == "*"  # last-checkpoint/ keeps no file of an earlier push
     assert all(name.endswith((".safetensors", ".json")) for name in saved)
     assert uploads[-1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert uploads[-1]["commit_message"] == "DUDA student after 4 steps"

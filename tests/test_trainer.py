@@ -114,6 +114,14 @@ def test_optimizer_groups_head_lr_and_no_decay(tiny_benchmark, tmp_path):
     assert seen == set(trainable)  # every trainable parameter once, teachers never
 
 
+def test_optimizer_cls_and_kwargs_is_honoured_with_the_head_groups(tiny_benchmark, tmp_path):
+    built = make_trainer(tiny_benchmark, tmp_path)
+    trainer = DudaTrainer(built.model, built.args, built.train_dataset, optimizer_cls_and_kwargs=(torch.optim.SGD, {"momentum": 0.5}))
+    optimizer = trainer.create_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD) and {group["momentum"] for group in optimizer.param_groups} == {0.5}
+    assert {group["lr"] for group in optimizer.param_groups} == {1e-3, 1e-3 * built.args.head_lr_multiplier}
+
+
 def test_non_finite_loss_names_step_and_term(tiny_benchmark, tmp_path):
     trainer = make_trainer(tiny_benchmark, tmp_path)
     (tmp_path / "checkpoint-7").mkdir()

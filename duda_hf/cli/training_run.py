@@ -100,7 +100,8 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     started = time.monotonic()
     trainer = build_trainer(model_args, data_args, config)
     # which checkpoint, which step, what it restores (`last` with none: says it starts from step 0)
-    resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, announce=trainer.is_world_process_zero())
+    with config.main_process_first(local=True, desc="the checkpoint"):  # a Hub download: once per machine, then the cache
+        resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, announce=trainer.is_world_process_zero())
     trainer.train(resume_from_checkpoint=resume)
     if trainer.last_eval_step != trainer.state.global_step:
         trainer.evaluate()

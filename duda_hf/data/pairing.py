@@ -27,8 +27,9 @@ from duda_hf.data.rcs import RareClassSampler
 logger = logging.getLogger(__name__)
 CROP_TRIES = 10
 MAX_REDRAWS = 10  # samples in a row that may fail before the dataset itself is taken to be broken
-# what PIL and the native readers raise for a truncated, corrupt or unreadable file (DomainError is a ValueError)
-BAD_SAMPLE_ERRORS = (OSError, SyntaxError, ValueError)
+# what PIL raises for a truncated or corrupt file (an OSError without errno, SyntaxError) and what the native readers
+# raise for one (DomainError); an OSError with an errno (EIO, EMFILE, ...) is the system's, and stops the run
+BAD_SAMPLE_ERRORS = (OSError, SyntaxError, DomainError)
 
 
 def random_crop_box(rng: np.random.Generator, shape_hw: tuple[int, int], crop_hw: tuple[int, int]) -> tuple[int, int]:
@@ -97,16 +98,9 @@ class DudaTrainDataset(torch.utils.data.Dataset):
                 break
         return image[top : top + height, left : left + width], crop
 
-    def _read_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def _read_source(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
         source = self.source[index]
-        image = to_rgb_array(source["image"], self.source_resize_hw)
-        label = to_label_array(source["label"], self.source_resize_hw)
-        if image.shape[:2] != label.shape:
-            raise ValueError(
-                f"source image #{index} is {image.shape[1]}x{image.shape[0]} but its label is "
-                f"{label.shape[1]}x{label.shape[0]}; image and label must have the same size"
-            )
-        return image, label
+        return to_rgb_array(source["image"], self.source_resize_hw), to_label_array(source["label"], self.source_resize_hw), index
 
     def _read_target(self, index: int) -> np.ndarray:
         return to_rgb_array(self.target[index]["image"], self.target_resize_hw)
@@ -121,6 +115,8 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             try:
                 return read(index), bad
             except BAD_SAMPLE_ERRORS as error:
+                if isinstance(error, OSError) and error.errno is not None:  # the disk or the system, not the file
+                    raise
                 logger.warning("%s: sample #%d cannot be decoded (%s); training draws another in its place", flag, index, error)
                 bad = index if bad < 0 else bad
                 index = redraw()
@@ -142,7 +138,14 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             rare_class, drawn = draw_source()
             return drawn
 
-        (source_image, source_label), bad_source = self._read("--source_dataset", self._read_source, source_index, redraw_source)
+        (source_image, source_label, source_index), bad_source = self._read(
+            "--source_dataset", self._read_source, source_index, redraw_source
+        )
+        if source_image.shape[:2] != source_label.shape:  # a property of the dataset, not of one unreadable file
+            raise ValueError(
+                f"source image #{source_index} is {source_image.shape[1]}x{source_image.shape[0]} but its label is "
+                f"{source_label.shape[1]}x{source_label.shape[0]}; image and label must have the same size"
+            )
         source_image, source_label = self._crop_source(rng, source_image, source_label, rare_class)
 
         height, width = self.crop_size_hw

@@ -69,8 +69,13 @@ def upload_folder(
     path_in_repo: str | None = None,
     revision: str | None = None,
     token: str | None = None,
+    delete_patterns: str | None = None,
 ) -> str:
-    """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure."""
+    """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure.
+
+    `delete_patterns`: files under `path_in_repo` to delete in the same commit unless uploaded (`"*"`: make the
+    repo folder hold exactly `folder`)."""
+    extra = {"delete_patterns": delete_patterns} if delete_patterns else {}
     with hub_errors(repo_id, folder):
         info = HfApi(token=token).upload_folder(
             repo_id=repo_id,
@@ -79,6 +84,7 @@ def upload_folder(
             revision=revision,
             repo_type="model",
             commit_message=commit_message,
+            **extra,
         )
     return str(getattr(info, "commit_url", info))
 

@@ -18,12 +18,13 @@ def export_network(model: PreTrainedModel, output_dir: str | os.PathLike, eval_s
     image processor that resizes to a fixed size and normalises as the network was trained.
 
     The processor is a `SegformerImageProcessor` (resize, rescale, normalise; it serves any family in the
-    `image-segmentation` pipeline), or a `MobileViTImageProcessor` for a network trained on BGR inputs.
+    `image-segmentation` pipeline), or a `MobileViTImageProcessor` for a network trained on BGR inputs; written
+    through their PIL-backend classes, which need no torchvision and write the same file.
 
     Args:
         eval_size_hw: `(height, width)` the image processor resizes to (Cityscapes: 512, 1024); None keeps 512 x 512.
     """
-    from transformers import MobileViTImageProcessor, SegformerImageProcessor
+    from transformers import MobileViTImageProcessorPil, SegformerImageProcessorPil
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -36,8 +37,8 @@ def export_network(model: PreTrainedModel, output_dir: str | os.PathLike, eval_s
     if bgr:  # MobileViT's processor: no normalisation, channels flipped
         if (mean, std) != ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
             raise ValueError("a BGR network with mean/std normalisation has no transformers image processor to export it with")
-        processor = MobileViTImageProcessor(size=size, do_center_crop=False, do_flip_channel_order=True, do_reduce_labels=False)
+        processor = MobileViTImageProcessorPil(size=size, do_center_crop=False, do_flip_channel_order=True, do_reduce_labels=False)
     else:
-        processor = SegformerImageProcessor(size=size, image_mean=list(mean), image_std=list(std), do_reduce_labels=False)
+        processor = SegformerImageProcessorPil(size=size, image_mean=list(mean), image_std=list(std), do_reduce_labels=False)
     processor.save_pretrained(output_dir)
     return output_dir

@@ -5,7 +5,7 @@ Each training item says which source and target index failed (`bad_samples`, -1 
 those tensors where they are and reads them once per logging step, gathered over the processes: the log gets the
 run's count so far (`bad_samples`, when there are any), `eval_results.json` the count and the first names, and
 the run stops with one error line once more than `--max_bad_sample_share` of the draws have failed (counted from
-`MIN_FAILURES` failures on, so that one early failure does not stop it).
+`MIN_FAILURES` failures on, so that one early failure does not stop it). The count is kept in every checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from duda_hf.data.errors import DomainError
 
@@ -25,12 +27,24 @@ class TooManyBadSamples(DomainError):
     """More than the allowed share of the training draws could not be decoded."""
 
 
-class BadSamples:
-    def __init__(self, max_share: float):
+class BadSamples(TrainerCallback, ExportableState):
+    """The run's failed draws: counted at each logging step, kept in every checkpoint (trainer_state.json) so that a
+    resumed run goes on counting."""
+
+    def __init__(self, max_share: float = 0.01, count: int = 0, draws: int = 0, first: list[str] | None = None):
         self.max_share = max_share
         self.pending: list[torch.Tensor] = []
-        self.draws = 0  # source and target draws so far, over every process
-        self.failed: list[str] = []  # "--source_dataset #12", in the order they were counted
+        self.count, self.draws = count, draws  # failed draws and source + target draws so far, over every process
+        self.first: list[str] = list(first or [])  # the first failures, "--source_dataset #12"
+
+    def state(self) -> dict:
+        return {"args": {"max_share": self.max_share, "count": self.count, "draws": self.draws, "first": self.first}, "attributes": {}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = state.stateful_callbacks.get(type(self).__name__) or {}
+        saved = ((saved[-1] if isinstance(saved, list) and saved else saved) or {}).get("args", {})
+        self.count, self.draws, self.first = saved.get("count", 0), saved.get("draws", 0), list(saved.get("first", []))
+        self.pending = []
 
     def add(self, bad: torch.Tensor | None) -> None:
         """One micro-step's `(B, 2)` failed indices (on any device; not read here)."""
@@ -45,15 +59,17 @@ class BadSamples:
             self.pending = []
             self.draws += found.numel()
             for column, flag in enumerate(FLAGS):
-                self.failed += [f"{flag} #{index}" for index in found[:, column].tolist() if index >= 0]
-        if len(self.failed) >= MIN_FAILURES and len(self.failed) > self.max_share * self.draws:
+                failed = [f"{flag} #{index}" for index in found[:, column].tolist() if index >= 0]
+                self.count += len(failed)
+                self.first += failed[: NAMED - len(self.first)]
+        if self.count >= MIN_FAILURES and self.count > self.max_share * self.draws:
             raise TooManyBadSamples(
-                f"{len(self.failed)} of the {self.draws} training images drawn so far could not be decoded (more than "
-                f"--max_bad_sample_share {self.max_share:g}): {', '.join(self.failed[:NAMED])}"
-                f"{' ...' if len(self.failed) > NAMED else ''}. Re-download or remove those files (the warnings above name "
-                "each one), then resume with --resume_from_checkpoint last."
+                f"{self.count} of the {self.draws} training images drawn so far could not be decoded (more than "
+                f"--max_bad_sample_share {self.max_share:g}): {', '.join(self.first)}{' ...' if self.count > len(self.first) else ''}. "
+                "Re-download or remove those files (the warnings above name each one), then resume with "
+                "--resume_from_checkpoint last."
             )
-        return len(self.failed)
+        return self.count
 
     def summary(self) -> dict:
-        return {"count": len(self.failed), "draws": self.draws, "first": self.failed[:NAMED]}
+        return {"count": self.count, "draws": self.draws, "first": self.first}

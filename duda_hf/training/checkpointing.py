@@ -37,10 +37,10 @@ class DiskFullError(OSError):
 
 
 def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC, as an OSError or as safetensors' own error (which is not an OSError)."""
+    """ENOSPC or EDQUOT, as an OSError or as safetensors' own error (which is not an OSError)."""
     if isinstance(error, OSError):
-        return error.errno == errno.ENOSPC
-    return isinstance(error, SafetensorError) and "No space left on device" in str(error)
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a cluster's quota
+    return isinstance(error, SafetensorError) and ("No space left on device" in str(error) or "quota exceeded" in str(error).lower())
 
 
 def disk_full_error(name: str, run_dir: str, needed: int) -> DiskFullError:
@@ -101,12 +101,12 @@ def staged_checkpoint(trainer, run_dir: str, networks: dict) -> Iterator[str]:
     accelerator.wait_for_everyone()
     try:
         yield staging
+        if args.should_save:
+            write_json(os.path.join(staging, name, NETWORKS_FILE), networks)
     except (OSError, SafetensorError) as error:
         if is_disk_full(error):
             raise disk_full_error(name, run_dir, checkpoint_bytes(trainer)) from error
         raise
-    if args.should_save:
-        write_json(os.path.join(staging, name, NETWORKS_FILE), networks)
     accelerator.wait_for_everyone()
     if args.should_save:
         final = os.path.join(run_dir, name)

@@ -52,6 +52,8 @@ def push_checkpoint(args, repo_id: str, checkpoint_folder: str, step: int) -> No
         path_in_repo=path_in_repo,
         revision=args.hub_revision,
         token=args.hub_token,
+        # last-checkpoint/ holds exactly the checkpoint pushed: no file of an earlier one (or format) stays beside it
+        delete_patterns="*",
     )
 
 

@@ -137,5 +137,8 @@ def download_checkpoint(value: str, announce: bool = True) -> str:
         raise ResumeError(f"--resume_from_checkpoint {value}: {repo_id}/{folder} is not complete (missing {missing})")
     if announce:
         logger.warning("downloading %s/%s%s from the Hub", repo_id, folder, f" at {revision}" if revision else "")
-    snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[f"{folder}/*"])
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, allow_patterns=[f"{folder}/*"])
+    except (HfHubHTTPError, OSError) as error:
+        raise ResumeError(f"--resume_from_checkpoint {value}: the download of {repo_id}/{folder} failed: {error}") from error
     return os.path.join(snapshot, folder)

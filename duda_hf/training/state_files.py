@@ -25,7 +25,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from duda_hf.jsonio import write_json
+
+def write_json(path: str | os.PathLike, value) -> None:
+    """Python's JSON with its `Infinity` and `NaN`: a training state must read back exactly (the project's strict
+    writer, for files people read, turns them into null)."""
+    Path(path).write_text(json.dumps(value, indent=1))
+
 
 OPTIMIZER_TENSORS, OPTIMIZER_JSON = "optimizer.safetensors", "optimizer.json"
 SCHEDULER_JSON = "scheduler.json"
@@ -75,6 +80,11 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | os.PathLike) 
     saved = optimizer_state_dict(folder)
     # JSON has no tuples: give back the type the optimizer's own groups have (e.g. Adam's betas)
     current = optimizer.state_dict()["param_groups"]
+    if len(current) != len(saved["param_groups"]):
+        raise ValueError(
+            f"the checkpoint's optimizer {folder} has {len(saved['param_groups'])} parameter groups, this run's has "
+            f"{len(current)}: it was written for other networks or another --weight_decay / head learning rate layout"
+        )
     groups = [
         {key: tuple(value) if isinstance(own.get(key), tuple) else value for key, value in group.items()}
         for group, own in zip(saved["param_groups"], current)

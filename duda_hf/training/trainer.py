@@ -130,10 +130,10 @@ class DudaTrainer(Trainer):
                 "DudaTrainer trains on one device or with DDP (accelerate launch --multi_gpu): DeepSpeed and FSDP are "
                 "not supported; drop --deepspeed / --fsdp"
             )
-        own = [EmaTeacherCallback(), RunLoss(), RemovePartialCheckpoints(), SyncBatchNormBuffers()]
+        own = [EmaTeacherCallback(), RunLoss(), BadSamples(args.max_bad_sample_share), RemovePartialCheckpoints(), SyncBatchNormBuffers()]
         optimizers = kwargs.pop("optimizers", (None, None))
         if optimizers[0] is None:  # Trainer's public way in: the optimizer, and Trainer makes the schedule for it
-            optimizers = (build_optimizer(model, args), optimizers[1])
+            optimizers = (build_optimizer(model, args, kwargs.pop("optimizer_cls_and_kwargs", None)), optimizers[1])
         super().__init__(
             model=model,
             args=args,
@@ -156,7 +156,6 @@ class DudaTrainer(Trainer):
         self.last_eval_step = -1
         self.step_log = StepLog()
         self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
-        self.bad_samples = BadSamples(args.max_bad_sample_share)  # training images that could not be decoded
         self.random_state_to_restore: str | None = None  # the checkpoint a resume reads the random state from
         outside = transformers_outside_checked_versions()
         if outside:
@@ -181,7 +180,14 @@ class DudaTrainer(Trainer):
         logging step.
         """
         if self.random_state_to_restore:  # the first micro-step after a resume: where Trainer restores its own
-            state_files.load_random_state(self.random_state_to_restore, self.args.process_index, self.args.world_size)
+            if not state_files.load_random_state(self.random_state_to_restore, self.args.process_index, self.args.world_size):
+                logger.warning(
+                    "%s has no random state for process %d of %d (it was written by another number of processes): the "
+                    "random draws after the resume differ from those of an uninterrupted run",
+                    self.random_state_to_restore,
+                    self.args.process_index,
+                    self.args.world_size,
+                )
             self.random_state_to_restore = None
         generator = self._step_generator(inputs["source_image"].device)
         result = duda_step(
@@ -262,6 +268,11 @@ class DudaTrainer(Trainer):
     def run_loss(self) -> RunLoss:
         """The run's loss sum (the `RunLoss` callback; Trainer replaces it when it restores callback states)."""
         return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
+
+    @property
+    def bad_samples(self) -> BadSamples:
+        """The run's undecodable training images (the `BadSamples` callback, kept in checkpoints like `RunLoss`)."""
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, BadSamples))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log with the step's terms and diagnostics; `train_loss` over the whole run. Every process calls it
@@ -376,8 +387,8 @@ class DudaTrainer(Trainer):
         return metrics
 
 
-def build_optimizer(model: DudaModel, args: DudaConfig) -> torch.optim.Optimizer:
-    """AdamW (or `--optim`) over the trained networks: each network's head (every parameter outside its backbone, in
+def build_optimizer(model: DudaModel, args: DudaConfig, optimizer_cls_and_kwargs: tuple | None = None) -> torch.optim.Optimizer:
+    """AdamW (or `--optim`, or `optimizer_cls_and_kwargs` as Trainer takes it) over the trained networks: each network's head (every parameter outside its backbone, in
     any model family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms
     and biases. `DudaTrainer` passes it to Trainer as `optimizers=(optimizer, None)`."""
     duda = extract_model_from_parallel(model)
@@ -394,8 +405,8 @@ def build_optimizer(model: DudaModel, args: DudaConfig) -> torch.optim.Optimizer
         }
         for (is_head, no_decay), params in sorted(groups.items())
     ]
-    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, duda)
-    optimizer_kwargs.pop("lr", None)
+    optimizer_cls, optimizer_kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, duda)
+    optimizer_kwargs = {key: value for key, value in optimizer_kwargs.items() if key != "lr"}
     return optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
 
 
