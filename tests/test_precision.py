@@ -11,7 +11,7 @@ from duda_hf.cli.training_run import build_trainer
 from duda_hf.export.network import export_network
 from duda_hf.method.losses import fuse_teacher_probs
 from duda_hf.networks.loading import build_network
-from duda_hf.training.trainer import StepLog
+from duda_hf.training.step_log import StepLog
 
 from .conftest import tiny_argv
 

@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import extract_model_from_parallel, reduce
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from duda_hf.data.labels import CITYSCAPES_CLASSES, NUM_CLASSES
+from duda_hf.data.labels import NUM_CLASSES
 from duda_hf.evaluation.inference import evaluate_networks
 from duda_hf.method.config import DudaConfig
 from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
-from duda_hf.networks.duda_model import DudaModel, head_parameters, prepare_networks
+from duda_hf.networks.duda_model import DudaModel, prepare_networks
 from duda_hf.training import state_files
 from duda_hf.training.bad_samples import BadSamples
 from duda_hf.training.callbacks import (
@@ -35,63 +33,18 @@ from duda_hf.training.callbacks import (
 )
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
+from duda_hf.training.optimizer import build_optimizer
 from duda_hf.training.preemption import Preemption
+from duda_hf.training.step_log import StepLog
 from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DudaTrainer", "NonFiniteLossError", "StepLog"]
+__all__ = ["DudaTrainer", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; training stops before the optimizer step."""
-
-
-class StepLog:
-    """Sums of the logged step values between two logging steps.
-
-    Tensors are summed where they live (no host synchronisation per micro-step) and read back together, once,
-    when the Trainer logs; host floats (such as `lam_t`) are summed on the host. A vector value `name` of 19
-    entries is logged per Cityscapes class as `name_<class>`.
-    """
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.count = 0
-
-    def add(self, values: dict[str, torch.Tensor | float]) -> None:
-        for name, value in values.items():
-            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
-            self.sums[name] = value if name not in self.sums else self.sums[name] + value
-        self.count += 1
-
-    def pop_means(self, digits: int = 5, world_size: int = 1) -> dict[str, float]:
-        """Means since the last call, as host floats (one device-to-host copy), then start again.
-
-        With several processes (every process calls it at the same logging step), tensor values are averaged over
-        the processes, as Trainer's logged `loss` is, so that the logged terms add up to it.
-        """
-        if not self.count:
-            return {}
-        tensors = {name: value for name, value in self.sums.items() if isinstance(value, torch.Tensor)}
-        flat = torch.cat([value.reshape(-1) for value in tensors.values()]) if tensors else None
-        if flat is not None and world_size > 1:
-            flat = reduce(flat, reduction="mean")
-        flat = flat.cpu().tolist() if flat is not None else []
-        means, offset = {}, 0
-        for name, value in self.sums.items():
-            if not isinstance(value, torch.Tensor):
-                means[name] = round(value / self.count, digits)
-                continue
-            numbers = flat[offset : offset + value.numel()]
-            offset += value.numel()
-            if value.dim() == 0:
-                means[name] = round(numbers[0] / self.count, digits)
-            else:
-                for class_name, number in zip(CITYSCAPES_CLASSES, numbers):
-                    means[f"{name}_{class_name.replace(' ', '_')}"] = round(number / self.count, digits)
-        self.sums, self.count = {}, 0
-        return means
 
 
 class DudaTrainer(Trainer):
@@ -385,29 +338,6 @@ class DudaTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
-
-
-def build_optimizer(model: DudaModel, args: DudaConfig, optimizer_cls_and_kwargs: tuple | None = None) -> torch.optim.Optimizer:
-    """AdamW (or `--optim`, or `optimizer_cls_and_kwargs` as Trainer takes it) over the trained networks: each network's head (every parameter outside its backbone, in
-    any model family: `networks.duda_model.head_parameters`) at `head_lr_multiplier` x lr; no weight decay on norms
-    and biases. `DudaTrainer` passes it to Trainer as `optimizers=(optimizer, None)`."""
-    duda = extract_model_from_parallel(model)
-    heads = {id(param) for network in (duda.student, duda.aux_student) if network is not None for param in head_parameters(network)}
-    groups = defaultdict(list)
-    for param in duda.parameters():
-        if param.requires_grad:
-            groups[(id(param) in heads, param.ndim <= 1)].append(param)  # (head, no decay: biases and norm scales)
-    param_groups = [
-        {
-            "params": params,
-            "lr": args.learning_rate * (args.head_lr_multiplier if is_head else 1.0),
-            "weight_decay": 0.0 if no_decay else args.weight_decay,
-        }
-        for (is_head, no_decay), params in sorted(groups.items())
-    ]
-    optimizer_cls, optimizer_kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, duda)
-    optimizer_kwargs = {key: value for key, value in optimizer_kwargs.items() if key != "lr"}
-    return optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
 
 
 def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:
