@@ -124,7 +124,8 @@ class DudaTrainer(Trainer):
         """One micro-step: the loss is the sum of the step's named, weighted terms; every state update is here.
 
         `duda_step` computes the terms and diagnostics without side effects; then, in this order: the
-        inconsistency state, the debug picture's tensors, the sum, the finiteness check, the log.
+        inconsistency state, the debug picture's tensors, the sum, the finiteness check, the log (the terms, the
+        failed draws, the run's loss). After a resume, the first micro-step restores the checkpoint's random state.
 
         Precision: the networks' forward passes run under the run's autocast (`--bf16`/`--fp16`); everything after
         them (teacher softmax, pseudo-labels, confidence, KD targets, losses) is computed in fp32.
@@ -133,15 +134,7 @@ class DudaTrainer(Trainer):
         logging step.
         """
         if self.random_state_to_restore:  # the first micro-step after a resume: where Trainer restores its own
-            if not state_files.load_random_state(self.random_state_to_restore, self.args.process_index, self.args.world_size):
-                logger.warning(
-                    "%s has no random state for process %d of %d (it was written by another number of processes): the "
-                    "random draws after the resume differ from those of an uninterrupted run",
-                    self.random_state_to_restore,
-                    self.args.process_index,
-                    self.args.world_size,
-                )
-            self.random_state_to_restore = None
+            self._restore_random_state()
         generator = self._step_generator(inputs["source_image"].device)
         result = duda_step(
             model,
@@ -160,6 +153,18 @@ class DudaTrainer(Trainer):
         self.bad_samples.add(inputs.get("bad_samples"))
         self.run_loss.add(loss / self.args.gradient_accumulation_steps)  # as Trainer counts it for train_loss
         return (loss, result.tensors.outputs) if return_outputs else loss
+
+    def _restore_random_state(self) -> None:
+        """This process's random state from the checkpoint resumed from (`_load_optimizer_and_scheduler` noted it)."""
+        checkpoint, self.random_state_to_restore = self.random_state_to_restore, None
+        if not state_files.load_random_state(checkpoint, self.args.process_index, self.args.world_size):
+            logger.warning(
+                "%s has no random state for process %d of %d (it was written by another number of processes): the "
+                "random draws after the resume differ from those of an uninterrupted run",
+                checkpoint,
+                self.args.process_index,
+                self.args.world_size,
+            )
 
     def _step_generator(self, device: torch.device) -> torch.Generator:
         """Random source for this micro-step: a function of (seed, step, micro-step, process), so resumes are exact."""
