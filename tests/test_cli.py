@@ -77,3 +77,21 @@ def test_duda_train_says_the_teacher_premise_once_after_the_results(tiny_benchma
     lines = done.stdout.splitlines()
     mious = [i for i, line in enumerate(lines) if line.startswith("target-validation mIoU")]
     assert len(mious) == 1 and lines[mious[0] + 1] == f"note: {premise}"
+
+
+def test_the_cpu_recipe_trains_without_a_warning(tiny_benchmark, tmp_path):
+    """The README's first command's training path (the CPU recipe, on the tiny benchmark for a few steps, with an
+    evaluation and a checkpoint) prints no warning: nothing from transformers (image processors without torchvision,
+    the checked Trainer versions), Python or the project."""
+    argv = ["--config", str(ROOT / "configs" / "synthetic_cpu.yaml"), "--output_dir", str(tmp_path / "run")]
+    argv += ["--source_dataset", tiny_benchmark["source"], "--target_dataset", tiny_benchmark["target"]]
+    argv += ["--target_eval_dataset", tiny_benchmark["target_val"], "--crop_size", "64", "--rcs_min_pixels", "50"]
+    argv += ["--max_steps", "8", "--eval_steps", "4", "--save_steps", "4", "--logging_steps", "4"]
+    env = {**ENV, "PYTHONWARNINGS": "default", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_duda.py"), *argv], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = (done.stdout + done.stderr).replace(str(tmp_path), "RUN")
+    found = [line for line in output.splitlines() if re.search(r"warn|deprecat|\[transformers\]", line, re.IGNORECASE)]
+    assert not found, "\n".join(found)
