@@ -144,8 +144,8 @@ def save_checkpoint(trainer, networks: dict) -> str:
         folder = os.path.join(staging, name)
         if args.should_save:  # what Trainer's save_model writes for a model that is not a PreTrainedModel, without a pickle
             os.makedirs(folder, exist_ok=True)
-            weights = trainer.accelerator.unwrap_model(trainer.model).state_dict()
-            save_file(weights, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+            weights = {key: value.contiguous() for key, value in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+            save_file(weights, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})  # (channels_last: a copy)
             Path(folder, TRAINING_ARGS_FILE).write_text(args.to_json_string())
         if not args.save_only_model:
             _save_training_state(trainer, folder)
