@@ -91,3 +91,8 @@ def test_the_override_surface_stays_within_its_budget():
 def test_versions_outside_the_checked_range_are_named(monkeypatch, version, outside):
     monkeypatch.setattr(transformers, "__version__", version)
     assert trainer_internals.transformers_outside_checked_versions() == outside
+
+
+def test_the_dependency_admits_exactly_the_checked_transformers_versions():
+    specs = re.findall(r'^\s*"(transformers[^"]*)",', (PACKAGE.parent / "pyproject.toml").read_text(), re.MULTILINE)
+    assert specs == [f"transformers{trainer_internals.TRANSFORMERS_VERSIONS}"]
