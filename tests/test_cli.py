@@ -95,3 +95,36 @@ def test_the_cpu_recipe_trains_without_a_warning(tiny_benchmark, tmp_path):
     output = (done.stdout + done.stderr).replace(str(tmp_path), "RUN")
     found = [line for line in output.splitlines() if re.search(r"warn|deprecat|\[transformers\]", line, re.IGNORECASE)]
     assert not found, "\n".join(found)
+
+
+def test_the_console_shows_short_lines_and_the_log_keeps_everything(tiny_benchmark, tmp_path):
+    """One short line per log (loss, its parts, pseudo-label quality, lam_t), the three networks' mIoU at each
+    evaluation, the end; no class weights on the console, and every logged value still in the run's history."""
+    import json
+
+    from .conftest import tiny_argv
+
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--eval_strategy", "steps", "--eval_steps", "2")
+    done = subprocess.run([sys.executable, "-m", "duda_hf.cli.train_duda", *argv], capture_output=True, text=True, env=ENV, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    training = [line for line in lines if re.match(r"step \d+/4  loss ", line)]
+    assert len(training) == 4 and all(
+        re.fullmatch(
+            r"step \d/4  loss [0-9.]+  aux [0-9.]+  student [0-9.]+(  distill [0-9.]+)?  pseudo-labels [0-9.]+%  lam_t [0-9.]+", line
+        )
+        for line in training
+    ), training
+    evaluations = [line for line in lines if "target mIoU:" in line and line.startswith("step ")]
+    assert [line.split("  ")[0] for line in evaluations] == ["step 2", "step 4"]
+    assert all(
+        re.fullmatch(r"step \d  target mIoU: student [0-9.]+  auxiliary [0-9.]+  teacher [0-9.]+  \(agreement [0-9.]+%\)", line)
+        for line in evaluations
+    )
+    assert re.search(r"^trained 4 steps in 0:\d\d:\d\d  train_loss [0-9.]+$", done.stdout, re.MULTILINE)
+    assert "class_weight" not in done.stdout + done.stderr and "{'loss'" not in done.stdout
+    history = json.loads((tmp_path / "run" / "eval_results.json").read_text())["train_history"]
+    assert len(history) == 4 and {"class_weight_road", "loss_aux_source", "grad_norm", "learning_rate"} <= set(history[0])
+    # the line adds up the logged terms: aux is the auxiliary student's two terms
+    first = training[0].split("  ")
+    assert float(first[2].split()[1]) == pytest.approx(history[0]["loss_aux_source"] + history[0]["loss_aux_mix"], abs=1e-4)

@@ -62,7 +62,7 @@ class Run:
             time.sleep(0.0005)
 
     def steps_logged(self) -> int:
-        return self.stdout.count("'loss':")
+        return len(re.findall(r"^step \d+/\d+  loss ", self.stdout, re.MULTILINE))
 
     def finish(self, timeout: float = 300) -> int:
         try:
@@ -73,7 +73,7 @@ class Run:
 
 
 def train_loss(run: Run) -> str:
-    return re.findall(r"'train_loss': '([^']+)'", run.stdout)[-1]
+    return re.findall(r"^trained \d+ steps in \S+  train_loss (\S+)$", run.stdout, re.MULTILINE)[-1]
 
 
 def assert_same_bits(expected: Path, actual: Path) -> None:
@@ -351,7 +351,7 @@ def test_truncated_images_in_a_stored_set_are_skipped_and_counted(tiny_benchmark
     # counted once per draw that was replaced (a replacement that fails too warns again)
     assert 1 <= results["bad_samples"]["count"] <= len(named) and results["bad_samples"]["draws"] == STEPS * 2 * 2
     assert {name.split("#")[1] for name in results["bad_samples"]["first"]} <= set(named)
-    logged = re.findall(r"'bad_samples': '?(\d+)", run.stdout)
+    logged = re.findall(r"  bad samples (\d+)", run.stdout)
     assert logged and int(logged[-1]) == results["bad_samples"]["count"]  # the count so far, at each logging step
 
 

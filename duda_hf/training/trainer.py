@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from duda_hf.data.labels import NUM_CLASSES
@@ -32,6 +33,7 @@ from duda_hf.training.callbacks import (
     SyncBatchNormBuffers,
 )
 from duda_hf.training.checkpointing import save_checkpoint
+from duda_hf.training.console import Console
 from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
 from duda_hf.training.optimizer import build_optimizer
 from duda_hf.training.preemption import Preemption
@@ -96,6 +98,10 @@ class DudaTrainer(Trainer):
             optimizers=optimizers,
             **kwargs,
         )
+        # the console: a progress bar and short lines instead of Trainer's dict of every logged value
+        self.remove_callback(PrinterCallback)
+        self.remove_callback(ProgressCallback)
+        self.add_callback(Console())
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
         # last, so that every other callback's `on_train_end` runs before it raises `TrainingPreempted` there
