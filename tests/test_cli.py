@@ -125,6 +125,12 @@ def test_the_console_shows_short_lines_and_the_log_keeps_everything(tiny_benchma
     assert "class_weight" not in done.stdout + done.stderr and "{'loss'" not in done.stdout
     history = json.loads((tmp_path / "run" / "eval_results.json").read_text())["train_history"]
     assert len(history) == 4 and {"class_weight_road", "loss_aux_source", "grad_norm", "learning_rate"} <= set(history[0])
+    # the run's pictures: the networks' mIoU over training and the per-class IoU, as PNG files in the run folder
+    from PIL import Image
+
+    for name in ("miou_over_training.png", "per_class_iou.png"):
+        with Image.open(tmp_path / "run" / "plots" / name) as picture:
+            assert picture.format == "PNG" and picture.size[0] > 300
     # the line adds up the logged terms: aux is the auxiliary student's two terms
     first = training[0].split("  ")
     assert float(first[2].split()[1]) == pytest.approx(history[0]["loss_aux_source"] + history[0]["loss_aux_mix"], abs=1e-4)

@@ -323,3 +323,16 @@ def test_agreement_scores_one_network_against_another_on_labelled_pixels():
     assert int(expected.sum()) == 3 * 6 * 12 and 0 < int(expected.trace()) < int(expected.sum())
     with pytest.raises(ValueError, match=r"agreement pairs name two of the networks \['student', 'teacher'\]"):
         evaluate_networks(networks, rows, torch.device("cpu"), agreement=(("student", "auxiliary"),))
+
+
+def test_the_miou_history_plot_draws_each_networks_evaluations(tmp_path):
+    from duda_hf.evaluation.report import plot_miou_history
+
+    history = [
+        {"step": 500, "eval_student_mIoU": 23.03, "eval_auxiliary_mIoU": 23.6, "eval_teacher_mIoU": 21.77},
+        {"step": 1000, "eval_student_mIoU": 28.14, "eval_teacher_mIoU": 29.82},
+        {"step": 1000, "loss": 1.0},  # a training log: not an evaluation
+    ]
+    drawn = plot_miou_history(history, tmp_path / "miou.png", "title")
+    assert drawn == {"student": ([500, 1000], [23.03, 28.14]), "auxiliary": ([500], [23.6]), "teacher": ([500, 1000], [21.77, 29.82])}
+    assert (tmp_path / "miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,7 @@ from duda_hf.data.domains import load_domain
 from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts
 from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
+from duda_hf.evaluation.report import plot_miou_history, plot_per_class_iou
 from duda_hf.export.model_card import build_model_card, recipe_summary
 from duda_hf.export.network import export_network
 from duda_hf.jsonio import write_json
@@ -135,6 +136,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
             from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
             print(onnx_summary(export_onnx(Path(config.output_dir) / "student")))
+        write_plots(results, Path(config.output_dir) / "plots")
         write_json(Path(config.output_dir) / "eval_results.json", results)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(
@@ -148,3 +150,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
             trainer.push_to_hub(commit_message=f"DUDA student after {trainer.state.global_step} steps")
     return results
+
+
+def write_plots(results: dict, folder: Path) -> None:
+    """The run's pictures: the networks' target mIoU over training (`miou_over_training.png`, from its evaluations) and
+    the student's and the teacher's per-class IoU at the end (`per_class_iou.png`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_miou_history(results["history"], folder / "miou_over_training.png", f"{results['method']}: target mIoU over training")
+    networks = {name: results[name] for name in ("student", "teacher") if isinstance(results.get(name), dict)}
+    plot_per_class_iou(networks, folder / "per_class_iou.png", "per-class IoU on the target validation set")

@@ -84,6 +84,34 @@ def plot_per_class_iou(results: dict[str, dict], path: str | Path, title: str) -
     plt.close(figure)
 
 
+def plot_miou_history(history: list[dict], path: str | Path, title: str) -> dict[str, tuple[list[int], list[float]]]:
+    """The networks' target mIoU over training, one line each, from a run's evaluations (`eval_results.json`'s
+    `history`: entries with `step` and `eval_<network>_mIoU`); returns what it drew, by network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for name in ("student", "auxiliary", "teacher"):
+        points = [(entry["step"], entry[f"eval_{name}_mIoU"]) for entry in history if f"eval_{name}_mIoU" in entry]
+        if points:
+            series[name] = ([step for step, _ in points], [value for _, value in points])
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name, (steps, values) in series.items():
+        axis.plot(steps, values, marker="o", label=name)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("target mIoU (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if series:
+        axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return series
+
+
 def plot_confusion(matrix: np.ndarray, path: str | Path, title: str, class_names=CITYSCAPES_CLASSES) -> None:
     """Row-normalised confusion matrix heatmap (rows: label, columns: prediction), in percent of each label's pixels."""
     import matplotlib
