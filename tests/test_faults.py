@@ -307,11 +307,11 @@ def test_ddp_sigterm_to_one_process_stops_every_process_at_the_same_step(tiny_be
     )
     run.wait_until(lambda: run.steps_logged() >= 2, timeout=240)
     ranks = {}
-    for pid in os.listdir("/proc"):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        environ = _environ(pid)
         try:
-            environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in item)
             command = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
+        except OSError:
             continue
         if b"train_duda.py" in command and environ.get("MASTER_PORT") == launcher[-1] and "RANK" in environ:
             ranks[int(environ["RANK"])] = int(pid)

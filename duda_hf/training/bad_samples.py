@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from duda_hf.data.errors import DomainError
+from duda_hf.training.callbacks import saved_record
 
 FLAGS = ("--source_dataset", "--target_dataset")
 MIN_FAILURES = 5
@@ -41,8 +42,7 @@ class BadSamples(TrainerCallback, ExportableState):
         return {"args": {"max_share": self.max_share, "count": self.count, "draws": self.draws, "first": self.first}, "attributes": {}}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        saved = state.stateful_callbacks.get(type(self).__name__) or {}
-        saved = ((saved[-1] if isinstance(saved, list) and saved else saved) or {}).get("args", {})
+        saved = saved_record(state, self)
         self.count, self.draws, self.first = saved.get("count", 0), saved.get("draws", 0), list(saved.get("first", []))
         self.pending = []
 

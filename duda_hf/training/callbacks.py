@@ -27,6 +27,17 @@ from duda_hf.training.checkpointing import STAGING_DIR, remove_partial_checkpoin
 logger = logging.getLogger(__name__)
 
 
+def saved_record(state, callback: ExportableState) -> dict:
+    """What a stateful callback kept in the checkpoint resumed from (its `state()["args"]`; {} when none).
+
+    Read at `on_train_begin`, once Trainer has loaded the checkpoint's state: Trainer restores callback states only on
+    request (`restore_callback_states_from_checkpoint`).
+    """
+    saved = state.stateful_callbacks.get(type(callback).__name__) or {}
+    saved = (saved[-1] if isinstance(saved, list) and saved else saved) or {}
+    return saved.get("args", {})
+
+
 class EmaTeacherCallback(TrainerCallback):
     """Updates the EMA teacher once per optimizer step (after it, before any checkpoint of that step), but in the
     distillation stage (`distill_stage_steps`), where the teacher is frozen."""
@@ -76,9 +87,8 @@ class RunLoss(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # the record of the checkpoint resumed from (read here: the Trainer restores callback states only on request)
-        saved = state.stateful_callbacks.get(type(self).__name__) or {}
-        saved = (saved[-1] if isinstance(saved, list) and saved else saved) or {}
-        loss_sum, steps = saved.get("args", {}).get("loss_sum", 0.0), saved.get("args", {}).get("steps", 0)
+        saved = saved_record(state, self)
+        loss_sum, steps = saved.get("loss_sum", 0.0), saved.get("steps", 0)
         self.earlier = loss_sum if steps == state.global_step else None
         self.first_step = self.global_step = state.global_step
         self.total, self.pending = 0.0, None

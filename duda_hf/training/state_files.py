@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def write_json(path: str | os.PathLike, value) -> None:
+def write_exact_json(path: str | os.PathLike, value) -> None:
     """Python's JSON with its `Infinity` and `NaN`: a training state must read back exactly (the project's strict
     writer, for files people read, turns them into null)."""
     Path(path).write_text(json.dumps(value, indent=1))
@@ -60,7 +60,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: str | os.PathLike) 
             else:
                 values.setdefault(str(index), {})[name] = value
     save_file(tensors, os.path.join(folder, OPTIMIZER_TENSORS), metadata={"format": "pt"})
-    write_json(os.path.join(folder, OPTIMIZER_JSON), {"param_groups": state_dict["param_groups"], "state_values": values})
+    write_exact_json(os.path.join(folder, OPTIMIZER_JSON), {"param_groups": state_dict["param_groups"], "state_values": values})
 
 
 def optimizer_state_dict(folder: str | os.PathLike) -> dict:
@@ -94,7 +94,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | os.PathLike) 
 
 # ---- the schedule and the scaler: plain numbers ----
 def save_json_state(stateful, path: str | os.PathLike) -> None:
-    write_json(path, stateful.state_dict())
+    write_exact_json(path, stateful.state_dict())
 
 
 def load_json_state(stateful, path: str | os.PathLike) -> None:
@@ -111,7 +111,7 @@ def save_random_state(folder: str | os.PathLike, process_index: int, world_size:
     if torch.cuda.is_available():
         tensors.update({f"cuda.{i}": state for i, state in enumerate(torch.cuda.random.get_rng_state_all())})
     save_file(tensors, os.path.join(folder, tensors_file))
-    write_json(
+    write_exact_json(
         os.path.join(folder, json_file),
         {
             "python": {"version": version, "state": list(mt_state), "gauss_next": gauss},

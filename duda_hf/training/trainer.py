@@ -228,28 +228,31 @@ class DudaTrainer(Trainer):
         )
 
     # ---- logging ----
+    # the stateful callbacks, looked up each time: Trainer replaces them when it restores callback states
     @property
     def run_loss(self) -> RunLoss:
-        """The run's loss sum (the `RunLoss` callback; Trainer replaces it when it restores callback states)."""
-        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, RunLoss))
+        """The run's loss sum (the `RunLoss` callback)."""
+        return self._own_callback(RunLoss)
 
     @property
     def bad_samples(self) -> BadSamples:
-        """The run's undecodable training images (the `BadSamples` callback, kept in checkpoints like `RunLoss`)."""
-        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, BadSamples))
+        """The run's undecodable training images (the `BadSamples` callback)."""
+        return self._own_callback(BadSamples)
+
+    def _own_callback(self, kind: type):
+        return next(callback for callback in self.callback_handler.callbacks if isinstance(callback, kind))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Trainer's log with the step's terms and diagnostics; `train_loss` over the whole run. Every process calls it
         at a logging step and at the end of training, where both read-backs below meet across processes."""
+        if "loss" in logs or "train_loss" in logs:
+            bad = self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
+            self.run_loss.read_back(self.args.world_size, self.state.global_step)
         if "loss" in logs:
             logs.update(self.step_log.pop_means(world_size=self.args.world_size))
-            bad = self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
             if bad:
                 logs["bad_samples"] = bad
-            self.run_loss.read_back(self.args.world_size, self.state.global_step)
         if "train_loss" in logs:  # the end of `train`: the mean over the whole run, also after a resume
-            self.bad_samples.read_back(self.accelerator.gather if self.args.world_size > 1 else lambda found: found)
-            self.run_loss.read_back(self.args.world_size, self.state.global_step)
             logs["train_loss"] = self.run_loss.train_loss()
         super().log(logs, start_time)
 
