@@ -98,27 +98,29 @@ class DudaTrainDataset(torch.utils.data.Dataset):
                 break
         return image[top : top + height, left : left + width], crop
 
-    def _read_source(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+    def _read_source(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         source = self.source[index]
-        return to_rgb_array(source["image"], self.source_resize_hw), to_label_array(source["label"], self.source_resize_hw), index
+        return to_rgb_array(source["image"], self.source_resize_hw), to_label_array(source["label"], self.source_resize_hw)
 
     def _read_target(self, index: int) -> np.ndarray:
         return to_rgb_array(self.target[index]["image"], self.target_resize_hw)
 
-    def _read(self, flag: str, read, index: int, redraw) -> tuple[object, int]:
+    def _read(self, flag: str, read, index: int, redraw) -> tuple[object, int, int]:
         """`read(index)`, or, for a sample that cannot be decoded, a warning naming it and the next drawn in its place
         (`redraw()`, from the sample's own random stream: the replacement is a function of seed and index too).
 
-        Returns what was read and the index that could not be decoded first (-1: none)."""
+        Returns what was read, the index it was read from, and the index that could not be decoded first (-1: none)."""
         bad = -1
-        for _ in range(MAX_REDRAWS):
+        for attempt in range(MAX_REDRAWS):
             try:
-                return read(index), bad
+                return read(index), index, bad
             except BAD_SAMPLE_ERRORS as error:
                 if isinstance(error, OSError) and error.errno is not None:  # the disk or the system, not the file
                     raise
                 logger.warning("%s: sample #%d cannot be decoded (%s); training draws another in its place", flag, index, error)
                 bad = index if bad < 0 else bad
+                if attempt + 1 == MAX_REDRAWS:
+                    break
                 index = redraw()
         raise DomainError(f"{flag}: {MAX_REDRAWS} samples in a row cannot be decoded (the last: #{index}); check the dataset's files")
 
@@ -138,7 +140,7 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             rare_class, drawn = draw_source()
             return drawn
 
-        (source_image, source_label, source_index), bad_source = self._read(
+        (source_image, source_label), source_index, bad_source = self._read(
             "--source_dataset", self._read_source, source_index, redraw_source
         )
         if source_image.shape[:2] != source_label.shape:  # a property of the dataset, not of one unreadable file
@@ -149,7 +151,7 @@ class DudaTrainDataset(torch.utils.data.Dataset):
         source_image, source_label = self._crop_source(rng, source_image, source_label, rare_class)
 
         height, width = self.crop_size_hw
-        target_image, bad_target = self._read(
+        target_image, _, bad_target = self._read(
             "--target_dataset", self._read_target, target_index, lambda: int(rng.integers(len(self.target)))
         )
         target_image = pad_to(target_image, height, width, 0)
