@@ -14,6 +14,15 @@ from huggingface_hub import ModelCard
 from .conftest import load_strict_json, tiny_argv
 
 ROOT = Path(__file__).resolve().parents[1]
+# an exported student: the model, its processor, its card and the pictures the card shows
+STUDENT_FILES = [
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "plots/miou_over_training.png",
+    "plots/per_class_iou.png",
+    "preprocessor_config.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,20 +49,101 @@ def test_export_has_no_pickles_and_card_validates_with_the_numbers(trained_run):
         assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
         assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= set(names)
     card = ModelCard.load(trained_run / "student" / "README.md")
-    # ModelCard.validate() asks the Hub (network); locally, the metadata must parse back into EvalResults
-    parsed = card.data.eval_results
-    assert len(parsed) == 1 and parsed[0].metric_type == "mean_iou" and parsed[0].task_type == "image-segmentation"
     data = card.data.to_dict()
     assert data["library_name"] == "transformers" and data["pipeline_tag"] == "image-segmentation"
-    index = data["model-index"][0]
-    assert index["name"] == "duda-tiny-synthetic"
-    metric = index["results"][0]["metrics"][0]
-    assert metric["type"] == "mean_iou" and metric["value"] == round(100 * results["student"]["mIoU"], 2)
+    # the data came from save_to_disk folders: no Hub dataset to name (their model-index and `datasets` are tested below)
+    assert "datasets" not in data and "model-index" not in data
     text = card.text
     assert 'pipeline("image-segmentation", model="org/duda-tiny-synthetic")' in text
     road = results["student"]["per_class_iou"]["road"]
     assert f"| road | {100 * road:.2f} | " in text  # student, then teacher
     assert "| max_steps | 4 |" in text and "| method | duda |" in text and "arXiv 2504.09814" in text
+    # the run's pictures, beside the weights, embedded by relative path (so they show on the Hub once pushed)
+    for picture in ("miou_over_training.png", "per_class_iou.png"):
+        assert (trained_run / "student" / "plots" / picture).read_bytes() == (trained_run / "plots" / picture).read_bytes()
+    assert "![Target mIoU of the networks over training](plots/miou_over_training.png)" in text
+    assert "![Per-class IoU at the end of training](plots/per_class_iou.png)" in text
+
+
+NATIVE_FLAGS = ("--source_format", "gta5", "--target_format", "cityscapes", "--target_eval_format", "cityscapes")
+
+
+@pytest.mark.parametrize("origin", ["save_to_disk", "hub", "native"])
+def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(trained_run, tiny_benchmark, tmp_path, origin):
+    """What the Hub shows for a card: `datasets` and the model-index name Hub datasets only (a link to a dataset repo
+    must exist), a native folder by its official name in the model-index, a local folder nowhere; the text names the
+    data the run read and links only to what exists."""
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.export.model_card import build_model_card, card_plots, recipe_summary
+
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run")
+    if origin == "hub":
+        for flag, repo in (
+            ("--source_dataset", "me/gta5-stored"),
+            ("--target_dataset", "me/cs-train"),
+            ("--target_eval_dataset", "me/cs-val"),
+        ):
+            argv[argv.index(flag) + 1] = repo
+    elif origin == "native":
+        for flag, folder in (("--source_dataset", "GTA5"), ("--target_dataset", "cityscapes"), ("--target_eval_dataset", "cityscapes")):
+            argv[argv.index(flag) + 1] = str(tmp_path / folder)
+            (tmp_path / folder).mkdir(exist_ok=True)
+        argv += NATIVE_FLAGS
+    results = {**load_strict_json(trained_run / "eval_results.json"), "recipe": recipe_summary(*parse_args(argv))}
+    card = build_model_card(results, "me/duda-card", plots=card_plots(trained_run / "student"))
+    card.save(tmp_path / "README.md")
+    card = ModelCard.load(tmp_path / "README.md")
+    data, text = card.data.to_dict(), card.text
+    expected = {
+        "save_to_disk": (None, None, "source", "target"),
+        "hub": (
+            ["me/gta5-stored", "me/cs-train"],
+            {"type": "me/cs-val", "name": "me/cs-val", "split": "validation"},
+            "me/gta5-stored",
+            "me/cs-train",
+        ),
+        "native": (None, {"type": "cityscapes", "name": "Cityscapes", "split": "validation"}, "GTA5", "Cityscapes"),
+    }[origin]
+    datasets, index_dataset, source, target = expected
+    assert data.get("datasets") == datasets
+    if index_dataset is None:
+        assert "model-index" not in data
+    else:
+        (result,) = data["model-index"][0]["results"]
+        assert result["dataset"] == index_dataset
+        assert result["metrics"] == [{"type": "mean_iou", "value": round(100 * results["student"]["mIoU"], 2), "name": "mIoU"}]
+    assert f"on\n**{target}**, adapted without target labels from **{source}** with DUDA" in text
+    assert "github.com" not in text and "Trained with duda-hf " in text
+    licences = {
+        "save_to_disk": "- Check the terms of its data (source, target, target_val) before any other use.",
+        "hub": "- Check the terms of its data (me/cs-train, me/cs-val, me/gta5-stored) before any other use.",
+        "native": "- Its data (GTA5, Cityscapes) have their own licences, for research or non-commercial\n  use; check them",
+    }[origin]
+    assert licences in text
+    assert ("Its data (" in text) == (origin == "native")
+
+
+@pytest.mark.parametrize("method", ["self_training", "source_only"])
+def test_a_baselines_card_says_what_the_baseline_did(trained_run, tiny_benchmark, tmp_path, method):
+    """A baseline's card does not describe DUDA's large pair: its teacher is the student's own EMA (self-training) or
+    there is none, and a source-only model is not called adapted."""
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.export.model_card import build_model_card, recipe_summary
+
+    run = load_strict_json(trained_run / "eval_results.json")
+    recipe = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, "--method", method)))
+    results = {"method": method, "student": run["student"], "recipe": recipe}
+    if method == "self_training":
+        results["teacher"] = run["teacher"]
+    text = build_model_card(results, "me/baseline").text
+    assert "aux_student" not in recipe and "tiny-wide" not in text and "auxiliary" not in text and "gradual distillation" not in text
+    if method == "self_training":
+        assert "adapted without target labels from **source** by self-training: its own EMA teacher makes" in text
+        assert "| class | student (this model) | teacher (EMA of the student) |" in text
+    else:
+        assert "trained on labelled **source** only and evaluated on **target**: not adapted to the target" in text
+        assert "| class | student (this model) |\n" in text and "adapted without target labels" not in text
+        assert "It was trained without any target data" in text
 
 
 def test_pipeline_returns_cityscapes_named_masks(trained_run):
@@ -125,7 +215,7 @@ def test_push_sends_exactly_the_export_with_the_commit(trained_run, monkeypatch)
     assert kinds == ["create_repo", "create_branch", "upload_folder"]
     assert RecordingApi.calls[0][2]["private"] is True
     upload = RecordingApi.calls[2][2]
-    assert upload["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert upload["files"] == STUDENT_FILES
     assert upload["commit_message"] == "first student" and upload["revision"] == "v1"
     assert 'model="me/duda-b0"' in (trained_run / "student" / "README.md").read_text()
 
@@ -141,11 +231,14 @@ def test_push_offline_fails_clearly_and_leaves_files(trained_run, monkeypatch, c
     import push_to_hub
 
     importlib.reload(push_to_hub)
-    before = {p.name: p.read_bytes() for p in (trained_run / "student").iterdir()}
+    def files() -> dict[str, bytes]:
+        return {str(p.relative_to(trained_run)): p.read_bytes() for p in (trained_run / "student").rglob("*") if p.is_file()}
+
+    before = files()
     assert push_to_hub.main(["--model_dir", str(trained_run / "student"), "--repo_id", "me/other-name"]) == 2
     message = capsys.readouterr().err
     assert "cannot push to 'me/other-name'" in message and "unchanged" in message
-    assert {p.name: p.read_bytes() for p in (trained_run / "student").iterdir()} == before
+    assert files() == before
     assert push_to_hub.main(["--model_dir", str(trained_run), "--repo_id", "me/x"]) == 2
     assert "not an exported model" in capsys.readouterr().err
 
@@ -279,7 +372,7 @@ def test_trainer_hub_options_push_checkpoints_to_subfolders_and_the_student_to_t
     assert uploads[0]["files"] == saved and "networks.json" in saved and "optimizer.safetensors" in saved
     assert uploads[0]["delete_patterns"] == "*"  # last-checkpoint/ keeps no file of an earlier push
     assert all(name.endswith((".safetensors", ".json")) for name in saved)
-    assert uploads[-1]["files"] == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert uploads[-1]["files"] == STUDENT_FILES
     assert uploads[-1]["commit_message"] == "DUDA student after 4 steps"
     assert 'model="me/duda-live"' in (tmp_path / "run/student/README.md").read_text()
 
@@ -352,6 +445,46 @@ def test_a_run_resumes_from_a_checkpoint_on_the_hub(tiny_benchmark, trained_run,
             "(last-checkpoint/) or all_checkpoints (checkpoint-N/)."
         )
     ]
+
+
+def test_the_space_describes_a_hub_model_from_its_card_and_shows_its_pictures(trained_run, olah_mirror, tmp_path):
+    """The Space (which has no duda_hf) given a repo id whose weights are already cached (as on a restarted Space): the
+    card, its result and the pictures it embeds come through the Hub into the cache.
+
+    (The weights are fetched first because olah answers 401, not the Hub's 404, for the processor file transformers
+    probes by repo id; in the cache that probe is a plain miss.)"""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'spaces' / 'duda-demo')!r})\n"
+        "from huggingface_hub import snapshot_download\n"
+        "snapshot_download('org/duda-mitb0-gta2cs', allow_patterns=['*.json', '*.safetensors'])\n"
+        "from segmenter import load_segmenter\n"
+        "info = load_segmenter('org/duda-mitb0-gta2cs').info\n"
+        "assert 'duda_hf' not in sys.modules\n"
+        "import json\n"
+        "print(json.dumps({'summary': info.summary, 'result': info.result, 'plots': info.plots}))\n"
+    )
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": olah_mirror,
+        "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "DUDA_RUNTIME": "pytorch",
+    }
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    info = json.loads(done.stdout.splitlines()[-1])
+    assert info["summary"].startswith("A **Segformer (tiny)** for semantic segmentation into the 19 Cityscapes classes on **target**")
+    assert info["result"] is None  # a save_to_disk run's card names no Hub dataset, so it has no model-index
+    assert [caption for _, caption in info["plots"]] == [
+        "Target mIoU of the networks over training",
+        "Per-class IoU at the end of training",
+    ]
+    for (path, _), picture in zip(info["plots"], ("miou_over_training.png", "per_class_iou.png")):
+        assert str(tmp_path / "hf_home") in path  # downloaded, not read from the run folder
+        assert Path(path).read_bytes() == (trained_run / "student" / "plots" / picture).read_bytes()
 
 
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "unreachable"])

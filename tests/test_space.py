@@ -340,6 +340,69 @@ def test_image_above_the_pixel_limit_is_refused_with_the_limit(space, app, tmp_p
 # Models: a clear page when loading fails, the teacher beside the student, loaded once
 
 
+def _training_plots(demo) -> list:
+    return [block for block in demo.blocks.values() if "training-plot" in (block.elem_classes or [])]
+
+
+def _markdown(demo) -> str:
+    return "\n".join(block.value for block in demo.blocks.values() if isinstance(block, gr.Markdown) and block.value)
+
+
+def test_the_page_describes_each_model_from_its_own_card_and_config(app, tiny_model, tmp_path):
+    """Two different models, two true descriptions: a run's export by its own card (summary, reported result, the
+    training pictures it shows), a model without a card by its config alone; nothing about GTA5 or Cityscapes streets
+    that neither model was trained on."""
+    from duda_hf.cli.training_run import write_plots
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+    from duda_hf.export.model_card import build_model_card, card_plots
+
+    carded = tmp_path / "self_training_student"
+    shutil.copytree(tiny_model, carded)
+    student = {"mIoU": 0.3141, "per_class_iou": dict.fromkeys(CITYSCAPES_CLASSES, 0.3141), "num_images": 7}
+    history = [{"step": 4, "eval_student_mIoU": 20.0, "eval_teacher_mIoU": 21.0}, {"step": 8, "eval_student_mIoU": 31.41}]
+    results = {
+        "method": "self_training",
+        "student": student,
+        "teacher": student,
+        "history": history,
+        "recipe": {
+            "method": "self_training",
+            "student": "tiny",
+            "source_dataset": "GTA5",
+            "target_dataset": "ACDC",
+            "target_eval_dataset": "ACDC",
+            "origins": {
+                "source": {"name": "GTA5", "hub_id": None, "native": "gta5"},
+                "target": {"name": "ACDC", "hub_id": None, "native": "acdc"},
+                "target_eval": {"name": "ACDC", "hub_id": None, "native": "acdc"},
+            },
+        },
+    }
+    write_plots(results, tmp_path / "plots", carded / "plots")
+    build_model_card(results, "me/st-acdc", eval_size_hw=(64, 128), plots=card_plots(carded)).save(carded / "README.md")
+
+    with_card = app.build_demo(model=str(carded))
+    text = _markdown(with_card)
+    assert f"**Model:** `{carded}`, a SegformerForSemanticSegmentation with 19 classes (" in text
+    assert "Its card reports mIoU 31.41 on ACDC (validation)." in text
+    assert (
+        "> A **Segformer (tiny)** for semantic segmentation into the 19 Cityscapes classes on **ACDC**, adapted without target labels from **GTA5** by self-training"
+        in text
+    )
+    assert "GTA5) to real (Cityscapes)" not in text and "distilled from a large teacher" not in text
+    pictures = {block.label: block for block in _training_plots(with_card)}
+    assert list(pictures) == ["Target mIoU of the networks over training", "Per-class IoU at the end of training"]
+    shown = Path(pictures["Target mIoU of the networks over training"].value["path"])
+    assert shown.read_bytes() == (carded / "plots" / "miou_over_training.png").read_bytes()
+
+    bare = app.build_demo(model=str(tiny_model))
+    text = _markdown(bare)
+    assert f"**Model:** `{tiny_model}`, a SegformerForSemanticSegmentation with 19 classes (" in text
+    assert "It has no model card, so nothing more is known about how it was trained." in text
+    assert "self-training" not in text and "Its card reports" not in text
+    assert not _training_plots(bare)
+
+
 def test_missing_model_fails_fast_offline_with_the_fix(app, monkeypatch):
     import huggingface_hub
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts
 from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
 from duda_hf.evaluation.report import plot_miou_history, plot_per_class_iou
-from duda_hf.export.model_card import build_model_card, recipe_summary
+from duda_hf.export.model_card import build_model_card, card_plots, recipe_summary
 from duda_hf.export.network import export_network
 from duda_hf.jsonio import write_json
 from duda_hf.method.config import DudaConfig
@@ -136,7 +137,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
             from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
             print(onnx_summary(export_onnx(Path(config.output_dir) / "student")))
-        write_plots(results, Path(config.output_dir) / "plots")
+        write_plots(results, Path(config.output_dir) / "plots", Path(config.output_dir) / "student" / "plots")
         write_json(Path(config.output_dir) / "eval_results.json", results)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"
         card = build_model_card(
@@ -145,6 +146,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
             eval_size_hw=eval_size_hw,
             architecture=type(trainer.model.student).__name__,
             onnx=(Path(config.output_dir) / "student" / "onnx" / "model.onnx").is_file(),
+            plots=card_plots(Path(config.output_dir) / "student"),
         )
         card.save(Path(config.output_dir) / "student" / "README.md")
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id
@@ -152,10 +154,15 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     return results
 
 
-def write_plots(results: dict, folder: Path) -> None:
+def write_plots(results: dict, folder: Path, *copies: Path) -> None:
     """The run's pictures: the networks' target mIoU over training (`miou_over_training.png`, from its evaluations) and
-    the student's and the teacher's per-class IoU at the end (`per_class_iou.png`)."""
+    the student's and the teacher's per-class IoU at the end (`per_class_iou.png`), in `folder` and each of `copies`
+    (the student's `plots/`, which its model card shows and a push uploads)."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_miou_history(results["history"], folder / "miou_over_training.png", f"{results['method']}: target mIoU over training")
     networks = {name: results[name] for name in ("student", "teacher") if isinstance(results.get(name), dict)}
     plot_per_class_iou(networks, folder / "per_class_iou.png", "per-class IoU on the target validation set")
+    for copy in copies:
+        copy.mkdir(parents=True, exist_ok=True)
+        for picture in ("miou_over_training.png", "per_class_iou.png"):
+            shutil.copyfile(folder / picture, copy / picture)

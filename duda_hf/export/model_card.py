@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -49,6 +49,13 @@ RECIPE_KEYS = (
 )
 
 
+# The pictures a run writes (`plots/`, beside the student's files) that its card shows, with their captions.
+CARD_PLOTS = (
+    ("plots/miou_over_training.png", "Target mIoU of the networks over training"),
+    ("plots/per_class_iou.png", "Per-class IoU at the end of training"),
+)
+
+
 def dataset_label(spec: str | None, format: str | None = None) -> str:
     """Readable dataset name: the native format's name, or the folder / Hub id."""
     if format:
@@ -56,16 +63,27 @@ def dataset_label(spec: str | None, format: str | None = None) -> str:
     return Path(spec).name if spec and os.path.isdir(spec) else (spec or "unknown")
 
 
+def dataset_origin(spec: str | None, format: str | None = None) -> dict:
+    """Where a domain came from, as the card's Hub metadata needs it: `name` (readable), `hub_id` (a Hub dataset id,
+    only when the data came from the Hub) and `native` (the native format, when it came from a native folder)."""
+    from_hub = bool(spec) and not format and not Path(spec).expanduser().exists()
+    return {"name": dataset_label(spec, format), "hub_id": spec if from_hub else None, "native": format or None}
+
+
 def recipe_summary(model_args, data_args, config) -> dict:
     """The settings a model card reports, as plain JSON values (saved in eval_results.json under `recipe`)."""
     return {
         "method": config.method,
         "student": model_args.student,
-        "aux_student": model_args.aux_student,
+        **({"aux_student": model_args.aux_student} if config.method == "duda" else {}),  # the baselines train no large pair
         "init": model_args.init,
         "source_dataset": dataset_label(data_args.source_dataset, data_args.source_format),
         "target_dataset": dataset_label(data_args.target_dataset, data_args.target_format),
         "target_eval_dataset": dataset_label(data_args.target_eval_dataset, data_args.target_eval_format),
+        "origins": {
+            role: dataset_origin(getattr(data_args, f"{role}_dataset"), getattr(data_args, f"{role}_format"))
+            for role in ("source", "target", "target_eval")
+        },
         "max_steps": config.max_steps,
         "batch_size": f"{config.per_device_train_batch_size} source + "
         f"{config.per_device_train_batch_size} target per device x {config.world_size} x {config.gradient_accumulation_steps} accumulation",
@@ -98,6 +116,36 @@ def recipe_summary(model_args, data_args, config) -> dict:
     }
 
 
+def card_plots(model_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """The run's pictures in an exported folder, as `(path in the folder, caption)`: what its card can show."""
+    return [(path, caption) for path, caption in CARD_PLOTS if (Path(model_dir) / path).is_file()]
+
+
+def _teacher_label(recipe: dict, method: str | None) -> str:
+    if method == "self_training":
+        return "teacher (EMA of the student)"
+    return f"teacher (EMA of the auxiliary student, {recipe.get('aux_student', 'large network')})"
+
+
+def _model_index_dataset(origin: dict | None) -> tuple[str, str] | None:
+    """`(type, name)` of the evaluation set for the Hub's model-index: a Hub id, or a native dataset's official name;
+    None for a local folder (on the Hub a type is a link to a dataset repo, which a folder name is not)."""
+    if not origin:
+        return None
+    if origin.get("hub_id"):
+        return origin["hub_id"], origin["hub_id"]
+    if origin.get("native"):
+        return origin["native"], origin["name"]
+    return None
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("duda-hf")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(source tree)"
+
+
 def build_model_card(
     results: dict,
     repo_id: str,
@@ -106,8 +154,12 @@ def build_model_card(
     eval_size_hw: tuple[int, int] | None = None,
     architecture: str = "SegformerForSemanticSegmentation",
     onnx: bool = False,
+    plots: list[tuple[str, str]] = (),
 ) -> ModelCard:
     """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
+
+    Every sentence is true of the run it describes: the method's own account (DUDA, self-training or source only),
+    the datasets by where they came from (Hub metadata names Hub datasets only), and the run's numbers.
 
     Args:
         results: the run's eval_results.json: `student` (and `teacher`) metrics and `recipe`.
@@ -115,9 +167,12 @@ def build_model_card(
         eval_size_hw: `(height, width)` the image processor resizes to; None: the native size.
         architecture: the student's transformers class (its config's `architectures`).
         onnx: the folder holds `onnx/model.onnx` (and `onnx/model_quantized.onnx`): the card says how to run them.
+        plots: `(path in the folder, caption)` of the pictures the folder holds (`card_plots`): embedded in the card.
     """
     family = architecture.removesuffix("ForSemanticSegmentation")
     recipe = results.get("recipe", {})
+    method = recipe.get("method") or results.get("method")
+    origins = recipe.get("origins") or {}
     student_metrics = results["student"]
     eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
     extra = [k for k in ("mIoU16", "mIoU13") if k in student_metrics]
@@ -125,13 +180,20 @@ def build_model_card(
     if results.get("auxiliary"):
         models.append((f"auxiliary student ({recipe.get('aux_student', 'large network')})", results["auxiliary"]))
     if results.get("teacher"):
-        models.append((f"teacher ({recipe.get('aux_student', 'auxiliary')}, EMA)", results["teacher"]))
+        models.append((_teacher_label(recipe, method), results["teacher"]))
+    hub_datasets = [origins[role]["hub_id"] for role in ("source", "target") if (origins.get(role) or {}).get("hub_id")]
+    index_dataset = _model_index_dataset(origins.get("target_eval"))
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
         license=license,
-        tags=["semantic-segmentation", family.lower(), "domain-adaptation", "unsupervised-domain-adaptation", "distillation", "duda"],
-        datasets=[d for d in (recipe.get("source_dataset"), recipe.get("target_dataset")) if d],
+        tags=[
+            "semantic-segmentation",
+            family.lower(),
+            *(("domain-adaptation", "unsupervised-domain-adaptation") if method in ("duda", "self_training") else ()),
+            *(("distillation", "duda") if method == "duda" else ()),
+        ],
+        datasets=list(dict.fromkeys(hub_datasets)) or None,
         base_model=f"nvidia/{recipe['student']}"
         if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b")
         else None,
@@ -141,24 +203,30 @@ def build_model_card(
             EvalResult(
                 task_type="image-segmentation",
                 task_name="Semantic Segmentation",
-                dataset_type=eval_dataset.lower().replace(" ", "_"),
-                dataset_name=eval_dataset,
+                dataset_type=index_dataset[0],
+                dataset_name=index_dataset[1],
                 dataset_split="validation",
                 metric_type="mean_iou",
                 metric_name="mIoU",
                 metric_value=round(100 * student_metrics["mIoU"], 2),
             )
-        ],
+        ]
+        if index_dataset
+        else None,
     )
     per_class_rows = [
         {"name": cls, "cells": " | ".join(percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
     ]
-    eval_height, eval_width = eval_size_hw or ("native", "native")
+    names = {origins[role]["name"] for role in ("source", "target", "target_eval") if origins.get(role)} or {
+        recipe.get(key) for key in ("source_dataset", "target_dataset") if recipe.get(key)
+    }
     return ModelCard.from_template(
         card_data,
         template_str=TEMPLATE.read_text(encoding="utf-8"),
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
+        method=method,
+        package_version=_package_version(),
         student=recipe.get("student", "student"),
         family=family,
         architecture=architecture,
@@ -168,8 +236,7 @@ def build_model_card(
         target=recipe.get("target_dataset", "the target domain"),
         eval_dataset=eval_dataset,
         num_images=student_metrics.get("num_images", "?"),
-        eval_width=eval_width,
-        eval_height=eval_height,
+        eval_size=f"{eval_size_hw[1]}x{eval_size_hw[0]}" if eval_size_hw else None,  # as people read sizes: W x H
         extra_metrics=extra,
         summary_rows=[{"name": n, "mIoU": percent(m["mIoU"]), "extra": [percent(m.get(k)) for k in extra]} for n, m in models],
         per_class_header=" | ".join(n for n, _ in models),
@@ -177,4 +244,7 @@ def build_model_card(
         per_class_rows=per_class_rows,
         recipe=[(key, recipe[key]) for key in RECIPE_KEYS if key in recipe],
         premise=teacher_premise(results),
+        plots=list(plots),
+        licensed_datasets=[name for name in DATASET_NAMES.values() if name in names],
+        other_datasets=sorted(name for name in names if name not in DATASET_NAMES.values()),
     )

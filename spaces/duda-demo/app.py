@@ -142,25 +142,37 @@ def _color_map(segmenter: Segmenter | None) -> dict[str, str] | None:
     return {name: "#{:02x}{:02x}{:02x}".format(*rgb) for name, rgb in zip(segmenter.class_names, segmenter.palette)}
 
 
+def _describe(segmenter: Segmenter, role: str) -> str:
+    """One model as its own files describe it: source, size and runtime, then its card's summary and reported result;
+    a model without a card is described by its config alone."""
+    info = segmenter.info
+    line = (
+        f"**{role}:** `{segmenter.source}`, a {info.architecture} with {len(segmenter.class_names)} classes "
+        f"({segmenter.num_parameters / 1e6:.2f} M parameters, runs on {segmenter.runtime})."
+    )
+    if info.result:
+        line += f" Its card reports {info.result}."
+    if info.summary:
+        line += f"\n\n> {info.summary}"
+    elif role == "Model":
+        line += " It has no model card, so nothing more is known about how it was trained."
+    return line
+
+
 def _intro(student: Segmenter | None, student_source: str, teacher: Segmenter | None) -> str:
     height, width = student.input_size_hw if student else (512, 1024)
     lines = [
-        "# DUDA: distilled domain-adaptive segmentation",
-        (
-            "Drop a street image (or pick an example) and press **Segment**. The student is a lightweight SegFormer "
-            "adapted from synthetic (GTA5) to real (Cityscapes) streets and distilled from a large teacher; it labels "
-            "every pixel with one of the 19 Cityscapes classes."
-        ),
-        f"Model: `{student_source}`"
-        + (f" ({student.num_parameters / 1e6:.1f} M parameters, runs on {student.runtime})" if student else "")
-        + (f"; teacher `{teacher.source}` ({teacher.num_parameters / 1e6:.1f} M parameters)" if teacher else "")
-        + ".",
-        (
-            f"The model sees the image resized to {width}x{height}. Images larger than {MAX_SIDE} px on their longest side are "
-            f"downscaled to {MAX_SIDE} px for inference and the overlay is shown at the original size; "
-            f"uploads above {MAX_PIXELS / 1e6:.0f} megapixels are refused."
-        ),
+        "# DUDA demo: semantic segmentation",
+        "Drop an image (or pick an example) and press **Segment**: the model labels every pixel with one of its classes.",
+        _describe(student, "Model") if student else f"**Model:** `{student_source}` (not loaded).",
     ]
+    if teacher:
+        lines.append(_describe(teacher, "Teacher"))
+    lines.append(
+        f"The model sees the image resized to {width}x{height}. Images larger than {MAX_SIDE} px on their longest side are "
+        f"downscaled to {MAX_SIDE} px for inference and the overlay is shown at the original size; "
+        f"uploads above {MAX_PIXELS / 1e6:.0f} megapixels are refused."
+    )
     return "\n\n".join(lines)
 
 
@@ -254,6 +266,10 @@ def build_demo(model: str | None = None, teacher: str | None = None) -> gr.Block
                     )
                 timing = gr.Markdown(elem_id="timing")
                 shares = gr.Label(label="Share of pixels per class", num_top_classes=len(CITYSCAPES_CLASSES), elem_id="shares")
+        if student is not None and student.info.plots:  # the pictures the model's card shows: how its training went
+            with gr.Accordion("How the model was trained (from its model card)", open=False, elem_id="training-plots"), gr.Row():
+                for path, caption in student.info.plots:
+                    gr.Image(value=path, label=caption, interactive=False, buttons=[], elem_classes=["training-plot"])
         state = gr.State(None)
         submit.click(segment, inputs=[image, opacity], outputs=[student_out, teacher_out, shares, timing, state], api_name="segment")
         opacity.change(

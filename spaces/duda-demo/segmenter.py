@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,16 @@ class InputError(ValueError):
 # Model
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the page says about a model, all read from the model's own files (an absent part is left out)."""
+
+    architecture: str  # the config's class, e.g. SegformerForSemanticSegmentation
+    summary: str | None = None  # the model card's first paragraph (what the model is and how it was trained)
+    result: str | None = None  # the card's reported result (model-index), e.g. "mIoU 34.62 on Cityscapes (validation)"
+    plots: tuple[tuple[str, str], ...] = ()  # (local file, caption) of the pictures the card shows from the repo
+
+
 @dataclass
 class Segmenter:
     """A segmentation model, the image processor it was exported with, and the runtime that answers."""
@@ -100,6 +111,7 @@ class Segmenter:
     palette: tuple[tuple[int, int, int], ...]
     session: object | None = None  # an onnxruntime.InferenceSession; None: PyTorch
     runtime: str = "PyTorch"  # shown with every answer
+    info: ModelInfo | None = None  # from its card and config, for the page
 
     @property
     def input_size_hw(self) -> tuple[int, int]:
@@ -195,6 +207,56 @@ def _onnx_session(source: str, local_only: bool, env_var: str) -> tuple[object |
     return session, f"ONNX Runtime {onnxruntime.__version__} ({RUNTIMES[choice]})"
 
 
+SUMMARY_CHARS = 900  # a card's first paragraph longer than this is cut at a sentence
+MAX_PLOTS = 4
+IMAGE_LINK = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def _card_summary(text: str) -> str | None:
+    """The first paragraph of a card's text that is prose (not a heading, a table, code, a list or a picture)."""
+    for block in re.split(r"\n\s*\n", text):
+        block = block.strip()
+        if block and not block.startswith(("#", "|", "```", "-", "*", "!", "<", ">")):
+            paragraph = " ".join(line.strip() for line in block.splitlines())
+            if len(paragraph) > SUMMARY_CHARS:
+                cut = paragraph.rfind(". ", 0, SUMMARY_CHARS)
+                paragraph = paragraph[: cut + 1 if cut > 0 else SUMMARY_CHARS] + " …"
+            return paragraph
+    return None
+
+
+def _model_info(source: str, model: PreTrainedModel, local_only: bool) -> ModelInfo:
+    """The model's card (README.md) read for the page: its first paragraph, its reported result and the pictures it
+    shows from its own repo or folder. A model without a card is described by its config alone."""
+    from huggingface_hub import ModelCard
+
+    architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    try:
+        path = cached_file(source, "README.md", local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+        card = ModelCard(Path(path).read_text(encoding="utf-8"), ignore_metadata_errors=True) if path else None
+    except Exception:  # a card that cannot be read or parsed is no reason to refuse the model
+        card = None
+    if card is None:
+        return ModelInfo(architecture)
+    result = None
+    for entry in card.data.eval_results or []:
+        if entry.metric_value is not None:
+            split = f" ({entry.dataset_split})" if entry.dataset_split else ""
+            result = f"{entry.metric_name or entry.metric_type} {entry.metric_value} on {entry.dataset_name}{split}"
+            break
+    plots = []
+    for caption, link in IMAGE_LINK.findall(card.text):
+        if len(plots) == MAX_PLOTS or "://" in link or link.startswith("/"):
+            continue  # only the repo's own files, not pictures from elsewhere
+        try:
+            local = cached_file(source, link, local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+        except Exception:
+            local = None
+        if local:
+            plots.append((local, caption))
+    return ModelInfo(architecture, _card_summary(card.text), result, tuple(plots))
+
+
 def _folder_problem(folder: Path) -> str | None:
     """What makes a local model folder unloadable, said plainly; None when its files look complete.
 
@@ -268,7 +330,11 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
         given = {key: value for key, value in vars(size).items() if value is not None} if size is not None else None
         raise ModelLoadError(f"The model '{source}' has preprocessor size {given}; this demo needs {needed}. {_fix_hint(env_var)}")
     session, runtime = _onnx_session(source, local_only, env_var)
-    segmenter = Segmenter(source, model, processor, names, palette, session=session, runtime=runtime)
+    # the card and its pictures: from where the model came, or the Hub when it is reachable (a model loaded from the
+    # cache has no card there yet)
+    online = not local_only or (not is_folder and not is_offline_mode() and _hub_reachable())
+    info = _model_info(source, model, local_only=not online)
+    segmenter = Segmenter(source, model, processor, names, palette, session=session, runtime=runtime, info=info)
     try:  # warm-up: the first forward pass is the slowest, better paid at start-up than by the first visitor
         height, width = segmenter.input_size_hw
         segmenter.predict(Image.new("RGB", (width, height)))  # PIL takes (W, H)
