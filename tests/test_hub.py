@@ -231,6 +231,7 @@ def test_push_offline_fails_clearly_and_leaves_files(trained_run, monkeypatch, c
     import push_to_hub
 
     importlib.reload(push_to_hub)
+
     def files() -> dict[str, bytes]:
         return {str(p.relative_to(trained_run)): p.read_bytes() for p in (trained_run / "student").rglob("*") if p.is_file()}
 
@@ -241,6 +242,32 @@ def test_push_offline_fails_clearly_and_leaves_files(trained_run, monkeypatch, c
     assert files() == before
     assert push_to_hub.main(["--model_dir", str(trained_run), "--repo_id", "me/x"]) == 2
     assert "not an exported model" in capsys.readouterr().err
+
+
+def test_a_teacher_is_not_pushed_under_the_students_card(trained_run, capsys):
+    """The card written from eval_results.json describes the student; pushing teacher/ with it would misstate the
+    model, so it is refused in one line (before any Hub call) unless the folder's own card is kept."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import push_to_hub
+
+    assert push_to_hub.main(["--model_dir", str(trained_run / "teacher"), "--repo_id", "me/teacher"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: '{trained_run / 'teacher'}' is a run's teacher, and the model card written from eval_results.json describes "
+        "the run's student: push the student/ folder, or write teacher/README.md yourself and pass --keep_card"
+    ]
+    assert not (trained_run / "teacher" / "README.md").exists()
+
+
+@pytest.mark.parametrize("quantized", [True, False])
+def test_the_cards_onnx_section_names_only_the_files_the_folder_holds(trained_run, quantized):
+    from duda_hf.export.model_card import build_model_card
+
+    text = build_model_card(load_strict_json(trained_run / "eval_results.json"), "me/onnx", onnx=True, onnx_quantized=quantized).text
+    assert ("model_quantized.onnx" in text) == quantized and ('dtype: "q8"' in text) == quantized
+    assert 'hf_hub_download("me/onnx", "onnx/model.onnx")' in text
+    if not quantized:
+        assert "`onnx/model.onnx` (fp32) holds the network: input" in text and 'dtype: "fp32" });' in text
 
 
 def _free_port() -> int:

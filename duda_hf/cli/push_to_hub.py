@@ -1,7 +1,8 @@
 """Push an exported model folder (a run's student/ or teacher/) to the Hub, with a model card.
 
 The model card (README.md) is rewritten for --repo_id from the run's eval_results.json (the folder's parent, or
---eval_results); --keep_card pushes the folder's README.md as it is. Only safetensors exports are pushed, and a
+--eval_results); it describes the run's student, so a run's teacher/ is pushed with --keep_card and a README.md of
+your own. --keep_card pushes the folder's README.md as it is. Only safetensors exports are pushed, and a
 failed push leaves the local folder as it was.
 
 Example (`duda-push` is the same as `python scripts/push_to_hub.py` in a clone):
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
         check_export(model_dir)
         results_path = Path(args.eval_results) if args.eval_results else model_dir.parent / "eval_results.json"
         if not (args.keep_card and card_path.exists()):
+            if model_dir.resolve().name == "teacher":
+                raise HubError(
+                    f"'{model_dir}' is a run's teacher, and the model card written from eval_results.json describes the "
+                    "run's student: push the student/ folder, or write teacher/README.md yourself and pass --keep_card"
+                )
             if not results_path.is_file():
                 raise HubError(f"no eval_results.json at '{results_path}' to write the model card from; pass --eval_results")
             config = (
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_size_hw=eval_size_hw,
                 architecture=architecture,
                 onnx=(model_dir / "onnx" / "model.onnx").is_file(),
+                onnx_quantized=(model_dir / "onnx" / "model_quantized.onnx").is_file(),
                 plots=card_plots(model_dir),
             )
             card.save(card_path)

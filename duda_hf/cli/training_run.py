@@ -146,6 +146,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
             eval_size_hw=eval_size_hw,
             architecture=type(trainer.model.student).__name__,
             onnx=(Path(config.output_dir) / "student" / "onnx" / "model.onnx").is_file(),
+            onnx_quantized=(Path(config.output_dir) / "student" / "onnx" / "model_quantized.onnx").is_file(),
             plots=card_plots(Path(config.output_dir) / "student"),
         )
         card.save(Path(config.output_dir) / "student" / "README.md")

@@ -154,6 +154,7 @@ def build_model_card(
     eval_size_hw: tuple[int, int] | None = None,
     architecture: str = "SegformerForSemanticSegmentation",
     onnx: bool = False,
+    onnx_quantized: bool = True,
     plots: list[tuple[str, str]] = (),
 ) -> ModelCard:
     """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
@@ -166,7 +167,8 @@ def build_model_card(
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
         eval_size_hw: `(height, width)` the image processor resizes to; None: the native size.
         architecture: the student's transformers class (its config's `architectures`).
-        onnx: the folder holds `onnx/model.onnx` (and `onnx/model_quantized.onnx`): the card says how to run them.
+        onnx: the folder holds `onnx/model.onnx`: the card says how to run it.
+        onnx_quantized: it also holds `onnx/model_quantized.onnx` (int8).
         plots: `(path in the folder, caption)` of the pictures the folder holds (`card_plots`): embedded in the card.
     """
     family = architecture.removesuffix("ForSemanticSegmentation")
@@ -231,6 +233,7 @@ def build_model_card(
         family=family,
         architecture=architecture,
         onnx=onnx,
+        onnx_quantized=onnx_quantized,
         aux_student=recipe.get("aux_student", "auxiliary student"),
         source=recipe.get("source_dataset", "the source domain"),
         target=recipe.get("target_dataset", "the target domain"),
