@@ -253,8 +253,10 @@ def test_a_teacher_is_not_pushed_under_the_students_card(trained_run, capsys):
     assert push_to_hub.main(["--model_dir", str(trained_run / "teacher"), "--repo_id", "me/teacher"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert errors == [
-        f"error: '{trained_run / 'teacher'}' is a run's teacher, and the model card written from eval_results.json describes "
-        "the run's student: push the student/ folder, or write teacher/README.md yourself and pass --keep_card"
+        (
+            f"error: '{trained_run / 'teacher'}' is a run's teacher, and the model card written from eval_results.json describes "
+            "the run's student: push the student/ folder, or write teacher/README.md yourself and pass --keep_card"
+        )
     ]
     assert not (trained_run / "teacher" / "README.md").exists()
 
