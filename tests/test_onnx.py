@@ -160,6 +160,8 @@ def test_export_onnx_at_the_end_of_training_is_pushed_with_the_student_and_the_c
         "model.safetensors",
         "onnx/model.onnx",
         "onnx/model_quantized.onnx",
+        "plots/miou_over_training.png",
+        "plots/per_class_iou.png",
         "preprocessor_config.json",
     ]
     card = (student / "README.md").read_text()
