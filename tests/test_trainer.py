@@ -189,6 +189,7 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
         "README.md",
         "config.json",
         "model.safetensors",
+        "plots",  # the pictures its card shows
         "preprocessor_config.json",
     ]
     assert list(tmp_path.rglob("events.out.tfevents.*"))
