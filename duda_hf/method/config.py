@@ -7,6 +7,7 @@ One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022; in the DAF
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -263,6 +264,24 @@ class DudaConfig(TrainingArguments):
         check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
         check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
         for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
+    # --- trackers (the per-class series they get: duda_hf/training/trackers.py) ---
+    report_to: None | str | list[str] = field(
+        default="none",
+        metadata=flag_help(
+            "Trackers the log goes to: tensorboard, trackio (pip install 'duda-hf[trackio]'), several comma-separated "
+            "(tensorboard,trackio), 'all' installed or 'none'."
+        ),
+    )
+    project: str = field(
+        default="duda-hf",
+        metadata=flag_help("Trackio project the run is logged to, locally (view it: trackio show --project duda-hf)."),
+    )
+    run_name: str | None = field(
+        default=None,
+        metadata=flag_help(
+            "The run's name in the trackers; empty: the output folder's name, so that a resumed run continues its trackio run."
+        ),
+    )
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         check_flag(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
         for name in (
@@ -359,6 +378,10 @@ class DudaConfig(TrainingArguments):
     def train_samples(self) -> int:
         """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
 
+        if isinstance(self.report_to, str) and "," in self.report_to:  # the command line gives one string
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if not self.run_name and self.output_dir:
+            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
         Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
         one process under DataParallel) x gradient accumulation x processes.
         """

@@ -7,6 +7,9 @@ from accelerate.utils import reduce
 
 from duda_hf.data.labels import CITYSCAPES_CLASSES
 
+# the classes as a logged name ends: `class_weight_traffic_light`
+CLASS_KEYS = tuple(name.replace(" ", "_") for name in CITYSCAPES_CLASSES)
+
 
 class StepLog:
     """Sums of the logged step values between two logging steps.
@@ -49,7 +52,7 @@ class StepLog:
             if value.dim() == 0:
                 means[name] = round(numbers[0] / self.count, digits)
             else:
-                for class_name, number in zip(CITYSCAPES_CLASSES, numbers):
-                    means[f"{name}_{class_name.replace(' ', '_')}"] = round(number / self.count, digits)
+                for class_key, number in zip(CLASS_KEYS, numbers):
+                    means[f"{name}_{class_key}"] = round(number / self.count, digits)
         self.sums, self.count = {}, 0
         return means

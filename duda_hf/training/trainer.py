@@ -38,6 +38,7 @@ from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_s
 from duda_hf.training.optimizer import build_optimizer
 from duda_hf.training.preemption import Preemption
 from duda_hf.training.step_log import StepLog
+from duda_hf.training.trackers import TrackerNames, check_trackers, per_class_logs, send_to_trackers
 from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class DudaTrainer(Trainer):
             _check_train_dataset(train_dataset, args)
 
         self.loss_terms = _check_loss_terms(loss_terms, args.method)
+        check_trackers(args)
         if args.deepspeed or args.fsdp:
             raise ValueError(
                 "DudaTrainer trains on one device or with DDP (accelerate launch --multi_gpu): DeepSpeed and FSDP are "
@@ -102,6 +104,8 @@ class DudaTrainer(Trainer):
         self.remove_callback(PrinterCallback)
         self.remove_callback(ProgressCallback)
         self.add_callback(Console())
+        # first, before the trackers (`--report_to`): the per-class series reach them grouped (duda_hf/training/trackers.py)
+        self.callback_handler.callbacks.insert(0, TrackerNames())
         if args.debug_image_steps:
             self.add_callback(DebugImageCallback(self))
         # last, so that every other callback's `on_train_end` runs before it raises `TrainingPreempted` there
@@ -350,6 +354,7 @@ class DudaTrainer(Trainer):
         self.last_eval_results = results
         self.last_eval_step = self.state.global_step
         self.log(metrics)
+        send_to_trackers(self, per_class_logs(record, metric_key_prefix))  # not the log history: per_class_history has them
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
