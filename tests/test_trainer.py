@@ -290,3 +290,14 @@ def test_the_run_says_when_the_teacher_is_not_stronger_than_the_student():
     assert "pretrained" in note and "--ema_alpha" not in note
     lagging = teacher_premise(results(0.30, 0.35, 0.28))
     assert "auxiliary student itself scores 35.00" in lagging and "--ema_alpha" in lagging
+    # the advice follows the run: a large network that already started pretrained is not told to start pretrained
+    for recipe, advice in (
+        ({"aux_student": "tiny-wide", "init": "random"}, "start the auxiliary student from pretrained weights (--init imagenet"),
+        ({"aux_student": "mit-b5", "init": "imagenet"}, "already starts from pretrained weights (mit-b5): train it longer"),
+        (
+            {"aux_student": "pretrained_synthetic/tiny-wide", "init": "random"},
+            "already starts from pretrained weights (pretrained_synthetic/tiny-wide)",
+        ),
+    ):
+        note = teacher_premise({**results(0.30, 0.24, 0.2341), "recipe": recipe})
+        assert advice in note and (("--init imagenet" in note) == (recipe["aux_student"] == "tiny-wide"))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from duda_hf.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from duda_hf.networks.presets import MODEL_PRESETS
 
 
 def is_undefined(value: float | None) -> bool:
@@ -161,10 +162,18 @@ def teacher_premise(results: dict) -> str | None:
             f" The auxiliary student itself scores {100 * auxiliary['mIoU']:.2f}: its EMA lags it, so for a short run "
             "lower --ema_alpha (0.99 averages about the last 100 steps, 0.999 about the last 1000)."
         )
+    recipe = results.get("recipe") or {}
+    large = recipe.get("aux_student")
+    if large and (recipe.get("init") == "imagenet" or large not in MODEL_PRESETS):  # it already starts pretrained
+        start = f"the auxiliary student already starts from pretrained weights ({large}): train it longer, or start it from weights closer to the task (a folder, Hub id or checkpoint pretrained on the source domain as --aux_student)"
+    else:
+        start = (
+            "start the auxiliary student from pretrained weights (--init imagenet for MiT presets, or a pretrained "
+            "folder, Hub id or checkpoint as --aux_student), or train it longer"
+        )
     return (
         f"The teacher ({teacher:.2f} mIoU) is not clearly stronger than the student it teaches ({student:.2f} mIoU; "
         f"less than {PREMISE_MARGIN:g} above), so "
         "distillation had little to pass on and this run is close to self-training. DUDA needs a large network "
-        "that starts stronger: start the auxiliary student from pretrained weights (--init imagenet for MiT "
-        "presets, or a pretrained folder, Hub id or checkpoint as --aux_student), or train it longer." + lag
+        f"that starts stronger: {start}." + lag
     )
