@@ -55,6 +55,33 @@ def test_load_domain_offline_hub_id():
         load_domain("someone/not-cached-dataset")
 
 
+def test_a_missing_benchmark_folder_without_network_fails_in_seconds_with_the_command_that_builds_it(tmp_path, monkeypatch):
+    """The first command's recipe on a clone without `data_synthetic/` and without network: `data_synthetic/source`
+    is read as a Hub id; the run must not spend half a minute in retries, and it says how to build the folder."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as probe:  # a port nothing listens on: the Hub is unreachable
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.chdir(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(DomainError) as error:
+        load_domain("data_synthetic/source", role="--source_dataset")
+    assert time.monotonic() - started < 5
+    assert str(error.value) == (
+        f"--source_dataset 'data_synthetic/source' is not a local folder, and as a Hub dataset id it cannot be downloaded: "
+        f"the Hub (http://127.0.0.1:{port}) is unreachable (a dataset downloaded earlier loads from the cache with "
+        "HF_HUB_OFFLINE=1). If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out data_synthetic"
+    )
+    with pytest.raises(DomainError, match=r"'\./data_synthetic_night/target' does not exist\. .* --out data_synthetic_night \(--help"):
+        load_domain("./data_synthetic_night/target")
+
+
 def test_class_counts_reject_label_ids_that_are_not_train_ids(tmp_path):
     good = np.zeros((6, 8), dtype=np.uint8)
     bad = np.full((6, 8), 26, dtype=np.uint8)  # a Cityscapes label id (car), not a trainId

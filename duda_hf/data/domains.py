@@ -7,11 +7,13 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+from huggingface_hub import constants, is_offline_mode
 from PIL import Image
 
 from duda_hf.data.errors import DomainError
 from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
 from duda_hf.data.native import load_native
+from duda_hf.data.remote import hub_reachable
 from duda_hf.data.splits import other_split_name
 
 __all__ = ["LABEL_TYPES", "DomainError", "LabelConverter", "load_domain"]  # DomainError lives in .errors, also named here
@@ -73,14 +75,20 @@ def load_domain(
             )
         loaded = datasets.load_from_disk(str(path))
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise DomainError(f"{role} '{spec}' does not exist. Check the path, or build the data first (see README).")
+        raise DomainError(f"{role} '{spec}' does not exist. {_build_hint(spec)}")
     else:
+        if not is_offline_mode() and not hub_reachable():  # without network, datasets would retry for half a minute
+            raise DomainError(
+                f"{role} '{spec}' is not a local folder, and as a Hub dataset id it cannot be downloaded: the Hub "
+                f"({constants.ENDPOINT}) is unreachable (a dataset downloaded earlier loads from the cache with "
+                f"HF_HUB_OFFLINE=1). {_build_hint(spec)}"
+            )
         try:
             loaded = datasets.load_dataset(spec, split=split)
         except Exception as error:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
             raise DomainError(
                 f"{role} '{spec}' is neither a local folder nor a loadable Hub dataset ({type(error).__name__}: {error}). "
-                "Offline, pass a local save_to_disk folder instead."
+                f"Offline, pass a local save_to_disk folder instead. {_build_hint(spec)}"
             ) from error
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded and other_split_name(split) in loaded:  # `val` for `validation` and back
@@ -94,6 +102,16 @@ def load_domain(
     if with_labels and label_type != "trainid":
         dataset = dataset.with_transform(LabelConverter(label_type, f"{role} '{spec}'"))
     return dataset
+
+
+def _build_hint(spec: str) -> str:
+    """The way forward for a folder that is not there: the synthetic benchmark's folders are built by one command."""
+    top = Path(spec).parts[0] if Path(spec).parts else spec
+    if top == "data_synthetic":
+        return "If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out data_synthetic"
+    if top.startswith("data_synthetic"):
+        return f"If it is a synthetic benchmark, build it first: python scripts/make_synthetic.py --out {top} (--help: its shift)"
+    return "If it is meant to be a local folder, check the path, or build the data first (README, 'Datasets')."
 
 
 LABEL_TYPES = ("trainid", "labelid", "color")

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
-from huggingface_hub import constants, is_offline_mode
 from transformers import (
     AutoImageProcessor,
     AutoModelForSemanticSegmentation,
@@ -18,27 +15,13 @@ from transformers import (
 )
 
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+from duda_hf.data.remote import hub_reachable
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.presets import MIT_SIZES, OTHER_FAMILY_PRESETS, SMALL_SIZES, preset_config
 
 
 class ModelUnavailableError(OSError):
     """Weights that cannot be had: offline and not cached, or no such repo/folder."""
-
-
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """Fast check that the Hub endpoint accepts connections (a missing network otherwise costs ~23 s of retries).
-
-    False in huggingface_hub's offline mode (`HF_HUB_OFFLINE`); the endpoint is huggingface_hub's (`HF_ENDPOINT`).
-    """
-    if is_offline_mode():
-        return False
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def load_pretrained_network(

@@ -111,7 +111,7 @@ def download_checkpoint(value: str, announce: bool = True) -> str:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
-    from duda_hf.networks.loading import hub_reachable
+    from duda_hf.data.remote import hub_reachable
 
     match = HUB_CHECKPOINT.match(value)
     repo_id, revision = match["repo"], match["revision"]

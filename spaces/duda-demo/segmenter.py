@@ -146,7 +146,7 @@ class Segmenter:
 def _hub_reachable(timeout: float = 1.5) -> bool:
     """A quick connection probe: without network, from_pretrained would spend ~30 s in retries before failing.
 
-    The same probe as `duda_hf.networks.loading.hub_reachable`, repeated because a Space installs requirements.txt,
+    The same probe as `duda_hf.data.remote.hub_reachable`, repeated because a Space installs requirements.txt,
     not duda_hf.
     """
     import socket
