@@ -121,7 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     command = [sys.executable, "benchmarks/quality_synthetic.py", "--seeds", str(args.seed), "--jobs", str(args.jobs), "--rows", *args.rows]
     command += ["--output_root", args.output_root, "--results", str(Path(args.output_root) / "quality.json"), "--"]
-    subprocess.run([*command, "--eval_steps", str(EVAL_STEPS)], cwd=ROOT, check=True)
+    done = subprocess.run([*command, "--eval_steps", str(EVAL_STEPS)], cwd=ROOT, check=False)
+    if done.returncode != 0:  # quality_synthetic.py has said why (a missing prerequisite, a failed run)
+        raise SystemExit(done.returncode)
     report = {"seed": args.seed, "eval_steps": EVAL_STEPS, "rows": {}}
     for row in args.rows:
         results = json.loads((Path(args.output_root) / f"{row}_seed{args.seed}" / "eval_results.json").read_text())

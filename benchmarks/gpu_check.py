@@ -18,8 +18,8 @@ With random-init networks and generated data (nothing is downloaded), in this or
   5. variants: each speed option's effect on the paper-shape step (fp32, fp32 + TF32, for-each AdamW instead of
      fused, channels-last, torch.compile), as a ratio to the default step.
 Sections stop being started once `--budget` seconds have passed; the JSON is rewritten after each one, so an
-interrupted run keeps what it measured. A summary table is printed last. On a machine without CUDA it prints
-that it needs a GPU and exits 0.
+interrupted run keeps what it measured. A summary table is printed last. On a machine without CUDA it runs nothing
+and ends with one line on stderr and exit status 2 (as every benchmark missing what it needs: _prerequisites.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_cost, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_cost and _prerequisites, beside this file
+from _prerequisites import fail
 
 SHAPE = "b5b0-512"
 ITERATIONS = 40_000  # the DAFormer / DUDA schedule
@@ -286,11 +287,10 @@ def main() -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(
-            "gpu_check needs a CUDA GPU: torch.cuda.is_available() is False here, so nothing was run. "
-            "Run it on a machine with an NVIDIA GPU and a CUDA build of torch; the CPU test suite covers the rest."
+        fail(
+            "this needs a CUDA GPU (torch.cuda.is_available() is False here), so nothing was run; run "
+            "`python benchmarks/gpu_check.py` on a machine with an NVIDIA GPU and a CUDA build of torch (the CPU test suite covers the rest)"
         )
-        return 0
     import accelerate
     import transformers
 

@@ -23,7 +23,8 @@ random-init MiT-B5 in PyTorch fp32, the network the B0 student replaces.
   student/): the same images of `--val_dataset` scored by `duda_hf.evaluation.inference.evaluate_networks` with the
   PyTorch student and with each ONNX file, at the student's evaluation size. The folder is copied, not changed.
 
-Writes benchmarks/results/onnx_speed.json and prints a Markdown table.
+`data_synthetic` (the default calibration and validation images) is built first when missing. Writes
+benchmarks/results/onnx_speed.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -42,12 +43,19 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _prerequisites import ONNX_INSTALL, command_line, fail, require_packages, synthetic_split
+
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("torch-fp32", "onnx-fp32", "onnx-int8", "onnx-int8-static")
 TEACHER = "teacher-torch-fp32"
 CALIBRATION_IMAGES = 32
+# what `--student_dir` names when it is missing: a short training run on the synthetic benchmark, and its student
+TRAIN_STUDENT = [
+    ["scripts/make_synthetic.py", "--out", "data_synthetic"],
+    ["scripts/train_duda.py", "--config", "configs/synthetic_cpu.yaml", "--max_steps", "300", "--output_dir", "outputs/onnx_student"],
+]
 
 
 def _peak_mib() -> float:
@@ -260,6 +268,15 @@ def main() -> None:
         kind, path, width, height = args.child
         print(json.dumps(child(kind, path, int(width), int(height), args.repeats, args.threads)))
         return
+    require_packages("onnx", "onnxruntime", "onnxscript", install=ONNX_INSTALL)
+    if args.student_dir and not (Path(args.student_dir) / "config.json").is_file():
+        fail(
+            f"--student_dir {args.student_dir} is not a trained student folder (no config.json); train one with "
+            f"`{' && '.join(command_line(step) for step in TRAIN_STUDENT)}` and pass --student_dir outputs/onnx_student/student"
+        )
+    synthetic_split(args.calibration_dataset, "--calibration_dataset")  # built when it is the synthetic benchmark's
+    if args.student_dir:
+        synthetic_split(args.val_dataset, "--val_dataset")
     import onnx
     import onnxruntime
     import onnxscript
@@ -294,6 +311,7 @@ def main() -> None:
         },
         "results": {},
     }
+    print(f"calibration: {len(calibration)} images of {args.calibration_dataset}; exporting MiT-B0 and MiT-B5 ...", flush=True)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         student = export_network(build_network("mit-b0", "random"), work / "b0")

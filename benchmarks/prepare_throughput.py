@@ -25,6 +25,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from _prerequisites import fail
 from PIL import Image
 
 from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
@@ -72,6 +73,9 @@ def main() -> None:
     args = parser.parse_args()
     if bool(args.image) != bool(args.label_ids):
         parser.error("--image and --label_ids go together (a frame and its Cityscapes label ids)")
+    for flag, path in (("--image", args.image), ("--label_ids", args.label_ids)):
+        if path and not Path(path).is_file():
+            fail(f"{flag} {path} is not a file; pass a Cityscapes frame and its labelIds PNG, or neither for a procedural scene")
     results = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -37,18 +37,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from _prerequisites import SYNTHETIC_BENCHMARKS, needs_pretrained_pair, pretrained_pair, synthetic_benchmark
+
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-# The benchmarks: the one the recipes were tuned on (dusk), and a second one with another shift (night: darker,
-# noisier, more textured, colours further from the source) to confirm a configuration on data it was not tuned on.
-BENCHMARKS = {
-    "dusk": ("data_synthetic", []),
-    "night": (
-        "data_synthetic_night",
-        ["--seed", "7", "--colour_drift", "0.35", "--exposure", "0.4", "0.7", "--noise", "4", "8", "--texture", "0.8"],
-    ),
-}
+# The benchmarks, name -> (folder, make_synthetic flags): the one the recipes were tuned on (dusk), and a second one
+# with another shift (night) to confirm a configuration on data it was not tuned on; built when missing.
+BENCHMARKS = SYNTHETIC_BENCHMARKS
 RANDOM, PRETRAINED = "configs/synthetic_cpu.yaml", "configs/synthetic_pretrained_cpu.yaml"
 MAX_STEPS = 1500  # the adaptation budget of both recipes
 # The recipes as kept (issue 21): 1500 adaptation steps, then a 500-step distillation stage (2000 optimizer steps),
@@ -326,9 +322,10 @@ def main() -> None:
     args.output_root = args.output_root or str(ROOT / "outputs" / f"quality_synthetic{suffix}")
     extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
     data, shift = BENCHMARKS[args.benchmark]
-    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", data, *shift], cwd=ROOT, check=True, capture_output=True)
-    if any(ALL_ROWS[row][1] == PRETRAINED for row in args.rows):
-        subprocess.run([sys.executable, "scripts/pretrain_synthetic.py"], cwd=ROOT, check=True, capture_output=True)
+    if not args.collect_only:  # what the runs start from: built here when missing (benchmarks/_prerequisites.py)
+        synthetic_benchmark(args.benchmark)
+        if any(needs_pretrained_pair(ALL_ROWS[row][1]) for row in args.rows):
+            pretrained_pair()
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own process; threads only wait for them

@@ -28,6 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+from _prerequisites import SPACE_INSTALL, require_packages
+
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "spaces" / "duda-demo"
 
@@ -140,10 +142,13 @@ def main() -> None:
         return
     from duda_hf.jsonio import write_json
 
+    require_packages("gradio", "gradio_client", install=SPACE_INSTALL)
     runs = []
     for concurrency in args.concurrency:
         command = [sys.executable, __file__, "--child", str(concurrency), str(args.requests), args.size, args.large]
-        done = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        if done.returncode != 0:
+            raise SystemExit(f"concurrency {concurrency} failed:\n{done.stderr[-3000:]}")
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(runs[-1])
     write_json(

@@ -6,6 +6,7 @@
 One `duda` run per `--ema_alpha`, evaluated every `--eval_steps` steps on the 100 target validation images;
 prints the student's, the auxiliary student's and the teacher's target mIoU at each evaluation and writes them
 to `--results` (a JSON file in benchmarks/results/ by default). Runs whose `eval_results.json` exists are reused.
+`data_synthetic` (and the pretrained pair, for a recipe that starts from it) is built first when missing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import subprocess
 import sys
 from datetime import date
 from pathlib import Path
+
+from _prerequisites import needs_pretrained_pair, pretrained_pair, synthetic_benchmark
 
 from duda_hf.jsonio import write_json
 
@@ -33,7 +36,10 @@ def main() -> None:
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "teacher_trajectory.json"))
     args, extra = parser.parse_known_args()
     extra = [flag for flag in extra if flag != "--"]  # `-- --flag value` and `--flag value` both pass training flags on
-    subprocess.run([sys.executable, "scripts/make_synthetic.py", "--out", "data_synthetic"], cwd=ROOT, check=True, capture_output=True)
+    pretrained = needs_pretrained_pair(args.recipe)  # (a recipe that does not exist ends here)
+    synthetic_benchmark("dusk")  # built when missing, as the pretrained pair when the recipe starts from it
+    if pretrained:
+        pretrained_pair()
     trajectories = {}
     for alpha in args.alphas:
         output_dir = Path(args.output_root) / f"{Path(args.recipe).stem}_alpha{alpha}_seed{args.seed}"

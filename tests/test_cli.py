@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py"))
+# benchmarks/_*.py are modules the benchmarks share, not programs
+PROGRAMS = sorted((ROOT / "scripts").glob("*.py")) + sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyproject.toml)
     "train_duda.py": "duda-train",
     "evaluate_duda.py": "duda-evaluate",

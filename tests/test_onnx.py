@@ -32,21 +32,36 @@ def _student(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny student exported by the console command `duda-export-onnx`: (folder, the command's stdout)."""
+    """A tiny student exported by the console command `duda-export-onnx`: (folder, the command's stdout, its stderr)."""
     folder = _student(tmp_path_factory.mktemp("onnx") / "student")
     command = Path(sys.executable).parent / "duda-export-onnx"
     assert command.is_file(), "console command duda-export-onnx is not installed; run pip install -e . again"
     done = subprocess.run([str(command), "--model_dir", str(folder)], capture_output=True, text=True, env=ENV, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    return folder, done.stdout
+    return folder, done.stdout, done.stderr
 
 
 def test_the_command_writes_the_transformers_js_layout(exported):
-    folder, stdout = exported
+    folder, stdout, _ = exported
     assert {"config.json", "preprocessor_config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}
     assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["model.onnx", "model_quantized.onnx"]
     assert not [p.name for p in folder.iterdir() if p.name.startswith(".onnx-")], "no staging folder is left behind"
     assert f"wrote {folder / 'onnx'} (opset {OPSET}" in stdout and "model_quantized.onnx" in stdout
+
+
+def test_the_command_shows_a_progress_bar_with_the_time_left_on_stderr(exported):
+    """One bar on stderr: the exporter's four stages, the int8 file and the check, with the time left; stdout keeps the
+    summary alone, and the files are those the layout test above expects."""
+    import re
+
+    _, stdout, stderr = exported
+    states = [line.strip() for line in stderr.replace("\r", "\n").splitlines() if line.startswith("ONNX export:")]
+    assert states and re.match(r"ONNX export: +0%\|.*\| 0/6 \[", states[0]), states
+    assert re.match(r"ONNX export: 100%\|.*\| 6/6 \[\d\d:\d\d<00:00", states[-1]), states
+    assert any(re.search(r"\| [1-5]/6 \[\d\d:\d\d<\d\d:\d\d", state) for state in states), "a time left while it runs"
+    for phase in ("torch.export", "int8 quantization", "parity check on 1 image"):
+        assert any(phase in state for state in states), phase
+    assert "ONNX export" not in stdout and stdout.startswith("wrote ")
 
 
 def test_the_graph_has_one_input_and_output_with_dynamic_batch_height_width(exported):

@@ -4,7 +4,8 @@ Writes MODEL_DIR/onnx/model.onnx (fp32; input pixel_values (N, 3, H, W), output 
 width dynamic) and MODEL_DIR/onnx/model_quantized.onnx (int8: ONNX Runtime dynamic quantization, what
 transformers.js loads as dtype "q8"), beside config.json and preprocessor_config.json, so that the same folder
 or Hub repo serves transformers, ONNX Runtime and transformers.js. The files are checked against PyTorch
-before the folder is renamed into place; an older onnx/ is replaced only then. See docs/deployment.md.
+before the folder is renamed into place; an older onnx/ is replaced only then. A progress bar on stderr shows the
+time left (the exporter's stages, the int8 quantization, the check). See docs/deployment.md.
 
 Needs the `onnx` extra: pip install "duda-hf[onnx]".
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
-    result = export_onnx(args.model_dir, opset=args.opset, quantize=not args.no_quantize, tolerance=args.tolerance)
+    result = export_onnx(args.model_dir, opset=args.opset, quantize=not args.no_quantize, tolerance=args.tolerance, progress=True)
     print(onnx_summary(result))
     return 0
 

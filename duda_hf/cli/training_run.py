@@ -136,7 +136,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
         if config.export_onnx:  # before the card, which then says how to run it, and before any push
             from duda_hf.export.onnx_export import export_onnx, onnx_summary
 
-            print(onnx_summary(export_onnx(Path(config.output_dir) / "student")))
+            print(onnx_summary(export_onnx(Path(config.output_dir) / "student", progress=not config.disable_tqdm)))
         write_plots(results, Path(config.output_dir) / "plots", Path(config.output_dir) / "student" / "plots")
         write_json(Path(config.output_dir) / "eval_results.json", results)
         repo_id = trainer.hub_model_id or config.hub_model_id or f"your-org/{Path(config.output_dir).name}"

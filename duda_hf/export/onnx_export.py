@@ -23,6 +23,9 @@ browser. Batch, height and width are dynamic.
   ties the activation ranges to them; docs/deployment.md gives the measured costs of both.
 - The folder is written atomically: everything goes to a temporary folder inside `model_dir`, which is renamed
   to `onnx/` when complete (an older `onnx/` is replaced only then).
+- Progress (`progress=True`, as `duda-export-onnx` runs it): a tqdm bar on stderr with the time left, one step per
+  stage of the exporter (torch.export, decompositions, translation to ONNX, graph optimisation: the minutes of a
+  large network), one for the int8 quantization and one for the parity check on its image.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from tqdm.auto import tqdm
 
 OPSET = 18
 ONNX_FOLDER = "onnx"
@@ -52,6 +56,14 @@ EXAMPLE_SHAPE = (2, 3, 128, 192)
 CHECK_SHAPE = (1, 3, 96, 160)
 FP32_TOLERANCE = 1e-3
 INSTALL_HINT = 'pip install "duda-hf[onnx]" (onnx, onnxruntime, onnxscript)'
+# The stages torch.onnx.export(dynamo=True, verbose=True) reports on stdout ("[torch.onnx] <stage>..." when it
+# starts, "... ✅" when it is done): the progress bar's first steps.
+EXPORT_STAGES = {
+    "Obtain model graph": "torch.export",
+    "Run decompositions": "decompositions",
+    "Translate the graph into ONNX": "translation to ONNX",
+    "Optimize the ONNX graph": "graph optimisation",
+}
 
 
 def _umask() -> int:
@@ -66,6 +78,31 @@ class _Quiet(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
+
+
+class _StageProgress(io.TextIOBase):
+    """The exporter's stdout, swallowed: each stage it reports done advances `bar` by a step, each one it starts is
+    named on the bar. Lines it does not know (another torch version's) are dropped; `finish` then makes up the count."""
+
+    def __init__(self, bar):
+        self.bar, self.pending, self.done = bar, "", 0
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            stage = next((name for key, name in EXPORT_STAGES.items() if key in line), None)
+            if stage is None:
+                continue
+            if line.rstrip().endswith("✅") and self.done < len(EXPORT_STAGES):
+                self.done += 1
+                self.bar.update(1)
+            elif not line.rstrip().endswith(("✅", "❌")):
+                self.bar.set_postfix_str(stage)
+        return len(text)
+
+    def finish(self) -> None:
+        self.bar.update(len(EXPORT_STAGES) - self.done)
+        self.done = len(EXPORT_STAGES)
 
 
 class OnnxExportError(RuntimeError):
@@ -122,8 +159,11 @@ def load_network(model_dir: str | os.PathLike):
     return AutoModelForSemanticSegmentation.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-def export_fp32(model: torch.nn.Module, path: str | os.PathLike, opset: int = OPSET) -> Path:
-    """Write `model` (any segmentation network) as one ONNX file with dynamic batch, height and width; returns the path."""
+def export_fp32(model: torch.nn.Module, path: str | os.PathLike, opset: int = OPSET, bar=None) -> Path:
+    """Write `model` (any segmentation network) as one ONNX file with dynamic batch, height and width; returns the path.
+
+    `bar`: a tqdm bar that takes one step per stage of the exporter (`EXPORT_STAGES`); None: no progress.
+    """
     import onnx
     from torch.export import Dim
 
@@ -131,12 +171,14 @@ def export_fp32(model: torch.nn.Module, path: str | os.PathLike, opset: int = OP
     example = torch.zeros(EXAMPLE_SHAPE, device=parameter.device, dtype=parameter.dtype)
     dynamic = {INPUT_NAME: {0: Dim("batch"), 2: Dim("height"), 3: Dim("width")}}
     path = Path(path)
-    # the exporter reports its progress on stdout and warns about optional torchvision ops: not the caller's concern
+    # the exporter reports its stages on stdout (kept off the caller's stdout: they move the bar, if any) and warns
+    # about optional torchvision ops: not the caller's concern
+    stages = _StageProgress(bar) if bar is not None else io.StringIO()
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        with contextlib.redirect_stdout(stages), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 _LogitsOnly(model).eval(),
@@ -146,10 +188,12 @@ def export_fp32(model: torch.nn.Module, path: str | os.PathLike, opset: int = OP
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes=dynamic,
-                verbose=False,
+                verbose=bar is not None,
             )
     finally:
         registration.setLevel(level)
+    if bar is not None:
+        stages.finish()
     proto = program.model_proto
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     fixed = [axis for axis in (2, 3) if not dims[axis].dim_param]
@@ -243,7 +287,12 @@ def _parity(model: torch.nn.Module, fp32_path: Path, int8_path: Path | None) -> 
 
 
 def export_onnx(
-    model_dir: str | os.PathLike, *, opset: int = OPSET, quantize: bool = True, tolerance: float | None = FP32_TOLERANCE
+    model_dir: str | os.PathLike,
+    *,
+    opset: int = OPSET,
+    quantize: bool = True,
+    tolerance: float | None = FP32_TOLERANCE,
+    progress: bool = False,
 ) -> dict:
     """Add `onnx/model.onnx` (fp32) and, with `quantize`, `onnx/model_quantized.onnx` (int8) to an exported folder.
 
@@ -253,6 +302,8 @@ def export_onnx(
         quantize: also write the int8 file.
         tolerance: the largest absolute difference allowed between the fp32 ONNX logits and PyTorch's on a check
             input of another shape than the traced one; None skips the check.
+        progress: show a progress bar with the time left on stderr (the exporter's stages, the quantization, the
+            check on its image); the files are the same either way.
 
     Returns:
         `onnx_dir`, `files` (name -> bytes), `opset`, `exporter`, `quantization` (None without `quantize`),
@@ -268,10 +319,21 @@ def export_onnx(
     target = folder / ONNX_FOLDER
     staging = Path(tempfile.mkdtemp(prefix=f".{ONNX_FOLDER}-partial-", dir=folder))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private (0700); onnx/ gets the folder's usual mode
+    steps = len(EXPORT_STAGES) + int(quantize) + int(tolerance is not None)
+    bar = tqdm(total=steps, desc="ONNX export", unit="step", dynamic_ncols=True, disable=not progress)
     try:
-        fp32_path = export_fp32(model, staging / FP32_FILE, opset)
-        quantization = quantize_int8(fp32_path, staging / INT8_FILE) if quantize else None
-        parity = _parity(model, fp32_path, staging / INT8_FILE if quantize else None) if tolerance is not None else None
+        with bar:
+            fp32_path = export_fp32(model, staging / FP32_FILE, opset, bar=bar if progress else None)
+            quantization = None
+            if quantize:
+                bar.set_postfix_str("int8 quantization")
+                quantization = quantize_int8(fp32_path, staging / INT8_FILE)
+                bar.update(1)
+            parity = None
+            if tolerance is not None:
+                bar.set_postfix_str("parity check on 1 image")
+                parity = _parity(model, fp32_path, staging / INT8_FILE if quantize else None)
+                bar.update(1)
         if parity is not None and not parity["fp32_max_abs_diff"] <= tolerance:
             raise OnnxExportError(
                 f"the ONNX logits differ from PyTorch's by {parity['fp32_max_abs_diff']:.3g} (allowed {tolerance:g}) "
