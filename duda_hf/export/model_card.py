@@ -49,6 +49,29 @@ RECIPE_KEYS = (
 )
 
 
+# Recipe settings that only some methods use: a baseline's card does not list what its run ignored (also for an
+# eval_results.json written before recipe_summary left them out).
+DUDA_ONLY_KEYS = frozenset(
+    {
+        "aux_student",
+        "preadapt_steps",
+        "distill_ramp_steps",
+        "kd_temperature",
+        "kd_confidence_weight",
+        "kd_clean_target",
+        "cwd_weight",
+        "cwd_temperature",
+        "distill_stage_steps",
+        "distill_stage_target_only",
+        "inconsistency_beta",
+        "extra_teachers",
+        "teacher_weights",
+    }
+)
+ADAPTATION_KEYS = frozenset({"ema_alpha", "pseudo_label_threshold", "class_mix"})  # the target's pseudo-labels and mixing
+UNUSED_KEYS = {"duda": frozenset(), "self_training": DUDA_ONLY_KEYS, "source_only": DUDA_ONLY_KEYS | ADAPTATION_KEYS}
+
+
 # The pictures a run writes (`plots/`, beside the student's files) that its card shows, with their captions.
 CARD_PLOTS = (
     ("plots/miou_over_training.png", "Target mIoU of the networks over training"),
@@ -245,7 +268,7 @@ def build_model_card(
         per_class_header=" | ".join(n for n, _ in models),
         per_class_rule="|".join("---" for _ in models),
         per_class_rows=per_class_rows,
-        recipe=[(key, recipe[key]) for key in RECIPE_KEYS if key in recipe],
+        recipe=[(key, recipe[key]) for key in RECIPE_KEYS if key in recipe and key not in UNUSED_KEYS.get(method, ())],
         premise=teacher_premise(results),
         plots=list(plots),
         licensed_datasets=[name for name in DATASET_NAMES.values() if name in names],
