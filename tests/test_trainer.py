@@ -300,6 +300,4 @@ def test_the_run_says_when_the_teacher_is_not_stronger_than_the_student():
         ),
     ):
         note = teacher_premise({**results(0.30, 0.24, 0.2341), "recipe": recipe})
-        assert advice in note and (("--init imagenet" in note) == (recipe["aux_student"] == "tiny-wide"))
-        ({"aux_student": "tiny-wide", "init": "imagenet"}, "start the auxiliary student from pretrained weights (--init imagenet"),
-        ({"aux_student": "mit-b5", "init": "random"}, "start the auxiliary student from pretrained weights (--init imagenet"),
+        assert advice in note and (("--init imagenet" in note) == advice.startswith("start"))
