@@ -294,6 +294,8 @@ def test_the_run_says_when_the_teacher_is_not_stronger_than_the_student():
     for recipe, advice in (
         ({"aux_student": "tiny-wide", "init": "random"}, "start the auxiliary student from pretrained weights (--init imagenet"),
         ({"aux_student": "mit-b5", "init": "imagenet"}, "already starts from pretrained weights (mit-b5): train it longer"),
+        ({"aux_student": "tiny-wide", "init": "imagenet"}, "start the auxiliary student from pretrained weights (--init imagenet"),
+        ({"aux_student": "mit-b5", "init": "random"}, "start the auxiliary student from pretrained weights (--init imagenet"),
         (
             {"aux_student": "pretrained_synthetic/tiny-wide", "init": "random"},
             "already starts from pretrained weights (pretrained_synthetic/tiny-wide)",
