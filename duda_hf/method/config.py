@@ -258,12 +258,6 @@ class DudaConfig(TrainingArguments):
             "the optimizer step instead (and the filter would read the loss on the host every step)."
         ),
     )
-
-    def __post_init__(self):
-        check_flag(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
-        check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
-        check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
-        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
     # --- trackers (the per-class series they get: duda_hf/training/trackers.py) ---
     report_to: None | str | list[str] = field(
         default="none",
@@ -282,6 +276,12 @@ class DudaConfig(TrainingArguments):
             "The run's name in the trackers; empty: the output folder's name, so that a resumed run continues its trackio run."
         ),
     )
+
+    def __post_init__(self):
+        check_flag(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
+        check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
+        check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
+        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         check_flag(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
         for name in (
@@ -372,16 +372,16 @@ class DudaConfig(TrainingArguments):
         if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:
             # DAFormer decays to exactly 0; transformers' default lr_end is 1e-7.
             self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
+        if isinstance(self.report_to, str) and "," in self.report_to:  # the command line gives one string
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if not self.run_name and self.output_dir:
+            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
         super().__post_init__()
 
     @property
     def train_samples(self) -> int:
         """The training set's length: one epoch is the whole run, so no sample index is ever drawn twice.
 
-        if isinstance(self.report_to, str) and "," in self.report_to:  # the command line gives one string
-            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        if not self.run_name and self.output_dir:
-            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
         Steps x the Trainer's batch per process (`train_batch_size`: `per_device_train_batch_size`, times the GPUs of
         one process under DataParallel) x gradient accumulation x processes.
         """
