@@ -101,9 +101,10 @@ def test_trackio_and_tensorboard_get_every_value_with_the_per_class_series_group
     output_dir, runs, done = run_training(
         tiny_benchmark, tmp_path, "--report_to", "tensorboard,trackio", "--eval_strategy", "steps", "--eval_steps", "3"
     )
-    # one trackio run in the project, named after the output folder
-    assert list(runs) == ["run"], list(runs)
-    rows = runs["run"]
+    # one trackio run in the project, named after the output folder and the time it started
+    (name,) = runs
+    assert re.fullmatch(r"run-\d{8}-\d{6}", name), name
+    rows = runs[name]
     results = json.loads((output_dir / "eval_results.json").read_text())
     train_history, eval_history = results["train_history"], results["history"]
     assert [entry["step"] for entry in train_history] == [1, 2, 3, 4] and [entry["step"] for entry in eval_history] == [3, 4]
@@ -149,11 +150,11 @@ def test_trackio_and_tensorboard_get_every_value_with_the_per_class_series_group
 
 def test_an_evaluation_after_training_goes_to_the_same_trackio_run(tiny_benchmark, tmp_path):
     """Without evaluations during training the program evaluates once at the end, after Trainer has finished the
-    trackio run: the result continues that run (named after the output folder), not a new one."""
+    trackio run: the result continues that run, not a new one."""
     pytest.importorskip("trackio", reason="pip install -e '.[trackio]'")
     output_dir, runs, _ = run_training(tiny_benchmark, tmp_path, "--report_to", "trackio", "--eval_strategy", "no")
-    assert list(runs) == ["run"], list(runs)
-    rows = runs["run"]
+    (name,) = runs
+    rows = runs[name]
     assert [step for step, _ in series(rows, "train/loss")] == [1, 2, 3, 4]
     student = json.loads((output_dir / "eval_results.json").read_text())["student"]
     assert series(rows, "eval/student_mIoU") == [(4, round(100 * student["mIoU"], 2))]
@@ -175,12 +176,25 @@ def test_per_class_names_for_the_trackers():
 
 def test_report_to_takes_a_comma_separated_list_and_names_the_run(tmp_path):
     from duda_hf.cli.arguments import parse_args
+    from duda_hf.training.trackers import name_the_run
 
     _, _, config = parse_args(["--output_dir", str(tmp_path / "gta2cs_b5_b0"), "--report_to", "tensorboard,trackio"])
     assert config.report_to == ["tensorboard", "trackio"]
-    assert (config.project, config.run_name) == ("duda-hf", "gta2cs_b5_b0")
+    assert (config.project, config.run_name) == ("duda-hf", None)
+    name_the_run(config, None)  # a new run: the folder and the time, so a rerun or a same-named folder is another run
+    assert re.fullmatch(r"gta2cs_b5_b0-\d{8}-\d{6}", config.run_name), config.run_name
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "training_args.json").write_text(json.dumps({"run_name": "gta2cs_b5_b0-20261206-101500"}))
+    _, _, resumed = parse_args(["--output_dir", str(tmp_path / "gta2cs_b5_b0"), "--report_to", "trackio"])
+    name_the_run(resumed, str(checkpoint))  # a resume continues its own tracker run
+    assert resumed.run_name == "gta2cs_b5_b0-20261206-101500"
     _, _, config = parse_args(["--output_dir", str(tmp_path), "--report_to", "trackio", "--run_name", "mine", "--project", "p"])
+    name_the_run(config, str(checkpoint))
     assert (config.report_to, config.project, config.run_name) == (["trackio"], "p", "mine")
+    _, _, quiet = parse_args(["--output_dir", str(tmp_path)])
+    name_the_run(quiet, None)  # no tracker: Trainer's default, untouched
+    assert quiet.report_to == [] and quiet.run_name is None
 
 
 def test_an_offline_run_refuses_a_trackio_space(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from duda_hf.jsonio import write_json
 from duda_hf.method.config import DudaConfig
 from duda_hf.networks.duda_model import build_duda_model
 from duda_hf.training.resume import resolve_checkpoint
+from duda_hf.training.trackers import name_the_run
 from duda_hf.training.trainer import DudaTrainer
 
 
@@ -104,6 +105,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     # which checkpoint, which step, what it restores (`last` with none: says it starts from step 0)
     with config.main_process_first(local=True, desc="the checkpoint"):  # a Hub download: once per machine, then the cache
         resume = resolve_checkpoint(config.resume_from_checkpoint, config.output_dir, announce=trainer.is_world_process_zero())
+    name_the_run(config, resume)  # the trackers' run: the resumed run's own, or a new name
     trainer.train(resume_from_checkpoint=resume)
     if trainer.last_eval_step != trainer.state.global_step:
         trainer.evaluate()

@@ -7,7 +7,6 @@ One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022; in the DAF
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -273,7 +272,8 @@ class DudaConfig(TrainingArguments):
     run_name: str | None = field(
         default=None,
         metadata=flag_help(
-            "The run's name in the trackers; empty: the output folder's name, so that a resumed run continues its trackio run."
+            "The run's name in the trackers; empty: '<output folder>-<UTC time>' for a new run, and a resumed run's own "
+            "name (from its checkpoint), so that it continues its tracker run."
         ),
     )
 
@@ -374,8 +374,6 @@ class DudaConfig(TrainingArguments):
             self.lr_scheduler_kwargs = {"lr_end": 0.0, "power": self.poly_power}
         if isinstance(self.report_to, str) and "," in self.report_to:  # the command line gives one string
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        if not self.run_name and self.output_dir:
-            self.run_name = os.path.basename(os.path.normpath(self.output_dir))
         super().__post_init__()
 
     @property

@@ -20,15 +20,18 @@ prefix as a sub-group of `train` or `eval`; TensorBoard's tag filter takes the p
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+from datetime import datetime, timezone
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
 from duda_hf.training.step_log import CLASS_KEYS
 
-__all__ = ["TrackerNames", "check_trackers", "per_class_logs", "send_to_trackers", "tracker_callbacks"]
+__all__ = ["TrackerNames", "check_trackers", "name_the_run", "per_class_logs", "send_to_trackers", "tracker_callbacks"]
 
 
 def tracker_names(logs: dict) -> dict:
@@ -101,3 +104,21 @@ def check_trackers(args) -> None:
             "huggingface_hub is offline (HF_HUB_OFFLINE=1): drop the Space to log locally (trackio show opens the dashboard), "
             "or unset HF_HUB_OFFLINE"
         )
+
+
+def name_the_run(args, checkpoint: str | None) -> None:
+    """Give a run that logs to trackers, and was given no `--run_name`, a name of its own, before it starts.
+
+    A resumed run takes the name its checkpoint recorded (`training_args.json`), so it continues its tracker run; a
+    new one is named `<output folder>-<UTC time>`, so that runs into folders of the same name, or a run started again
+    from scratch, never write into one tracker run (trackio resumes a run of the same name).
+    """
+    if args.run_name or not args.report_to:
+        return
+    saved = Path(checkpoint) / "training_args.json" if checkpoint else None
+    if saved is not None and saved.is_file():
+        name = json.loads(saved.read_text()).get("run_name")
+        if name:
+            args.run_name = name
+            return
+    args.run_name = f"{Path(args.output_dir).resolve().name}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
