@@ -113,7 +113,14 @@ def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(t
         assert result["dataset"] == index_dataset
         assert result["metrics"] == [{"type": "mean_iou", "value": round(100 * results["student"]["mIoU"], 2), "name": "mIoU"}]
     assert f"on\n**{target}**, adapted without target labels from **{source}** with DUDA" in text
-    assert "github.com" not in text and "Trained with duda-hf " in text
+    from importlib.metadata import version
+
+    assert "github.com" not in text and f"distillation. Trained with duda-hf {version('duda-hf')}.\n" in text
+    # the version that trained, from the run's recipe, not the one installed when the card is written again
+    older = build_model_card({**results, "recipe": {**results["recipe"], "duda_hf_version": "0.0.9"}}, "me/duda-card").text
+    assert "Trained with duda-hf 0.0.9." in older
+    unknown = build_model_card({**results, "recipe": {k: v for k, v in results["recipe"].items() if k != "duda_hf_version"}}, "me/x")
+    assert "Trained with duda-hf" not in unknown.text
     licences = {
         "save_to_disk": "- Check the terms of its data (source, target, target_val) before any other use.",
         "hub": "- Check the terms of its data (me/cs-train, me/cs-val, me/gta5-stored) before any other use.",

@@ -136,6 +136,7 @@ def recipe_summary(model_args, data_args, config) -> dict:
         "extra_teachers": list(config.extra_teachers or []),
         "teacher_weights": list(config.teacher_weights or []),
         "seed": config.seed,
+        "duda_hf_version": _package_version(),  # the card names the version that trained, not the one that pushes
     }
 
 
@@ -162,11 +163,11 @@ def _model_index_dataset(origin: dict | None) -> tuple[str, str] | None:
     return None
 
 
-def _package_version() -> str:
+def _package_version() -> str | None:
     try:
         return metadata.version("duda-hf")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "(source tree)"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed: no version to name
+        return None
 
 
 def build_model_card(
@@ -251,7 +252,7 @@ def build_model_card(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         method=method,
-        package_version=_package_version(),
+        package_version=recipe.get("duda_hf_version"),
         student=recipe.get("student", "student"),
         family=family,
         architecture=architecture,
