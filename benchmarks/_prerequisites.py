@@ -19,18 +19,10 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
+from duda_hf.data.synthetic import SYNTHETIC_BENCHMARKS  # name -> (folder, scripts/make_synthetic.py flags)
+
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_MISSING = 2
-# The synthetic benchmarks, name -> (folder, scripts/make_synthetic.py flags): the one the recipes were tuned on
-# (dusk), and a second one with another shift (night: darker, noisier, more textured, colours further from the
-# source) to confirm a configuration on data it was not tuned on.
-SYNTHETIC_BENCHMARKS = {
-    "dusk": ("data_synthetic", []),
-    "night": (
-        "data_synthetic_night",
-        ["--seed", "7", "--colour_drift", "0.35", "--exposure", "0.4", "0.7", "--noise", "4", "8", "--texture", "0.8"],
-    ),
-}
 SPLITS = ("source", "target", "target_val")
 PRETRAINED_FOLDER = "pretrained_synthetic"
 PRETRAINED_NETWORKS = ("tiny", "tiny-wide")

@@ -15,6 +15,7 @@ from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_t
 from duda_hf.data.native import load_native
 from duda_hf.data.remote import hub_reachable
 from duda_hf.data.splits import other_split_name
+from duda_hf.data.synthetic import SYNTHETIC_BENCHMARKS
 
 __all__ = ["LABEL_TYPES", "DomainError", "LabelConverter", "load_domain"]  # DomainError lives in .errors, also named here
 
@@ -107,10 +108,9 @@ def load_domain(
 def _build_hint(spec: str) -> str:
     """The way forward for a folder that is not there: the synthetic benchmark's folders are built by one command."""
     top = Path(spec).parts[0] if Path(spec).parts else spec
-    if top == "data_synthetic":
-        return "If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out data_synthetic"
-    if top.startswith("data_synthetic"):
-        return f"If it is a synthetic benchmark, build it first: python scripts/make_synthetic.py --out {top} (--help: its shift)"
+    for folder, flags in SYNTHETIC_BENCHMARKS.values():
+        if top == folder:
+            return f"If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out {' '.join([folder, *flags])}"
     return "If it is meant to be a local folder, check the path, or build the data first (README, 'Datasets')."
 
 

@@ -93,6 +93,18 @@ MATERIALS: dict[str, tuple[list, list, float]] = {
 _EMISSIVE = {"lamp", "tail_light"}  # light sources keep their brightness at dusk
 
 
+# The synthetic benchmarks, name -> (folder, `scripts/make_synthetic.py` flags): the one the recipes were tuned on
+# (dusk), and a second one with another shift (night: darker, noisier, more textured, colours further from the
+# source) to confirm a configuration on data it was not tuned on.
+SYNTHETIC_BENCHMARKS = {
+    "dusk": ("data_synthetic", []),
+    "night": (
+        "data_synthetic_night",
+        ["--seed", "7", "--colour_drift", "0.35", "--exposure", "0.4", "0.7", "--noise", "4", "8", "--texture", "0.8"],
+    ),
+}
+
+
 @dataclass(frozen=True)
 class TargetShift:
     """How the target camera differs from the source: the default is the benchmark's dusk shift.
