@@ -67,6 +67,7 @@ def test_a_missing_benchmark_folder_without_network_fails_in_seconds_with_the_co
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # (the suite runs with HF_HUB_OFFLINE=1)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()
@@ -75,9 +76,26 @@ def test_a_missing_benchmark_folder_without_network_fails_in_seconds_with_the_co
     assert time.monotonic() - started < 5
     assert str(error.value) == (
         f"--source_dataset 'data_synthetic/source' is not a local folder, and as a Hub dataset id it cannot be downloaded: "
-        f"the Hub (http://127.0.0.1:{port}) is unreachable (a dataset downloaded earlier loads from the cache with "
-        "HF_HUB_OFFLINE=1). If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out data_synthetic"
+        f"the Hub (http://127.0.0.1:{port}) is unreachable and the dataset is not in the cache. If it is the synthetic "
+        "benchmark, build it first: python scripts/make_synthetic.py --out data_synthetic"
     )
+    # a dataset downloaded earlier still loads without network: datasets is asked in offline mode, from its cache
+    hf_datasets = datasets
+    seen = []
+
+    def from_cache(spec, split):
+        seen.append((spec, split, hf_datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE))
+        return hf_datasets.Dataset.from_dict({"image": [Image.new("RGB", (4, 4))], "label": [Image.new("L", (4, 4))]})
+
+    monkeypatch.setattr(hf_datasets, "load_dataset", from_cache)
+    assert len(load_domain("me/cached-set", "validation")) == 1
+    assert seen == [("me/cached-set", "validation", True, True)]
+    assert (hf_datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == (False, False)  # restored after
+    # behind a proxy a direct connection proves nothing: datasets goes through the proxy as usual
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    seen.clear()
+    load_domain("me/cached-set", "validation")
+    assert seen == [("me/cached-set", "validation", False, False)]
     with pytest.raises(DomainError) as error:
         load_domain("./data_synthetic_night/target")
     assert str(error.value) == (  # the second benchmark's own shift, the flags that built the published rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from PIL import Image
 from duda_hf.data.errors import DomainError
 from duda_hf.data.labels import CITYSCAPES_ID_TO_TRAINID, apply_lookup, colors_to_trainids
 from duda_hf.data.native import load_native
-from duda_hf.data.remote import hub_reachable
+from duda_hf.data.remote import hub_reachable, offline_for_now
 from duda_hf.data.splits import other_split_name
 from duda_hf.data.synthetic import SYNTHETIC_BENCHMARKS
 
@@ -78,15 +79,16 @@ def load_domain(
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DomainError(f"{role} '{spec}' does not exist. {_build_hint(spec)}")
     else:
-        if not is_offline_mode() and not hub_reachable():  # without network, datasets would retry for half a minute
-            raise DomainError(
-                f"{role} '{spec}' is not a local folder, and as a Hub dataset id it cannot be downloaded: the Hub "
-                f"({constants.ENDPOINT}) is unreachable (a dataset downloaded earlier loads from the cache with "
-                f"HF_HUB_OFFLINE=1). {_build_hint(spec)}"
-            )
+        reachable = is_offline_mode() or hub_reachable()  # without network, datasets would retry for half a minute
         try:
-            loaded = datasets.load_dataset(spec, split=split)
+            with contextlib.nullcontext() if reachable else offline_for_now():  # unreachable: the cache, if it has it
+                loaded = datasets.load_dataset(spec, split=split)
         except Exception as error:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
+            if not reachable:
+                raise DomainError(
+                    f"{role} '{spec}' is not a local folder, and as a Hub dataset id it cannot be downloaded: the Hub "
+                    f"({constants.ENDPOINT}) is unreachable and the dataset is not in the cache. {_build_hint(spec)}"
+                ) from error
             raise DomainError(
                 f"{role} '{spec}' is neither a local folder nor a loadable Hub dataset ({type(error).__name__}: {error}). "
                 f"Offline, pass a local save_to_disk folder instead. {_build_hint(spec)}"
