@@ -500,11 +500,16 @@ def test_the_space_describes_a_hub_model_from_its_card_and_shows_its_pictures(tr
         f"sys.path.insert(0, {str(ROOT / 'spaces' / 'duda-demo')!r})\n"
         "from huggingface_hub import snapshot_download\n"
         "snapshot_download('org/duda-mitb0-gta2cs', allow_patterns=['*.json', '*.safetensors'])\n"
-        "from segmenter import load_segmenter\n"
-        "info = load_segmenter('org/duda-mitb0-gta2cs').info\n"
+        "from huggingface_hub import constants\n"
+        "import segmenter\n"
+        "constants.HF_HUB_OFFLINE = True\n"  # first offline: the card is not in the cache, and the page says so
+        "offline = segmenter.load_segmenter('org/duda-mitb0-gta2cs').info\n"
+        "assert (offline.card, offline.summary, offline.plots) == ('unavailable', None, ()), offline\n"
+        "constants.HF_HUB_OFFLINE = False\n"
+        "info = segmenter.load_segmenter('org/duda-mitb0-gta2cs').info\n"
         "assert 'duda_hf' not in sys.modules\n"
         "import json\n"
-        "print(json.dumps({'summary': info.summary, 'result': info.result, 'plots': info.plots}))\n"
+        "print(json.dumps({'card': info.card, 'summary': info.summary, 'result': info.result, 'plots': info.plots}))\n"
     )
     env = {
         **os.environ,
@@ -518,6 +523,7 @@ def test_the_space_describes_a_hub_model_from_its_card_and_shows_its_pictures(tr
     import json
 
     info = json.loads(done.stdout.splitlines()[-1])
+    assert info["card"] == "read"
     assert info["summary"].startswith("A **Segformer (tiny)** for semantic segmentation into the 19 Cityscapes classes on **target**")
     assert info["result"] is None  # a save_to_disk run's card names no Hub dataset, so it has no model-index
     assert [caption for _, caption in info["plots"]] == [

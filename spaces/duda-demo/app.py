@@ -154,8 +154,10 @@ def _describe(segmenter: Segmenter, role: str) -> str:
         line += f" Its card reports {info.result}."
     if info.summary:
         line += f"\n\n> {info.summary}"
-    elif role == "Model":
+    elif role == "Model" and info.card == "none":
         line += " It has no model card, so nothing more is known about how it was trained."
+    elif role == "Model" and info.card == "unavailable":
+        line += " Its model card is not in the local cache and the Hub was not reachable, so it is not described here."
     return line
 
 

@@ -98,6 +98,7 @@ class ModelInfo:
     summary: str | None = None  # the model card's first paragraph (what the model is and how it was trained)
     result: str | None = None  # the card's reported result (model-index), e.g. "mIoU 34.62 on Cityscapes (validation)"
     plots: tuple[tuple[str, str], ...] = ()  # (local file, caption) of the pictures the card shows from the repo
+    card: str = "none"  # "read"; "none": the model has no card; "unavailable": not in the cache and the Hub not asked
 
 
 @dataclass
@@ -216,7 +217,7 @@ def _card_summary(text: str) -> str | None:
     """The first paragraph of a card's text that is prose (not a heading, a table, code, a list or a picture)."""
     for block in re.split(r"\n\s*\n", text):
         block = block.strip()
-        if block and not block.startswith(("#", "|", "```", "-", "*", "!", "<", ">")):
+        if block and not block.startswith(("#", "|", "```", "- ", "* ", "1. ", "!", "<", ">", "---")):
             paragraph = " ".join(line.strip() for line in block.splitlines())
             if len(paragraph) > SUMMARY_CHARS:
                 cut = paragraph.rfind(". ", 0, SUMMARY_CHARS)
@@ -231,13 +232,16 @@ def _model_info(source: str, model: PreTrainedModel, local_only: bool) -> ModelI
     from huggingface_hub import ModelCard
 
     architecture = (getattr(model.config, "architectures", None) or [type(model).__name__])[0]
+    # the card of the very revision the weights came from (a repo pushed again since holds another run's card)
+    revision = getattr(model.config, "_commit_hash", None) if not Path(source).is_dir() else None
     try:
-        path = cached_file(source, "README.md", local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+        path = cached_file(source, "README.md", revision=revision, local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
         card = ModelCard(Path(path).read_text(encoding="utf-8"), ignore_metadata_errors=True) if path else None
     except Exception:  # a card that cannot be read or parsed is no reason to refuse the model
-        card = None
+        path = card = None
     if card is None:
-        return ModelInfo(architecture)
+        unavailable = path is None and local_only and not Path(source).is_dir()  # the Hub was not asked
+        return ModelInfo(architecture, card="unavailable" if unavailable else "none")
     result = None
     for entry in card.data.eval_results or []:
         if entry.metric_value is not None:
@@ -249,12 +253,12 @@ def _model_info(source: str, model: PreTrainedModel, local_only: bool) -> ModelI
         if len(plots) == MAX_PLOTS or "://" in link or link.startswith("/"):
             continue  # only the repo's own files, not pictures from elsewhere
         try:
-            local = cached_file(source, link, local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
+            local = cached_file(source, link, revision=revision, local_files_only=local_only, _raise_exceptions_for_missing_entries=False)
         except Exception:
             local = None
         if local:
             plots.append((local, caption))
-    return ModelInfo(architecture, _card_summary(card.text), result, tuple(plots))
+    return ModelInfo(architecture, _card_summary(card.text), result, tuple(plots), card="read")
 
 
 def _folder_problem(folder: Path) -> str | None:
