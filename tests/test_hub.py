@@ -128,6 +128,14 @@ def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(t
     }[origin]
     assert licences in text
     assert ("Its data (" in text) == (origin == "native")
+    if origin == "native":  # conditions read and the split evaluated are part of what the model-index claims
+        from duda_hf.export.model_card import dataset_origin
+
+        night = dataset_origin(str(tmp_path / "cityscapes"), "acdc", "val", ("night",))
+        assert night == {"name": "ACDC (night)", "hub_id": None, "native": "acdc", "split": "val"}
+        recipe = {**results["recipe"], "origins": {**results["recipe"]["origins"], "target_eval": night}}
+        data = build_model_card({**results, "recipe": recipe}, "me/duda-card").data.to_dict()
+        assert data["model-index"][0]["results"][0]["dataset"] == {"type": "acdc", "name": "ACDC (night)", "split": "val"}
 
 
 @pytest.mark.parametrize("method", ["self_training", "source_only"])

@@ -86,11 +86,13 @@ def dataset_label(spec: str | None, format: str | None = None) -> str:
     return Path(spec).name if spec and os.path.isdir(spec) else (spec or "unknown")
 
 
-def dataset_origin(spec: str | None, format: str | None = None) -> dict:
-    """Where a domain came from, as the card's Hub metadata needs it: `name` (readable), `hub_id` (a Hub dataset id,
-    only when the data came from the Hub) and `native` (the native format, when it came from a native folder)."""
+def dataset_origin(spec: str | None, format: str | None = None, split: str | None = None, conditions=()) -> dict:
+    """Where a domain came from, as the card's Hub metadata needs it: `name` (readable, with the ACDC / Dark Zurich
+    conditions read), `hub_id` (a Hub dataset id, only when the data came from the Hub), `native` (the native format,
+    when it came from a native folder) and `split`."""
     from_hub = bool(spec) and not format and not Path(spec).expanduser().exists()
-    return {"name": dataset_label(spec, format), "hub_id": spec if from_hub else None, "native": format or None}
+    name = dataset_label(spec, format) + (f" ({', '.join(conditions)})" if conditions else "")
+    return {"name": name, "hub_id": spec if from_hub else None, "native": format or None, "split": split}
 
 
 def recipe_summary(model_args, data_args, config) -> dict:
@@ -104,7 +106,12 @@ def recipe_summary(model_args, data_args, config) -> dict:
         "target_dataset": dataset_label(data_args.target_dataset, data_args.target_format),
         "target_eval_dataset": dataset_label(data_args.target_eval_dataset, data_args.target_eval_format),
         "origins": {
-            role: dataset_origin(getattr(data_args, f"{role}_dataset"), getattr(data_args, f"{role}_format"))
+            role: dataset_origin(
+                getattr(data_args, f"{role}_dataset"),
+                getattr(data_args, f"{role}_format"),
+                getattr(data_args, f"{role}_split"),
+                tuple(getattr(data_args, f"{role}_conditions")),
+            )
             for role in ("source", "target", "target_eval")
         },
         "max_steps": config.max_steps,
@@ -151,15 +158,15 @@ def _teacher_label(recipe: dict, method: str | None) -> str:
     return f"teacher (EMA of the auxiliary student, {recipe.get('aux_student', 'large network')})"
 
 
-def _model_index_dataset(origin: dict | None) -> tuple[str, str] | None:
-    """`(type, name)` of the evaluation set for the Hub's model-index: a Hub id, or a native dataset's official name;
+def _model_index_dataset(origin: dict | None) -> tuple[str, str, str] | None:
+    """`(type, name, split)` of the evaluation set for the Hub's model-index: a Hub id, or a native dataset's official name;
     None for a local folder (on the Hub a type is a link to a dataset repo, which a folder name is not)."""
     if not origin:
         return None
     if origin.get("hub_id"):
-        return origin["hub_id"], origin["hub_id"]
+        return origin["hub_id"], origin["hub_id"], origin.get("split") or "validation"
     if origin.get("native"):
-        return origin["native"], origin["name"]
+        return origin["native"], origin["name"], origin.get("split") or "validation"
     return None
 
 
@@ -231,7 +238,7 @@ def build_model_card(
                 task_name="Semantic Segmentation",
                 dataset_type=index_dataset[0],
                 dataset_name=index_dataset[1],
-                dataset_split="validation",
+                dataset_split=index_dataset[2],
                 metric_type="mean_iou",
                 metric_name="mIoU",
                 metric_value=round(100 * student_metrics["mIoU"], 2),
@@ -243,7 +250,7 @@ def build_model_card(
     per_class_rows = [
         {"name": cls, "cells": " | ".join(percent(m["per_class_iou"][cls]) for _, m in models)} for cls in student_metrics["per_class_iou"]
     ]
-    names = {origins[role]["name"] for role in ("source", "target", "target_eval") if origins.get(role)} or {
+    names = {origins[role]["name"].split(" (")[0] for role in ("source", "target", "target_eval") if origins.get(role)} or {
         recipe.get(key) for key in ("source_dataset", "target_dataset") if recipe.get(key)
     }
     return ModelCard.from_template(
