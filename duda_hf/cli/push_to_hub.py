@@ -18,7 +18,7 @@ from pathlib import Path
 
 from duda_hf.cli.errors import program
 from duda_hf.export.hub import HubError, check_export, push_folder
-from duda_hf.export.model_card import build_model_card, card_plots
+from duda_hf.export.model_card import build_model_card, card_files
 
 
 @program
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 license=args.license,
                 eval_size_hw=eval_size_hw,
                 architecture=architecture,
-                onnx=(model_dir / "onnx" / "model.onnx").is_file(),
-                onnx_quantized=(model_dir / "onnx" / "model_quantized.onnx").is_file(),
-                plots=card_plots(model_dir),
+                **card_files(model_dir),
             )
             card.save(card_path)
         url = push_folder(model_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message)

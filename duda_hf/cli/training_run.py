@@ -16,7 +16,7 @@ from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts
 from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
 from duda_hf.evaluation.report import plot_miou_history, plot_per_class_iou
-from duda_hf.export.model_card import build_model_card, card_plots, recipe_summary
+from duda_hf.export.model_card import build_model_card, card_files, recipe_summary
 from duda_hf.export.network import export_network
 from duda_hf.jsonio import write_json
 from duda_hf.method.config import DudaConfig
@@ -147,9 +147,7 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
             repo_id,
             eval_size_hw=eval_size_hw,
             architecture=type(trainer.model.student).__name__,
-            onnx=(Path(config.output_dir) / "student" / "onnx" / "model.onnx").is_file(),
-            onnx_quantized=(Path(config.output_dir) / "student" / "onnx" / "model_quantized.onnx").is_file(),
-            plots=card_plots(Path(config.output_dir) / "student"),
+            **card_files(Path(config.output_dir) / "student"),
         )
         card.save(Path(config.output_dir) / "student" / "README.md")
         if config.push_to_hub:  # the final student (with its card) goes to the repo root, loadable by repo id

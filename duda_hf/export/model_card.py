@@ -152,6 +152,17 @@ def card_plots(model_dir: str | os.PathLike) -> list[tuple[str, str]]:
     return [(path, caption) for path, caption in CARD_PLOTS if (Path(model_dir) / path).is_file()]
 
 
+def card_files(model_dir: str | os.PathLike) -> dict:
+    """What an exported folder holds beside the model that its card tells of: `build_model_card`'s `onnx`,
+    `onnx_quantized` and `plots`."""
+    folder = Path(model_dir)
+    return {
+        "onnx": (folder / "onnx" / "model.onnx").is_file(),
+        "onnx_quantized": (folder / "onnx" / "model_quantized.onnx").is_file(),
+        "plots": card_plots(folder),
+    }
+
+
 def _teacher_label(recipe: dict, method: str | None) -> str:
     if method == "self_training":
         return "teacher (EMA of the student)"
@@ -185,7 +196,7 @@ def build_model_card(
     eval_size_hw: tuple[int, int] | None = None,
     architecture: str = "SegformerForSemanticSegmentation",
     onnx: bool = False,
-    onnx_quantized: bool = True,
+    onnx_quantized: bool = False,
     plots: list[tuple[str, str]] = (),
 ) -> ModelCard:
     """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
@@ -201,6 +212,7 @@ def build_model_card(
         onnx: the folder holds `onnx/model.onnx`: the card says how to run it.
         onnx_quantized: it also holds `onnx/model_quantized.onnx` (int8).
         plots: `(path in the folder, caption)` of the pictures the folder holds (`card_plots`): embedded in the card.
+            (`card_files(folder)` gives `onnx`, `onnx_quantized` and `plots` as a folder holds them.)
     """
     family = architecture.removesuffix("ForSemanticSegmentation")
     recipe = results.get("recipe", {})
