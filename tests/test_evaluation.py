@@ -13,14 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
+from duda_hf.data.errors import DomainError
+from duda_hf.data.images import to_label_array, to_rgb_array
 from duda_hf.data.labels import SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
 from duda_hf.evaluation import METRIC_PATH
 from duda_hf.evaluation.confusion import StreamingConfusion, metrics_from_confusion
 from duda_hf.evaluation.inference import _sliding_windows, evaluate_networks, predict_slide, predict_whole
 from duda_hf.export.network import export_network
+from duda_hf.networks.inputs import network_inputs
 from duda_hf.networks.loading import build_network
 
 from .conftest import load_strict_json
+from .native_folders import save_palette_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -182,6 +186,10 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
         "--output_dir",
         out,
         "--synthia_subsets",
+        "--batch_size",  # batched, decoded by workers: the numbers of one image at a time (below)
+        "2",
+        "--num_workers",
+        "2",
     ]
     done = subprocess.run(
         [sys.executable, "scripts/evaluate_duda.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True, check=False
@@ -336,3 +344,130 @@ def test_the_miou_history_plot_draws_each_networks_evaluations(tmp_path):
     drawn = plot_miou_history(history, tmp_path / "miou.png", "title")
     assert drawn == {"student": ([500, 1000], [23.03, 28.14]), "auxiliary": ([500], [23.6]), "teacher": ([500, 1000], [21.77, 29.82])}
     assert (tmp_path / "miou.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batched evaluation: the confusion matrices of one image at a time, exactly
+
+MIXED_SIZES_HW = [(40, 64), (40, 64), (34, 48), (40, 64), (34, 48), (34, 48), (40, 64)]  # runs of equal size split batches
+SETTINGS = {  # name: evaluate_networks arguments
+    "whole, native size": {"mode": "whole"},
+    "whole, resized": {"mode": "whole", "input_size_hw": (32, 56)},
+    "slide": {"mode": "slide", "window_hw": (32, 40), "stride_hw": (16, 24)},
+}
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes(tmp_path_factory):
+    """The same 7 pairs in two sizes, interleaved: a native GTA5 folder (labels decoded by its transform) and a `datasets`
+    Dataset (trainIds); a random `tiny` student and `tiny-wide` teacher."""
+    root = tmp_path_factory.mktemp("mixed")
+    rng = np.random.default_rng(5)
+    (root / "gta5" / "images").mkdir(parents=True)
+    (root / "gta5" / "labels").mkdir()
+    rows = {"image": [], "label": []}
+    for number, (height, width) in enumerate(MIXED_SIZES_HW):
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        image.save(root / "gta5" / "images" / f"{number:05d}.png")
+        save_palette_label(root / "gta5" / "labels" / f"{number:05d}.png", rng.integers(0, 34, (height, width), dtype=np.uint8))
+        rows["image"].append(image)
+        rows["label"].append(Image.fromarray(rng.choice(np.r_[0:19, 255], (height, width)).astype(np.uint8)))
+    table = datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).cast_column("label", datasets.Image())
+    torch.manual_seed(0)
+    networks = {"student": build_network("tiny", "random").eval(), "teacher": build_network("tiny-wide", "random").eval()}
+    from duda_hf.data.domains import load_domain
+
+    return {"native": load_domain(str(root / "gta5"), format="gta5"), "datasets": table}, networks, root
+
+
+def one_image_at_a_time(networks, dataset, mode="whole", input_size_hw=None, window_hw=None, stride_hw=None):
+    """The evaluation as it ran before batching: each image alone through each network, scored at its label size."""
+    matrices = {name: StreamingConfusion() for name in (*networks, "student_vs_teacher")}
+    with torch.no_grad():
+        for row in dataset:
+            label = torch.from_numpy(to_label_array(row["label"]).copy())
+            rgb = torch.from_numpy(to_rgb_array(row["image"]).copy()).permute(2, 0, 1)[None].float() / 255
+            predictions = {}
+            for name, network in networks.items():
+                image = network_inputs(rgb, network)
+                if mode == "whole":
+                    predictions[name] = predict_whole(network, image, tuple(label.shape), input_size_hw)[0]
+                else:
+                    predictions[name] = predict_slide(network, image, tuple(label.shape), window_hw=window_hw, stride_hw=stride_hw)[0]
+                matrices[name].update(predictions[name], label)
+            matrices["student_vs_teacher"].update(predictions["student"], torch.where(label < 19, predictions["teacher"], 255))
+    return matrices
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("kind", ["native", "datasets"])
+def test_batched_evaluation_gives_the_confusion_matrices_of_one_image_at_a_time(mixed_sizes, kind, setting):
+    """Batches of 3 (runs of equal size within them) and of the whole set, decoded in the main process or by 2 workers:
+    the same confusion and agreement matrices, to the pixel, as each image alone (what evaluation gave before)."""
+    data, networks, _ = mixed_sizes
+    dataset = data[kind]
+    expected = one_image_at_a_time(networks, dataset, **SETTINGS[setting])
+    assert int(expected["student"].matrix.sum()) > 0 and int(expected["student_vs_teacher"].matrix.sum()) > 0
+    for batch_size, num_workers in ((1, 0), (3, 0), (3, 2), (8, 2)):
+        matrices = evaluate_networks(
+            networks,
+            dataset,
+            torch.device("cpu"),
+            agreement=(("student", "teacher"),),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            **SETTINGS[setting],
+        )
+        for name, matrix in expected.items():
+            assert torch.equal(matrices[name].matrix, matrix.matrix), (name, batch_size, num_workers)
+            assert int(matrices[name].ignored_pixels) == int(matrix.ignored_pixels)
+
+
+def test_batched_evaluation_splits_the_images_over_processes_without_duplicates(mixed_sizes, capfd):
+    """Each process a disjoint stride (batched, with workers): the two halves add up to the whole, and the progress bar
+    counts this process's images."""
+    data, networks, _ = mixed_sizes
+    dataset = data["datasets"]
+    whole = evaluate_networks(networks, dataset, torch.device("cpu"), batch_size=3)
+    halves = [
+        evaluate_networks(
+            networks, dataset, torch.device("cpu"), process_index=rank, world_size=2, batch_size=2, num_workers=2, progress=True
+        )
+        for rank in (0, 1)
+    ]
+    progress = capfd.readouterr().err
+    assert "evaluating" in progress and "4/4" in progress and "3/3" in progress  # ranks 0 and 1: images 0, 2, 4, 6 and 1, 3, 5
+    for name in networks:
+        assert torch.equal(halves[0][name].matrix + halves[1][name].matrix, whole[name].matrix)
+
+
+def test_evaluation_leaves_the_global_random_state_as_it_was(mixed_sizes):
+    """An evaluation in the middle of training must not move the run's random draws (DataLoader would draw its
+    workers' base seed from torch's global generator): the same state after it, with or without (persistent) workers."""
+    from duda_hf.evaluation.inference import evaluation_loader
+
+    data, networks, _ = mixed_sizes
+    dataset = data["datasets"]
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    evaluate_networks(networks, dataset, torch.device("cpu"), batch_size=3)
+    evaluate_networks(networks, dataset, torch.device("cpu"), batch_size=3, num_workers=2)
+    loader = evaluation_loader(dataset, batch_size=4, num_workers=1, persistent_workers=True)
+    for _ in range(2):
+        evaluate_networks(networks, dataset, torch.device("cpu"), loader=loader)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_a_decoding_error_in_a_worker_is_raised_as_it_is(mixed_sizes, tmp_path):
+    """A label of the wrong size, found by a DataLoader worker: the library's DomainError with its message, no worker traceback."""
+    import shutil
+
+    _, networks, root = mixed_sizes
+    shutil.copytree(root / "gta5", tmp_path / "gta5")
+    save_palette_label(tmp_path / "gta5" / "labels" / "00003.png", np.zeros((8, 8), dtype=np.uint8))
+    from duda_hf.data.domains import load_domain
+
+    dataset = load_domain(str(tmp_path / "gta5"), format="gta5")
+    with pytest.raises(DomainError, match=r"is 8x8 but its image is 64x40") as caught:
+        evaluate_networks(networks, dataset, torch.device("cpu"), batch_size=2, num_workers=2)
+    assert "Traceback" not in str(caught.value)

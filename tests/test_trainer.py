@@ -249,6 +249,20 @@ def test_evaluation_reports_the_auxiliary_student_beside_teacher_and_student(tin
     assert set(trainer.last_eval_results) == {"student", "auxiliary", "teacher", "student_vs_teacher"}
 
 
+def test_evaluation_batched_with_workers_gives_the_numbers_of_one_image_at_a_time(tiny_benchmark, tmp_path):
+    """`per_device_eval_batch_size` and `dataloader_num_workers` change how fast the evaluation runs, not its numbers;
+    with persistent workers one loader serves every evaluation, as Trainer keeps its own."""
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--max_steps", "1", "--per_device_eval_batch_size", "1")
+    expected = trainer.evaluate()
+    per_class = json.dumps(trainer.last_eval_results)  # NaN for absent classes: compared as text
+    trainer.args.per_device_eval_batch_size, trainer.args.dataloader_num_workers = 4, 2
+    trainer.args.dataloader_persistent_workers = True
+    assert trainer.evaluate() == expected and json.dumps(trainer.last_eval_results) == per_class
+    loader = trainer._kept_evaluation_loader[1]
+    assert (loader.batch_size, loader.num_workers, loader.persistent_workers) == (4, 2, True)
+    assert trainer.evaluate() == expected and trainer._kept_evaluation_loader[1] is loader
+
+
 def test_a_network_of_a_training_checkpoint_is_a_student_or_teacher(tiny_benchmark, tmp_path):
     from duda_hf.networks.loading import ModelUnavailableError, build_network
 

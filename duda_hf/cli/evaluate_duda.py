@@ -4,12 +4,13 @@ Writes to --output_dir: `eval_results.json` (mIoU, per-class IoU and accuracy, m
 image count, seconds, confusion matrix), `report.md` (the per-class table) and `per_class_iou.png` /
 `confusion_matrix.png`; prints the table. `--compare` scores a second model on the same pass and puts the two
 side by side (student vs teacher: what distillation kept). Runs under `accelerate launch` too (the images are
-split across processes and the confusion matrices summed).
+split across processes and the confusion matrices summed). Images go through the networks `--batch_size` at a
+time, decoded by `--num_workers` DataLoader workers; a progress bar counts them with the time left.
 
 Examples (`duda-evaluate` is the same as `python scripts/evaluate_duda.py` in a clone):
     duda-evaluate --model outputs/run/student --dataset data/cityscapes --split val
     duda-evaluate --model outputs/run/student --compare outputs/run/teacher \\
-        --dataset /data/cityscapes --format cityscapes --split val --eval_size 1024 512
+        --dataset /data/cityscapes --format cityscapes --split val --eval_size 1024 512 --batch_size 8 --num_workers 4
     duda-evaluate --model org/duda-mitb0-gta2cs --dataset /data/acdc --format acdc --split val --mode slide
     accelerate launch -m duda_hf.cli.evaluate_duda --model ... --dataset ...
 """
@@ -17,6 +18,7 @@ Examples (`duda-evaluate` is the same as `python scripts/evaluate_duda.py` in a 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,19 @@ def parse(argv):
         "--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size as H W (height width)"
     )
     parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride as H W (height width)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=4,
+        help="images per forward pass, grouped by size (slide: max(4, N) windows a pass); lower it if memory runs out",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="DataLoader workers decoding the images beside the forward passes; 0 decodes in the main process "
+        "(default: min(4, CPU cores - 1) with a GPU; 0 on the CPU, where workers compete with the forward pass for the cores)",
+    )
     parser.add_argument("--synthia_subsets", action="store_true", help="also report mIoU16 and mIoU13 (SYNTHIA -> Cityscapes)")
     parser.add_argument("--max_samples", type=int, default=None, help="score the first N images only")
     parser.add_argument(
@@ -61,6 +76,8 @@ def parse(argv):
     )
     parser.add_argument("--output_dir", default=None, help="where the results go (default: eval_<model name>)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
+        parser.error(f"--batch_size must be at least 1 and --num_workers at least 0, got {args.batch_size} and {args.num_workers}")
     # the library takes (height, width): the flags in W H order are converted here, once
     args.eval_size_hw = (args.eval_size[1], args.eval_size[0]) if args.eval_size else None
     args.window_hw, args.stride_hw = tuple(args.window), tuple(args.stride)
@@ -146,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else None
+    if args.num_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        args.num_workers = min(4, max(cores - 1, 0)) if device.type == "cuda" else 0
     networks = {name: model.to(device).eval() for name, (model, *_rest) in models.items()}
     subsets = SYNTHIA_SUBSETS if args.synthia_subsets else None
 
@@ -162,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         process_index=state.process_index,
         world_size=state.num_processes,
         progress=state.is_main_process,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
     )
     seconds = time.monotonic() - started
     if not state.is_main_process:
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         # sizes as people read them: width x height
         "inference": f"{args.mode}, input {_wxh(size_hw) if size_hw else 'native size'}"
         + (f", window {_wxh(args.window_hw)} stride {_wxh(args.stride_hw)}" if args.mode == "slide" else ""),
-        "seconds": f"{seconds:.1f} on {device} x{state.num_processes}",
+        "seconds": f"{seconds:.1f} on {device} x{state.num_processes} (batch {args.batch_size}, {args.num_workers} workers)",
     }
     out = Path(args.output_dir or f"eval_{next(iter(models)).replace(' ', '_')}")
     out.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,13 @@ class DudaConfig(TrainingArguments):
     per_device_train_batch_size: int = field(
         default=2, metadata=flag_help("Source images per device per micro-step; as many target images are drawn. DAFormer: 2 + 2.")
     )
-    per_device_eval_batch_size: int = field(default=1, metadata=flag_help("Target validation images per device per evaluation step."))
+    per_device_eval_batch_size: int = field(
+        default=4,
+        metadata=flag_help(
+            "Target validation images per device per forward pass of the evaluation, decoded by dataloader_num_workers "
+            "workers (docs/design.md, 'Evaluation contract')."
+        ),
+    )
     logging_steps: float = field(default=50, metadata=flag_help("Log every N steps."))
     eval_strategy: str = field(default="steps", metadata=flag_help("When to evaluate on the target validation set."))
     eval_steps: float | None = field(default=4000, metadata=flag_help("Evaluate every N steps. DAFormer: 4000."))

@@ -18,7 +18,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from duda_hf.data.labels import NUM_CLASSES
-from duda_hf.evaluation.inference import evaluate_networks
+from duda_hf.evaluation.inference import evaluate_networks, evaluation_loader
 from duda_hf.method.config import DudaConfig
 from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
@@ -315,6 +315,11 @@ class DudaTrainer(Trainer):
         whether the teacher is stronger than the student it teaches (DUDA's premise), and
         `eval_student_teacher_agreement`: the share of labelled target pixels where the student predicts the teacher's
         class (per class: `per_class_history`, and `student_vs_teacher` in the results).
+
+        Batched (`per_device_eval_batch_size`), decoded by `dataloader_num_workers` workers with Trainer's pin-memory,
+        persistent-worker and prefetch settings (`evaluation_loader`). Trainer's own `evaluation_loop` does not fit:
+        it runs one model's `prediction_step` and gathers its logits with the batches padded to equal length across
+        processes, where this scores three networks at once into streaming confusion matrices over disjoint strides.
         """
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         duda = self.accelerator.unwrap_model(self.model)
@@ -335,6 +340,9 @@ class DudaTrainer(Trainer):
             process_index=self.args.process_index,
             world_size=self.args.world_size,
             agreement=(("student", "teacher"),) if "teacher" in networks else (),
+            loader=self._evaluation_loader(dataset),
+            progress=self.is_world_process_zero() and not self.args.disable_tqdm,
+            keep_progress_bar=False,
         )
         duda.train(was_training)
         results = {}
@@ -357,6 +365,28 @@ class DudaTrainer(Trainer):
         send_to_trackers(self, per_class_logs(record, metric_key_prefix))  # not the log history: per_class_history has them
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _evaluation_loader(self, dataset):
+        """This process's stride of `dataset` as `evaluate_networks` reads it, with Trainer's DataLoader settings; kept
+        for the next evaluation of the same dataset when the workers are persistent (as Trainer keeps its own)."""
+        kept = getattr(self, "_kept_evaluation_loader", None)
+        if kept is not None and kept[0] is dataset:
+            return kept[1]
+        args = self.args
+        loader = evaluation_loader(
+            dataset,
+            batch_size=args.per_device_eval_batch_size,
+            num_workers=args.dataloader_num_workers,
+            process_index=args.process_index,
+            world_size=args.world_size,
+            pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
+            persistent_workers=args.dataloader_persistent_workers,
+            prefetch_factor=args.dataloader_prefetch_factor,
+            multiprocessing_context=getattr(args, "dataloader_multiprocessing_context", None),
+        )
+        if args.dataloader_persistent_workers and args.dataloader_num_workers:
+            self._kept_evaluation_loader = (dataset, loader)
+        return loader
 
 
 def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:
