@@ -40,6 +40,7 @@ def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path
         "README.md",
         "config.json",
         "model.safetensors",
+        "plots",  # its pretraining run's pictures, which its card shows
         "preprocessor_config.json",
         "pretraining.json",
     ]
