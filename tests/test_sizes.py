@@ -145,7 +145,8 @@ def test_evaluate_takes_eval_size_w_h_and_window_h_w(
     argv = ["--model", str(output_dir / "student"), "--dataset", tiny_benchmark["target_val"], "--max_samples", "2"]
     assert evaluate_duda.main([*argv, "--output_dir", str(out), *flags]) == 0
     assert {shape for _, shape in shapes} == {expected_inputs}
-    assert len(shapes) == 2  # one forward pass per image, every window of an image in one batch
+    # batched (--batch_size 4): the two images in one forward pass; in slide mode their 2 x 4 windows, 4 a pass
+    assert len(shapes) == (2 if "--mode" in flags else 1)
     report = json.loads((out / "eval_results.json").read_text())
     assert report["eval_size"] == eval_size
     assert f"**inference**: {inference}" in (out / "report.md").read_text()
