@@ -79,12 +79,13 @@ def load_domain(
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise DomainError(f"{role} '{spec}' does not exist. {_build_hint(spec)}")
     else:
-        reachable = is_offline_mode() or hub_reachable()  # without network, datasets would retry for half a minute
+        # no network (and offline mode not set): datasets would retry for half a minute; ask its cache instead
+        unreachable = not is_offline_mode() and not hub_reachable()
         try:
-            with contextlib.nullcontext() if reachable else offline_for_now():  # unreachable: the cache, if it has it
+            with offline_for_now() if unreachable else contextlib.nullcontext():
                 loaded = datasets.load_dataset(spec, split=split)
         except Exception as error:  # datasets raises many types (ConnectionError, FileNotFoundError, DatasetNotFoundError)
-            if not reachable:
+            if unreachable:
                 raise DomainError(
                     f"{role} '{spec}' is not a local folder, and as a Hub dataset id it cannot be downloaded: the Hub "
                     f"({constants.ENDPOINT}) is unreachable and the dataset is not in the cache. {_build_hint(spec)}"

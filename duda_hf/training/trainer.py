@@ -120,6 +120,7 @@ class DudaTrainer(Trainer):
         self.step_log = StepLog()
         self.micro_step = (-1, 0)  # (optimizer step, micro-step within it) of the last `compute_loss`
         self.random_state_to_restore: str | None = None  # the checkpoint a resume reads the random state from
+        self._kept_evaluation_loader = None  # (dataset, loader) while the evaluation's workers persist
         outside = transformers_outside_checked_versions()
         if outside:
             logger.warning(
@@ -369,9 +370,8 @@ class DudaTrainer(Trainer):
     def _evaluation_loader(self, dataset):
         """This process's stride of `dataset` as `evaluate_networks` reads it, with Trainer's DataLoader settings; kept
         for the next evaluation of the same dataset when the workers are persistent (as Trainer keeps its own)."""
-        kept = getattr(self, "_kept_evaluation_loader", None)
-        if kept is not None and kept[0] is dataset:
-            return kept[1]
+        if self._kept_evaluation_loader is not None and self._kept_evaluation_loader[0] is dataset:
+            return self._kept_evaluation_loader[1]
         args = self.args
         loader = evaluation_loader(
             dataset,
