@@ -1,6 +1,7 @@
 """A real two-process DDP run on CPU through `accelerate launch`."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -74,3 +75,58 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, e
         assert first.keys() == second.keys()
         for key in first:
             assert torch.equal(first[key], second[key]), f"{network}.{key} differs between ranks"
+
+
+# A program whose last collective returns just before it ends: each process's gloo worker still has to free that
+# collective's tensors, which needs the GIL. Without `leave_process_group` a third of such processes abort in
+# interpreter shutdown (SIGABRT, "terminate called without an active exception"), or hang if the group is freed
+# first; the CI run of one preempted DDP test ended that way.
+LAST_COLLECTIVE_THEN_EXIT = """
+import sys, torch, torch.distributed as dist
+from duda_hf.cli.errors import program
+
+@program
+def main(argv=None):
+    dist.init_process_group("gloo")
+    for buffer in [torch.zeros(1000) for _ in range(8)]:
+        dist.broadcast(buffer, src=0)  # as SyncBatchNormBuffers does at the end of training
+    return 0
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_program_that_ends_right_after_a_collective_exits_with_its_status(tmp_path):
+    script = tmp_path / "last_collective.py"
+    script.write_text(LAST_COLLECTIVE_THEN_EXIT)
+    statuses = []
+    for _ in range(8):  # unfixed, 8 of 24 such processes aborted here: all 16 ending well is a 1-in-600 chance
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": "2",
+        }
+        processes = [
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env={**environment, "RANK": str(rank)},
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        for process in processes:
+            try:
+                output, _ = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                for other in processes:
+                    other.kill()
+                pytest.fail("a process did not end within 60 s of its last collective (a deadlock in the group's teardown)")
+            statuses.append((process.returncode, output[-500:]))
+    assert all(code == 0 for code, _ in statuses), [entry for entry in statuses if entry[0] != 0]

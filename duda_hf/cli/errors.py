@@ -8,6 +8,9 @@ library) keeps its traceback. `DUDA_DEBUG=1` shows the traceback of every error.
 
 Ctrl-C outside training prints `interrupted` and returns 130; a training run stopped by a signal returns
 128 + the signal number after saying where its checkpoint is (`duda_hf.training.preemption`).
+
+A program that ends cleanly (its status, or a stop with an `exit_code`) under `accelerate launch` leaves its
+process group before Python shuts down (`leave_process_group`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from __future__ import annotations
 import functools
 import linecache
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DEBUG_VARIABLE = "DUDA_DEBUG"
 ERROR_EXIT = 2
+WORKER_GRACE_SECONDS = 0.1  # see `leave_process_group`
 
 
 def debugging() -> bool:
@@ -51,7 +58,9 @@ def program(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
         try:
-            return main(argv)
+            status = main(argv)
+            leave_process_group()
+            return status
         except KeyboardInterrupt:
             if debugging():
                 raise
@@ -62,6 +71,35 @@ def program(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
                 raise
             code = getattr(error, "exit_code", None)
             print(error if isinstance(code, int) else f"error: {error}", file=sys.stderr)
+            if isinstance(code, int):  # a stop every process agreed on: nothing is left in flight
+                leave_process_group(stopping=True)
             return code if isinstance(code, int) else ERROR_EXIT
 
     return run
+
+
+def leave_process_group(stopping: bool = False) -> None:
+    """End this process's part in a torch.distributed run, if it has one: every process leaves together, and no
+    gloo worker thread is left holding a tensor when Python shuts down.
+
+    A gloo worker frees the tensors of the collective it ran once that collective has returned, and needs the GIL
+    to do so. A program that ends within a few milliseconds of its last collective (`SyncBatchNormBuffers`' broadcast
+    at the end of training) reaches interpreter shutdown first, and the worker's late bid for the GIL then aborts the
+    process (SIGABRT) although its work was done; freeing the group while a worker still waits deadlocks instead.
+    So: a barrier (no process leaves while a peer is still inside a collective), a pause in which the workers take
+    the GIL and free what they hold, then the group is destroyed.
+
+    `stopping`: the program ends with a stop's status (143 after SIGTERM). The launcher answers the first process
+    that ends with a non-zero status by sending SIGTERM to the others, which are ending too; they ignore it from
+    here on, so each ends with the stop's status rather than as killed by the launcher.
+
+    Only at a clean end, where every process reaches it: after a failure a peer may never come.
+    """
+    torch = sys.modules.get("torch")  # a program that never imported torch has no process group
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if stopping and threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    torch.distributed.barrier()
+    time.sleep(WORKER_GRACE_SECONDS)
+    torch.distributed.destroy_process_group()
