@@ -28,7 +28,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1]
 DEBUG_VARIABLE = "DUDA_DEBUG"
 ERROR_EXIT = 2
-WORKER_GRACE_SECONDS = 0.1  # see `leave_process_group`
+WORKER_GRACE_SECONDS = 0.25  # see `leave_process_group`
 
 
 def debugging() -> bool:
@@ -79,27 +79,27 @@ def program(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | No
 
 
 def leave_process_group(stopping: bool = False) -> None:
-    """End this process's part in a torch.distributed run, if it has one: every process leaves together, and no
-    gloo worker thread is left holding a tensor when Python shuts down.
+    """End this process's part in a torch.distributed run, if it has one, leaving no gloo worker thread holding a
+    tensor when Python shuts down.
 
-    A gloo worker frees the tensors of the collective it ran once that collective has returned, and needs the GIL
-    to do so. A program that ends within a few milliseconds of its last collective (`SyncBatchNormBuffers`' broadcast
+    A gloo worker frees the tensors of the collective it ran after that collective has returned, and needs the GIL
+    to do so. A process that ends within a few milliseconds of its last collective (`SyncBatchNormBuffers`' broadcast
     at the end of training) reaches interpreter shutdown first, and the worker's late bid for the GIL then aborts the
     process (SIGABRT) although its work was done; freeing the group while a worker still waits deadlocks instead.
-    So: a barrier (no process leaves while a peer is still inside a collective), a pause in which the workers take
-    the GIL and free what they hold, then the group is destroyed.
+    So: a pause in which the workers take the GIL and free what they hold, then the group is destroyed. No process
+    waits for another here (a barrier would hold the other processes for as long as the main one exports and
+    pushes the student, past the group's timeout on a slow upload).
 
     `stopping`: the program ends with a stop's status (143 after SIGTERM). The launcher answers the first process
     that ends with a non-zero status by sending SIGTERM to the others, which are ending too; they ignore it from
     here on, so each ends with the stop's status rather than as killed by the launcher.
 
-    Only at a clean end, where every process reaches it: after a failure a peer may never come.
+    Only at a clean end: after a failure a collective may still be in flight.
     """
     torch = sys.modules.get("torch")  # a program that never imported torch has no process group
     if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return
     if stopping and threading.current_thread() is threading.main_thread():  # signals only reach the main thread
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    torch.distributed.barrier()
     time.sleep(WORKER_GRACE_SECONDS)
     torch.distributed.destroy_process_group()
