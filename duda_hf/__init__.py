@@ -10,6 +10,10 @@ import importlib
 
 __version__ = "0.1.0"
 
+# The DAFormer architecture joins transformers' AutoConfig / AutoModelForSemanticSegmentation (torch and transformers
+# load only when transformers' Auto modules do).
+importlib.import_module("._registration", __name__).install()
+
 _EXPORTS = {
     "DudaConfig": ".method.config",
     "DataArguments": ".cli.arguments",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from duda_hf.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
-from duda_hf.networks.presets import MIT_SIZES, MODEL_PRESETS
+from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
 
 
 def is_undefined(value: float | None) -> bool:
@@ -166,7 +166,7 @@ def teacher_premise(results: dict) -> str | None:
     large = recipe.get("aux_student")
     # it already starts pretrained: a MiT preset with --init imagenet, or a folder / Hub id / checkpoint (the small
     # presets are random whatever --init says)
-    if large and ((large in MIT_SIZES and recipe.get("init") == "imagenet") or large not in MODEL_PRESETS):
+    if large and ((mit_encoder(large) and recipe.get("init") == "imagenet") or large not in MODEL_PRESETS):
         start = f"the auxiliary student already starts from pretrained weights ({large}): train it longer, or start it from weights closer to the task (a folder, Hub id or checkpoint pretrained on the source domain as --aux_student)"
     else:
         start = (

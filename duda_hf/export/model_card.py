@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from duda_hf.evaluation.report import percent, teacher_premise
+from duda_hf.networks.presets import mit_encoder
 
 # The model card template ships inside the package (package data), so installed wheels write cards too.
 TEMPLATE = resources.files("duda_hf.export") / "templates" / "duda_student.md"
@@ -239,8 +240,8 @@ def build_model_card(
             *(("distillation", "duda") if method == "duda" else ()),
         ],
         datasets=list(dict.fromkeys(hub_datasets)) or None,
-        base_model=f"nvidia/{recipe['student']}"
-        if recipe.get("init") == "imagenet" and str(recipe.get("student", "")).startswith("mit-b")
+        base_model=f"nvidia/{mit_encoder(str(recipe['student']))}"
+        if recipe.get("init") == "imagenet" and mit_encoder(str(recipe.get("student", "")))
         else None,
         metrics=["mean_iou"],
         model_name=repo_id.split("/")[-1],
@@ -275,6 +276,7 @@ def build_model_card(
         student=recipe.get("student", "student"),
         family=family,
         architecture=architecture,
+        remote_code=architecture == "DaformerForSemanticSegmentation",  # not a transformers class: its code travels with it
         onnx=onnx,
         onnx_quantized=onnx_quantized,
         aux_student=recipe.get("aux_student", "auxiliary student"),

@@ -10,7 +10,7 @@ from torch import nn
 from duda_hf.data.labels import NUM_CLASSES
 from duda_hf.networks.inputs import InputCache, normalize_images
 from duda_hf.networks.loading import build_network
-from duda_hf.networks.presets import MIT_SIZES
+from duda_hf.networks.presets import mit_encoder
 
 
 def _set_dropout_eval(module: nn.Module) -> None:
@@ -197,7 +197,7 @@ def build_duda_model(
     fd_base = aux_net if aux_net is not None else student_net
     fd_name = aux_student if method == "duda" else student
     imagenet_encoder = None
-    if fd_lambda > 0 and fd_name in MIT_SIZES and init == "imagenet" and method != "source_only":
+    if fd_lambda > 0 and mit_encoder(fd_name) and init == "imagenet" and method != "source_only":
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
     teachers = [build_network(name, init) for name in (extra_teachers or [])]
     return DudaModel(

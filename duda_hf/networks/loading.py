@@ -17,7 +17,8 @@ from transformers import (
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 from duda_hf.data.remote import hub_reachable
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
-from duda_hf.networks.presets import MIT_SIZES, OTHER_FAMILY_PRESETS, SMALL_SIZES, preset_config
+from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
+from duda_hf.networks.presets import DAFORMER_SUFFIX, OTHER_FAMILY_PRESETS, mit_encoder, preset_config, random_only
 
 
 class ModelUnavailableError(OSError):
@@ -33,12 +34,14 @@ def load_pretrained_network(
     Args:
         hint: the way forward the offline error offers first.
         model_class: `AutoModelForSemanticSegmentation` (any family) or one model class.
-        kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override).
+        kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override; with `config`, the
+            labels are the config's).
 
     Raises:
         ModelUnavailableError: offline and not cached, or no such repo or folder.
     """
-    kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
+    if "config" not in kwargs:  # with a config object, from_pretrained passes other keywords to the model's __init__
+        kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
     if Path(name_or_path).is_dir():
         return model_class.from_pretrained(name_or_path, **kwargs)
     try:
@@ -127,8 +130,8 @@ def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrained
 
 
 def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
-    """A 19-class segmentation network by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`,
-    `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`), Hub id or local folder of any
+    """A 19-class segmentation network by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`, each also with the
+    DAFormer head as `NAME-daformer`, `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`), Hub id or local folder of any
     `AutoModelForSemanticSegmentation` family, or one network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role`
     (`student`, `aux_student`, `teacher`).
 
@@ -137,16 +140,19 @@ def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
 
     Args:
         name: preset, Hub id or folder.
-        init: for `mit-bN`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head new);
-            'random' builds the architecture from scratch. The small presets are always random.
+        init: for `mit-bN` and `mit-bN-daformer`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head
+            new); 'random' builds the architecture from scratch. The small presets are always random.
     """
-    if name in SMALL_SIZES or (name in MIT_SIZES and init == "random"):
-        return SegformerForSemanticSegmentation(preset_config(name))
-    if name in OTHER_FAMILY_PRESETS:
+    encoder = mit_encoder(name)
+    if random_only(name) or (encoder and init == "random") or name in OTHER_FAMILY_PRESETS:
         return AutoModelForSemanticSegmentation.from_config(preset_config(name))
-    if name in MIT_SIZES:
+    if encoder and name.endswith(DAFORMER_SUFFIX):
         # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
-        return load_pretrained_segformer(f"nvidia/{name}", ignore_mismatched_sizes=True)
+        return load_pretrained_network(
+            f"nvidia/{encoder}", model_class=DaformerForSemanticSegmentation, config=preset_config(name), ignore_mismatched_sizes=True
+        )
+    if encoder:
+        return load_pretrained_segformer(f"nvidia/{encoder}", ignore_mismatched_sizes=True)
     path, _, role = name.rpartition("@")
     if path and Path(path).is_dir():
         return load_from_checkpoint(path, role)

@@ -1,4 +1,5 @@
-"""Networks by preset name: MiT sizes (mit-b0..mit-b5), the CPU sizes (tiny, tiny-wide) and two other families, with 19 Cityscapes labels (no download)."""
+"""Networks by preset name: MiT sizes (mit-b0..mit-b5), the CPU sizes (tiny, tiny-wide), each with SegFormer's head or
+DAFormer's (`-daformer`), and two other families, with 19 Cityscapes labels (no download)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import (
 )
 
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+from duda_hf.networks.daformer import DaformerConfig
 
 # MiT encoder sizes (Xie et al., 2021; the nvidia/mit-bN configs). Decoder width: 256 for b0/b1, 768 above.
 MIT_SIZES = {
@@ -40,7 +42,26 @@ OTHER_FAMILY_PRESETS = {
 }
 
 
-MODEL_PRESETS = tuple(MIT_SIZES) + tuple(SMALL_SIZES) + tuple(OTHER_FAMILY_PRESETS)
+# The same encoders with the DAFormer decode head (`networks.daformer`): `mit-b5-daformer` is DUDA's (and DAFormer's,
+# HRDA's, MIC's) large network. Decoder width: DAFormer's 256 for every MiT size; the small sizes keep theirs.
+DAFORMER_SUFFIX = "-daformer"
+DAFORMER_PRESETS = tuple(f"{name}{DAFORMER_SUFFIX}" for name in (*MIT_SIZES, *SMALL_SIZES))
+DAFORMER_DECODER_WIDTH = 256
+
+
+MODEL_PRESETS = tuple(MIT_SIZES) + tuple(SMALL_SIZES) + DAFORMER_PRESETS + tuple(OTHER_FAMILY_PRESETS)
+
+
+def mit_encoder(name: str) -> str | None:
+    """The ImageNet MiT size (`mit-b0`..`mit-b5`) a preset's encoder starts from with `--init imagenet`, or None
+    (a small preset, another family, or not a preset)."""
+    encoder = name.removesuffix(DAFORMER_SUFFIX)
+    return encoder if encoder in MIT_SIZES else None
+
+
+def random_only(name: str) -> bool:
+    """A preset that is always built from scratch, whatever `--init` says (the small sizes, with either head)."""
+    return name.removesuffix(DAFORMER_SUFFIX) in SMALL_SIZES
 
 
 def preset_config(name: str) -> PretrainedConfig:
@@ -49,9 +70,13 @@ def preset_config(name: str) -> PretrainedConfig:
         config = OTHER_FAMILY_PRESETS[name]()
         config.num_labels, config.id2label, config.label2id = NUM_CLASSES, dict(ID2LABEL), dict(LABEL2ID)
         return config
-    depths, hidden_sizes, decoder = {**MIT_SIZES, **SMALL_SIZES}[name]
-    heads = [1, 2, 5, 8] if name.startswith("mit") else [1, 1, 2, 4]
-    return SegformerConfig(
+    daformer = name.endswith(DAFORMER_SUFFIX)
+    encoder = name.removesuffix(DAFORMER_SUFFIX)
+    depths, hidden_sizes, decoder = {**MIT_SIZES, **SMALL_SIZES}[encoder]
+    heads = [1, 2, 5, 8] if encoder.startswith("mit") else [1, 1, 2, 4]
+    if daformer and encoder in MIT_SIZES:
+        decoder = DAFORMER_DECODER_WIDTH
+    return (DaformerConfig if daformer else SegformerConfig)(
         depths=depths,
         hidden_sizes=hidden_sizes,
         decoder_hidden_size=decoder,

@@ -1,0 +1,181 @@
+"""`DaformerForSemanticSegmentation`: transformers' MiT encoder (`SegformerModel`) with the DAFormer decode head.
+
+The head follows lhoyer/DAFormer (`mmseg/models/decode_heads/daformer_head.py` with
+`configs/_base_/models/daformer_sepaspp_mitb5.py`): each of the four encoder levels is embedded by a linear layer to
+`decoder_hidden_size` channels and resized (bilinear, `align_corners=False`) to the first level's stride-4 grid; the
+four are concatenated in level order (1, 2, 3, 4: SegFormer's head takes them the other way round) and fused by a
+depthwise-separable ASPP without image pooling (a 1x1 conv-BN-ReLU for dilation 1; for each other dilation a
+depthwise 3x3 conv-BN-ReLU then a pointwise conv-BN-ReLU) whose outputs, concatenated, pass a 3x3 conv-BN-ReLU
+bottleneck; then `Dropout2d` and a 1x1 classifier. The module names are the original's (`embed_layers.N.proj`,
+`fuse_layer.aspp_modules.N.{conv,bn}`, `...depthwise_conv`/`pointwise_conv`, `fuse_layer.bottleneck`), but
+`conv_seg`, which is `classifier` here as in SegFormer.
+
+Its outputs follow `SegformerForSemanticSegmentation`: logits at stride 4, `loss` with `labels` (the logits upsampled
+to the labels, cross-entropy ignoring `semantic_loss_ignore_index`), and the encoder's four levels as
+`hidden_states` when asked for.
+
+This file imports only torch and transformers (and its own config), so that a saved folder carries it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import SegformerModel, SegformerPreTrainedModel
+from transformers.modeling_outputs import SemanticSegmenterOutput
+
+from .configuration_daformer import DaformerConfig
+
+
+class DaformerConvModule(nn.Module):
+    """mmcv's `ConvModule` with BatchNorm and ReLU: a convolution without bias, `bn`, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0, dilation: int = 1, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups, bias=False)
+        self.conv.daformer_init = "conv_module"
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.activation = nn.ReLU()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.bn(self.conv(hidden_states)))
+
+
+class DaformerSeparableConvModule(nn.Module):
+    """mmcv's `DepthwiseSeparableConvModule`: a depthwise 3x3 `ConvModule` (dilated), then a pointwise one."""
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int):
+        super().__init__()
+        self.depthwise_conv = DaformerConvModule(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels)
+        self.pointwise_conv = DaformerConvModule(in_channels, out_channels, 1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_conv(self.depthwise_conv(hidden_states))
+
+
+class DaformerASPPFusion(nn.Module):
+    """DAFormer's `ASPPWrapper` with `sep=True, pool=False`: the ASPP branches, concatenated, then the bottleneck."""
+
+    def __init__(self, in_channels: int, channels: int, dilations: list[int]):
+        super().__init__()
+        self.aspp_modules = nn.ModuleList(
+            DaformerConvModule(in_channels, channels, 1) if dilation == 1 else DaformerSeparableConvModule(in_channels, channels, dilation)
+            for dilation in dilations
+        )
+        self.bottleneck = DaformerConvModule(len(dilations) * channels, channels, 3, padding=1)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(torch.cat([branch(hidden_states) for branch in self.aspp_modules], dim=1))
+
+
+class DaformerMLP(nn.Module):
+    """The linear embedding of one encoder level (DAFormer's `MLP`): `(B, C, H, W)` -> `(B, decoder_hidden_size, H, W)`."""
+
+    def __init__(self, input_dim: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(input_dim, embed_dim)
+        self.proj.daformer_init = "linear"
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = hidden_states.shape
+        embedded = self.proj(hidden_states.flatten(2).transpose(1, 2))
+        return embedded.transpose(1, 2).reshape(batch, -1, height, width)
+
+
+class DaformerDecodeHead(nn.Module):
+    def __init__(self, config: DaformerConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.embed_layers = nn.ModuleList(DaformerMLP(size, width) for size in config.hidden_sizes)
+        self.fuse_layer = DaformerASPPFusion(width * len(config.hidden_sizes), width, list(config.aspp_dilations))
+        self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
+        self.classifier = nn.Conv2d(width, config.num_labels, kernel_size=1)
+        self.classifier.daformer_init = "classifier"
+
+    def forward(self, encoder_hidden_states) -> torch.Tensor:
+        stride4_size = encoder_hidden_states[0].shape[2:]
+        embedded = []
+        for hidden_state, embed in zip(encoder_hidden_states, self.embed_layers):
+            level = embed(hidden_state)
+            if level.shape[2:] != stride4_size:
+                level = F.interpolate(level, size=stride4_size, mode="bilinear", align_corners=False)
+            embedded.append(level)
+        fused = self.fuse_layer(torch.cat(embedded, dim=1))
+        return self.classifier(self.dropout(fused))
+
+
+class DaformerPreTrainedModel(SegformerPreTrainedModel):
+    config_class = DaformerConfig
+    base_model_prefix = "segformer"
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The encoder as SegFormer's; the head as DAFormer's (mmcv): each `ConvModule`'s convolution Kaiming-normal
+        (fan out, ReLU), its BatchNorm 1 and 0, the classifier normal with std 0.01 and bias 0, the linear embeddings
+        PyTorch's default."""
+        from transformers import initialization as init
+
+        kind = getattr(module, "daformer_init", None)  # set on the head's layers where they are built
+        if kind == "conv_module":
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif kind == "linear":
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
+        elif kind == "classifier":
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            init.zeros_(module.bias)
+        else:
+            super()._init_weights(module)
+
+
+class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
+    """A MiT encoder (transformers' `SegformerModel`) with the DAFormer decode head; see the module's docstring."""
+
+    def __init__(self, config: DaformerConfig):
+        super().__init__(config)
+        self.segformer = SegformerModel(config)
+        # The original MiT's blocks and stages normalise with eps 1e-6 (`layer_norm_eps`); transformers' SegformerModel
+        # builds them with PyTorch's 1e-5 whatever the config says. Its patch embeddings' and key/value reduction's
+        # LayerNorms are 1e-5 in the original too.
+        for name, module in self.segformer.named_modules():
+            if isinstance(module, nn.LayerNorm) and "patch_embeddings" not in name and "attention" not in name:
+                module.eps = config.layer_norm_eps
+        self.decode_head = DaformerDecodeHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SemanticSegmenterOutput | tuple:
+        if output_hidden_states is None:
+            output_hidden_states = bool(self.config.output_hidden_states)
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        outputs = self.segformer(pixel_values, output_hidden_states=True, **kwargs)
+        logits = self.decode_head(outputs.hidden_states)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels < 2:
+                raise ValueError(f"the DAFormer head's loss needs at least 2 labels, not {self.config.num_labels}")
+            upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
+        output = SemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=tuple(outputs.hidden_states) if output_hidden_states else None,
+            attentions=getattr(outputs, "attentions", None),
+        )
+        if return_dict is False:
+            return output.to_tuple()
+        return output
+
+
+__all__ = ["DaformerForSemanticSegmentation", "DaformerPreTrainedModel"]
