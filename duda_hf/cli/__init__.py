@@ -8,6 +8,8 @@
 | `duda-push`           | `duda_hf.cli.push_to_hub`         | `scripts/push_to_hub.py`    |
 | `duda-make-synthetic` | `duda_hf.cli.make_synthetic`      | `scripts/make_synthetic.py` |
 | `duda-pretrain-synthetic` | `duda_hf.cli.pretrain_synthetic` | `scripts/pretrain_synthetic.py` |
+| `duda-export-onnx`    | `duda_hf.cli.export_onnx`         | `scripts/export_onnx.py`    |
+| `duda-import-checkpoint` | `duda_hf.cli.import_checkpoint` | `scripts/import_checkpoint.py` |
 
 Each module's `main(argv=None)` returns the exit status, and each runs as a module, so that
 `accelerate launch -m duda_hf.cli.train_duda --config RECIPE.yaml` works from an installed wheel.

@@ -1,0 +1,293 @@
+"""DAFormer, HRDA and MIC checkpoints (mmseg/mmcv `.pth` files) as `DaformerForSemanticSegmentation` networks.
+
+A training checkpoint of those repositories holds, under `state_dict`, the trained network (`model.`), its EMA
+teacher (`ema_model.`), the frozen ImageNet network of the feature distance (`imnet_model.`) and, for MIC with a
+separate teacher, `mic.`; a published checkpoint holds one network without a prefix. Each network is an mmseg
+`EncoderDecoder`: the original MiT (`backbone.patch_embedN`, `backbone.blockN.M`, `backbone.normN`) and the DAFormer
+head (`decode_head.…`; HRDA's `HRDAHead` nests it as `decode_head.head.…` beside `decode_head.scale_attention.…`).
+
+The MiT keys are renamed to the names transformers' SegFormer checkpoints use on the Hub (`segformer.encoder.…`,
+as in `nvidia/mit-b5`), which every transformers release loads; the fused key/value projection `attn.kv` is split in
+two (its first half is the keys, as the original's `reshape(B, N, 2, heads, C/heads)` reads it). The head keys keep
+their names (`DaformerForSemanticSegmentation` uses the original's), but `conv_seg`, which is `classifier`.
+
+Every tensor key is mapped or the import fails naming the ones that are not.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
+from duda_hf.networks.daformer import DaformerConfig
+from duda_hf.networks.presets import MIT_SIZES
+
+NETWORK_PREFIXES = {"student": "model.", "teacher": "ema_model."}
+# The other networks a training checkpoint holds, left out of an import (and said so).
+OTHER_PREFIXES = ("model.", "ema_model.", "imnet_model.", "mic.")
+MIT_HEADS = [1, 2, 5, 8]  # every MiT size (mit_b0..mit_b5 in the original)
+DAFORMER_DILATIONS = (1, 6, 12, 18)  # configs/_base_/models/daformer_sepaspp_mitb5.py
+
+
+class CheckpointImportError(ValueError):
+    """A checkpoint that cannot be imported: the message says why and what to do."""
+
+
+@dataclass
+class ImportedCheckpoint:
+    """The result of `convert_checkpoint`: the network's config and its weights under transformers' Hub names."""
+
+    config: DaformerConfig
+    state_dict: dict[str, torch.Tensor]
+    network: str  # student, teacher, or published
+    encoder: str  # mit-b0 .. mit-b5
+    hrda: bool = False
+    left_out: dict[str, int] = field(default_factory=dict)  # prefix -> number of tensors not imported
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The flat state dict of an mmseg checkpoint (its `state_dict`, or the file itself when it is one), read with
+    `torch.load(weights_only=True)`: nothing but tensors and plain containers is unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointImportError(f"checkpoint '{path}' does not exist (pass the .pth file a DAFormer, HRDA or MIC run wrote)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        reason = f"it holds a {found[1]} object" if found else "it holds objects beyond tensors and plain containers"
+        raise CheckpointImportError(
+            f"'{path}' cannot be read with torch.load(weights_only=True): {reason}, and duda-hf unpickles nothing else "
+            "(that could run code from the file). If you trust the file, keep its weights only: "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); torch.save(c.get('state_dict', c), 'weights.pth')\" "
+            "and import weights.pth"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointImportError(f"'{path}' is not a readable PyTorch checkpoint ({reason}); copy it again") from None
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointImportError(f"'{path}' holds no state dict of tensors (neither the file nor its 'state_dict' is one)")
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def select_network(state: dict[str, torch.Tensor], network: str) -> tuple[dict[str, torch.Tensor], str, dict[str, int]]:
+    """The keys of one network, without its prefix: `(state, which, left_out)`.
+
+    `network` 'student' takes `model.` and 'teacher' `ema_model.` of a training checkpoint; a published checkpoint (no
+    prefix) is the network itself ('published').
+    """
+    if network not in NETWORK_PREFIXES:
+        raise CheckpointImportError(f"--network must be 'student' or 'teacher', not '{network}'")
+    training = any(key.startswith(OTHER_PREFIXES) for key in state)
+    if not training:
+        if network == "teacher":
+            raise CheckpointImportError(
+                "this is a published checkpoint (one network, keys such as 'backbone.…' without a prefix), so it has no "
+                "EMA teacher: import it without --network teacher (a training checkpoint holds the teacher under 'ema_model.')"
+            )
+        return dict(state), "published", {}
+    prefix = NETWORK_PREFIXES[network]
+    chosen = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    if not chosen:
+        held = sorted({key.split(".")[0] + "." for key in state})
+        raise CheckpointImportError(f"the checkpoint has no '{prefix}' network for --network {network}; it holds {held}")
+    left_out: dict[str, int] = {}
+    unknown = []
+    for key in state:
+        if key.startswith(prefix):
+            continue
+        other = next((p for p in OTHER_PREFIXES if key.startswith(p)), None)
+        if other is None:
+            unknown.append(key)
+        else:
+            left_out[other] = left_out.get(other, 0) + 1
+    if unknown:
+        raise CheckpointImportError(f"{len(unknown)} keys belong to no network duda-hf knows: {_listing(unknown)}")
+    return chosen, network, left_out
+
+
+def _listing(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return shown + (f" … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+_BLOCK = re.compile(r"backbone\.block(\d)\.(\d+)\.(.+)")
+_BLOCK_PARTS = {
+    "norm1.": "layer_norm_1.",
+    "attn.q.": "attention.self.query.",
+    "attn.proj.": "attention.output.dense.",
+    "attn.sr.": "attention.self.sr.",
+    "attn.norm.": "attention.self.layer_norm.",
+    "norm2.": "layer_norm_2.",
+    "mlp.fc1.": "mlp.dense1.",
+    "mlp.dwconv.dwconv.": "mlp.dwconv.dwconv.",
+    "mlp.fc2.": "mlp.dense2.",
+}
+
+
+def _map_backbone(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """One original MiT key as transformers' Hub names (two for `attn.kv`), or None for a key it does not know."""
+    if match := re.fullmatch(r"backbone\.patch_embed(\d)\.(proj|norm)\.(weight|bias)", key):
+        stage, part, kind = match.groups()
+        return {f"segformer.encoder.patch_embeddings.{int(stage) - 1}.{'proj' if part == 'proj' else 'layer_norm'}.{kind}": value}
+    if match := re.fullmatch(r"backbone\.norm(\d)\.(weight|bias)", key):
+        return {f"segformer.encoder.layer_norm.{int(match[1]) - 1}.{match[2]}": value}
+    if match := _BLOCK.fullmatch(key):
+        stage, block, rest = match.groups()
+        base = f"segformer.encoder.block.{int(stage) - 1}.{block}."
+        if rest in ("attn.kv.weight", "attn.kv.bias"):
+            keys, values = value.chunk(2, dim=0)
+            kind = rest.rsplit(".", 1)[1]
+            return {f"{base}attention.self.key.{kind}": keys, f"{base}attention.self.value.{kind}": values}
+        for original, name in _BLOCK_PARTS.items():
+            if rest.startswith(original) and rest[len(original) :] in ("weight", "bias"):
+                return {base + name + rest[len(original) :]: value}
+    return None
+
+
+def _infer_encoder(state: dict[str, torch.Tensor], encoder: str | None) -> tuple[str, dict]:
+    """The MiT size of the `backbone.` keys (depths and widths), checked against `encoder` when given."""
+    try:
+        hidden = [state[f"backbone.patch_embed{i}.proj.weight"].shape[0] for i in range(1, 5)]
+    except KeyError:
+        raise CheckpointImportError(
+            "no MiT encoder in the checkpoint (no 'backbone.patch_embed1..4' keys): duda-hf imports MiT networks with the "
+            "DAFormer head (DAFormer, HRDA and MIC's MiT-B5 configs)"
+        ) from None
+    depths = [1 + max((int(m[2]) for key in state if (m := _BLOCK.fullmatch(key)) and m[1] == str(i)), default=-1) for i in range(1, 5)]
+    sr_ratios = [state[f"backbone.block{i}.0.attn.sr.weight"].shape[-1] if f"backbone.block{i}.0.attn.sr.weight" in state else 1 for i in range(1, 5)]
+    patch_sizes = [state[f"backbone.patch_embed{i}.proj.weight"].shape[-1] for i in range(1, 5)]
+    mlp_ratios = [state[f"backbone.block{i}.0.mlp.fc1.weight"].shape[0] // hidden[i - 1] for i in range(1, 5)]
+    found = next((name for name, (d, h, _) in MIT_SIZES.items() if list(d) == depths and list(h) == hidden), None)
+    if encoder is not None:
+        if encoder not in MIT_SIZES:
+            raise CheckpointImportError(f"--encoder must be one of {', '.join(MIT_SIZES)}, not '{encoder}'")
+        if found != encoder:
+            raise CheckpointImportError(
+                f"--encoder {encoder} does not match the checkpoint's encoder (depths {depths}, widths {hidden}"
+                f"{', which is ' + found if found else ''})"
+            )
+    elif found is None:
+        raise CheckpointImportError(
+            f"the encoder (depths {depths}, widths {hidden}) is not one of the MiT sizes {', '.join(MIT_SIZES)}; "
+            "duda-hf imports those only"
+        )
+    fields = {"depths": depths, "hidden_sizes": hidden, "sr_ratios": sr_ratios, "patch_sizes": patch_sizes, "mlp_ratios": mlp_ratios}
+    return found, fields
+
+
+def _head_keys(state: dict[str, torch.Tensor], drop_scale_attention: bool) -> tuple[dict[str, torch.Tensor], bool, int]:
+    """The DAFormer head's keys under `decode_head.`: `(keys, hrda, scale-attention tensors dropped)`."""
+    head = {key: value for key, value in state.items() if key.startswith("decode_head.")}
+    hrda = any(key.startswith("decode_head.head.") for key in head)
+    dropped = 0
+    if hrda:
+        attention = [key for key in head if key.startswith("decode_head.scale_attention.")]
+        if attention and not drop_scale_attention:
+            raise CheckpointImportError(
+                f"this is an HRDA (or MIC(HRDA)) checkpoint: its scale attention ({len(attention)} tensors under "
+                "'decode_head.scale_attention.') fuses the predictions of a context and a detail crop, and duda-hf cannot "
+                "run HRDA's multi-resolution inference yet. Pass --drop_scale_attention to import the head path alone "
+                "('decode_head.head.'): the network then predicts at one scale, which scores below HRDA's fused output"
+            )
+        dropped = len(attention)
+        others = [key for key in head if not key.startswith(("decode_head.head.", "decode_head.scale_attention."))]
+        if others:
+            raise CheckpointImportError(f"HRDA head keys duda-hf does not know: {_listing(others)}")
+        head = {"decode_head." + key[len("decode_head.head.") :]: value for key, value in head.items() if key.startswith("decode_head.head.")}
+    if not any(key.startswith("decode_head.fuse_layer.aspp_modules.") for key in head):
+        kind = "SegFormer's all-MLP head" if any(key.startswith("decode_head.linear_") for key in head) else "another head"
+        raise CheckpointImportError(
+            f"the decode head is {kind}, not the DAFormer head with its ASPP fusion ('decode_head.fuse_layer.aspp_modules.'); "
+            "duda-hf imports the DAFormer head (daformer_sepaspp_mitb5), as DAFormer, HRDA and MIC train it"
+        )
+    return head, hrda, dropped
+
+
+def convert_checkpoint(
+    state: dict[str, torch.Tensor],
+    network: str = "student",
+    *,
+    encoder: str | None = None,
+    aspp_dilations: tuple[int, ...] = DAFORMER_DILATIONS,
+    drop_scale_attention: bool = False,
+) -> ImportedCheckpoint:
+    """One network of a DAFormer/HRDA/MIC state dict (`read_checkpoint`) as a `DaformerConfig` and weights under
+    transformers' Hub names.
+
+    Args:
+        network: 'student' (`model.`, what the original repositories evaluate and publish) or 'teacher' (`ema_model.`).
+        encoder: the MiT size (`mit-b5`), checked against the keys; None infers it.
+        aspp_dilations: the ASPP's dilations (not stored in the weights; DAFormer's by default).
+        drop_scale_attention: for an HRDA checkpoint, import the head path without the scale attention.
+    """
+    chosen, which, left_out = select_network(state, network)
+    size, fields = _infer_encoder(chosen, encoder)
+    head, hrda, dropped = _head_keys(chosen, drop_scale_attention)
+    if dropped:
+        left_out["decode_head.scale_attention."] = dropped
+    mapped: dict[str, torch.Tensor] = {}
+    unmapped = []
+    for key, value in chosen.items():
+        if key.startswith("backbone."):
+            renamed = _map_backbone(key, value)
+            if renamed is None:
+                unmapped.append(key)
+            else:
+                mapped.update(renamed)
+        elif not key.startswith("decode_head."):
+            unmapped.append(key)
+    for key, value in head.items():
+        mapped["decode_head.classifier." + key.rsplit(".", 1)[1] if key.startswith("decode_head.conv_seg.") else key] = value
+    if unmapped:
+        raise CheckpointImportError(f"{len(unmapped)} keys of the '{which}' network could not be mapped: {_listing(unmapped)}")
+    classes = mapped["decode_head.classifier.weight"].shape[0] if "decode_head.classifier.weight" in mapped else None
+    if classes != NUM_CLASSES:
+        raise CheckpointImportError(f"the classifier predicts {classes} classes, not the {NUM_CLASSES} Cityscapes classes duda-hf uses")
+    width = mapped["decode_head.fuse_layer.bottleneck.conv.weight"].shape[0] if "decode_head.fuse_layer.bottleneck.conv.weight" in mapped else None
+    embed = mapped["decode_head.embed_layers.0.proj.weight"].shape[0] if "decode_head.embed_layers.0.proj.weight" in mapped else None
+    if width is None or embed != width:
+        raise CheckpointImportError(f"the head's embedding width ({embed}) and fused width ({width}) must be present and equal, as in DAFormer")
+    branches = len({key.split(".")[3] for key in mapped if key.startswith("decode_head.fuse_layer.aspp_modules.")})
+    if branches != len(aspp_dilations):
+        raise CheckpointImportError(
+            f"the ASPP has {branches} branches but {len(aspp_dilations)} dilations were given ({list(aspp_dilations)}); "
+            "pass --aspp_dilations with one per branch"
+        )
+    config = DaformerConfig(
+        **fields,
+        num_attention_heads=list(MIT_HEADS),
+        decoder_hidden_size=width,
+        aspp_dilations=list(aspp_dilations),
+        num_labels=NUM_CLASSES,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+    )
+    return ImportedCheckpoint(config=config, state_dict=mapped, network=which, encoder=size, hrda=hrda, left_out=left_out)
+
+
+def load_imported(imported: ImportedCheckpoint, work_dir: str | Path):
+    """The network of `imported`, loaded by transformers from its Hub names, with every key used exactly once.
+
+    `work_dir` receives the intermediate folder (config.json, model.safetensors).
+    """
+    from safetensors.torch import save_file
+
+    from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    imported.config.save_pretrained(work_dir)
+    save_file({key: value.contiguous() for key, value in imported.state_dict.items()}, str(work_dir / "model.safetensors"))
+    model, info = DaformerForSemanticSegmentation.from_pretrained(work_dir, output_loading_info=True)
+    problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(name)}
+    if problems:
+        detail = "; ".join(f"{name.replace('_', ' ')}: {_listing([str(k) for k in keys])}" for name, keys in problems.items())
+        raise CheckpointImportError(f"the mapped weights do not fill the network exactly ({detail})")
+    return model.eval()
