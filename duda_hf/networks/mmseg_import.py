@@ -131,6 +131,15 @@ _BLOCK_PARTS = {
 }
 
 
+# The DAFormer head's keys (daformer_sepaspp_mitb5.py); anything else under decode_head. is not imported.
+_HEAD_KEY = re.compile(
+    r"decode_head\.(embed_layers\.\d+\.proj\.(weight|bias)"
+    r"|fuse_layer\.(aspp_modules\.\d+\.((depthwise_conv|pointwise_conv)\.)?|bottleneck\.)"
+    r"(conv\.weight|bn\.(weight|bias|running_mean|running_var|num_batches_tracked))"
+    r"|conv_seg\.(weight|bias))"
+)
+
+
 def _map_backbone(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """One original MiT key as transformers' Hub names (two for `attn.kv`), or None for a key it does not know."""
     if match := re.fullmatch(r"backbone\.patch_embed(\d)\.(proj|norm)\.(weight|bias)", key):
@@ -244,6 +253,9 @@ def convert_checkpoint(
         elif not key.startswith("decode_head."):
             unmapped.append(key)
     for key, value in head.items():
+        if not _HEAD_KEY.fullmatch(key):
+            unmapped.append(key)
+            continue
         mapped["decode_head.classifier." + key.rsplit(".", 1)[1] if key.startswith("decode_head.conv_seg.") else key] = value
     if unmapped:
         raise CheckpointImportError(f"{len(unmapped)} keys of the '{which}' network could not be mapped: {_listing(unmapped)}")
@@ -285,7 +297,18 @@ def load_imported(imported: ImportedCheckpoint, work_dir: str | Path):
     work_dir.mkdir(parents=True, exist_ok=True)
     imported.config.save_pretrained(work_dir)
     save_file({key: value.contiguous() for key, value in imported.state_dict.items()}, str(work_dir / "model.safetensors"))
-    model, info = DaformerForSemanticSegmentation.from_pretrained(work_dir, output_loading_info=True)
+    # mismatched shapes are reported below, in one line, rather than by transformers' own error
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()  # its load report and progress bar: the problems are said below, in one line
+    logging.disable_progress_bar()
+    try:
+        model, info = DaformerForSemanticSegmentation.from_pretrained(work_dir, output_loading_info=True, ignore_mismatched_sizes=True)
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
     problems = {name: info.get(name) for name in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(name)}
     if problems:
         detail = "; ".join(f"{name.replace('_', ' ')}: {_listing([str(k) for k in keys])}" for name, keys in problems.items())

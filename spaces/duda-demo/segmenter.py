@@ -7,6 +7,9 @@ Environment:
     DUDA_RUNTIME  `auto` (default): ONNX Runtime when the model has `onnx/model.onnx` (duda-export-onnx) and
                   onnxruntime is installed, else PyTorch; `onnx`: ONNX Runtime or a load error; `onnx-int8`: the
                   quantized `onnx/model_quantized.onnx`; `pytorch`: always PyTorch.
+    DUDA_TRUST_REMOTE_CODE  `1` to run the code a model carries (`auto_map`: a DAFormer-head network, from a
+                  DUDA run or `duda-import-checkpoint`, is not a transformers class and brings modeling_daformer.py);
+                  off by default, as in transformers: set it only for models whose code you trust.
 """
 
 from __future__ import annotations
@@ -163,6 +166,10 @@ def _hub_reachable(timeout: float = 1.5) -> bool:
         return False
 
 
+def _trust_remote_code() -> bool:
+    return os.environ.get("DUDA_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes")
+
+
 def _fix_hint(env_var: str) -> str:
     return (
         f"To fix it, set {env_var} to a local folder holding config.json, model.safetensors and preprocessor_config.json "
@@ -310,7 +317,9 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
             error = ConnectionError("the Hub is unreachable (no network)")
             continue
         try:
-            model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=local_only).eval()
+            model = AutoModelForSemanticSegmentation.from_pretrained(
+                source, local_files_only=local_only, trust_remote_code=_trust_remote_code()
+            ).eval()
             processor = _image_processor(source, local_only)
             break
         except Exception as err:  # a missing repo or file (OSError), damaged weights (SafetensorError), a bad config ...
@@ -319,6 +328,11 @@ def load_segmenter(source: str, env_var: str = "DUDA_MODEL") -> Segmenter:
         offline = "the local cache (HF_HUB_OFFLINE is set)" if is_offline_mode() else "the Hub or the local cache"
         where = "the folder" if is_folder else offline
         reason = str(error).strip().splitlines()[0].rstrip(".") if error is not None and str(error).strip() else type(error).__name__
+        if "trust_remote_code" in str(error) and not _trust_remote_code():
+            reason = (
+                "it carries its own modeling code (a DAFormer-head network is not a transformers class), which runs only "
+                "with DUDA_TRUST_REMOTE_CODE=1: set it if you trust the model's code"
+            )
         raise ModelLoadError(f"Could not load the model '{source}' from {where}: {reason}. {_fix_hint(env_var)}")
 
     id2label = {int(k): v for k, v in model.config.id2label.items()}

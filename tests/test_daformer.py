@@ -1,0 +1,424 @@
+"""The DAFormer head as a transformers architecture, and DAFormer/HRDA/MIC checkpoints imported into it.
+
+The head's formula is pinned on a hand-computed case; imported networks are checked against
+`tests/helpers/mmseg_reference.py`, a forward pass written from the original code (fp32, |logits difference|
+at most `PARITY`: the two differ only in the order of floating-point operations, about 2e-6 on these sizes).
+"""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSemanticSegmentation
+
+from duda_hf.cli.arguments import parse_args
+from duda_hf.cli.import_checkpoint import main as import_main
+from duda_hf.cli.training_run import build_trainer, run_training
+from duda_hf.networks.daformer import DaformerConfig
+from duda_hf.networks.daformer.modeling_daformer import DaformerDecodeHead, DaformerForSemanticSegmentation
+from duda_hf.networks.loading import build_network
+
+from .conftest import tiny_argv
+from .helpers.mmseg_reference import daformer_state_dict, reference_logits, training_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY = 1e-4
+# A Python without duda_hf: its import fails as where the package is not installed.
+WITHOUT_DUDA_HF = (
+    "import sys\n"
+    "class _NoDudaHf:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'duda_hf' or name.startswith('duda_hf.'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+    "sys.meta_path.insert(0, _NoDudaHf())\n"
+)
+
+
+def _images(shape=(2, 3, 64, 96), seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The architecture
+
+
+def test_the_head_embeds_resizes_concatenates_in_level_order_and_fuses_by_hand():
+    """One channel per level, constant maps 1, 2, 3, 4 at strides 4..32 (resizing a constant is exact), embeddings
+    the identity, every convolution reading its centre tap only, BatchNorm at mean 0 and variance 1 (so each divides
+    by b = sqrt(1 + 1e-5)):
+    - ASPP dilation 1, 1x1 weights (1, 10, 100, 1000) over the concatenation: 4321 b (SegFormer's reversed order
+      would give 1234 b);
+    - ASPP dilation 2, depthwise centre taps 1 (each level times b), pointwise 2 x (1, 10, 100, 1000): 8642 b^2;
+    - bottleneck, centre taps (1, 1): (4321 b + 8642 b^2) b; ReLUs pass positives; dropout off in eval;
+    - classifier rows (1) and (-1), biases 0.5 and 0: (x + 0.5, -x)."""
+    config = DaformerConfig(hidden_sizes=[1, 1, 1, 1], decoder_hidden_size=1, aspp_dilations=[1, 2], num_labels=2)
+    head = DaformerDecodeHead(config).eval()
+    with torch.no_grad():
+        for embed in head.embed_layers:
+            embed.proj.weight.fill_(1.0), embed.proj.bias.zero_()
+        powers = torch.tensor([1.0, 10.0, 100.0, 1000.0])
+        branch0, branch1 = head.fuse_layer.aspp_modules
+        branch0.conv.weight.copy_(powers.reshape(1, 4, 1, 1))
+        branch1.depthwise_conv.conv.weight.zero_()
+        branch1.depthwise_conv.conv.weight[:, :, 1, 1] = 1.0
+        branch1.pointwise_conv.conv.weight.copy_(2 * powers.reshape(1, 4, 1, 1))
+        head.fuse_layer.bottleneck.conv.weight.zero_()
+        head.fuse_layer.bottleneck.conv.weight[0, :, 1, 1] = 1.0
+        head.classifier.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
+        head.classifier.bias.copy_(torch.tensor([0.5, 0.0]))
+        levels = [torch.full((1, 1, 8 // 2**i, 8 // 2**i), float(i + 1)) for i in range(4)]
+        logits = head(levels)
+    b = 1 / math.sqrt(1 + 1e-5)
+    fused = (4321 * b + 8642 * b * b) * b
+    assert logits.shape == (1, 2, 8, 8)
+    assert logits[0, 0].flatten().tolist() == pytest.approx([fused + 0.5] * 64, rel=1e-6)
+    assert logits[0, 1].flatten().tolist() == pytest.approx([-fused] * 64, rel=1e-6)
+
+
+def test_the_mit_blocks_and_stages_normalise_with_the_originals_epsilon():
+    """The original MiT (`mit_bN`: norm_layer=partial(nn.LayerNorm, eps=1e-6)) normalises its blocks and stages with
+    1e-6 and its patch embeddings and key/value reduction with PyTorch's 1e-5; transformers' SegformerModel builds all
+    of them with 1e-5 whatever `layer_norm_eps` says, so the DAFormer model sets the first kind itself."""
+    network = build_network("mit-b0-daformer", "random")
+    eps = {name: module.eps for name, module in network.segformer.named_modules() if isinstance(module, torch.nn.LayerNorm)}
+    blocks = {name for name in eps if "blocks" in name and name.endswith(("layernorm_before", "layernorm_after"))}
+    stages = {name for name in eps if name.endswith(".layer_norm") and name.count(".") == 2}  # stages.N.layer_norm
+    assert len(blocks) == 2 * 8 and len(stages) == 4
+    assert {eps[name] for name in blocks | stages} == {1e-6}
+    assert {value for name, value in eps.items() if name not in blocks | stages} == {1e-5}
+    assert network.config.layer_norm_eps == 1e-6
+
+
+def test_the_presets_have_daformers_decoder_and_the_paper_sizes():
+    b5 = build_network("mit-b5-daformer", "random")
+    assert isinstance(b5, DaformerForSemanticSegmentation) and b5.config.decoder_hidden_size == 256
+    assert b5.config.depths == [3, 6, 40, 3] and list(b5.config.aspp_dilations) == [1, 6, 12, 18]
+    assert sum(p.numel() for p in b5.parameters()) == pytest.approx(85.2e6, rel=2e-3)  # DAFormer's 85.2M (paper, Tab. 1)
+    out = b5.eval()(pixel_values=torch.zeros(1, 3, 64, 96), labels=torch.zeros(1, 64, 96, dtype=torch.long), output_hidden_states=True)
+    assert out.logits.shape == (1, 19, 16, 24) and out.loss.ndim == 0 and len(out.hidden_states) == 4
+    assert b5(pixel_values=torch.zeros(1, 3, 64, 96)).hidden_states is None
+    assert build_network("tiny-daformer", "imagenet").config.hidden_sizes == [8, 16, 32, 64]  # small presets: random
+
+
+def test_registration_follows_import_duda_hf_and_keeps_that_import_light(tmp_path):
+    build_network("tiny-daformer", "random").save_pretrained(tmp_path / "tiny")
+    code = (
+        "import sys\nimport duda_hf\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "from transformers import AutoConfig, AutoModelForSemanticSegmentation\n"
+        f"model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / 'tiny')!r})\n"
+        "print(type(model).__name__, type(AutoConfig.for_model('daformer')).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["DaformerForSemanticSegmentation", "DaformerConfig"]
+
+
+def test_a_daformer_encoder_starts_from_the_imagenet_mit_checkpoint(tmp_path, monkeypatch):
+    """`--init imagenet`: the encoder comes from `nvidia/mit-b0` (here a copy in a fresh cache, offline), the head is
+    new, and the ImageNet classifier is not used."""
+    from huggingface_hub import constants
+    from transformers import SegformerConfig, SegformerForImageClassification
+
+    depths, widths = [2, 2, 2, 2], [32, 64, 160, 256]
+    imagenet = SegformerForImageClassification(SegformerConfig(depths=depths, hidden_sizes=widths, num_labels=1000))
+    repo = tmp_path / "hub" / "models--nvidia--mit-b0"
+    imagenet.save_pretrained(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    network = build_network("mit-b0-daformer", "imagenet")
+    assert isinstance(network, DaformerForSemanticSegmentation) and network.config.decoder_hidden_size == 256
+    for (name, value), original in zip(network.segformer.state_dict().items(), imagenet.segformer.state_dict().values()):
+        assert torch.equal(value, original), name
+    assert network.segformer.stages[0].layer_norm.eps == 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Importing DAFormer, HRDA and MIC checkpoints
+
+
+def _import(capsys, checkpoint, out, *flags):
+    status = import_main([str(checkpoint), "--out", str(out), *flags])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _logits(folder, images):
+    network = AutoModelForSemanticSegmentation.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return network(pixel_values=images).logits
+
+
+@pytest.fixture(scope="module")
+def b0_training(tmp_path_factory):
+    """A MiT-B0 DAFormer training checkpoint: three different networks under model., ema_model., imnet_model."""
+    path = tmp_path_factory.mktemp("ckpt") / "iter_40000.pth"
+    torch.save(training_checkpoint(*(daformer_state_dict("mit-b0", seed=seed) for seed in (1, 2, 3))), path)
+    return path
+
+
+@pytest.mark.parametrize(("network", "prefix"), [("student", "model."), ("teacher", "ema_model.")])
+def test_a_training_checkpoint_imports_the_chosen_network_exactly(b0_training, tmp_path, capsys, network, prefix):
+    status, out, err = _import(capsys, b0_training, tmp_path / "out", "--network", network)
+    assert status == 0, err
+    assert f"imported the {network} network" in out and "mit-b0 with the DAFormer head" in out
+    other = "ema_model." if network == "student" else "model."
+    assert f"{other} (234 tensors)" in out and "imnet_model. (234 tensors)" in out
+    folder = tmp_path / "out"
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_daformer.py", "configuration_daformer.py"
+    }  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "daformer" and config["id2label"]["13"] == "car" and config["depths"] == [2, 2, 2, 2]
+    assert config["auto_map"]["AutoModelForSemanticSegmentation"] == "modeling_daformer.DaformerForSemanticSegmentation"
+    assert json.loads((folder / "preprocessor_config.json").read_text())["size"] == {"height": 512, "width": 1024}
+    assert "iter_40000.pth" in (folder / "README.md").read_text()
+    images = _images()
+    state = torch.load(b0_training, weights_only=True)["state_dict"]
+    expected = reference_logits(state, images, prefix)
+    assert float((_logits(folder, images) - expected).abs().max()) <= PARITY
+    wrong = reference_logits(state, images, other)
+    assert float((_logits(folder, images) - wrong).abs().max()) > 0.1  # the other network is really another
+
+
+def test_mit_b5_published_and_training_checkpoints_import_exactly(tmp_path, capsys):
+    """MiT-B5 (DAFormer's, HRDA's and MIC's encoder): a published file (the network without a prefix) and a training
+    file whose three networks share the encoder's storage (saved once) but not the heads."""
+    published = daformer_state_dict("mit-b5", seed=5)
+    torch.save(published, tmp_path / "daformer_b5.pth")
+    images = _images((1, 3, 64, 64))
+    status, out, err = _import(capsys, tmp_path / "daformer_b5.pth", tmp_path / "published", "--encoder", "mit-b5")
+    assert status == 0, err
+    assert "published network" in out and "left out" not in out
+    assert float((_logits(tmp_path / "published", images) - reference_logits(published, images)).abs().max()) <= PARITY
+    teacher = {k: v if k.startswith("backbone.") or not v.is_floating_point() else 0.9 * v for k, v in published.items()}
+    checkpoint = training_checkpoint(published, teacher, published)
+    del published, teacher
+    torch.save(checkpoint, tmp_path / "latest.pth")
+    status, out, err = _import(capsys, tmp_path / "latest.pth", tmp_path / "teacher", "--network", "teacher")
+    assert status == 0, err
+    expected = reference_logits(checkpoint["state_dict"], images, "ema_model.")
+    assert float((_logits(tmp_path / "teacher", images) - expected).abs().max()) <= PARITY
+
+
+def test_an_import_computes_what_the_original_computes_where_the_epsilon_matters(tmp_path, capsys):
+    """Patch embeddings that normalise to a spread of 1e-3: each block's LayerNorm then sees variances near 1e-6,
+    where eps 1e-6 and 1e-5 give different networks. The import matches the original; the same weights with
+    transformers' own 1e-5 do not."""
+    state = daformer_state_dict("mit-b0", seed=7)
+    for i in range(1, 5):
+        state[f"backbone.patch_embed{i}.norm.weight"].mul_(1e-3)
+        state[f"backbone.patch_embed{i}.norm.bias"].mul_(1e-3)
+    torch.save(state, tmp_path / "small.pth")
+    assert _import(capsys, tmp_path / "small.pth", tmp_path / "out")[0] == 0
+    images = _images()
+    expected = reference_logits(state, images)
+    network = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert float((network(pixel_values=images).logits - expected).abs().max()) <= PARITY
+        for module in network.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.eps = 1e-5
+        assert float((network(pixel_values=images).logits - expected).abs().max()) > 100 * PARITY
+
+
+def test_an_hrda_checkpoint_is_refused_in_one_line_or_imports_its_head_path(tmp_path, capsys):
+    state = daformer_state_dict("mit-b0", hrda=True, seed=8)
+    torch.save(training_checkpoint(state, state, state), tmp_path / "hrda.pth")
+    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out")
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "HRDA" in err and "scale attention" in err and "--drop_scale_attention" in err
+    assert not (tmp_path / "out").exists()
+    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out", "--drop_scale_attention")
+    assert status == 0, err
+    assert "HRDA head path only" in out and "decode_head.scale_attention. (16 tensors)" in out
+    assert "predicts at one scale" in (tmp_path / "out" / "README.md").read_text()
+    images = _images()
+    assert float((_logits(tmp_path / "out", images) - reference_logits(state, images)).abs().max()) <= PARITY
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda s: {**s, "decode_head.fuse_layer.image_pool.1.conv.weight": torch.zeros(256, 1024, 1, 1)}, "could not be mapped: decode_head.fuse_layer.image_pool"),
+        (lambda s: {**s, "backbone.block1.0.attn.qkv.weight": torch.zeros(96, 32)}, "could not be mapped: backbone.block1.0.attn.qkv.weight"),
+        (lambda s: {k: v for k, v in s.items() if k != "decode_head.fuse_layer.bottleneck.bn.running_var"}, "missing keys: decode_head.fuse_layer.bottleneck.bn.running_var"),
+        (lambda s: {**{f"model.{k}": v for k, v in s.items()}, "discriminator.conv.weight": torch.zeros(1)}, "belong to no network duda-hf knows: discriminator.conv.weight"),
+        (lambda s: {k: v for k, v in s.items() if not k.startswith("decode_head.fuse_layer")} | {"decode_head.linear_fuse.conv.weight": torch.zeros(1)}, "SegFormer's all-MLP head"),
+    ],
+    ids=["unknown_head_key", "unknown_encoder_key", "missing_statistic", "unknown_network", "segformer_head"],
+)
+def test_a_key_that_cannot_be_mapped_is_named_and_nothing_is_written(tmp_path, capsys, make, message):
+    torch.save(make(daformer_state_dict("mit-b0", seed=9)), tmp_path / "odd.pth")
+    status, out, err = _import(capsys, tmp_path / "odd.pth", tmp_path / "out")
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["odd.pth"]
+
+
+def test_a_file_that_needs_more_than_weights_only_is_refused_in_one_line(tmp_path, capsys):
+    import numpy as np
+
+    checkpoint = training_checkpoint(*(daformer_state_dict("mit-b0", seed=1),) * 3)
+    checkpoint["meta"]["hook_msgs"] = {"best_score": np.float64(0.683)}  # mmcv's EvalHook(save_best=...) writes one
+    torch.save(checkpoint, tmp_path / "best.pth")
+    status, _out, err = _import(capsys, tmp_path / "best.pth", tmp_path / "out")
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "weights_only=True" in err and "numpy" in err and "If you trust the file" in err
+    status, _out, err = _import(capsys, tmp_path / "best.pth", tmp_path / "out", "--network", "teacher")
+    assert status == 2 and "weights_only=True" in err
+    torch.save(daformer_state_dict("mit-b0", seed=1), tmp_path / "published.pth")
+    status, _out, err = _import(capsys, tmp_path / "published.pth", tmp_path / "out", "--network", "teacher")
+    assert status == 2 and "published checkpoint" in err and "no EMA teacher" in err
+
+
+def test_an_imported_folder_loads_with_transformers_alone(b0_training, tmp_path, capsys):
+    """Where duda_hf cannot be imported, `trust_remote_code=True` runs the code the folder carries; without it,
+    transformers refuses (its own rule for code from a model folder)."""
+    assert _import(capsys, b0_training, tmp_path / "out")[0] == 0
+    images = _images()
+    torch.save(images, tmp_path / "images.pt")
+    code = WITHOUT_DUDA_HF + (
+        "import torch\nfrom transformers import AutoModelForSemanticSegmentation\n"
+        "try:\n    import duda_hf\nexcept ModuleNotFoundError:\n    pass\nelse:\n    raise SystemExit('duda_hf importable')\n"
+        f"model = AutoModelForSemanticSegmentation.from_pretrained({str(tmp_path / 'out')!r}, trust_remote_code=True).eval()\n"
+        f"with torch.no_grad():\n    logits = model(pixel_values=torch.load({str(tmp_path / 'images.pt')!r})).logits\n"
+        f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\nprint(type(model).__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("modeling_daformer") and "duda_hf" not in done.stdout
+    expected = reference_logits(torch.load(b0_training, weights_only=True)["state_dict"], images, "model.")
+    assert float((torch.load(tmp_path / "logits.pt") - expected).abs().max()) <= PARITY
+    refused = subprocess.run(
+        [sys.executable, "-c", WITHOUT_DUDA_HF + f"from transformers import AutoModelForSemanticSegmentation as A\nA.from_pretrained({str(tmp_path / 'out')!r})"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "trust_remote_code" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Training, resuming, exporting and serving DAFormer-head networks
+
+
+DAFORMER_RUN = ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer")
+
+
+def test_the_daformer_heads_train_at_the_head_learning_rate(tiny_benchmark, tmp_path):
+    trainer = build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", *DAFORMER_RUN, "--learning_rate", "0.001")))
+    optimizer = trainer.create_optimizer()
+    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    for role in ("student", "aux_student"):
+        network = getattr(trainer.model, role)
+        assert isinstance(network, DaformerForSemanticSegmentation)
+        assert {lr_of[id(p)] for n, p in network.named_parameters() if n.startswith("decode_head.")} == {0.001 * trainer.args.head_lr_multiplier}
+        assert {lr_of[id(p)] for p in network.segformer.parameters()} == {0.001}
+
+
+@pytest.fixture(scope="module")
+def daformer_run(tiny_benchmark, tmp_path_factory):
+    """A 4-step DUDA run with DAFormer-head networks: evaluated, checkpointed at step 2, exported with ONNX."""
+    output = tmp_path_factory.mktemp("daformer") / "run"
+    argv = tiny_argv(
+        tiny_benchmark, output, *DAFORMER_RUN, "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "steps",
+        "--eval_steps", "4", "--export_onnx", "true",
+    )  # fmt: skip
+    results = run_training(*parse_args(argv))
+    return output, results, argv
+
+
+def test_a_daformer_run_trains_evaluates_and_exports_with_onnx_parity(daformer_run):
+    from duda_hf.export.onnx_export import OnnxSegmenter
+
+    output, results, _argv = daformer_run
+    assert {"student", "auxiliary", "teacher"} <= set(results) and results["student"]["num_images"] > 0
+    student = output / "student"
+    config = json.loads((student / "config.json").read_text())
+    assert config["architectures"] == ["DaformerForSemanticSegmentation"] and (student / "modeling_daformer.py").is_file()
+    card = (student / "README.md").read_text()
+    assert "trust_remote_code=True" in card and "@huggingface/transformers" not in card  # transformers.js has no DAFormer
+    network = AutoModelForSemanticSegmentation.from_pretrained(student).eval()
+    pixels = _images((2, 3, 72, 120))
+    with torch.no_grad():
+        expected = network(pixel_values=pixels).logits
+    logits = OnnxSegmenter(student / "onnx" / "model.onnx", threads=1)(pixel_values=pixels).logits
+    assert logits.shape == expected.shape == (2, 19, 18, 30)
+    assert float((logits - expected).abs().max()) <= 1e-3
+    state = load_file(output / "checkpoint-2" / "model.safetensors")
+    assert any(key.startswith("aux_student.decode_head.fuse_layer.aspp_modules.") for key in state)
+    assert json.loads((output / "checkpoint-2" / "networks.json").read_text())["teacher"]["model_type"] == "daformer"
+
+
+def test_a_daformer_run_resumes_bit_identically(daformer_run, tiny_benchmark, tmp_path):
+    output, _results, argv = daformer_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(output / "checkpoint-2", resumed / "checkpoint-2")
+    argv = [a if a != str(output) else str(resumed) for a in argv]
+    argv = argv[: argv.index("--export_onnx")] + ["--export_onnx", "false"]
+    trainer = build_trainer(*parse_args(argv))
+    trainer.train(resume_from_checkpoint=str(resumed / "checkpoint-2"))
+    final = load_file(output / "checkpoint-4" / "model.safetensors")
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, final[name]), name
+
+
+def test_the_pipeline_serves_a_daformer_student_with_duda_hf_or_with_its_code(daformer_run):
+    from PIL import Image
+    from transformers import pipeline
+
+    from duda_hf.data.labels import CITYSCAPES_CLASSES
+
+    student = daformer_run[0] / "student"
+    masks = pipeline("image-segmentation", model=str(student))(Image.new("RGB", (96, 48), (90, 90, 90)))
+    assert masks and {m["label"] for m in masks} <= set(CITYSCAPES_CLASSES)
+    code = WITHOUT_DUDA_HF + (
+        "from PIL import Image\nfrom transformers import pipeline\n"
+        f"out = pipeline('image-segmentation', model={str(student)!r}, trust_remote_code=True)(Image.new('RGB', (96, 48), (90, 90, 90)))\n"
+        "print(sorted({o['label'] for o in out}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted({m["label"] for m in masks}) == eval(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_space_serves_a_daformer_student_when_trusted_and_says_how_when_not(daformer_run, tmp_path):
+    """The Space installs transformers, not duda_hf: it runs the folder's code with DUDA_TRUST_REMOTE_CODE=1 only."""
+    student = daformer_run[0] / "student"
+    code = WITHOUT_DUDA_HF + (
+        f"sys.path.insert(0, {str(ROOT / 'spaces' / 'duda-demo')!r})\n"
+        "import segmenter\nfrom PIL import Image\n"
+        "try:\n"
+        f"    model = segmenter.load_segmenter({str(student)!r})\n"
+        "except segmenter.ModelLoadError as error:\n    print('ERROR', error)\nelse:\n"
+        "    labels, seconds = model.predict(Image.new('RGB', (128, 64), (90, 90, 90)))\n"
+        "    print('OK', labels.shape, model.info.architecture)\n"
+    )
+    refused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=_env(DUDA_TRUST_REMOTE_CODE=""))
+    assert refused.returncode == 0, refused.stderr[-2000:]
+    assert refused.stdout.startswith("ERROR") and "DUDA_TRUST_REMOTE_CODE=1" in refused.stdout
+    served = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=_env(DUDA_TRUST_REMOTE_CODE="1"))
+    assert served.returncode == 0, served.stderr[-2000:]
+    assert served.stdout.split()[0] == "OK" and "DaformerForSemanticSegmentation" in served.stdout
+
+
+def _env(**values):
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1", **values}
+
+
+def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, tmp_path, capsys):
+    from duda_hf.cli.evaluate_duda import main as evaluate_main
+
+    assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
+    status = evaluate_main(["--model", str(tmp_path / "imported"), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")])
+    assert status == 0, capsys.readouterr().err
+    assert "mIoU" in capsys.readouterr().out
