@@ -422,3 +422,30 @@ def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, t
     status = evaluate_main(["--model", str(tmp_path / "imported"), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")])
     assert status == 0, capsys.readouterr().err
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_an_imported_network_on_the_hub_loads_with_transformers_alone(b0_training, tmp_path, capsys):
+    """The imported folder as a Hub repo (through a local mirror): a Python without duda_hf downloads it by id, code
+    included, and computes the original's logits."""
+    from .test_hub import _serve_olah
+
+    assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
+    images = _images()
+    torch.save(images, tmp_path / "images.pt")
+    mirror = _serve_olah(tmp_path / "olah", {"me/daformer-gta2cs": tmp_path / "imported"})
+    try:
+        endpoint = next(mirror)
+        code = WITHOUT_DUDA_HF + (
+            "import torch\nfrom transformers import AutoModelForSemanticSegmentation\n"
+            "model = AutoModelForSemanticSegmentation.from_pretrained('me/daformer-gta2cs', trust_remote_code=True).eval()\n"
+            f"with torch.no_grad():\n    logits = model(pixel_values=torch.load({str(tmp_path / 'images.pt')!r})).logits\n"
+            f"torch.save(logits, {str(tmp_path / 'logits.pt')!r})\n"
+        )
+        env = _env(HF_ENDPOINT=endpoint, HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf_home"))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
+    finally:
+        next(mirror, None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert list((tmp_path / "hf_home").rglob("modeling_daformer.py")), "the code came through the mirror"
+    expected = reference_logits(torch.load(b0_training, weights_only=True)["state_dict"], images, "model.")
+    assert float((torch.load(tmp_path / "logits.pt") - expected).abs().max()) <= PARITY

@@ -31,8 +31,10 @@ def free_port() -> int:
         # the issue-21 additions: a student-only stage (the auxiliary student gets no gradient, so DDP must not wait
         # for one) and the clean-target terms (a larger student batch than the auxiliary's)
         ("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
+        # the DAFormer head (BatchNorm in its ASPP) on both networks
+        ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer"),
     ],
-    ids=["paper_step", "stage_and_clean_target"],
+    ids=["paper_step", "stage_and_clean_target", "daformer_heads"],
 )
 def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
