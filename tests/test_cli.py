@@ -19,6 +19,7 @@ CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyprojec
     "make_synthetic.py": "duda-make-synthetic",
     "pretrain_synthetic.py": "duda-pretrain-synthetic",
     "export_onnx.py": "duda-export-onnx",
+    "import_checkpoint.py": "duda-import-checkpoint",
 }
 ENV = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
 

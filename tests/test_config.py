@@ -96,7 +96,8 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
         assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")
         assert config.max_steps == 2000 and config.ema_alpha == 0.99
     elif recipe.name != "synthetic_cpu.yaml":
-        assert (model_args.student, model_args.aux_student, config.method) == ("mit-b0", "mit-b5", "duda")
+        # the large pair is DAFormer's network, the deployed student a plain SegFormer
+        assert (model_args.student, model_args.aux_student, config.method) == ("mit-b0", "mit-b5-daformer", "duda")
         assert config.max_steps == 40000 and config.learning_rate == 6e-5 and data_args.crop_size == [512, 512]
     if recipe.name.startswith("synthetic_"):  # 1500 adaptation steps, then a 500-step distillation stage
         assert (config.max_steps, config.distill_stage_steps_resolved, config.adaptation_steps) == (2000, 500, 1500)

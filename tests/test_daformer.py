@@ -248,17 +248,35 @@ def test_an_hrda_checkpoint_is_refused_in_one_line_or_imports_its_head_path(tmp_
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda s: {**s, "decode_head.fuse_layer.image_pool.1.conv.weight": torch.zeros(256, 1024, 1, 1)}, "could not be mapped: decode_head.fuse_layer.image_pool"),
-        (lambda s: {**s, "backbone.block1.0.attn.qkv.weight": torch.zeros(96, 32)}, "could not be mapped: backbone.block1.0.attn.qkv.weight"),
-        (lambda s: {k: v for k, v in s.items() if k != "decode_head.fuse_layer.bottleneck.bn.running_var"}, "missing keys: decode_head.fuse_layer.bottleneck.bn.running_var"),
-        (lambda s: {**{f"model.{k}": v for k, v in s.items()}, "discriminator.conv.weight": torch.zeros(1)}, "belong to no network duda-hf knows: discriminator.conv.weight"),
-        (lambda s: {k: v for k, v in s.items() if not k.startswith("decode_head.fuse_layer")} | {"decode_head.linear_fuse.conv.weight": torch.zeros(1)}, "SegFormer's all-MLP head"),
+        (
+            lambda s: {**s, "decode_head.fuse_layer.image_pool.1.conv.weight": torch.zeros(256, 1024, 1, 1)},
+            "could not be mapped: decode_head.fuse_layer.image_pool",
+        ),
+        (
+            lambda s: {**s, "backbone.block1.0.attn.qkv.weight": torch.zeros(96, 32)},
+            "could not be mapped: backbone.block1.0.attn.qkv.weight",
+        ),
+        (
+            lambda s: {k: v for k, v in s.items() if k != "decode_head.fuse_layer.bottleneck.bn.running_var"},
+            "missing keys: decode_head.fuse_layer.bottleneck.bn.running_var",
+        ),
+        (
+            lambda s: {**{f"model.{k}": v for k, v in s.items()}, "discriminator.conv.weight": torch.zeros(1)},
+            "belong to no network duda-hf knows: discriminator.conv.weight",
+        ),
+        (
+            lambda s: (
+                {k: v for k, v in s.items() if not k.startswith("decode_head.fuse_layer")}
+                | {"decode_head.linear_fuse.conv.weight": torch.zeros(1)}
+            ),
+            "SegFormer's all-MLP head",
+        ),
     ],
     ids=["unknown_head_key", "unknown_encoder_key", "missing_statistic", "unknown_network", "segformer_head"],
 )
 def test_a_key_that_cannot_be_mapped_is_named_and_nothing_is_written(tmp_path, capsys, make, message):
     torch.save(make(daformer_state_dict("mit-b0", seed=9)), tmp_path / "odd.pth")
-    status, out, err = _import(capsys, tmp_path / "odd.pth", tmp_path / "out")
+    status, _out, err = _import(capsys, tmp_path / "odd.pth", tmp_path / "out")
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert message in err
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["odd.pth"]
@@ -319,7 +337,9 @@ def test_the_daformer_heads_train_at_the_head_learning_rate(tiny_benchmark, tmp_
     for role in ("student", "aux_student"):
         network = getattr(trainer.model, role)
         assert isinstance(network, DaformerForSemanticSegmentation)
-        assert {lr_of[id(p)] for n, p in network.named_parameters() if n.startswith("decode_head.")} == {0.001 * trainer.args.head_lr_multiplier}
+        assert {lr_of[id(p)] for n, p in network.named_parameters() if n.startswith("decode_head.")} == {
+            0.001 * trainer.args.head_lr_multiplier
+        }
         assert {lr_of[id(p)] for p in network.segformer.parameters()} == {0.001}
 
 
@@ -419,7 +439,9 @@ def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, t
     from duda_hf.cli.evaluate_duda import main as evaluate_main
 
     assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
-    status = evaluate_main(["--model", str(tmp_path / "imported"), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")])
+    status = evaluate_main(
+        ["--model", str(tmp_path / "imported"), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")]
+    )
     assert status == 0, capsys.readouterr().err
     assert "mIoU" in capsys.readouterr().out
 

@@ -22,10 +22,18 @@ class ModelArguments:
 
     student: str = field(
         default="mit-b0",
-        metadata=flag_help("Deployed student: mit-b0..mit-b5, tiny, tiny-wide, a Hub id or a local SegFormer folder."),
+        metadata=flag_help(
+            "Deployed student: a preset (mit-b0..mit-b5 and tiny, tiny-wide with SegFormer's head; the same with "
+            "-daformer for DAFormer's head; mobilenetv2-deeplabv3-tiny, mobilevitv2-tiny), a Hub id, a local model folder "
+            "(an imported DAFormer/HRDA/MIC checkpoint too) or CHECKPOINT_DIR@role."
+        ),
     )
     aux_student: str = field(
-        default="mit-b5", metadata=flag_help("Auxiliary student whose EMA is the teacher (method=duda); same choices as --student.")
+        default="mit-b5-daformer",
+        metadata=flag_help(
+            "Auxiliary student whose EMA is the teacher (method=duda); same choices as --student. The default is DAFormer's "
+            "network (MiT-B5 with the DAFormer head), as in DUDA."
+        ),
     )
     init: str = field(
         default="imagenet",

@@ -63,13 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="the .pth file (a training checkpoint, or a published network)")
     parser.add_argument("--out", required=True, help="the model folder to write (must not exist, or be empty)")
-    parser.add_argument("--network", choices=("student", "teacher"), default="student", help="model. (default) or its EMA teacher ema_model.")
+    parser.add_argument(
+        "--network", choices=("student", "teacher"), default="student", help="model. (default) or its EMA teacher ema_model."
+    )
     parser.add_argument("--encoder", default=None, help="the MiT size (mit-b0 .. mit-b5); read from the weights when left out")
     parser.add_argument(
-        "--aspp_dilations", type=int, nargs="+", default=None, help="the ASPP's dilations (not stored in the file; default DAFormer's 1 6 12 18)"
+        "--aspp_dilations",
+        type=int,
+        nargs="+",
+        default=None,
+        help="the ASPP's dilations (not stored in the file; default DAFormer's 1 6 12 18)",
     )
     parser.add_argument("--drop_scale_attention", action="store_true", help="HRDA: import the head path alone (predicts at one scale)")
-    parser.add_argument("--eval_size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"), help="the image processor's size (default 512 1024)")
+    parser.add_argument(
+        "--eval_size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"), help="the image processor's size (default 512 1024)"
+    )
     args = parser.parse_args(argv)
 
     from duda_hf.export.network import export_network

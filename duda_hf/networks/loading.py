@@ -16,8 +16,8 @@ from transformers import (
 
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 from duda_hf.data.remote import hub_reachable
-from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
+from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.presets import DAFORMER_SUFFIX, OTHER_FAMILY_PRESETS, mit_encoder, preset_config, random_only
 
 

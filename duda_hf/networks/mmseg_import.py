@@ -170,7 +170,9 @@ def _infer_encoder(state: dict[str, torch.Tensor], encoder: str | None) -> tuple
             "DAFormer head (DAFormer, HRDA and MIC's MiT-B5 configs)"
         ) from None
     depths = [1 + max((int(m[2]) for key in state if (m := _BLOCK.fullmatch(key)) and m[1] == str(i)), default=-1) for i in range(1, 5)]
-    sr_ratios = [state[f"backbone.block{i}.0.attn.sr.weight"].shape[-1] if f"backbone.block{i}.0.attn.sr.weight" in state else 1 for i in range(1, 5)]
+    sr_ratios = [
+        state[f"backbone.block{i}.0.attn.sr.weight"].shape[-1] if f"backbone.block{i}.0.attn.sr.weight" in state else 1 for i in range(1, 5)
+    ]
     patch_sizes = [state[f"backbone.patch_embed{i}.proj.weight"].shape[-1] for i in range(1, 5)]
     mlp_ratios = [state[f"backbone.block{i}.0.mlp.fc1.weight"].shape[0] // hidden[i - 1] for i in range(1, 5)]
     found = next((name for name, (d, h, _) in MIT_SIZES.items() if list(d) == depths and list(h) == hidden), None)
@@ -184,8 +186,7 @@ def _infer_encoder(state: dict[str, torch.Tensor], encoder: str | None) -> tuple
             )
     elif found is None:
         raise CheckpointImportError(
-            f"the encoder (depths {depths}, widths {hidden}) is not one of the MiT sizes {', '.join(MIT_SIZES)}; "
-            "duda-hf imports those only"
+            f"the encoder (depths {depths}, widths {hidden}) is not one of the MiT sizes {', '.join(MIT_SIZES)}; duda-hf imports those only"
         )
     fields = {"depths": depths, "hidden_sizes": hidden, "sr_ratios": sr_ratios, "patch_sizes": patch_sizes, "mlp_ratios": mlp_ratios}
     return found, fields
@@ -209,7 +210,9 @@ def _head_keys(state: dict[str, torch.Tensor], drop_scale_attention: bool) -> tu
         others = [key for key in head if not key.startswith(("decode_head.head.", "decode_head.scale_attention."))]
         if others:
             raise CheckpointImportError(f"HRDA head keys duda-hf does not know: {_listing(others)}")
-        head = {"decode_head." + key[len("decode_head.head.") :]: value for key, value in head.items() if key.startswith("decode_head.head.")}
+        head = {
+            "decode_head." + key[len("decode_head.head.") :]: value for key, value in head.items() if key.startswith("decode_head.head.")
+        }
     if not any(key.startswith("decode_head.fuse_layer.aspp_modules.") for key in head):
         kind = "SegFormer's all-MLP head" if any(key.startswith("decode_head.linear_") for key in head) else "another head"
         raise CheckpointImportError(
@@ -262,10 +265,16 @@ def convert_checkpoint(
     classes = mapped["decode_head.classifier.weight"].shape[0] if "decode_head.classifier.weight" in mapped else None
     if classes != NUM_CLASSES:
         raise CheckpointImportError(f"the classifier predicts {classes} classes, not the {NUM_CLASSES} Cityscapes classes duda-hf uses")
-    width = mapped["decode_head.fuse_layer.bottleneck.conv.weight"].shape[0] if "decode_head.fuse_layer.bottleneck.conv.weight" in mapped else None
+    width = (
+        mapped["decode_head.fuse_layer.bottleneck.conv.weight"].shape[0]
+        if "decode_head.fuse_layer.bottleneck.conv.weight" in mapped
+        else None
+    )
     embed = mapped["decode_head.embed_layers.0.proj.weight"].shape[0] if "decode_head.embed_layers.0.proj.weight" in mapped else None
     if width is None or embed != width:
-        raise CheckpointImportError(f"the head's embedding width ({embed}) and fused width ({width}) must be present and equal, as in DAFormer")
+        raise CheckpointImportError(
+            f"the head's embedding width ({embed}) and fused width ({width}) must be present and equal, as in DAFormer"
+        )
     branches = len({key.split(".")[3] for key in mapped if key.startswith("decode_head.fuse_layer.aspp_modules.")})
     if branches != len(aspp_dilations):
         raise CheckpointImportError(

@@ -115,7 +115,13 @@ def training_checkpoint(student: dict, teacher: dict, imnet: dict) -> dict:
     state = {f"model.{k}": v for k, v in student.items()}
     state.update({f"ema_model.{k}": v for k, v in teacher.items()})
     state.update({f"imnet_model.{k}": v for k, v in imnet.items()})
-    meta = {"mmcv_version": "1.3.7", "time": "Thu Jan  6 10:00:00 2022", "iter": 40000, "CLASSES": ("road", "sidewalk"), "PALETTE": [[128, 64, 128]]}
+    meta = {
+        "mmcv_version": "1.3.7",
+        "time": "Thu Jan  6 10:00:00 2022",
+        "iter": 40000,
+        "CLASSES": ("road", "sidewalk"),
+        "PALETTE": [[128, 64, 128]],
+    }
     return {"meta": meta, "state_dict": state, "optimizer": {"state": {}, "param_groups": [{"lr": 6e-05, "params": [0]}]}}
 
 
@@ -138,14 +144,22 @@ def reference_logits(state: dict[str, torch.Tensor], images: torch.Tensor, prefi
             p = f"backbone.block{i}.{j}."
             h = _layer_norm(x, s, p + "norm1.", 1e-6)
             tokens = h.shape[1]
-            q = F.linear(h, s[p + "attn.q.weight"], s[p + "attn.q.bias"]).reshape(batch, tokens, heads, channels // heads).permute(0, 2, 1, 3)
+            q = (
+                F.linear(h, s[p + "attn.q.weight"], s[p + "attn.q.bias"])
+                .reshape(batch, tokens, heads, channels // heads)
+                .permute(0, 2, 1, 3)
+            )
             if sr > 1:
                 r = h.permute(0, 2, 1).reshape(batch, channels, height, width)
                 r = F.conv2d(r, s[p + "attn.sr.weight"], s[p + "attn.sr.bias"], stride=sr).reshape(batch, channels, -1).permute(0, 2, 1)
                 r = _layer_norm(r, s, p + "attn.norm.", 1e-5)
             else:
                 r = h
-            kv = F.linear(r, s[p + "attn.kv.weight"], s[p + "attn.kv.bias"]).reshape(batch, -1, 2, heads, channels // heads).permute(2, 0, 3, 1, 4)
+            kv = (
+                F.linear(r, s[p + "attn.kv.weight"], s[p + "attn.kv.bias"])
+                .reshape(batch, -1, 2, heads, channels // heads)
+                .permute(2, 0, 3, 1, 4)
+            )
             attn = ((q @ kv[0].transpose(-2, -1)) * (channels // heads) ** -0.5).softmax(dim=-1)
             a = (attn @ kv[1]).transpose(1, 2).reshape(batch, tokens, channels)
             x = x + F.linear(a, s[p + "attn.proj.weight"], s[p + "attn.proj.bias"])
@@ -173,7 +187,9 @@ def reference_logits(state: dict[str, torch.Tensor], images: torch.Tensor, prefi
 
     def conv_module(t, p, padding=0, dilation=1, groups=1):
         t = F.conv2d(t, s[p + "conv.weight"], None, padding=padding, dilation=dilation, groups=groups)
-        t = F.batch_norm(t, s[p + "bn.running_mean"], s[p + "bn.running_var"], s[p + "bn.weight"], s[p + "bn.bias"], training=False, eps=1e-5)
+        t = F.batch_norm(
+            t, s[p + "bn.running_mean"], s[p + "bn.running_var"], s[p + "bn.weight"], s[p + "bn.bias"], training=False, eps=1e-5
+        )
         return F.relu(t)
 
     branches = []
