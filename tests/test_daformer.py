@@ -139,6 +139,12 @@ def test_a_daformer_encoder_starts_from_the_imagenet_mit_checkpoint(tmp_path, mo
     for (name, value), original in zip(network.segformer.state_dict().items(), imagenet.segformer.state_dict().values()):
         assert torch.equal(value, original), name
     assert network.segformer.stages[0].layer_norm.eps == 1e-6
+    # DAFormer's feature distance reads a frozen copy of that ImageNet encoder
+    from duda_hf.networks.duda_model import build_duda_model
+
+    duda = build_duda_model("duda", "tiny", "mit-b0-daformer", fd_lambda=0.005)
+    assert duda.imagenet_encoder is not None and not any(p.requires_grad for p in duda.imagenet_encoder.parameters())
+    assert torch.equal(duda.imagenet_encoder.stages[3].layer_norm.weight, imagenet.segformer.stages[3].layer_norm.weight)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -471,3 +477,15 @@ def test_an_imported_network_on_the_hub_loads_with_transformers_alone(b0_trainin
     assert list((tmp_path / "hf_home").rglob("modeling_daformer.py")), "the code came through the mirror"
     expected = reference_logits(torch.load(b0_training, weights_only=True)["state_dict"], images, "model.")
     assert float((torch.load(tmp_path / "logits.pt") - expected).abs().max()) <= PARITY
+
+
+def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_daformer(b0_training, daformer_run, tiny_benchmark, tmp_path, capsys):
+    assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--extra_teachers", str(tmp_path / "imported"), "--max_steps", "2")
+    trainer = build_trainer(*parse_args(argv))
+    (teacher,) = trainer.model.extra_teachers
+    assert isinstance(teacher, DaformerForSemanticSegmentation) and not any(p.requires_grad for p in teacher.parameters())
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+    role = build_network(f"{daformer_run[0] / 'checkpoint-2'}@teacher")
+    assert isinstance(role, DaformerForSemanticSegmentation) and role.config.hidden_sizes == [16, 32, 64, 128]
