@@ -479,7 +479,9 @@ def test_an_imported_network_on_the_hub_loads_with_transformers_alone(b0_trainin
     assert float((torch.load(tmp_path / "logits.pt") - expected).abs().max()) <= PARITY
 
 
-def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_daformer(b0_training, daformer_run, tiny_benchmark, tmp_path, capsys):
+def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_daformer(
+    b0_training, daformer_run, tiny_benchmark, tmp_path, capsys
+):
     assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
     argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--extra_teachers", str(tmp_path / "imported"), "--max_steps", "2")
     trainer = build_trainer(*parse_args(argv))
