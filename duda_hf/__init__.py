@@ -10,8 +10,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-# The DAFormer architecture joins transformers' AutoConfig / AutoModelForSemanticSegmentation (torch and transformers
-# load only when transformers' Auto modules do).
+# The DAFormer architecture joins transformers' AutoConfig / AutoModelForSemanticSegmentation: now if transformers is
+# loaded, else once it is first imported (which then also loads torch); `import duda_hf` alone loads neither.
 importlib.import_module("._registration", __name__).install()
 
 _EXPORTS = {

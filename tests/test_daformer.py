@@ -491,3 +491,80 @@ def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_dafo
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
     role = build_network(f"{daformer_run[0] / 'checkpoint-2'}@teacher")
     assert isinstance(role, DaformerForSemanticSegmentation) and role.config.hidden_sizes == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize(
+    ("flags", "make", "message"),
+    [
+        (("--encoder", "mit-b7"), None, "--encoder must be one of mit-b0"),
+        (
+            ("--encoder", "mit-b5"),
+            None,
+            "does not match the checkpoint's encoder (depths [2, 2, 2, 2], widths [32, 64, 160, 256], which is mit-b0)",
+        ),
+        (("--aspp_dilations", "1", "6", "12"), None, "the ASPP has 4 branches but 3 dilations were given"),
+        ((), lambda s: {k: v for k, v in s.items() if not k.startswith("backbone.patch_embed")}, "no MiT encoder in the checkpoint"),
+        ((), lambda s: {k: v[:7] if "conv_seg" in k else v for k, v in s.items()}, "predicts 7 classes, not the 19"),
+        ((), lambda s: {k: v for k, v in s.items() if not k.startswith("backbone.block2.0.")}, "a stage has no first block"),
+    ],
+    ids=["unknown_encoder", "wrong_encoder", "dilations", "no_encoder", "classes", "no_first_block"],
+)
+def test_a_checkpoint_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys, flags, make, message):
+    state = daformer_state_dict("mit-b0", seed=10)
+    torch.save(make(state) if make else state, tmp_path / "odd.pth")
+    status, _out, err = _import(capsys, tmp_path / "odd.pth", tmp_path / "out", *flags)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_odd_files_and_folders_are_refused_in_one_line_and_a_dataparallel_prefix_is_read(tmp_path, capsys):
+    (tmp_path / "text.pth").write_text("not a checkpoint\n")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    torch.save(daformer_state_dict("mit-b0", seed=11), tmp_path / "good.pth")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "good.pth").read_bytes()[:4096])
+    for checkpoint, out, message in [
+        (tmp_path / "text.pth", tmp_path / "a", "is not a readable PyTorch checkpoint"),
+        (tmp_path / "truncated.pth", tmp_path / "b", "is not a readable PyTorch checkpoint"),
+        (tmp_path / "missing.pth", tmp_path / "c", "does not exist"),
+        (tmp_path / "good.pth", full, "already exists and is not an empty folder"),
+    ]:
+        status, _out, err = _import(capsys, checkpoint, out)
+        assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+        assert "If you trust the file" not in err
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+    state = daformer_state_dict("mit-b0", seed=11)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "dp.pth")
+    assert _import(capsys, tmp_path / "dp.pth", tmp_path / "dp")[0] == 0
+    images = _images()
+    assert float((_logits(tmp_path / "dp", images) - reference_logits(state, images)).abs().max()) <= PARITY
+
+
+def test_registration_survives_an_availability_check_and_a_transformers_imported_first():
+    """accelerate's `is_transformers_available()` is `importlib.util.find_spec('transformers')`: it must not disarm the
+    registration that waits for transformers to load; and importing transformers first registers at `import duda_hf`."""
+    for code in (
+        "import importlib.util, duda_hf\nimportlib.util.find_spec('transformers')\nfrom transformers import AutoConfig\n",
+        "import transformers\nfrom transformers import AutoConfig\nimport duda_hf\n",
+    ):
+        code += "print(type(AutoConfig.for_model('daformer')).__name__)\n"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert done.returncode == 0 and done.stdout.strip() == "DaformerConfig", done.stderr[-2000:]
+
+
+def test_a_teacher_in_train_mode_has_every_dropout_off_and_its_batchnorm_on():
+    """`--teacher_train_mode` (DAFormer's teacher): BatchNorm on the batch's statistics, but no dropout of any kind, the
+    DAFormer head's Dropout2d included, and no drop-path."""
+    from duda_hf.networks.duda_model import build_duda_model
+
+    duda = build_duda_model("duda", "tiny-daformer", "tiny-wide-daformer", init="random", teacher_train_mode=True)
+    duda.train()
+    dropouts = [m for m in duda.teacher.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    assert any(isinstance(m, torch.nn.Dropout2d) for m in dropouts) and not any(m.training for m in dropouts)
+    assert all(m.training for m in duda.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not any(m.training for m in duda.teacher.modules() if type(m).__name__.endswith("DropPath"))
+    images = torch.rand(2, 3, 64, 64)
+    first, second = duda.teacher_logits(images)[0], duda.teacher_logits(images)[0]
+    assert torch.equal(first, second)  # nothing random left in the teacher's forward

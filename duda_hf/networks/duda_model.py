@@ -15,7 +15,7 @@ from duda_hf.networks.presets import mit_encoder
 
 def _set_dropout_eval(module: nn.Module) -> None:
     for sub in module.modules():
-        if isinstance(sub, nn.Dropout) or type(sub).__name__.endswith("DropPath"):
+        if isinstance(sub, nn.modules.dropout._DropoutNd) or type(sub).__name__.endswith("DropPath"):  # Dropout2d too
             sub.eval()
 
 

@@ -75,10 +75,11 @@ def load_image_processor(name_or_path: str) -> BaseImageProcessor | None:
 
 def adopt_input_normalization(network: PreTrainedModel, name_or_path: str) -> PreTrainedModel:
     """Keep the input normalisation of a loaded network's own image processor in its config (see
-    `INPUT_NORMALIZATION_KEY`); a SegFormer without one keeps ImageNet's; any other family must have one."""
+    `INPUT_NORMALIZATION_KEY`); a SegFormer or DAFormer-head network without one keeps ImageNet's; any other family
+    must have one."""
     processor = load_image_processor(name_or_path)
     if processor is None:
-        if network.config.model_type == "segformer":
+        if network.config.model_type in ("segformer", "daformer"):  # MiT encoders: ImageNet's statistics
             return network
         raise ModelUnavailableError(
             f"'{name_or_path}' ({network.config.model_type}) has no image processor (preprocessor_config.json), so "

@@ -60,20 +60,29 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        reason = f"it holds a {found[1]} object" if found else "it holds objects beyond tensors and plain containers"
+        if found is None:  # not a forbidden object: a damaged file, or not a PyTorch file at all
+            raise CheckpointImportError(f"'{path}' is not a readable PyTorch checkpoint ({_first_line(error)}); copy it again") from None
+        reason = f"it holds a {found[1]} object"
         raise CheckpointImportError(
             f"'{path}' cannot be read with torch.load(weights_only=True): {reason}, and duda-hf unpickles nothing else "
             "(that could run code from the file). If you trust the file, keep its weights only: "
             f"python -c \"import torch; c = torch.load('{path}', weights_only=False); torch.save(c.get('state_dict', c), 'weights.pth')\" "
             "and import weights.pth"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointImportError(f"'{path}' is not a readable PyTorch checkpoint ({reason}); copy it again") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as error:  # a truncated zip, a text file, ...
+        raise CheckpointImportError(f"'{path}' is not a readable PyTorch checkpoint ({_first_line(error)}); copy it again") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not any(isinstance(value, torch.Tensor) for value in state.values()):
         raise CheckpointImportError(f"'{path}' holds no state dict of tensors (neither the file nor its 'state_dict' is one)")
-    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    state = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if all(key.startswith("module.") for key in state):  # saved from a DataParallel wrapper (DAFormer's test.py strips it too)
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 def select_network(state: dict[str, torch.Tensor], network: str) -> tuple[dict[str, torch.Tensor], str, dict[str, int]]:
@@ -170,6 +179,8 @@ def _infer_encoder(state: dict[str, torch.Tensor], encoder: str | None) -> tuple
             "DAFormer head (DAFormer, HRDA and MIC's MiT-B5 configs)"
         ) from None
     depths = [1 + max((int(m[2]) for key in state if (m := _BLOCK.fullmatch(key)) and m[1] == str(i)), default=-1) for i in range(1, 5)]
+    if any(f"backbone.block{i}.0.mlp.fc1.weight" not in state for i in range(1, 5)):
+        raise CheckpointImportError("the MiT encoder is incomplete: a stage has no first block ('backbone.blockN.0.mlp.fc1.weight')")
     sr_ratios = [
         state[f"backbone.block{i}.0.attn.sr.weight"].shape[-1] if f"backbone.block{i}.0.attn.sr.weight" in state else 1 for i in range(1, 5)
     ]

@@ -157,13 +157,17 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
     ) -> SemanticSegmenterOutput | tuple:
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
+        if output_attentions is None:
+            output_attentions = bool(getattr(self.config, "output_attentions", False))
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
         if output_attentions:
             kwargs["output_attentions"] = True
         outputs = self.segformer(pixel_values, output_hidden_states=True, **kwargs)
         logits = self.decode_head(outputs.hidden_states)
         loss = None
         if labels is not None:
-            if self.config.num_labels < 2:
+            if self.config.num_labels < 2:  # SegFormer's binary (one-label) loss is not provided
                 raise ValueError(f"the DAFormer head's loss needs at least 2 labels, not {self.config.num_labels}")
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
@@ -173,7 +177,7 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
             hidden_states=tuple(outputs.hidden_states) if output_hidden_states else None,
             attentions=getattr(outputs, "attentions", None),
         )
-        if return_dict is False:
+        if not return_dict:
             return output.to_tuple()
         return output
 
