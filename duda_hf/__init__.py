@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 # The DAFormer architecture joins transformers' AutoConfig / AutoModelForSemanticSegmentation: now if transformers is
 # loaded, else once it is first imported (which then also loads torch); `import duda_hf` alone loads neither.
-importlib.import_module("._registration", __name__).install()
+importlib.import_module(".networks.registration", __name__).install()
 
 _EXPORTS = {
     "DudaConfig": ".method.config",

@@ -31,7 +31,7 @@ NETWORK_PREFIXES = {"student": "model.", "teacher": "ema_model."}
 # The other networks a training checkpoint holds, left out of an import (and said so).
 OTHER_PREFIXES = ("model.", "ema_model.", "imnet_model.", "mic.")
 MIT_HEADS = [1, 2, 5, 8]  # every MiT size (mit_b0..mit_b5 in the original)
-DAFORMER_DILATIONS = (1, 6, 12, 18)  # configs/_base_/models/daformer_sepaspp_mitb5.py
+DAFORMER_DILATIONS = (1, 6, 12, 18)  # lhoyer/DAFormer/configs/_base_/models/daformer_sepaspp_mitb5.py
 
 
 class CheckpointImportError(ValueError):

@@ -2,7 +2,7 @@
 
 `daformer_state_dict` makes one mmseg network with exactly the key names and shapes of the released configs
 (`mit_bN` backbone from `mmseg/models/backbones/mix_transformer.py`; the DAFormer head of
-`configs/_base_/models/daformer_sepaspp_mitb5.py`, or HRDA's `HRDAHead` of `configs/hrda/gtaHR2csHR_hrda.py`, which
+`lhoyer/DAFormer/configs/_base_/models/daformer_sepaspp_mitb5.py`, or HRDA's `HRDAHead` of `lhoyer/HRDA/configs/hrda/gtaHR2csHR_hrda.py`, which
 nests it under `head.` beside a `scale_attention` DAFormer head with a 1x1 conv fusion). Values are random but
 well-scaled, BatchNorm statistics included, so that a wrong mapping shows in the logits.
 

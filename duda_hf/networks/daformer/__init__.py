@@ -1,7 +1,7 @@
 """The DAFormer head as a transformers architecture (model type `daformer`): `DaformerConfig`,
 `DaformerForSemanticSegmentation`, and their registration with transformers' Auto classes.
 
-Importing `duda_hf` registers them (see `duda_hf._registration`), and so does importing this package.
+Importing `duda_hf` registers them (see `duda_hf.networks.registration`), and so does importing this package.
 """
 
 from __future__ import annotations

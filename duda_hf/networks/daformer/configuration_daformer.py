@@ -12,7 +12,7 @@ from transformers import SegformerConfig
 
 class DaformerConfig(SegformerConfig):
     r"""A MiT encoder (every `SegformerConfig` field) with the DAFormer decode head (Hoyer et al., CVPR 2022;
-    lhoyer/DAFormer `configs/_base_/models/daformer_sepaspp_mitb5.py`).
+    `lhoyer/DAFormer/configs/_base_/models/daformer_sepaspp_mitb5.py`).
 
     Differences from `SegformerConfig`'s defaults, all as in DAFormer:
         decoder_hidden_size (`int`, defaults to 256): the width of each level's embedding and of the fused features

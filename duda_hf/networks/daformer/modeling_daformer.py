@@ -1,7 +1,7 @@
 """`DaformerForSemanticSegmentation`: transformers' MiT encoder (`SegformerModel`) with the DAFormer decode head.
 
 The head follows lhoyer/DAFormer (`mmseg/models/decode_heads/daformer_head.py` with
-`configs/_base_/models/daformer_sepaspp_mitb5.py`): each of the four encoder levels is embedded by a linear layer to
+`lhoyer/DAFormer/configs/_base_/models/daformer_sepaspp_mitb5.py`): each of the four encoder levels is embedded by a linear layer to
 `decoder_hidden_size` channels and resized (bilinear, `align_corners=False`) to the first level's stride-4 grid; the
 four are concatenated in level order (1, 2, 3, 4: SegFormer's head takes them the other way round) and fused by a
 depthwise-separable ASPP without image pooling (a 1x1 conv-BN-ReLU for dilation 1; for each other dilation a
