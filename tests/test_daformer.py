@@ -446,7 +446,17 @@ def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, t
 
     assert _import(capsys, b0_training, tmp_path / "imported")[0] == 0
     status = evaluate_main(
-        ["--model", str(tmp_path / "imported"), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")]
+        [
+            "--model",
+            str(tmp_path / "imported"),
+            "--dataset",
+            tiny_benchmark["target_val"],
+            "--output_dir",
+            str(tmp_path / "eval"),
+            "--eval_size",
+            "128",
+            "64",
+        ]
     )
     assert status == 0, capsys.readouterr().err
     assert "mIoU" in capsys.readouterr().out
