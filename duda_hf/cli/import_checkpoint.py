@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -119,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             eval_size=f"{args.eval_size[1]}x{args.eval_size[0]}",
         )
         (staged / "README.md").write_text(card, encoding="utf-8")
-        if out.exists():
-            out.rmdir()
-        shutil.move(str(staged), out)  # a rename within one file system: the folder appears whole
+        os.replace(staged, out)  # a rename (onto nothing, or an empty folder): the folder appears whole
     left = ", ".join(f"{prefix} ({count} tensors)" for prefix, count in imported.left_out.items())
     print(
         f"imported the {imported.network} network of {source} ({imported.encoder} with the DAFormer head"

@@ -273,15 +273,15 @@ def convert_checkpoint(
         mapped["decode_head.classifier." + key.rsplit(".", 1)[1] if key.startswith("decode_head.conv_seg.") else key] = value
     if unmapped:
         raise CheckpointImportError(f"{len(unmapped)} keys of the '{which}' network could not be mapped: {_listing(unmapped)}")
-    classes = mapped["decode_head.classifier.weight"].shape[0] if "decode_head.classifier.weight" in mapped else None
+
+    def out_channels(key: str) -> int | None:
+        return mapped[key].shape[0] if key in mapped else None
+
+    classes = out_channels("decode_head.classifier.weight")
     if classes != NUM_CLASSES:
         raise CheckpointImportError(f"the classifier predicts {classes} classes, not the {NUM_CLASSES} Cityscapes classes duda-hf uses")
-    width = (
-        mapped["decode_head.fuse_layer.bottleneck.conv.weight"].shape[0]
-        if "decode_head.fuse_layer.bottleneck.conv.weight" in mapped
-        else None
-    )
-    embed = mapped["decode_head.embed_layers.0.proj.weight"].shape[0] if "decode_head.embed_layers.0.proj.weight" in mapped else None
+    width = out_channels("decode_head.fuse_layer.bottleneck.conv.weight")
+    embed = out_channels("decode_head.embed_layers.0.proj.weight")
     if width is None or embed != width:
         raise CheckpointImportError(
             f"the head's embedding width ({embed}) and fused width ({width}) must be present and equal, as in DAFormer"
