@@ -59,15 +59,45 @@ def test_target_pixel_weight_zeroes_margins():
     assert torch.all(target_pixel_weight(torch.tensor(0.25), (2, 3, 3)) == 0.25)
 
 
-def test_weighted_cross_entropy_mean_over_valid_pixels():
+def test_weighted_cross_entropy_divides_by_every_pixel_as_daformer():
+    """DAFormer's mmseg: `F.cross_entropy(reduction='none', ignore_index=255)` (0 at ignored pixels), times `seg_weight`,
+    then `.mean()` over the batch: the sum over labelled pixels divided by all B*H*W pixels, ignored ones included."""
     two_class = torch.zeros(1, 2, 1, 3)  # ln 2 per pixel
     labels = torch.tensor([[[0, 1, 255]]])
     weight = torch.tensor([[[1.0, 0.5, 7.0]]])
-    assert weighted_cross_entropy(two_class, labels, weight).item() == pytest.approx(0.75 * math.log(2))
-    assert weighted_cross_entropy(two_class, labels).item() == pytest.approx(math.log(2))
+    # (1 * ln 2 + 0.5 * ln 2 + 7 * 0) / 3
+    assert weighted_cross_entropy(two_class, labels, weight).item() == pytest.approx(0.5 * math.log(2), rel=1e-6)
+    assert weighted_cross_entropy(two_class, labels).item() == pytest.approx(2 / 3 * math.log(2), rel=1e-6)
     # A zero weight still counts in the denominator (the quality weight scales the loss).
     zero = torch.tensor([[[0.0, 1.0, 1.0]]])
-    assert weighted_cross_entropy(two_class, labels, zero).item() == pytest.approx(0.5 * math.log(2))
+    assert weighted_cross_entropy(two_class, labels, zero).item() == pytest.approx(1 / 3 * math.log(2), rel=1e-6)
+    # --loss_denominator valid_pixels: divided by the 2 labelled pixels instead
+    assert weighted_cross_entropy(two_class, labels, weight, denominator="valid_pixels").item() == pytest.approx(
+        0.75 * math.log(2), rel=1e-6
+    )
+    assert weighted_cross_entropy(two_class, labels, zero, denominator="valid_pixels").item() == pytest.approx(0.5 * math.log(2), rel=1e-6)
+    with pytest.raises(ValueError, match="denominator must be 'all_pixels' or 'valid_pixels', got 'weights'"):
+        weighted_cross_entropy(two_class, labels, denominator="weights")
+
+
+def test_the_two_denominators_differ_by_the_share_of_ignored_pixels():
+    """The issue's case: with 1 pixel in 8 ignored (12.5%), the valid-pixel mean is 8/7 = 1.143 times DAFormer's."""
+    logits = torch.tensor([[[[0.0, 1.0, 2.0, 0.5], [1.5, 0.0, 0.25, 3.0]], [[1.0, 0.0, 0.0, 2.0], [0.0, 1.0, 1.0, 0.0]]]])  # (1, 2, 2, 4)
+    labels = torch.tensor([[[0, 1, 0, 1], [255, 0, 1, 0]]])
+    per_pixel = [  # -log softmax at the label, by hand
+        math.log(1 + math.exp(1.0)),
+        math.log(1 + math.exp(1.0)),
+        math.log(1 + math.exp(-2.0)),
+        math.log(1 + math.exp(-1.5)),
+        math.log(1 + math.exp(1.0)),
+        math.log(1 + math.exp(-0.75)),
+        math.log(1 + math.exp(-3.0)),
+    ]
+    daformer = weighted_cross_entropy(logits, labels).item()
+    assert daformer == pytest.approx(sum(per_pixel) / 8, rel=1e-6)
+    valid = weighted_cross_entropy(logits, labels, denominator="valid_pixels").item()
+    assert valid == pytest.approx(sum(per_pixel) / 7, rel=1e-6)
+    assert valid / daformer == pytest.approx(8 / 7, rel=1e-6)
 
 
 def test_weighted_cross_entropy_upsamples_logits():
@@ -94,7 +124,9 @@ def test_kd_loss_weight_and_valid():
     weight = torch.tensor([[[0.5, 1.0]]])
     assert kd_loss(student, target, weight=weight).item() == pytest.approx(0.75 * math.log(2))
     valid = torch.tensor([[[True, False]]])
-    assert kd_loss(student, target, weight=weight, valid=valid).item() == pytest.approx(0.5 * math.log(2))
+    # divided as the cross-entropy: by both pixels (0.5 ln 2 / 2), or by the valid one
+    assert kd_loss(student, target, weight=weight, valid=valid).item() == pytest.approx(0.25 * math.log(2))
+    assert kd_loss(student, target, weight=weight, valid=valid, denominator="valid_pixels").item() == pytest.approx(0.5 * math.log(2))
 
 
 @pytest.mark.parametrize("step, expected", [(0, 0.0), (9, 0.0), (10, 0.0), (15, 0.5), (19, 0.9), (20, 1.0), (100, 1.0)])

@@ -45,8 +45,8 @@ def test_duda_run_trains_both_students_and_keeps_an_exact_ema(tiny_benchmark, tm
     assert not any(p.requires_grad for p in duda.teacher.parameters())
 
     assert len(snapshots.snapshots) == 4
-    for step, aux in enumerate(snapshots.snapshots):
-        alpha = min(1 - 1 / (step + 1), 0.999)
+    # DAFormer's `_update_ema(iter)` at iteration t = 1, 2, ...: alpha_t = min(1 - 1/(t + 1), 0.999) = 1/2, 2/3, 3/4, 4/5
+    for aux, alpha in zip(snapshots.snapshots, (1 / 2, 2 / 3, 3 / 4, 4 / 5)):
         teacher = [alpha * t + (1 - alpha) * a for t, a in zip(teacher, aux)]
     actual = list(duda.teacher.parameters()) + [b for b in duda.teacher.buffers() if b.is_floating_point()]
     for expected, value in zip(teacher, actual):
@@ -65,6 +65,33 @@ def test_duda_run_trains_both_students_and_keeps_an_exact_ema(tiny_benchmark, tm
     lams = [entry["lam_t"] for entry in trainer.state.log_history if "lam_t" in entry]
     assert lams == [0.0, 0.0, 0.5, 1.0]  # preadapt 1 step, ramp 2 steps
     assert bool(duda.class_seen.any())
+
+
+@pytest.mark.parametrize("schedule, teacher_after", [("daformer", [1 / 2, 2 / 3, 3 / 4]), ("copy_first", [1.0, 1.0, 1.0])])
+def test_the_ema_schedule_by_hand(tmp_path, schedule, teacher_after):
+    """DAFormer (dacs.py): the teacher starts as a copy of the network (`_init_ema_weights` at iteration 0), then
+    `_update_ema(t)` at t = 1, 2, ... uses alpha = min(1 - 1/(t + 1), ema_alpha). With every teacher weight 0 and every
+    network weight 1, the teacher holds 1 - alpha_1 * alpha_2 * ... = 1/2, 2/3, 3/4 (0.5 * 0 + 0.5 * 1, then
+    2/3 * 1/2 + 1/3, ...). `copy_first` (the earlier duda-hf) copies the network at the first update."""
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from duda_hf.method.config import DudaConfig
+    from duda_hf.networks.duda_model import build_duda_model
+    from duda_hf.training.callbacks import EmaTeacherCallback
+
+    args = DudaConfig(output_dir=str(tmp_path), ema_schedule=schedule, max_steps=10, report_to=[])
+    duda = build_duda_model("duda", "tiny", "tiny", init="random")
+    with torch.no_grad():
+        for param in duda.teacher.parameters():
+            param.zero_()
+        for param in duda.aux_student.parameters():
+            param.fill_(1.0)
+    state = TrainerState()
+    for step, expected in enumerate(teacher_after, start=1):
+        state.global_step = step
+        EmaTeacherCallback().on_step_end(args, state, TrainerControl(), model=duda)
+        values = torch.cat([param.flatten() for param in duda.teacher.parameters()])
+        torch.testing.assert_close(values, torch.full_like(values, expected), rtol=0, atol=1e-6)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_benchmark, tmp_path):

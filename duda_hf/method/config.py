@@ -15,6 +15,8 @@ from transformers import TrainingArguments
 from duda_hf.data.labels import NUM_CLASSES, THING_CLASSES
 
 METHODS = ("duda", "self_training", "source_only")
+EMA_SCHEDULES = ("daformer", "copy_first")
+LOSS_DENOMINATORS = ("all_pixels", "valid_pixels")
 
 
 def flag_help(text: str, **extra) -> dict:
@@ -52,13 +54,35 @@ class DudaConfig(TrainingArguments):
     # --- EMA teacher ---
     ema_alpha: float = field(
         default=0.999,
-        metadata=flag_help("EMA decay of the teacher; alpha_t = min(1 - 1/(t+1), ema_alpha), t = 0-based optimizer step. DAFormer: 0.999."),
+        metadata=flag_help(
+            "EMA decay of the teacher; after optimizer step t (1-based) alpha_t = min(1 - 1/(t+1), ema_alpha) (DAFormer: "
+            "0.5 at the first update; see --ema_schedule). DAFormer: 0.999."
+        ),
+    )
+    ema_schedule: str = field(
+        default="daformer",
+        metadata=flag_help(
+            "How the EMA's alpha_t starts: 'daformer' (the teacher is a copy of the initial network, then alpha_t = "
+            "min(1 - 1/(t+1), ema_alpha) after optimizer step t = 1, 2, ...: 0.5, 0.667, ...) or 'copy_first' "
+            "(duda-hf before 2026-12-07: the first update copies the network, alpha_t = min(1 - 1/t, ema_alpha)).",
+            choices=list(EMA_SCHEDULES),
+        ),
     )
     teacher_train_mode: bool = field(
         default=False,
         metadata=flag_help(
             "Run the EMA teacher in train mode (BatchNorm on the target batch's statistics, dropout and drop-path "
             "off), as DAFormer does. Default: eval mode with buffers averaged like the weights."
+        ),
+    )
+    # --- losses ---
+    loss_denominator: str = field(
+        default="all_pixels",
+        metadata=flag_help(
+            "What the pixel-wise losses (cross-entropy, weighted cross-entropy, soft distillation) divide their weighted "
+            "sum by: 'all_pixels' of the batch, ignored ones included (DAFormer's mmseg: the mean of the per-pixel "
+            "loss, 0 at ignored pixels), or 'valid_pixels', those whose label is not 255 (duda-hf before 2026-12-07).",
+            choices=list(LOSS_DENOMINATORS),
         ),
     )
     # --- pseudo-labels ---
@@ -286,6 +310,10 @@ class DudaConfig(TrainingArguments):
     def __post_init__(self):
         check_flag(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
         check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
+        check_flag(self.ema_schedule in EMA_SCHEDULES, "DudaConfig.ema_schedule", f"one of {EMA_SCHEDULES}", self.ema_schedule)
+        check_flag(
+            self.loss_denominator in LOSS_DENOMINATORS, "DudaConfig.loss_denominator", f"one of {LOSS_DENOMINATORS}", self.loss_denominator
+        )
         check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
         for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
@@ -409,6 +437,11 @@ class DudaConfig(TrainingArguments):
     @property
     def distill_ramp_steps_resolved(self) -> int:
         return resolve_steps(self.distill_ramp_steps, self.adaptation_steps)
+
+    def ema_iteration(self, global_step: int) -> int:
+        """The `t` of the EMA's `alpha_t = min(1 - 1/(t+1), ema_alpha)` after optimizer step `global_step` (1-based):
+        the step itself with DAFormer's schedule (0.5 at the first update), one less with `copy_first` (0: a copy)."""
+        return global_step if self.ema_schedule == "daformer" else global_step - 1
 
     def in_distill_stage(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based) belongs to the distillation stage."""

@@ -100,12 +100,17 @@ def _upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def _weighted_mean(per_pixel: torch.Tensor, weight: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
-    """Sum of `per_pixel * weight` over valid pixels divided by the number of valid pixels (not by the weight sum)."""
+def _weighted_mean(per_pixel: torch.Tensor, weight: torch.Tensor | None, valid: torch.Tensor, denominator: str) -> torch.Tensor:
+    """Sum of `per_pixel * weight` over valid pixels divided by the number of pixels (`denominator` 'all_pixels', as
+    DAFormer's mmseg averages, ignored pixels counting 0) or of valid pixels ('valid_pixels'); never by the weight sum."""
     per_pixel = per_pixel * valid
     if weight is not None:
         per_pixel = per_pixel * weight
-    return per_pixel.sum() / valid.sum().clamp(min=1)
+    if denominator == "all_pixels":
+        return per_pixel.sum() / per_pixel.numel()
+    if denominator == "valid_pixels":
+        return per_pixel.sum() / valid.sum().clamp(min=1)
+    raise ValueError(f"denominator must be 'all_pixels' or 'valid_pixels', got {denominator!r}")
 
 
 def weighted_cross_entropy(
@@ -113,13 +118,17 @@ def weighted_cross_entropy(
     labels: torch.Tensor,
     weight: torch.Tensor | None = None,
     ignore_index: int = IGNORE_INDEX,
+    denominator: str = "all_pixels",
 ) -> torch.Tensor:
-    """Pixel-weighted cross-entropy, averaged over the pixels whose label is not `ignore_index`.
+    """Pixel-weighted cross-entropy: the weighted sum over the pixels whose label is not `ignore_index`, divided by
+    every pixel of the batch (DAFormer's mmseg `cross_entropy` with `seg_weight`, reduction 'mean') or, with
+    `denominator='valid_pixels'`, by the pixels not ignored.
 
     Args:
         logits: `(B, C, h, w)`; upsampled bilinearly to the label size when smaller.
         labels: `(B, H, W)` long.
         weight: `(B, H, W)` per-pixel weight, or None for 1.
+        denominator: 'all_pixels' (DAFormer) or 'valid_pixels'.
 
     Returns:
         0-dim loss. Pixels with weight 0 still count in the denominator (as in DAFormer's quality weight,
@@ -127,7 +136,7 @@ def weighted_cross_entropy(
     """
     logits = _upsample(logits, labels.shape[-2:])
     per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
-    return _weighted_mean(per_pixel, weight, (labels != ignore_index).float())
+    return _weighted_mean(per_pixel, weight, (labels != ignore_index).float(), denominator)
 
 
 def kd_loss(
@@ -136,14 +145,17 @@ def kd_loss(
     temperature: float = 1.0,
     weight: torch.Tensor | None = None,
     valid: torch.Tensor | None = None,
+    denominator: str = "all_pixels",
 ) -> torch.Tensor:
-    """Soft distillation: per-pixel `KL(target || softmax(student / tau)) * tau^2`, weighted, mean over valid pixels.
+    """Soft distillation: per-pixel `KL(target || softmax(student / tau)) * tau^2`, weighted, summed over the valid
+    pixels and divided as the cross-entropy is (`denominator`: by every pixel, or by the valid ones).
 
     Args:
         student_logits: `(B, C, h, w)`; upsampled to the target size when smaller.
         target_probs: `(B, C, H, W)` soft targets (the teachers' softmax at `tau`, one-hot on source pixels).
         weight: `(B, H, W)` per-pixel weight or None.
         valid: `(B, H, W)` bool, pixels that count (e.g. label != ignore); all when None.
+        denominator: 'all_pixels' or 'valid_pixels' (`weighted_cross_entropy`).
     """
     student_logits = _upsample(student_logits, target_probs.shape[-2:]).float()
     log_student = F.log_softmax(student_logits / temperature, dim=1)
@@ -152,7 +164,7 @@ def kd_loss(
     per_pixel = per_pixel * temperature**2
     if valid is None:
         valid = torch.ones_like(per_pixel, dtype=torch.bool)
-    return _weighted_mean(per_pixel, weight, valid.float())
+    return _weighted_mean(per_pixel, weight, valid.float(), denominator)
 
 
 def channel_distillation_loss(

@@ -214,11 +214,13 @@ class StepResult:
 # 3. The auxiliary student (DAFormer recipe).
 def aux_source_ce(t: StepTensors) -> torch.Tensor | None:
     """Off in the distillation stage, where the auxiliary student stops."""
-    return None if t.aux_source is None else weighted_cross_entropy(t.aux_source, t.source_label)
+    return None if t.aux_source is None else weighted_cross_entropy(t.aux_source, t.source_label, denominator=t.args.loss_denominator)
 
 
 def aux_mix_ce(t: StepTensors) -> torch.Tensor | None:
-    return None if t.aux_mix is None else weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight)
+    return (
+        None if t.aux_mix is None else weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight, denominator=t.args.loss_denominator)
+    )
 
 
 # 4. The student: the source, then the mix (hard pseudo-labels, then more and more the teachers' soft output).
@@ -226,7 +228,7 @@ def student_source_ce(t: StepTensors) -> torch.Tensor | None:
     """Off only in a distillation stage that learns from the clean target alone (`distill_stage_target_only`)."""
     if _target_only_stage(t):
         return None
-    return weighted_cross_entropy(t.student_source, t.source_label)
+    return weighted_cross_entropy(t.student_source, t.source_label, denominator=t.args.loss_denominator)
 
 
 def _target_only_stage(t: StepTensors) -> bool:
@@ -237,7 +239,7 @@ def student_mix_hard(t: StepTensors) -> torch.Tensor | None:
     """`(1 - lam_t) * wCE` on hard pseudo-labels with the class weights; off once `lam_t` is 1."""
     if t.lam >= 1:
         return None
-    return (1 - t.lam) * weighted_cross_entropy(t.student_mix, t.mixed_label, t.pixel_weight)
+    return (1 - t.lam) * weighted_cross_entropy(t.student_mix, t.mixed_label, t.pixel_weight, denominator=t.args.loss_denominator)
 
 
 def student_kd(t: StepTensors) -> torch.Tensor | None:
@@ -247,7 +249,7 @@ def student_kd(t: StepTensors) -> torch.Tensor | None:
     source_onehot = F.one_hot(t.source_label.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
     soft_target = mix(t.mask, source_onehot, t.probs_tau)
     valid = t.mixed_label != IGNORE_INDEX
-    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, _kd_mix_weight(t), valid)
+    return t.lam * kd_loss(t.student_mix, soft_target, t.args.kd_temperature, _kd_mix_weight(t), valid, t.args.loss_denominator)
 
 
 def _kd_mix_weight(t: StepTensors) -> torch.Tensor:
@@ -261,7 +263,7 @@ def _kd_mix_weight(t: StepTensors) -> torch.Tensor:
 # The self-training baseline's student learns from the mix as DAFormer's network does.
 def student_mix_ce(t: StepTensors) -> torch.Tensor:
     """Self-training: the student learns from the mixed batch as DAFormer's network does."""
-    return weighted_cross_entropy(t.student_mix, t.mixed_label, t.mixed_weight)
+    return weighted_cross_entropy(t.student_mix, t.mixed_label, t.mixed_weight, denominator=t.args.loss_denominator)
 
 
 # 6. ImageNet feature distance (DAFormer).
@@ -292,7 +294,7 @@ def student_kd_clean_target(t: StepTensors) -> torch.Tensor | None:
     weight = t.outside_margins * t.class_weights[t.pseudo_label]
     if t.args.kd_confidence_weight:
         weight = weight * t.quality
-    kd = kd_loss(t.student_target, t.probs_tau, t.args.kd_temperature, weight)
+    kd = kd_loss(t.student_target, t.probs_tau, t.args.kd_temperature, weight, denominator=t.args.loss_denominator)
     return t.args.kd_clean_target * t.lam * kd
 
 

@@ -45,7 +45,7 @@ class EmaTeacherCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         duda = extract_model_from_parallel(model)
         if duda.teacher is not None and not args.in_distill_stage(state.global_step - 1):  # frozen in the stage
-            duda.update_teacher(state.global_step - 1, args.ema_alpha)
+            duda.update_teacher(args.ema_iteration(state.global_step), args.ema_alpha)
 
 
 class RunLoss(TrainerCallback, ExportableState):
