@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from duda_hf.data.labels import NUM_CLASSES
+from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record
 from duda_hf.networks.inputs import InputCache, normalize_images
 from duda_hf.networks.loading import build_network
-from duda_hf.networks.presets import mit_encoder
+from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
 
 
 def _set_dropout_eval(module: nn.Module) -> None:
@@ -39,6 +40,11 @@ class DudaModel(nn.Module):
     - `extra_teachers`: frozen networks fused with the teacher.
     - `ema_source`: the network the teacher follows.
     Buffers `class_discrepancy`/`class_seen` hold the inconsistency state so that resuming is exact.
+
+    `frozen_sources` (role -> source: `imagenet_encoder`, `extra_teacher_N`) names the frozen networks that are a
+    function of a source (`build_duda_model` fills it): checkpoints leave their weights out (`checkpoint_state_dict`),
+    `load_state_dict` keeps the rebuilt ones where a state dict lacks them, and `networks.json` records where each comes
+    from (duda_hf/networks/frozen.py).
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class DudaModel(nn.Module):
         extra_teachers: list[nn.Module] | None = None,
         imagenet_encoder: nn.Module | None = None,
         teacher_train_mode: bool = False,
+        frozen_sources: dict[str, str] | None = None,
     ):
         super().__init__()
         if method == "duda" and aux_student is None:
@@ -68,15 +75,58 @@ class DudaModel(nn.Module):
         if imagenet_encoder is not None:
             imagenet_encoder.requires_grad_(False)
         self.teacher_train_mode = teacher_train_mode
+        self.frozen_sources = dict(frozen_sources or {})
+        unknown = sorted(set(self.frozen_sources) - set(self._frozen_networks()))
+        if unknown:
+            raise ValueError(f"frozen_sources names {unknown}, which this model does not have (roles: {sorted(self._frozen_networks())})")
+        self._frozen_records: dict | None = None  # computed at the first save; frozen weights do not change
         self.register_buffer("class_discrepancy", torch.zeros(NUM_CLASSES))
         self.register_buffer("class_seen", torch.zeros(NUM_CLASSES, dtype=torch.bool))
         self.train()
 
     def network_configs(self) -> dict:
-        """Each network's transformers config by role, as written beside a checkpoint's weights (`NETWORKS_FILE`)."""
+        """What `networks.json` holds beside a checkpoint's weights: each network's transformers config by role, and
+        under `frozen_sources` where each frozen network left out of the weights comes from (`frozen.frozen_record`)."""
         roles = {"student": self.student, "aux_student": self.aux_student, "teacher": self.teacher}
         roles.update({f"extra_teacher_{i}": net for i, net in enumerate(self.extra_teachers)})
-        return {role: net.config.to_dict() for role, net in roles.items() if net is not None}
+        configs = {role: net.config.to_dict() for role, net in roles.items() if net is not None}
+        if self.frozen_sources:
+            configs[FROZEN_SOURCES_KEY] = self.frozen_records()
+        return configs
+
+    def _frozen_networks(self) -> dict[str, nn.Module]:
+        networks = {f"extra_teacher_{i}": net for i, net in enumerate(self.extra_teachers)}
+        if self.imagenet_encoder is not None:
+            networks["imagenet_encoder"] = self.imagenet_encoder
+        return networks
+
+    def frozen_records(self) -> dict:
+        """Role -> `frozen_record` (source, Hub revision, weights' SHA-256) of each network in `frozen_sources`."""
+        if self._frozen_records is None:
+            networks = self._frozen_networks()
+            self._frozen_records = {role: frozen_record(networks[role], source) for role, source in self.frozen_sources.items()}
+        return self._frozen_records
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """The state-dict prefixes of the networks in `frozen_sources` (left out of checkpoints)."""
+        return tuple(
+            f"extra_teachers.{role.rsplit('_', 1)[1]}." if role.startswith("extra_teacher_") else f"{role}." for role in self.frozen_sources
+        )
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict a checkpoint stores: everything but the frozen networks rebuilt from their sources."""
+        prefixes = self.frozen_prefixes()
+        return {key: value for key, value in self.state_dict().items() if not (prefixes and key.startswith(prefixes))}
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, where the networks of `frozen_sources` absent from `state_dict` (a checkpoint
+        written without them) keep the weights they were rebuilt with; a state dict that has them (an earlier
+        checkpoint) loads them as before."""
+        prefixes = self.frozen_prefixes()
+        if prefixes:
+            own = {key: value for key, value in self.state_dict().items() if key.startswith(prefixes)}
+            state_dict = {**own, **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def ema_source(self) -> nn.Module:
@@ -139,13 +189,14 @@ class DudaModel(nn.Module):
         return self.imagenet_encoder(pixel_values=normalize_images(pixel_values), output_hidden_states=True).hidden_states[-1]
 
     @torch.no_grad()
-    def update_teacher(self, step: int, ema_alpha: float) -> float:
-        """EMA update after optimizer step `step` (0-based): alpha = min(1 - 1/(step+1), ema_alpha).
+    def update_teacher(self, iteration: int, ema_alpha: float) -> float:
+        """One EMA update: alpha = min(1 - 1/(iteration+1), ema_alpha) (DAFormer's `_update_ema`; `iteration` is the
+        optimizer steps done with DAFormer's schedule, `DudaConfig.ema_iteration`).
 
         Floating parameters and buffers (BatchNorm statistics) are averaged with fused `torch._foreach_*`
         ops; integer buffers (BatchNorm's counter) are copied. Returns alpha.
         """
-        alpha = min(1 - 1 / (step + 1), ema_alpha)
+        alpha = min(1 - 1 / (iteration + 1), ema_alpha)
         teacher_params = list(self.teacher.parameters())
         source_params = [p.detach() for p in self.ema_source.parameters()]
         teacher_float, source_float, teacher_int, source_int = [], [], [], []
@@ -197,9 +248,19 @@ def build_duda_model(
     fd_base = aux_net if aux_net is not None else student_net
     fd_name = aux_student if method == "duda" else student
     imagenet_encoder = None
+    frozen_sources = {}
     if fd_lambda > 0 and mit_encoder(fd_name) and init == "imagenet" and method != "source_only":
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
+        frozen_sources["imagenet_encoder"] = f"nvidia/{mit_encoder(fd_name)}"
     teachers = [build_network(name, init) for name in (extra_teachers or [])]
+    # a teacher loaded from a folder, a Hub id or a checkpoint is a function of it; a preset is built at random
+    frozen_sources.update({f"extra_teacher_{i}": name for i, name in enumerate(extra_teachers or []) if name not in MODEL_PRESETS})
     return DudaModel(
-        student_net, aux_net, method, extra_teachers=teachers, imagenet_encoder=imagenet_encoder, teacher_train_mode=teacher_train_mode
+        student_net,
+        aux_net,
+        method,
+        extra_teachers=teachers,
+        imagenet_encoder=imagenet_encoder,
+        teacher_train_mode=teacher_train_mode,
+        frozen_sources=frozen_sources,
     )

@@ -60,7 +60,7 @@ def checkpoint_bytes(trainer) -> int:
     """About what one checkpoint takes: every network's tensors and the optimizer's (its state, once it has one; else
     Adam's two moments per trained parameter)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    total = sum(t.numel() * t.element_size() for t in model.checkpoint_state_dict().values())
     state = trainer.optimizer.state_dict()["state"] if trainer.optimizer is not None else {}
     if state:
         total += sum(v.numel() * v.element_size() for entry in state.values() for v in entry.values() if hasattr(v, "numel"))
@@ -128,7 +128,7 @@ def save_checkpoint(trainer, networks: dict) -> str:
     """`output_dir/checkpoint-<global_step>` of `trainer`, whole or not at all; returns its path.
 
     What `Trainer` saves, as safetensors and JSON only: the model (every network in one model.safetensors, as
-    Trainer writes it), the training arguments (`training_args.json`, where Trainer pickles `training_args.bin`), the
+    Trainer writes it, but the frozen networks that are a function of their source: `DudaModel.checkpoint_state_dict`), the training arguments (`training_args.json`, where Trainer pickles `training_args.bin`), the
     optimizer, the learning-rate schedule, the gradient scaler if any and the random state of each process
     (`duda_hf/training/state_files.py`, where Trainer pickles them), and the trainer state with the state of every
     callback that keeps one; plus `networks.json` (`staged_checkpoint`). Every process calls it.
@@ -144,7 +144,10 @@ def save_checkpoint(trainer, networks: dict) -> str:
         folder = os.path.join(staging, name)
         if args.should_save:  # what Trainer's save_model writes for a model that is not a PreTrainedModel, without a pickle
             os.makedirs(folder, exist_ok=True)
-            weights = {key: value.contiguous() for key, value in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+            # every network but the frozen ones rebuilt from their sources at resume (duda_hf/networks/frozen.py)
+            weights = {
+                key: value.contiguous() for key, value in trainer.accelerator.unwrap_model(trainer.model).checkpoint_state_dict().items()
+            }
             save_file(weights, os.path.join(folder, SAFE_WEIGHTS_NAME), metadata={"format": "pt"})  # (channels_last: a copy)
             Path(folder, TRAINING_ARGS_FILE).write_text(args.to_json_string())
         if not args.save_only_model:

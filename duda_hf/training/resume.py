@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
+from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks
 from duda_hf.networks.loading import NETWORKS_FILE
 from duda_hf.training.state_files import has_training_state
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 LAST = ("last", "true", "True")
 # what a checkpoint file restores (DudaTrainer checkpoints: docs/design.md, "Training contract")
 RESTORES = (
-    ("model.safetensors", "every network (students, EMA teacher, extra teachers) and the class inconsistency state"),
+    ("model.safetensors", "every trained network (students, EMA teacher) and the class inconsistency state"),
     ("optimizer.safetensors", "the optimizer"),
     ("scheduler.json", "the learning-rate schedule"),
     ("rng_state*.safetensors", "the random state"),
@@ -142,3 +143,12 @@ def download_checkpoint(value: str, announce: bool = True) -> str:
     except (HfHubHTTPError, OSError) as error:
         raise ResumeError(f"--resume_from_checkpoint {value}: the download of {repo_id}/{folder} failed: {error}") from error
     return os.path.join(snapshot, folder)
+
+
+def check_frozen_sources(checkpoint: str, duda) -> None:
+    """Refuse (`FrozenNetworkError`, one line) to resume `duda` from `checkpoint` when a frozen network it rebuilt from
+    its source (the feature distance's ImageNet encoder, an extra teacher from a folder or the Hub) is not the one the
+    checkpoint was trained with; checkpoints that hold those networks' weights (an earlier duda-hf) need no check."""
+    networks = Path(checkpoint) / NETWORKS_FILE
+    recorded = json.loads(networks.read_text()).get(FROZEN_SOURCES_KEY, {}) if networks.is_file() else {}
+    check_frozen_networks(str(checkpoint), recorded, duda.frozen_records() if recorded else {})

@@ -112,7 +112,8 @@ OVERRIDES: tuple[TrainerOverride, ...] = (
         "the second private override: a resume reads the optimizer, schedule and scaler from safetensors and JSON, "
         "not Trainer's pickles, and notes the checkpoint whose random state compute_loss restores at the first "
         "micro-step (where Trainer's private `_load_rng_state` would, which is not overridden); an older, pickled "
-        "checkpoint goes to Trainer's own loading (torch.load(weights_only=True))",
+        "checkpoint goes to Trainer's own loading (torch.load(weights_only=True)). First, before any step, it checks "
+        "the frozen networks rebuilt for the run against the checkpoint's networks.json (duda_hf/networks/frozen.py)",
     ),
     TrainerOverride(
         "_save_checkpoint",
