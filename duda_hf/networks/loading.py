@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from transformers import (
@@ -17,16 +19,39 @@ from transformers import (
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 from duda_hf.data.remote import hub_reachable
 from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
+from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks, frozen_record
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.presets import DAFORMER_SUFFIX, OTHER_FAMILY_PRESETS, mit_encoder, preset_config, random_only
+
+logger = logging.getLogger(__name__)
 
 
 class ModelUnavailableError(OSError):
     """Weights that cannot be had: offline and not cached, or no such repo/folder."""
 
 
+@contextmanager
+def _without_progress_bars():
+    """transformers' progress bars (the weight-loading one) off for the block, then as they were."""
+    from transformers.utils import logging as transformers_logging
+
+    if not transformers_logging.is_progress_bar_enabled():
+        yield
+        return
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.enable_progress_bar()
+
+
 def load_pretrained_network(
-    name_or_path: str, *, hint: str = "pass --init random to train from scratch", model_class=AutoModelForSemanticSegmentation, **kwargs
+    name_or_path: str,
+    *,
+    hint: str = "pass --init random to train from scratch",
+    model_class=AutoModelForSemanticSegmentation,
+    progress: bool = True,
+    **kwargs,
 ) -> PreTrainedModel:
     """A 19-class segmentation network from a folder or Hub id: `from_pretrained` that uses the cache first and
     fails within seconds, with a way forward, when offline.
@@ -34,18 +59,25 @@ def load_pretrained_network(
     Args:
         hint: the way forward the offline error offers first.
         model_class: `AutoModelForSemanticSegmentation` (any family) or one model class.
+        progress: False hides transformers' weight-loading bar when the weights are already here (a folder or the
+            cache); a download keeps its bars.
         kwargs: passed to `from_pretrained` (after the Cityscapes labels, which they may override; with `config`, the
-            labels are the config's).
+            labels are the config's). With `output_loading_info=True` the result is `(network, loading_info)`.
 
     Raises:
         ModelUnavailableError: offline and not cached, or no such repo or folder.
     """
     if "config" not in kwargs:  # with a config object, from_pretrained passes other keywords to the model's __init__
-        kwargs = {"num_labels": NUM_CLASSES, "id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
+        # The labels alone set the number of classes (a config's num_labels is len(id2label)); num_labels as well
+        # would make transformers warn that 19 does not match the checkpoint's own id2label (1000 ImageNet classes).
+        kwargs = {"id2label": dict(ID2LABEL), "label2id": dict(LABEL2ID), **kwargs}
+    quiet = nullcontext if progress else _without_progress_bars
     if Path(name_or_path).is_dir():
-        return model_class.from_pretrained(name_or_path, **kwargs)
+        with quiet():
+            return model_class.from_pretrained(name_or_path, **kwargs)
     try:
-        return model_class.from_pretrained(name_or_path, local_files_only=True, **kwargs)
+        with quiet():
+            return model_class.from_pretrained(name_or_path, local_files_only=True, **kwargs)
     except OSError:
         pass
     if not hub_reachable():
@@ -63,6 +95,89 @@ def load_pretrained_network(
 def load_pretrained_segformer(name_or_path: str, **kwargs) -> SegformerForSemanticSegmentation:
     """`load_pretrained_network` for a SegFormer (the ImageNet MiT encoders, whose checkpoints are classifiers)."""
     return load_pretrained_network(name_or_path, model_class=SegformerForSemanticSegmentation, **kwargs)
+
+
+# An ImageNet MiT checkpoint (`nvidia/mit-bN`) is a classifier: loaded into a segmentation network, its 1000-class
+# classifier is not used and the decode head is new, by design. Anything else the load report lists is not expected.
+IMAGENET_CLASSIFIER_PREFIX = "classifier."
+NEW_HEAD_PREFIX = "decode_head."
+
+
+def _emit(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+@contextmanager
+def _held_load_report():
+    """Hold back transformers' load report (a warning of `transformers.modeling_utils`) during the block; yields the
+    list of held log records, for the caller to `_emit` or drop. An error in the block emits them (transformers' load
+    errors refer to the report)."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    source = logging.getLogger("transformers.modeling_utils")
+    source.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        source.removeFilter(hold)
+        _emit(held)
+        raise
+    finally:
+        source.removeFilter(hold)
+
+
+def _count(keys: list[str], noun: str) -> str:
+    return f"{len(keys)} {noun}{'' if len(keys) == 1 else 's'}"
+
+
+def _some(keys: list[str], shown: int = 4) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
+
+
+def load_imagenet_encoder(name: str) -> PreTrainedModel:
+    """`mit-bN` or `mit-bN-daformer` with the encoder of the ImageNet checkpoint `nvidia/mit-bN` and a new 19-class
+    head, said in one line (logged at INFO): `mit-b0: encoder from nvidia/mit-b0 (ImageNet), new 19-class SegFormer
+    head`.
+
+    transformers' load report (the unused ImageNet classifier, every weight of the new head) is shown only when the
+    checkpoint differs in another way: an encoder weight missing (it would start random), a weight not used other
+    than the classifier's, or a weight of another shape. Then a warning after it names those weights.
+    """
+    encoder = mit_encoder(name)
+    if encoder is None:
+        raise ValueError(f"'{name}' is not an MiT preset (mit-b0..mit-b5, with or without {DAFORMER_SUFFIX})")
+    repo = f"nvidia/{encoder}"
+    daformer = name.endswith(DAFORMER_SUFFIX)
+    if daformer:  # the DAFormer head's architecture is the preset's; the checkpoint has only the encoder
+        model = {"model_class": DaformerForSemanticSegmentation, "config": preset_config(name)}
+    else:  # the architecture is the checkpoint's (the Cityscapes labels passed by load_pretrained_network)
+        model = {"model_class": SegformerForSemanticSegmentation}
+    with _held_load_report() as held:
+        network, info = load_pretrained_network(repo, ignore_mismatched_sizes=True, output_loading_info=True, progress=False, **model)
+    line = f"{name}: encoder from {repo} (ImageNet), new {NUM_CLASSES}-class {'DAFormer' if daformer else 'SegFormer'} head"
+    missing = sorted(key for key in info["missing_keys"] if not key.startswith(NEW_HEAD_PREFIX))
+    unused = sorted(key for key in info["unexpected_keys"] if not key.startswith(IMAGENET_CLASSIFIER_PREFIX))
+    reshaped = sorted(key for key, *_ in info["mismatched_keys"])
+    if not (missing or unused or reshaped):
+        logger.info(line)
+        return network
+    _emit(held)  # transformers' report, as it would have been shown
+    problems = []
+    if missing:
+        problems.append(f"{_count(missing, 'encoder weight')} missing from {repo}, so random: {_some(missing)}")
+    if unused:
+        problems.append(f"{_count(unused, 'weight')} of {repo} not used (besides its classifier): {_some(unused)}")
+    if reshaped:
+        problems.append(f"{_count(reshaped, 'weight')} of {repo} with another shape, so random: {_some(reshaped)}")
+    logger.warning("%s; but %s (transformers' load report above)", line, "; ".join(problems))
+    return network
 
 
 def load_image_processor(name_or_path: str) -> BaseImageProcessor | None:
@@ -120,12 +235,17 @@ def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrained
             "(checkpoints written by duda-hf have both; an exported network folder is passed without '@role')"
         )
     configs = json.loads(networks_path.read_text())
+    frozen = configs.pop(FROZEN_SOURCES_KEY, {})
     if role not in configs:
         raise ModelUnavailableError(f"checkpoint '{folder}' has no network '{role}'; it holds {sorted(configs)}")
     config = configs[role]
-    network = AutoModelForSemanticSegmentation.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
     prefix = "extra_teachers." + role.rsplit("_", 1)[1] + "." if role.startswith("extra_teacher_") else f"{role}."
     state = {key[len(prefix) :]: value for key, value in load_file(weights_path).items() if key.startswith(prefix)}
+    if not state and role in frozen:  # a frozen teacher the checkpoint left out: built from its source, checked
+        network = build_network(frozen[role]["source"])
+        check_frozen_networks(str(folder), {role: frozen[role]}, {role: frozen_record(network, frozen[role]["source"])})
+        return network
+    network = AutoModelForSemanticSegmentation.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
     network.load_state_dict(state, strict=True)
     return network
 
@@ -147,13 +267,8 @@ def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
     encoder = mit_encoder(name)
     if random_only(name) or (encoder and init == "random") or name in OTHER_FAMILY_PRESETS:
         return AutoModelForSemanticSegmentation.from_config(preset_config(name))
-    if encoder and name.endswith(DAFORMER_SUFFIX):
-        # The ImageNet checkpoints are classifiers: the segmentation head is new by design.
-        return load_pretrained_network(
-            f"nvidia/{encoder}", model_class=DaformerForSemanticSegmentation, config=preset_config(name), ignore_mismatched_sizes=True
-        )
     if encoder:
-        return load_pretrained_segformer(f"nvidia/{encoder}", ignore_mismatched_sizes=True)
+        return load_imagenet_encoder(name)
     path, _, role = name.rpartition("@")
     if path and Path(path).is_dir():
         return load_from_checkpoint(path, role)
