@@ -21,7 +21,6 @@ Writes benchmarks/results/distillation_gap.json and prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality_synthetic import ALL_ROWS
 
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.jsonio import write_json
 
 EVAL_STEPS = 250
@@ -44,9 +44,9 @@ def mean_iou(per_class: dict) -> float:
 
 
 def phases(results: dict) -> dict[str, tuple[int, int]]:
-    """Step ranges `(first, last]` of pre-adaptation, ramp, distillation (lam_t = 1) and the stage, from the recipe."""
-    recipe = results["recipe"]
-    steps = results["max_steps"]
+    """Step ranges `(first, last]` of pre-adaptation, ramp, distillation (lam_t = 1) and the stage, from the settings."""
+    recipe = results["settings"]
+    steps = recipe["max_steps"]
     stage = recipe.get("distill_stage_steps", 0)  # eval_results.json records resolved step counts
     adaptation = steps - stage
     preadapt, ramp = recipe["preadapt_steps"], recipe["distill_ramp_steps"]
@@ -79,7 +79,7 @@ def analyse(results: dict) -> dict:
     spans = phases(results)
     ramp_end = spans["ramp"][1] if "ramp" in spans else None
     at = {}
-    for name, step in (("ramp_end", ramp_end), ("end", results["max_steps"])):
+    for name, step in (("ramp_end", ramp_end), ("end", results["settings"]["max_steps"])):
         record = by_step.get(step)
         if record is None:
             continue
@@ -96,7 +96,7 @@ def analyse(results: dict) -> dict:
         }
     seen = {}
     for name, (first, last) in spans.items():
-        entries = [e for e in results.get("train_history", []) if first < e["step"] <= last]
+        entries = [e for e in results["train_history"] if first < e["step"] <= last]
         if not entries:
             continue
         keys = [*SEEN, *sorted({k for e in entries for k in e if k.startswith("loss_")})]
@@ -126,7 +126,7 @@ def main() -> None:
         raise SystemExit(done.returncode)
     report = {"seed": args.seed, "eval_steps": EVAL_STEPS, "rows": {}}
     for row in args.rows:
-        results = json.loads((Path(args.output_root) / f"{row}_seed{args.seed}" / "eval_results.json").read_text())
+        results = read_results(Path(args.output_root) / f"{row}_seed{args.seed}" / "eval_results.json")
         report["rows"][row] = {"label": ALL_ROWS[row][0], **analyse(results)}
     write_json(args.results, report)
 

@@ -25,7 +25,6 @@ and ends with one line on stderr and exit status 2 (as every benchmark missing w
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -187,8 +186,10 @@ def run_train(workdir: Path) -> dict:
         "output_tail": (done.stdout + done.stderr)[-3000:],
     }
     if result["eval_results_json"]:
-        results = json.loads((output / "eval_results.json").read_text())
-        result["mIoU"] = {name: results[name]["mIoU"] for name in ("student", "teacher") if name in results}
+        from duda_hf.evaluation.results_file import read_results
+
+        results = read_results(output / "eval_results.json")
+        result["mIoU"] = {name: results["metrics"][name]["mIoU"] for name in ("student", "teacher") if name in results["metrics"]}
         result["train_seconds"] = results.get("seconds")
     return result
 

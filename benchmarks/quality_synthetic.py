@@ -39,6 +39,7 @@ from pathlib import Path
 
 from _prerequisites import SYNTHETIC_BENCHMARKS, needs_pretrained_pair, pretrained_pair, synthetic_benchmark
 
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,14 +273,15 @@ def run(
         if done.returncode != 0:
             raise SystemExit(f"{label} seed {seed} failed:\n{done.stderr[-3000:]}")
         print(f"{label} seed {seed}: {time.monotonic() - started:.0f} s", flush=True)
-    results = json.loads(results_file.read_text())
+    results = read_results(results_file)  # either schema: a run kept from before it changed is read too
+    metrics = results["metrics"]
     record = {"row": row, "label": label, "seed": seed, "seconds": results["seconds"]}
     for name in NETWORKS:
-        record[f"{name}_mIoU"] = round(100 * results[name]["mIoU"], 2) if isinstance(results.get(name), dict) else None
-    agreement = results.get("student_vs_teacher")
+        record[f"{name}_mIoU"] = round(100 * metrics[name]["mIoU"], 2) if name in metrics else None
+    agreement = metrics.get("student_vs_teacher")
     # the share of labelled target pixels where the student predicts the teacher's class, at the end and per evaluation
     record["student_teacher_agreement"] = round(100 * agreement["overall_accuracy"], 2) if agreement else None
-    record["history"] = results.get("history", [])
+    record["history"] = results["history"]
     return record
 
 

@@ -12,7 +12,6 @@ to `--results` (a JSON file in benchmarks/results/ by default). Runs whose `eval
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from datetime import date
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from _prerequisites import needs_pretrained_pair, pretrained_pair, synthetic_benchmark
 
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.jsonio import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def main() -> None:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"alpha {alpha} failed:\n{done.stderr[-3000:]}")
-        history = json.loads((output_dir / "eval_results.json").read_text())["history"]
+        history = read_results(output_dir / "eval_results.json")["history"]
         trajectories[str(alpha)] = [{"step": e["step"], **{n: e.get(f"eval_{n}_mIoU") for n in NETWORKS}} for e in history]
     write_json(
         args.results,

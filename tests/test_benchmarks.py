@@ -40,6 +40,7 @@ READERS = {
 # The scripts that need nothing generated: they run in a second lane while the readers run.
 OTHERS = {
     "gpu_check": ([], "one line"),  # without CUDA: nothing to run
+    "checkpoint_size": ([], "runs"),  # the paper's pair on the meta device: no weights
     "metric_speed": (["--maps", "2", "--height", "64", "--width", "64", "--repeats", "1"], "runs"),
     "inference_speed": (["--sizes", "64x32", "--models", "tiny", "--repeats", "1"], "runs"),
     "prepare_throughput": (["--count", "2", "--num_proc", "1"], "runs"),

@@ -21,8 +21,19 @@ def test_daformer_defaults(tmp_path):
     assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == (15, 120)
     assert (config.rcs_temperature, config.rcs_min_pixels, config.rcs_min_crop_ratio) == (0.01, 3000, 0.5)
     assert config.lr_scheduler_kwargs == {"lr_end": 0.0, "power": 1.0}
+    # DAFormer to the letter (docs/method.md): mmcv's poly schedule, decay on all but the encoders' norms, the EMA's
+    # first update at 1/2, cross-entropy over every pixel, the teacher in train mode
+    assert (config.lr_schedule, config.weight_decay_exempt, config.ema_schedule) == ("daformer", "encoder_norms", "daformer")
+    assert (config.loss_denominator, config.teacher_train_mode) == ("all_pixels", True)
     assert config.preadapt_steps_resolved == 10000 and config.distill_ramp_steps_resolved == 10000
     assert config.remove_unused_columns is False and config.ddp_find_unused_parameters is False
+
+
+def test_a_trainer_schedule_needs_the_trainer_schedule_flag(tmp_path):
+    """--lr_scheduler_type is not silently ignored under DAFormer's schedule."""
+    with pytest.raises(ValueError, match="--lr_scheduler_type cosine is Trainer's schedule, which --lr_schedule daformer"):
+        DudaConfig(output_dir=str(tmp_path), lr_scheduler_type="cosine")
+    assert DudaConfig(output_dir=str(tmp_path), lr_schedule="trainer", lr_scheduler_type="cosine").lr_scheduler_type == "cosine"
 
 
 def test_feature_distance_classes_are_daformers_thing_classes(tmp_path):

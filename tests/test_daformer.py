@@ -339,7 +339,7 @@ DAFORMER_RUN = ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daform
 def test_the_daformer_heads_train_at_the_head_learning_rate(tiny_benchmark, tmp_path):
     trainer = build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "run", *DAFORMER_RUN, "--learning_rate", "0.001")))
     optimizer = trainer.create_optimizer()
-    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    lr_of = {id(param): group["initial_lr"] for group in optimizer.param_groups for param in group["params"]}
     for role in ("student", "aux_student"):
         network = getattr(trainer.model, role)
         assert isinstance(network, DaformerForSemanticSegmentation)
@@ -365,7 +365,7 @@ def test_a_daformer_run_trains_evaluates_and_exports_with_onnx_parity(daformer_r
     from duda_hf.export.onnx_export import OnnxSegmenter
 
     output, results, _argv = daformer_run
-    assert {"student", "auxiliary", "teacher"} <= set(results) and results["student"]["num_images"] > 0
+    assert {"student", "auxiliary", "teacher"} <= set(results["metrics"]) and results["metrics"]["student"]["num_images"] > 0
     student = output / "student"
     config = json.loads((student / "config.json").read_text())
     assert config["architectures"] == ["DaformerForSemanticSegmentation"] and (student / "modeling_daformer.py").is_file()

@@ -196,7 +196,11 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "eval_results.json").read_text())
-    assert results["num_images"] == 5 and results["eval_size"] == [64, 32]
+    assert (results["schema_version"], results["kind"]) == (2, "evaluation")
+    settings = results["settings"]
+    assert settings["num_images"] == 5 and settings["eval_size"] == [64, 32]
+    assert settings["models"] == {"student": str(root / "student"), "teacher": str(root / "teacher")}
+    assert (settings["mode"], settings["window"], settings["dtype"]) == ("whole", None, "fp32")
     # the same numbers, computed in this process with the models loaded by plain transformers
     from transformers import SegformerForSemanticSegmentation
 
@@ -207,12 +211,12 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     report = (out / "report.md").read_text()
     for name in ("student", "teacher"):
         expected = matrices[name].compute()
-        assert results["models"][name]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
-        assert results["models"][name]["confusion_matrix"] == matrices[name].matrix.tolist()
-        assert "mIoU16" in results["models"][name] and "mIoU13" in results["models"][name]
+        assert results["metrics"][name]["mIoU"] == pytest.approx(expected["mIoU"], abs=1e-12)
+        assert results["metrics"][name]["confusion_matrix"] == matrices[name].matrix.tolist()
+        assert "mIoU16" in results["metrics"][name] and "mIoU13" in results["metrics"][name]
         assert f"**{100 * expected['mIoU']:.2f}**" in report
     assert "| class | student | teacher | teacher − student |" in report
-    assert f"| road | {100 * results['models']['student']['per_class_iou']['road']:.2f}" in report
+    assert f"| road | {100 * results['metrics']['student']['per_class_iou']['road']:.2f}" in report
     for png in ("per_class_iou.png", "confusion_matrix.png", "confusion_matrix_compare.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and image.size[0] > 300
@@ -244,7 +248,8 @@ def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((tmp_path / "slide/eval_results.json").read_text())["mode"] == "slide"
+    settings = json.loads((tmp_path / "slide/eval_results.json").read_text())["settings"]
+    assert (settings["mode"], settings["window"], settings["stride"]) == ("slide", [32, 32], [16, 16])
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(base + ["--model", "org/not-downloaded"], cwd=ROOT, capture_output=True, text=True, env=env, check=False)
     assert done.returncode == 2 and "Cannot load 'org/not-downloaded'" in done.stderr and "local folder" in done.stderr
@@ -268,7 +273,7 @@ def test_evaluate_results_are_strict_json_with_null_for_absent_classes(eval_setu
     command = [sys.executable, "scripts/evaluate_duda.py", *map(str, argv)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    metrics = load_strict_json(tmp_path / "out" / "eval_results.json")["models"]["student"]
+    metrics = load_strict_json(tmp_path / "out" / "eval_results.json")["metrics"]["student"]
     accuracy = metrics["per_class_accuracy"]
     assert isinstance(accuracy["road"], float) and [v for k, v in accuracy.items() if k != "road"] == [None] * 18  # not in the labels
     predicted = {c for c, row in enumerate(np.asarray(metrics["confusion_matrix"]).T) if row.sum()}

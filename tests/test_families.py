@@ -49,7 +49,7 @@ def test_every_familys_head_trains_at_the_head_learning_rate(tiny_benchmark, tmp
     argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--student", student, "--aux_student", aux_student, "--learning_rate", "0.001")
     trainer = build_trainer(*parse_args(argv))
     optimizer = trainer.create_optimizer()
-    lr_of = {id(param): group["lr"] for group in optimizer.param_groups for param in group["params"]}
+    lr_of = {id(param): group["initial_lr"] for group in optimizer.param_groups for param in group["params"]}
     duda = trainer.model
     for role, prefix in (("student", head_prefixes[0]), ("aux_student", head_prefixes[1])):
         network = getattr(duda, role)
@@ -80,7 +80,7 @@ def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_export
     )
     before = build_network("mobilenetv2-deeplabv3-tiny", "random")
     results = run_training(*parse_args(argv))
-    assert results["student"]["num_images"] > 0 and results["auxiliary"] is not None
+    assert results["metrics"]["student"]["num_images"] > 0 and results["metrics"]["auxiliary"] is not None
     # the exported student is a plain MobileNetV2-DeepLabV3 with the Cityscapes labels and a fixed-size processor
     config = json.loads((output / "student" / "config.json").read_text())
     assert config["architectures"] == ["MobileNetV2ForSemanticSegmentation"] and len(config["id2label"]) == 19
@@ -107,7 +107,7 @@ def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_export
 def test_a_mobilevit_auxiliary_student_and_teacher_for_a_segformer_student(tiny_benchmark, tmp_path):
     argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--aux_student", "mobilevitv2-tiny", "--max_steps", "2")
     results = run_training(*parse_args(argv))
-    assert set(results) >= {"student", "auxiliary", "teacher"}
+    assert set(results["metrics"]) >= {"student", "auxiliary", "teacher"}
     assert json.loads((tmp_path / "run" / "student" / "config.json").read_text())["model_type"] == "segformer"
 
 

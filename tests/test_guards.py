@@ -81,7 +81,7 @@ def test_evaluation_refuses_label_ids_with_the_count_an_example_file_and_the_fix
     assert not (tmp_path / "out").exists()  # stopped before any inference
 
     assert evaluate_duda.main([*argv, "--label_type", "labelid"]) == 0
-    metrics = load_strict_json(tmp_path / "out" / "eval_results.json")["models"]["student"]
+    metrics = load_strict_json(tmp_path / "out" / "eval_results.json")["metrics"]["student"]
     ignored = sum(int(np.isin(label_ids(seed), [0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30]).sum()) for seed in (0, 1))
     assert (metrics["pixels_scored"], metrics["pixels_ignored"]) == (2 * 2048 - ignored, ignored)
     report = (tmp_path / "out" / "report.md").read_text()

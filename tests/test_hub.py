@@ -42,7 +42,7 @@ def trained_run(tiny_benchmark, tmp_path_factory):
 def test_export_has_no_pickles_and_card_validates_with_the_numbers(trained_run):
     results = load_strict_json(trained_run / "eval_results.json")
     # a class absent from the 6 validation labels has no accuracy: null in the file, "—" in the card
-    absent = [name for name, value in results["student"]["per_class_accuracy"].items() if value is None]
+    absent = [name for name, value in results["metrics"]["student"]["per_class_accuracy"].items() if value is None]
     assert absent, "the tiny validation set lacks some classes, so the file must hold nulls"
     for folder in ("student", "teacher"):
         names = sorted(p.name for p in (trained_run / folder).iterdir())
@@ -55,7 +55,7 @@ def test_export_has_no_pickles_and_card_validates_with_the_numbers(trained_run):
     assert "datasets" not in data and "model-index" not in data
     text = card.text
     assert 'pipeline("image-segmentation", model="org/duda-tiny-synthetic")' in text
-    road = results["student"]["per_class_iou"]["road"]
+    road = results["metrics"]["student"]["per_class_iou"]["road"]
     assert f"| road | {100 * road:.2f} | " in text  # student, then teacher
     assert "| max_steps | 4 |" in text and "| method | duda |" in text and "arXiv 2504.09814" in text
     # the run's pictures, beside the weights, embedded by relative path (so they show on the Hub once pushed)
@@ -89,7 +89,7 @@ def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(t
             argv[argv.index(flag) + 1] = str(tmp_path / folder)
             (tmp_path / folder).mkdir(exist_ok=True)
         argv += NATIVE_FLAGS
-    results = {**load_strict_json(trained_run / "eval_results.json"), "recipe": recipe_summary(*parse_args(argv))}
+    results = {**load_strict_json(trained_run / "eval_results.json"), "settings": recipe_summary(*parse_args(argv))}
     card = build_model_card(results, "me/duda-card", plots=card_plots(trained_run / "student"))
     card.save(tmp_path / "README.md")
     card = ModelCard.load(tmp_path / "README.md")
@@ -111,15 +111,15 @@ def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(t
     else:
         (result,) = data["model-index"][0]["results"]
         assert result["dataset"] == index_dataset
-        assert result["metrics"] == [{"type": "mean_iou", "value": round(100 * results["student"]["mIoU"], 2), "name": "mIoU"}]
+        assert result["metrics"] == [{"type": "mean_iou", "value": round(100 * results["metrics"]["student"]["mIoU"], 2), "name": "mIoU"}]
     assert f"on\n**{target}**, adapted without target labels from **{source}** with DUDA" in text
     from importlib.metadata import version
 
     assert "github.com" not in text and f"distillation. Trained with duda-hf {version('duda-hf')}.\n" in text
     # the version that trained, from the run's recipe, not the one installed when the card is written again
-    older = build_model_card({**results, "recipe": {**results["recipe"], "duda_hf_version": "0.0.9"}}, "me/duda-card").text
+    older = build_model_card({**results, "settings": {**results["settings"], "duda_hf_version": "0.0.9"}}, "me/duda-card").text
     assert "Trained with duda-hf 0.0.9." in older
-    unknown = build_model_card({**results, "recipe": {k: v for k, v in results["recipe"].items() if k != "duda_hf_version"}}, "me/x")
+    unknown = build_model_card({**results, "settings": {k: v for k, v in results["settings"].items() if k != "duda_hf_version"}}, "me/x")
     assert "Trained with duda-hf" not in unknown.text
     licences = {
         "save_to_disk": "- Check the terms of its data (source, target, target_val) before any other use.",
@@ -133,8 +133,8 @@ def test_the_cards_metadata_names_hub_datasets_only_and_its_text_the_runs_data(t
 
         night = dataset_origin(str(tmp_path / "cityscapes"), "acdc", "val", ("night",))
         assert night == {"name": "ACDC (night)", "hub_id": None, "native": "acdc", "split": "val"}
-        recipe = {**results["recipe"], "origins": {**results["recipe"]["origins"], "target_eval": night}}
-        data = build_model_card({**results, "recipe": recipe}, "me/duda-card").data.to_dict()
+        recipe = {**results["settings"], "origins": {**results["settings"]["origins"], "target_eval": night}}
+        data = build_model_card({**results, "settings": recipe}, "me/duda-card").data.to_dict()
         assert data["model-index"][0]["results"][0]["dataset"] == {"type": "acdc", "name": "ACDC (night)", "split": "val"}
 
 
@@ -147,9 +147,9 @@ def test_a_baselines_card_says_what_the_baseline_did(trained_run, tiny_benchmark
 
     run = load_strict_json(trained_run / "eval_results.json")
     recipe = recipe_summary(*parse_args(tiny_argv(tiny_benchmark, tmp_path, "--method", method)))
-    results = {"method": method, "student": run["student"], "recipe": recipe}
+    results = {"method": method, "student": run["metrics"]["student"], "recipe": recipe}  # as files before schema 2 had it
     if method == "self_training":
-        results["teacher"] = run["teacher"]
+        results["teacher"] = run["metrics"]["teacher"]
     text = build_model_card(results, "me/baseline").text
     # an eval_results.json from before the recipe left the large pair out still gets a card without it
     older = build_model_card({**results, "recipe": {**recipe, "aux_student": "tiny-wide", "kd_temperature": 0.5}}, "me/baseline").text

@@ -116,9 +116,10 @@ def test_the_installed_package_trains_by_module_writes_the_card_and_evaluates(in
     assert "target-validation mIoU (3 images)" in output
     results = load_strict_json(work / "run" / "eval_results.json")
     card = ModelCard.load(work / "run" / "student" / "README.md")
-    assert f"| student (this model) | **{100 * results['student']['mIoU']:.2f}** |" in card.text  # the template ships in the wheel
+    student = results["metrics"]["student"]
+    assert f"| student (this model) | **{100 * student['mIoU']:.2f}** |" in card.text  # the template ships in the wheel
     assert "![Target mIoU of the networks over training](plots/miou_over_training.png)" in card.text
     assert (work / "run" / "student" / "plots" / "miou_over_training.png").is_file()
     assert 'pipeline("image-segmentation", model="org/wheel-student")' in card.text
     run([str(bin_dir / "duda-evaluate"), "--model", "run/student", "--dataset", "data/target_val", "--output_dir", "scores"], env, work)
-    assert load_strict_json(work / "scores" / "eval_results.json")["num_images"] == 3
+    assert load_strict_json(work / "scores" / "eval_results.json")["settings"]["num_images"] == 3

@@ -148,6 +148,6 @@ def test_evaluate_takes_eval_size_w_h_and_window_h_w(
     # batched (--batch_size 4): the two images in one forward pass; in slide mode their 2 x 4 windows, 4 a pass
     assert len(shapes) == (2 if "--mode" in flags else 1)
     report = json.loads((out / "eval_results.json").read_text())
-    assert report["eval_size"] == eval_size
+    assert report["settings"]["eval_size"] == eval_size
     assert f"**inference**: {inference}" in (out / "report.md").read_text()
-    assert np.isfinite(report["models"]["student"]["mIoU"])
+    assert np.isfinite(report["metrics"]["student"]["mIoU"])

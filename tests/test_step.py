@@ -97,7 +97,7 @@ def toy_term(t):
 
 def test_a_loss_term_added_through_the_trainer_is_logged_and_optimised(tiny_benchmark, tmp_path):
     # plain SGD at a constant rate: one step moves each parameter by exactly -lr * gradient
-    extra = ("--max_steps", "1", "--optim", "sgd", "--lr_scheduler_type", "constant", "--warmup_steps", "0")
+    extra = ("--max_steps", "1", "--optim", "sgd", "--lr_schedule", "trainer", "--lr_scheduler_type", "constant", "--warmup_steps", "0")
     plain = make_trainer(tiny_benchmark, tmp_path / "plain", *extra)
     toy = make_trainer(tiny_benchmark, tmp_path / "toy", *extra, loss_terms=[LossTerm("loss_toy", toy_term)])
     bias0 = toy.model.student.decode_head.classifier.bias.detach().clone()

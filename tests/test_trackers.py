@@ -156,7 +156,7 @@ def test_an_evaluation_after_training_goes_to_the_same_trackio_run(tiny_benchmar
     (name,) = runs
     rows = runs[name]
     assert [step for step, _ in series(rows, "train/loss")] == [1, 2, 3, 4]
-    student = json.loads((output_dir / "eval_results.json").read_text())["student"]
+    student = json.loads((output_dir / "eval_results.json").read_text())["metrics"]["student"]
     assert series(rows, "eval/student_mIoU") == [(4, round(100 * student["mIoU"], 2))]
     assert series(rows, "eval/student_iou/road") == [(4, round(100 * student["per_class_iou"]["road"], 2))]
 

@@ -124,8 +124,11 @@ def test_baselines(tiny_benchmark, tmp_path, method, terms):
     assert ("eval_teacher_mIoU" in metrics) == (method == "self_training")
 
 
-def test_optimizer_groups_head_lr_and_no_decay(tiny_benchmark, tmp_path):
-    trainer = make_trainer(tiny_benchmark, tmp_path, "--weight_decay", "0.05")
+@pytest.mark.parametrize("exempt", ["encoder_norms", "norms_and_biases"])
+def test_optimizer_groups_head_lr_and_no_decay(tiny_benchmark, tmp_path, exempt):
+    """DAFormer's mmcv `paramwise_cfg` (custom keys `head`: lr_mult 10, `norm`: decay_mult 0; `head` wins in a head):
+    no decay on the encoders' norms only, so biases and the head's BatchNorm decay; or none on any 1-D parameter."""
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--weight_decay", "0.05", "--weight_decay_exempt", exempt)
     optimizer = trainer.create_optimizer()
     seen = set()
     trainable = {id(p): n for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -134,11 +137,43 @@ def test_optimizer_groups_head_lr_and_no_decay(tiny_benchmark, tmp_path):
         seen.update(id(p) for p in group["params"])
         heads = {".decode_head." in f".{name}" for name in names}
         assert len(heads) == 1
-        assert group["lr"] == pytest.approx(1e-3 * (10 if heads.pop() else 1))
-        no_decay = {p.ndim <= 1 for p in group["params"]}
+        is_head = heads.pop()
+        assert group["initial_lr"] == pytest.approx(1e-3 * (10 if is_head else 1))  # the schedule's base rate
+        if exempt == "encoder_norms":
+            no_decay = {not is_head and "norm" in name for name in names}
+        else:
+            no_decay = {p.ndim <= 1 for p in group["params"]}
         assert len(no_decay) == 1
         assert group["weight_decay"] == (0.0 if no_decay.pop() else 0.05)
     assert seen == set(trainable)  # every trainable parameter once, teachers never
+    decays = {trainable[id(p)]: group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    bias = "student.segformer.encoder.patch_embeddings.0.proj.bias"
+    bias = bias if bias in decays else next(name for name in decays if name.endswith("proj.bias") and ".decode_head." not in name)
+    head_norm = next(name for name in decays if ".decode_head." in name and "norm" in name)
+    encoder_norm = next(name for name in decays if ".decode_head." not in name and "norm" in name)
+    expected = (0.05, 0.05, 0.0) if exempt == "encoder_norms" else (0.0, 0.0, 0.0)
+    assert (decays[bias], decays[head_norm], decays[encoder_norm]) == expected
+
+
+def test_the_learning_rate_follows_daformers_poly_schedule_by_hand(tiny_benchmark, tmp_path):
+    """mmcv's PolyLrUpdaterHook (power 1, min_lr 0) with linear warmup (warmup_ratio 1e-6), as DAFormer sets it: at
+    iteration t the rate is base * (1 - t/T), times 1 - (1 - t/W) * (1 - 1e-6) while t < W. Here T = 10, W = 4,
+    base 1e-3 (heads 1e-2); the rate of step t is the one the optimizer holds before it."""
+    trainer = make_trainer(tiny_benchmark, tmp_path, "--max_steps", "10", "--warmup_steps", "4")
+    optimizer, schedule = trainer.optimizer, trainer.lr_scheduler
+    expected = [
+        (1 - t / 10) * ((1 - (1 - t / 4) * (1 - 1e-6)) if t < 4 else 1.0) for t in range(10)
+    ]  # 1e-6, 0.9 * 0.25000075, 0.8 * 0.5000005, 0.7 * 0.75000025, 0.6, 0.5, ...
+    assert expected[:5] == pytest.approx([1e-6, 0.225000675, 0.400000400, 0.525000175, 0.6], rel=1e-9)
+    for t in range(10):
+        rates = sorted({group["lr"] for group in optimizer.param_groups})
+        assert rates == pytest.approx([1e-3 * expected[t], 1e-2 * expected[t]], rel=1e-9, abs=1e-15), t
+        optimizer.step()
+        schedule.step()
+    state = schedule.state_dict()  # the schedule's settings travel in the checkpoint's scheduler.json
+    assert state["lr_lambdas"][0] == {"max_steps": 10, "warmup_steps": 4, "power": 1.0, "warmup_ratio": 1e-6}
+    trainer_schedule = make_trainer(tiny_benchmark, tmp_path / "trainer", "--lr_schedule", "trainer").lr_scheduler
+    assert trainer_schedule is None  # Trainer makes its own at `train`
 
 
 def test_optimizer_cls_and_kwargs_is_honoured_with_the_head_groups(tiny_benchmark, tmp_path):
@@ -146,7 +181,7 @@ def test_optimizer_cls_and_kwargs_is_honoured_with_the_head_groups(tiny_benchmar
     trainer = DudaTrainer(built.model, built.args, built.train_dataset, optimizer_cls_and_kwargs=(torch.optim.SGD, {"momentum": 0.5}))
     optimizer = trainer.create_optimizer()
     assert isinstance(optimizer, torch.optim.SGD) and {group["momentum"] for group in optimizer.param_groups} == {0.5}
-    assert {group["lr"] for group in optimizer.param_groups} == {1e-3, 1e-3 * built.args.head_lr_multiplier}
+    assert {group["initial_lr"] for group in optimizer.param_groups} == {1e-3, 1e-3 * built.args.head_lr_multiplier}
 
 
 def test_non_finite_loss_names_step_and_term(tiny_benchmark, tmp_path):
@@ -202,16 +237,17 @@ def test_training_script_writes_student_results_tensorboard_and_debug_images(tin
     assert done.returncode == 0, done.stderr[-3000:]
     assert "target-validation mIoU (6 images): student" in done.stdout and "teacher" in done.stdout
     results = json.loads((tmp_path / "eval_results.json").read_text())
-    assert results["method"] == "duda" and results["student"]["num_images"] == 6
-    assert len(results["student"]["per_class_iou"]) == 19 and 0 <= results["teacher"]["mIoU"] <= 1
+    metrics = results["metrics"]
+    assert results["settings"]["method"] == "duda" and metrics["student"]["num_images"] == 6
+    assert len(metrics["student"]["per_class_iou"]) == 19 and 0 <= metrics["teacher"]["mIoU"] <= 1
     # how far the student has learnt its teacher, at each evaluation (steps 2 and 4) and per class
     agreement = [entry["eval_student_teacher_agreement"] for entry in results["history"]]
     assert len(agreement) == 2 and all(0 <= value <= 100 for value in agreement)
-    assert agreement[-1] == round(100 * results["student_vs_teacher"]["overall_accuracy"], 2)
+    assert agreement[-1] == round(100 * metrics["student_vs_teacher"]["overall_accuracy"], 2)
     assert [entry["step"] for entry in results["per_class_history"]] == [2, 4]
     last = results["per_class_history"][-1]
     assert set(last) == {"step", "student", "auxiliary", "teacher", "student_vs_teacher"}
-    assert last["student"] == results["student"]["per_class_iou"] and len(last["student_vs_teacher"]) == 19
+    assert last["student"] == metrics["student"]["per_class_iou"] and len(last["student_vs_teacher"]) == 19
     assert sorted(p.name for p in (tmp_path / "student").iterdir()) == [
         "README.md",
         "config.json",

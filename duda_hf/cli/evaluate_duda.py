@@ -1,7 +1,8 @@
 """Evaluate SegFormer models (an exported student, a teacher, any Hub id) on a labelled dataset, streaming.
 
-Writes to --output_dir: `eval_results.json` (mIoU, per-class IoU and accuracy, mIoU16/13 for SYNTHIA sources,
-image count, seconds, confusion matrix), `report.md` (the per-class table) and `per_class_iou.png` /
+Writes to --output_dir: `eval_results.json` (`settings`: the models, the dataset and how it was scored; `metrics`
+per model: mIoU, per-class IoU and accuracy, mIoU16/13 for SYNTHIA sources, image count, confusion matrix; the
+seconds; duda_hf/evaluation/results_file.py), `report.md` (the per-class table) and `per_class_iou.png` /
 `confusion_matrix.png`; prints the table. `--compare` scores a second model on the same pass and puts the two
 side by side (student vs teacher: what distillation kept). Runs under `accelerate launch` too (the images are
 split across processes and the confusion matrices summed). Images go through the networks `--batch_size` at a
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
     from duda_hf.evaluation.inference import evaluate_networks
     from duda_hf.evaluation.report import markdown_report, plot_confusion, plot_per_class_iou
+    from duda_hf.evaluation.results_file import evaluation_results
     from duda_hf.jsonio import write_json
 
     state = PartialState()
@@ -192,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, matrix in matrices.items():
         metrics = matrix.compute(class_subsets=subsets)
-        metrics.update(
-            model=args.model if name == next(iter(models)) else args.compare,
-            num_images=len(dataset),
-            confusion_matrix=matrix.matrix.cpu().tolist(),
-        )
+        metrics.update(num_images=len(dataset), confusion_matrix=matrix.matrix.cpu().tolist())
         results[name] = metrics
     details = {
         "dataset": f"{args.dataset} ({args.format or 'datasets'}, split {args.split}{', ' + ' '.join(args.conditions) if args.conditions else ''})",
@@ -209,17 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.output_dir or f"eval_{next(iter(models)).replace(' ', '_')}")
     out.mkdir(parents=True, exist_ok=True)
-    report = {
+    # eval_results.json (schema: duda_hf/evaluation/results_file.py): what was evaluated and how, apart from the numbers
+    settings = {
+        "models": dict(zip(models, [args.model, args.compare][: len(models)], strict=True)),  # report name -> folder or Hub id
         "dataset": args.dataset,
         "format": args.format,
         "split": args.split,
+        "conditions": list(args.conditions),
+        "label_type": args.label_type,
         "mode": args.mode,
         "eval_size": [size_hw[1], size_hw[0]] if size_hw else None,  # W H, as --eval_size takes it
+        "window": list(args.window_hw) if args.mode == "slide" else None,  # H W, as --window and --stride take them
+        "stride": list(args.stride_hw) if args.mode == "slide" else None,
+        "dtype": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "num_images": len(dataset),
-        "seconds": round(seconds, 2),
-        "models": results,
     }
-    write_json(out / "eval_results.json", report)
+    write_json(out / "eval_results.json", evaluation_results(settings, results, seconds=round(seconds, 2)))
     text = markdown_report(results, "Evaluation", details)
     (out / "report.md").write_text(text)
     plot_per_class_iou(results, out / "per_class_iou.png", f"Per-class IoU, {Path(args.dataset).name}")

@@ -75,6 +75,11 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int, 
         str(settings["learning_rate"]),
         "--warmup_steps",
         "100",
+        # the pretraining stands in for ImageNet's, not DAFormer's recipe: the schedule and weight decay it was made with
+        "--lr_schedule",
+        "trainer",
+        "--weight_decay_exempt",
+        "norms_and_biases",
         "--rcs_min_pixels",
         "150",
         "--pseudo_label_ignore_top",
@@ -100,7 +105,11 @@ def pretrain(name: str, data: dict[str, str], out: Path, steps: int, seed: int, 
         *(["--resume_from_checkpoint", "last"] if resume else []),
     ]
     results = run_training(*parse_args(flags))
-    record = {"settings": settings, "pretrain_val_mIoU": round(100 * results["student"]["mIoU"], 2), "seconds": results["seconds"]}
+    record = {
+        "settings": settings,
+        "pretrain_val_mIoU": round(100 * results["metrics"]["student"]["mIoU"], 2),
+        "seconds": results["seconds"],
+    }
     write_json(run_dir / "student" / "pretraining.json", record)
     # the finished folder appears in one rename (run_dir is under out/): a cached folder is always complete
     shutil.rmtree(target, ignore_errors=True)

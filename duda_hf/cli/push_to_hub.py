@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from duda_hf.cli.errors import program
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.export.hub import HubError, check_export, push_folder
 from duda_hf.export.model_card import build_model_card, card_files
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             model_config = json.loads((model_dir / "config.json").read_text())
             architecture = (model_config.get("architectures") or ["SegformerForSemanticSegmentation"])[0]
             card = build_model_card(
-                json.loads(results_path.read_text()),
+                read_results(results_path),  # either schema; a duda-evaluate report is refused
                 args.repo_id,
                 license=args.license,
                 eval_size_hw=eval_size_hw,

@@ -26,11 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     model_args, data_args, config = parse_args(argv, description=__doc__)
     results = run_training(model_args, data_args, config)
     if config.process_index == 0:
-        line = f"target-validation mIoU ({results['student']['num_images']} images): "
-        line += f"student {100 * results['student']['mIoU']:.2f}"
+        metrics = results["metrics"]
+        line = f"target-validation mIoU ({metrics['student']['num_images']} images): "
+        line += f"student {100 * metrics['student']['mIoU']:.2f}"
         for name in ("auxiliary", "teacher"):
-            if name in results:
-                line += f", {name} {100 * results[name]['mIoU']:.2f}"
+            if name in metrics:
+                line += f", {name} {100 * metrics[name]['mIoU']:.2f}"
         print(line)
         premise = teacher_premise(results)
         if premise:

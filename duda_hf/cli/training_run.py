@@ -16,6 +16,7 @@ from duda_hf.data.pairing import DudaTrainDataset
 from duda_hf.data.rcs import RareClassSampler, class_pixel_counts
 from duda_hf.evaluation.confusion import SYNTHIA_SUBSETS
 from duda_hf.evaluation.report import plot_miou_history, plot_per_class_iou
+from duda_hf.evaluation.results_file import read_results, training_run_results
 from duda_hf.export.model_card import build_model_card, card_files, recipe_summary
 from duda_hf.export.network import export_network
 from duda_hf.jsonio import write_json
@@ -99,7 +100,8 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
 
 
 def run_training(model_args: ModelArguments, data_args: DataArguments, config: DudaConfig) -> dict:
-    """Train, evaluate and export. Returns the final evaluation results (also written to eval_results.json)."""
+    """Train, evaluate and export. Returns the run's results as written to eval_results.json (`settings`, `metrics`, the
+    series; duda_hf/evaluation/results_file.py)."""
     started = time.monotonic()
     trainer = build_trainer(model_args, data_args, config)
     # which checkpoint, which step, what it restores (`last` with none: says it starts from step 0)
@@ -109,26 +111,21 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
     trainer.train(resume_from_checkpoint=resume)
     if trainer.last_eval_step != trainer.state.global_step:
         trainer.evaluate()
-    results = {
-        "method": config.method,
-        "student": model_args.student,
-        "aux_student": model_args.aux_student if config.method == "duda" else None,
-        "max_steps": config.max_steps,
-        "seed": config.seed,
-        "target_eval_dataset": data_args.target_eval_dataset,
-        **trainer.last_eval_results,
+    # eval_results.json (schema: duda_hf/evaluation/results_file.py): what ran apart from what it scored
+    results = training_run_results(
+        recipe_summary(model_args, data_args, config),
+        trainer.last_eval_results,
         # every evaluation of the run: the networks' target mIoU over training (DUDA's premise, step by step)
-        "history": [entry for entry in trainer.state.log_history if any(key.endswith("_mIoU") for key in entry)],
+        history=[entry for entry in trainer.state.log_history if any(key.endswith("_mIoU") for key in entry)],
         # per evaluation of this process's run: each network's per-class IoU and the student-teacher agreement per class
-        "per_class_history": trainer.per_class_history,
+        per_class_history=trainer.per_class_history,
         # every logging step: the loss terms and diagnostics (pseudo-label quality, lam_t, what the student sees of
         # the teacher, the class weights)
-        "train_history": [entry for entry in trainer.state.log_history if "loss" in entry],
+        train_history=[entry for entry in trainer.state.log_history if "loss" in entry],
         # training images that could not be decoded and were replaced (counted up to the last logging step)
-        "bad_samples": trainer.bad_samples.summary(),
-        "seconds": round(time.monotonic() - started, 1),
-        "recipe": recipe_summary(model_args, data_args, config),
-    }
+        bad_samples=trainer.bad_samples.summary(),
+        seconds=round(time.monotonic() - started, 1),
+    )
     if trainer.is_world_process_zero():
         # the evaluation size, or the first validation image's (PIL's size is width, height)
         eval_size_hw = data_args.eval_size_hw or trainer.eval_dataset[0]["image"].size[::-1]
@@ -158,10 +155,12 @@ def run_training(model_args: ModelArguments, data_args: DataArguments, config: D
 def write_plots(results: dict, folder: Path, *copies: Path) -> None:
     """The run's pictures: the networks' target mIoU over training (`miou_over_training.png`, from its evaluations) and
     the student's and the teacher's per-class IoU at the end (`per_class_iou.png`), in `folder` and each of `copies`
-    (the student's `plots/`, which its model card shows and a push uploads)."""
+    (the student's `plots/`, which its model card shows and a push uploads). `results`: eval_results.json's content."""
+    results = read_results(results)
     folder.mkdir(parents=True, exist_ok=True)
-    plot_miou_history(results["history"], folder / "miou_over_training.png", f"{results['method']}: target mIoU over training")
-    networks = {name: results[name] for name in ("student", "teacher") if isinstance(results.get(name), dict)}
+    method = results["settings"].get("method")
+    plot_miou_history(results["history"], folder / "miou_over_training.png", f"{method}: target mIoU over training")
+    networks = {name: results["metrics"][name] for name in ("student", "teacher") if name in results["metrics"]}
     plot_per_class_iou(networks, folder / "per_class_iou.png", "per-class IoU on the target validation set")
     for copy in copies:
         copy.mkdir(parents=True, exist_ok=True)

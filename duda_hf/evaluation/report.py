@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from duda_hf.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
 
 
@@ -144,25 +145,26 @@ def teacher_premise(results: dict) -> str | None:
     """Whether DUDA's premise held in a run: a teacher clearly stronger than the student it teaches.
 
     Args:
-        results: a run's `eval_results.json` content (`method`, `student`, `auxiliary`, `teacher` metrics).
+        results: a run's `eval_results.json` content, in either schema (`duda_hf.evaluation.results_file`).
 
     Returns:
         None for the baselines or when the teacher is at least `PREMISE_MARGIN` mIoU above the student;
         otherwise a plain statement with the numbers and the ways forward.
     """
-    if results.get("method") != "duda" or not isinstance(results.get("teacher"), dict):
+    results = read_results(results)
+    recipe, metrics = results["settings"], results["metrics"]
+    if recipe.get("method") != "duda" or not isinstance(metrics.get("teacher"), dict):
         return None
-    student, teacher = 100 * results["student"]["mIoU"], 100 * results["teacher"]["mIoU"]
+    student, teacher = 100 * metrics["student"]["mIoU"], 100 * metrics["teacher"]["mIoU"]
     if teacher >= student + PREMISE_MARGIN:
         return None
-    auxiliary = results.get("auxiliary")
+    auxiliary = metrics.get("auxiliary")
     lag = ""
     if isinstance(auxiliary, dict) and 100 * auxiliary["mIoU"] > teacher + PREMISE_MARGIN:
         lag = (
             f" The auxiliary student itself scores {100 * auxiliary['mIoU']:.2f}: its EMA lags it, so for a short run "
             "lower --ema_alpha (0.99 averages about the last 100 steps, 0.999 about the last 1000)."
         )
-    recipe = results.get("recipe") or {}
     large = recipe.get("aux_student")
     # it already starts pretrained: a MiT preset with --init imagenet, or a folder / Hub id / checkpoint (the small
     # presets are random whatever --init says)

@@ -1,9 +1,15 @@
-"""The Hub: create a repo and upload folders, with errors that say the cause and the fix."""
+"""The Hub: create a repo and upload folders, with errors that say the cause and the fix.
+
+An upload blocks by default; `upload_folder(..., blocking=False)` runs it in this module's one background thread (uploads
+queued there run one after the other, and the interpreter waits for them before it exits) and returns its `Future`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -46,9 +52,16 @@ def hub_errors(repo_id: str, local: str | os.PathLike):
             403: "the token may not write to this repo or organisation",
             404: "the repo or organisation does not exist",
         }.get(status, f"the server refused it ({status})")
-        raise HubError(f"cannot push to '{repo_id}': {cause}: {error}. {where}") from error
+        raise HubError(f"cannot push to '{repo_id}': {cause}: {_one_line(error)}. {where}") from error
     except OSError as error:  # connection errors (requests / httpx raise OSError subclasses)
-        raise HubError(f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {error}). {where}") from error
+        raise HubError(
+            f"cannot push to '{repo_id}': the Hub is unreachable ({type(error).__name__}: {_one_line(error)}). {where}"
+        ) from error
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's text on one line (the server's message comes after a blank line in huggingface_hub's errors)."""
+    return " ".join(str(error).split())
 
 
 def create_repo(repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None, local: str = ".") -> str:
@@ -70,13 +83,21 @@ def upload_folder(
     revision: str | None = None,
     token: str | None = None,
     delete_patterns: str | None = None,
-) -> str:
+    local: str | os.PathLike | None = None,
+    blocking: bool = True,
+) -> str | Future[str]:
     """Upload `folder` (to `path_in_repo`) in one commit; returns the commit URL. HubError on failure.
 
     `delete_patterns`: files under `path_in_repo` to delete in the same commit unless uploaded (`"*"`: make the
-    repo folder hold exactly `folder`)."""
+    repo folder hold exactly `folder`). `local`: the folder the error message names as untouched (default `folder`;
+    a snapshot uploaded in its place names the original). `blocking=False`: the upload runs in the background
+    (`background_upload`) and the call returns its `Future`, whose result is the commit URL or whose exception is the
+    HubError."""
+    if not blocking:
+        arguments = {"path_in_repo": path_in_repo, "revision": revision, "token": token, "delete_patterns": delete_patterns}
+        return background_upload(upload_folder, folder, repo_id, commit_message, **arguments, local=local)
     extra = {"delete_patterns": delete_patterns} if delete_patterns else {}
-    with hub_errors(repo_id, folder):
+    with hub_errors(repo_id, local if local is not None else folder):
         info = HfApi(token=token).upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
@@ -87,6 +108,22 @@ def upload_folder(
             **extra,
         )
     return str(getattr(info, "commit_url", info))
+
+
+_background: ThreadPoolExecutor | None = None
+_background_lock = threading.Lock()
+
+
+def background_upload(function, *args, **kwargs) -> Future:
+    """`function(*args, **kwargs)` in this module's background thread, after the uploads queued before it; its Future.
+
+    One thread, so that the commits of one process reach a repo in the order they were asked for. Its thread is not a
+    daemon: a program that ends while an upload runs waits for it (concurrent.futures joins its threads at exit)."""
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duda-hub-upload")
+        return _background.submit(function, *args, **kwargs)
 
 
 def push_folder(

@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from duda_hf.evaluation.report import percent, teacher_premise
+from duda_hf.evaluation.results_file import read_results
 from duda_hf.networks.presets import mit_encoder
 
 # The model card template ships inside the package (package data), so installed wheels write cards too.
@@ -97,7 +98,7 @@ def dataset_origin(spec: str | None, format: str | None = None, split: str | Non
 
 
 def recipe_summary(model_args, data_args, config) -> dict:
-    """The settings a model card reports, as plain JSON values (saved in eval_results.json under `recipe`)."""
+    """The settings a model card reports, as plain JSON values (a run's eval_results.json keeps them as `settings`)."""
     return {
         "method": config.method,
         "student": model_args.student,
@@ -200,13 +201,13 @@ def build_model_card(
     onnx_quantized: bool = False,
     plots: list[tuple[str, str]] = (),
 ) -> ModelCard:
-    """A model card for an exported student from a run's `eval_results.json` (with its `recipe`).
+    """A model card for an exported student from a run's `eval_results.json` (its `settings` and `metrics`).
 
     Every sentence is true of the run it describes: the method's own account (DUDA, self-training or source only),
     the datasets by where they came from (Hub metadata names Hub datasets only), and the run's numbers.
 
     Args:
-        results: the run's eval_results.json: `student` (and `teacher`) metrics and `recipe`.
+        results: the run's eval_results.json content, in either schema (`duda_hf.evaluation.results_file`).
         repo_id: where the model lives on the Hub (used in the usage snippet and the model-index).
         eval_size_hw: `(height, width)` the image processor resizes to; None: the native size.
         architecture: the student's transformers class (its config's `architectures`).
@@ -216,17 +217,18 @@ def build_model_card(
             (`card_files(folder)` gives `onnx`, `onnx_quantized` and `plots` as a folder holds them.)
     """
     family = architecture.removesuffix("ForSemanticSegmentation")
-    recipe = results.get("recipe", {})
-    method = recipe.get("method") or results.get("method")
+    results = read_results(results)
+    recipe, metrics = results["settings"], results["metrics"]
+    method = recipe.get("method")
     origins = recipe.get("origins") or {}
-    student_metrics = results["student"]
-    eval_dataset = recipe.get("target_eval_dataset") or results.get("target_eval_dataset") or "target validation set"
+    student_metrics = metrics["student"]
+    eval_dataset = recipe.get("target_eval_dataset") or "target validation set"
     extra = [k for k in ("mIoU16", "mIoU13") if k in student_metrics]
     models = [("student (this model)", student_metrics)]
-    if results.get("auxiliary"):
-        models.append((f"auxiliary student ({recipe.get('aux_student', 'large network')})", results["auxiliary"]))
-    if results.get("teacher"):
-        models.append((_teacher_label(recipe, method), results["teacher"]))
+    if metrics.get("auxiliary"):
+        models.append((f"auxiliary student ({recipe.get('aux_student', 'large network')})", metrics["auxiliary"]))
+    if metrics.get("teacher"):
+        models.append((_teacher_label(recipe, method), metrics["teacher"]))
     hub_datasets = [origins[role]["hub_id"] for role in ("source", "target") if (origins.get(role) or {}).get("hub_id")]
     index_dataset = _model_index_dataset(origins.get("target_eval"))
     card_data = ModelCardData(

@@ -16,6 +16,8 @@ from duda_hf.data.labels import NUM_CLASSES, THING_CLASSES
 
 METHODS = ("duda", "self_training", "source_only")
 EMA_SCHEDULES = ("daformer", "copy_first")
+LR_SCHEDULES = ("daformer", "trainer")
+WEIGHT_DECAY_EXEMPT = ("encoder_norms", "norms_and_biases")
 LOSS_DENOMINATORS = ("all_pixels", "valid_pixels")
 
 
@@ -69,10 +71,11 @@ class DudaConfig(TrainingArguments):
         ),
     )
     teacher_train_mode: bool = field(
-        default=False,
+        default=True,
         metadata=flag_help(
             "Run the EMA teacher in train mode (BatchNorm on the target batch's statistics, dropout and drop-path "
-            "off), as DAFormer does. Default: eval mode with buffers averaged like the weights."
+            "off), as DAFormer does (the default). false: eval mode, BatchNorm on its running statistics, which the EMA "
+            "averages like the weights (duda-hf before 2026-12-07)."
         ),
     )
     # --- losses ---
@@ -213,7 +216,27 @@ class DudaConfig(TrainingArguments):
     )
     # --- optimisation ---
     head_lr_multiplier: float = field(default=10.0, metadata=flag_help("Learning-rate multiplier of the decode heads. DAFormer: 10."))
-    poly_power: float = field(default=1.0, metadata=flag_help("Power of the polynomial learning-rate decay after warmup. DAFormer: 1.0."))
+    poly_power: float = field(default=1.0, metadata=flag_help("Power of the polynomial learning-rate decay. DAFormer: 1.0."))
+    lr_schedule: str = field(
+        default="daformer",
+        metadata=flag_help(
+            "'daformer': mmcv's poly schedule as DAFormer runs it: at optimizer step t (0-based) lr = base * (1 - "
+            "t/max_steps)^poly_power, times 1 - (1 - t/warmup_steps) * (1 - 1e-6) during the warmup. 'trainer': "
+            "Trainer's --lr_scheduler_type with --warmup_steps (polynomial: linear from 0 to base over the warmup, then "
+            "to 0 over the remaining steps; duda-hf before 2026-12-07, about 1.04x DAFormer's rate after a 1500-step "
+            "warmup of 40k steps).",
+            choices=list(LR_SCHEDULES),
+        ),
+    )
+    weight_decay_exempt: str = field(
+        default="encoder_norms",
+        metadata=flag_help(
+            "Parameters without weight decay: 'encoder_norms', the normalisation layers of each encoder (DAFormer: "
+            "mmcv's custom key 'norm' with decay_mult 0; biases and the head's BatchNorm decay), or "
+            "'norms_and_biases', every one-dimensional parameter (duda-hf before 2026-12-07).",
+            choices=list(WEIGHT_DECAY_EXEMPT),
+        ),
+    )
     # --- speed (GPU) ---
     channels_last: bool = field(
         default=False,
@@ -247,11 +270,14 @@ class DudaConfig(TrainingArguments):
     learning_rate: float = field(
         default=6e-5, metadata=flag_help("AdamW learning rate of the backbones (heads get head_lr_multiplier x). DAFormer: 6e-5.")
     )
-    weight_decay: float = field(default=0.01, metadata=flag_help("AdamW weight decay; never applied to norms and biases. DAFormer: 0.01."))
+    weight_decay: float = field(
+        default=0.01, metadata=flag_help("AdamW weight decay (not on what --weight_decay_exempt names). DAFormer: 0.01.")
+    )
     max_steps: int = field(default=40000, metadata=flag_help("Training iterations. DAFormer: 40000."))
     warmup_steps: float = field(default=1500, metadata=flag_help("Linear warmup steps (below 1: fraction of max_steps). DAFormer: 1500."))
     lr_scheduler_type: str = field(
-        default="polynomial", metadata=flag_help("Learning-rate schedule after warmup. DAFormer: polynomial decay to 0.")
+        default="polynomial",
+        metadata=flag_help("Trainer's learning-rate schedule after warmup, used with --lr_schedule trainer (polynomial: decay to 0)."),
     )
     max_grad_norm: float = field(default=0.0, metadata=flag_help("Gradient clipping norm; 0 = off, as in DAFormer."))
     per_device_train_batch_size: int = field(
@@ -313,6 +339,19 @@ class DudaConfig(TrainingArguments):
         check_flag(self.ema_schedule in EMA_SCHEDULES, "DudaConfig.ema_schedule", f"one of {EMA_SCHEDULES}", self.ema_schedule)
         check_flag(
             self.loss_denominator in LOSS_DENOMINATORS, "DudaConfig.loss_denominator", f"one of {LOSS_DENOMINATORS}", self.loss_denominator
+        )
+        check_flag(self.lr_schedule in LR_SCHEDULES, "DudaConfig.lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
+        scheduler_type = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        if self.lr_schedule == "daformer" and scheduler_type != "polynomial":
+            raise ValueError(
+                f"--lr_scheduler_type {scheduler_type} is Trainer's schedule, which --lr_schedule daformer (the default) "
+                "replaces; add --lr_schedule trainer to use it"
+            )
+        check_flag(
+            self.weight_decay_exempt in WEIGHT_DECAY_EXEMPT,
+            "DudaConfig.weight_decay_exempt",
+            f"one of {WEIGHT_DECAY_EXEMPT}",
+            self.weight_decay_exempt,
         )
         check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
         for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
@@ -409,6 +448,20 @@ class DudaConfig(TrainingArguments):
         if isinstance(self.report_to, str) and "," in self.report_to:  # the command line gives one string
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         super().__post_init__()
+
+    def to_dict(self) -> dict:
+        """The arguments as the run's records keep them (`training_args.json`, the trackers' config): with the
+        compilation that ran (`compile_networks`) as `torch_compile`, `torch_compile_backend` and `torch_compile_mode`,
+        which on the object stay off so that Trainer and accelerate do not compile the wrapper. `DudaConfig(**record)`
+        compiles the networks again, the same way."""
+        record = super().to_dict()
+        if self.compile_networks is not None:
+            record.update(
+                torch_compile=True,
+                torch_compile_backend=self.compile_networks["backend"],
+                torch_compile_mode=self.compile_networks["mode"],
+            )
+        return record
 
     @property
     def train_samples(self) -> int:

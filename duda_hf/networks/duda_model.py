@@ -55,7 +55,7 @@ class DudaModel(nn.Module):
         *,
         extra_teachers: list[nn.Module] | None = None,
         imagenet_encoder: nn.Module | None = None,
-        teacher_train_mode: bool = False,
+        teacher_train_mode: bool = True,
         frozen_sources: dict[str, str] | None = None,
     ):
         super().__init__()
@@ -68,6 +68,13 @@ class DudaModel(nn.Module):
         if method != "source_only":
             self.teacher = copy.deepcopy(self.ema_source)
             self.teacher.requires_grad_(False)
+            if teacher_train_mode:
+                # BatchNorm on the batch's statistics, as DAFormer's teacher; its running statistics, which only the
+                # evaluation and the export read (eval mode), are left to the EMA: in train mode a BatchNorm that
+                # does not track them normalises with the batch's and updates none of its buffers
+                for module in self.teacher.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.track_running_stats = False
         self.extra_teachers = nn.ModuleList(extra_teachers or [])
         self.extra_teachers.requires_grad_(False)
         # Frozen ImageNet encoder for DAFormer's feature distance (None: feature distance off).
@@ -236,7 +243,7 @@ def build_duda_model(
     init: str = "imagenet",
     extra_teachers: list[str] | None = None,
     fd_lambda: float = 0.0,
-    teacher_train_mode: bool = False,
+    teacher_train_mode: bool = True,
 ) -> DudaModel:
     """Build every network of a run by name (see `build_network`).
 

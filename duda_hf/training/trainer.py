@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -34,9 +35,10 @@ from duda_hf.training.callbacks import (
 )
 from duda_hf.training.checkpointing import save_checkpoint
 from duda_hf.training.console import Console
-from duda_hf.training.hub_policy import create_run_repo, push_checkpoint, push_student
-from duda_hf.training.optimizer import build_optimizer
+from duda_hf.training.hub_policy import CheckpointPushes, create_run_repo, push_student
+from duda_hf.training.optimizer import build_optimizer, build_schedule
 from duda_hf.training.preemption import Preemption
+from duda_hf.training.resume import check_frozen_sources
 from duda_hf.training.step_log import StepLog
 from duda_hf.training.trackers import TrackerNames, check_trackers, per_class_logs, send_to_trackers
 from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
@@ -89,8 +91,10 @@ class DudaTrainer(Trainer):
             )
         own = [EmaTeacherCallback(), RunLoss(), BadSamples(args.max_bad_sample_share), RemovePartialCheckpoints(), SyncBatchNormBuffers()]
         optimizers = kwargs.pop("optimizers", (None, None))
-        if optimizers[0] is None:  # Trainer's public way in: the optimizer, and Trainer makes the schedule for it
+        if optimizers[0] is None:  # Trainer's public way in: the optimizer, and (`--lr_schedule daformer`) its schedule
             optimizers = (build_optimizer(model, args, kwargs.pop("optimizer_cls_and_kwargs", None)), optimizers[1])
+        if optimizers[1] is None and args.max_steps > 0:  # else Trainer makes it (`--lr_schedule trainer`)
+            optimizers = (optimizers[0], build_schedule(optimizers[0], args))
         super().__init__(
             model=model,
             args=args,
@@ -265,7 +269,12 @@ class DudaTrainer(Trainer):
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """The optimizer, schedule and scaler of `checkpoint`, without a pickle; this process's random state is
         restored at the first micro-step (`compute_loss`), where Trainer would restore its own. A checkpoint of the
-        earlier, pickled format goes to Trainer's loading (`torch.load(weights_only=True)`)."""
+        earlier, pickled format goes to Trainer's loading (`torch.load(weights_only=True)`).
+
+        First, before any step: the frozen networks rebuilt for this run (left out of the checkpoint's weights) must
+        be those it was trained with (`check_frozen_sources`)."""
+        if checkpoint is not None:
+            check_frozen_sources(checkpoint, self.accelerator.unwrap_model(self.model))
         if checkpoint is None or not state_files.has_training_state(checkpoint):
             return super()._load_optimizer_and_scheduler(checkpoint)
         state_files.load_optimizer(self.optimizer, checkpoint)
@@ -278,18 +287,26 @@ class DudaTrainer(Trainer):
     # ---- checkpoints: written whole or not at all, then pushed (duda_hf/training/checkpointing.py, hub_policy.py) ----
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint, staged and renamed into place with `networks.json`; then, with `--push_to_hub`, that
-        complete folder goes to `last-checkpoint/` or `checkpoint-N/` of the repo (`--hub_strategy`), never the root."""
+        complete folder goes to `last-checkpoint/` or `checkpoint-N/` of the repo (`--hub_strategy`), never the root, in
+        the background: training goes on while it uploads (`hub_policy.CheckpointPushes`)."""
         self.run_loss.read_back(self.args.world_size, self.state.global_step)  # its sum goes into the checkpoint
         folder = save_checkpoint(self, self.accelerator.unwrap_model(model).network_configs())
         if self.args.push_to_hub and self.is_world_process_zero():
-            push_checkpoint(self.args, self.hub_model_id, folder, self.state.global_step)
+            self.checkpoint_pushes.push(folder, self.state.global_step)
 
     # ---- the Hub: the repo root holds the deployable student; checkpoints live in subfolders (duda_hf/training/hub_policy.py) ----
+    checkpoint_pushes: CheckpointPushes | None = None  # the main process's checkpoint uploads, once the repo exists
+
     def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
         """Create `hub_model_id` (default: the output folder's name) with a clear error offline / without a token."""
         if not self.is_world_process_zero():
             return
         self.hub_model_id = create_run_repo(self.args, token, private)
+        if self.checkpoint_pushes is None:
+            self.checkpoint_pushes = CheckpointPushes(self.args, self.hub_model_id)
+        # Trainer's own record of a push in progress stays empty, so that its `train` does not wait for an upload at
+        # its end: on the main process alone, before the evaluation the other processes then wait in. The uploads
+        # are waited for in `push_to_hub`, after the run's last collective operation.
         self.push_in_progress = None
 
     def push_to_hub(
@@ -300,13 +317,18 @@ class DudaTrainer(Trainer):
         revision: str | None = None,
         private: bool | None = None,
         **kwargs,
-    ) -> str | None:
-        """Push `output_dir/student/` (the exported student with its model card) to the repo root."""
+    ) -> str | Future[str] | None:
+        """Push `output_dir/student/` (the exported student with its model card) to the repo root.
+
+        First waits for the checkpoint uploads still running or waiting (one log line says how long). Returns the
+        commit URL; with `blocking=False` at once, the upload's `concurrent.futures.Future` (its result the commit URL,
+        its exception a `HubError`), as `Trainer.push_to_hub` returns one; None on the other processes."""
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
-        return push_student(self.args, self.hub_model_id, commit_message, revision, token)
+        self.checkpoint_pushes.wait()
+        return push_student(self.args, self.hub_model_id, commit_message, revision, token, blocking=blocking)
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
