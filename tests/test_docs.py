@@ -4,6 +4,7 @@ docstrings and comments resolves inside the repository (a clone has nothing besi
 import functools
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,13 @@ def anchors(path: Path) -> set[str]:
 
 @functools.cache
 def repository_names() -> tuple[set[str], set[str]]:
-    """The top-level entries of the repository, and the name of every file in it (environments and caches aside)."""
-    top_level = {entry.name for entry in ROOT.iterdir()} - {".git"}
+    """The top-level entries of the repository (tracked or to be: `git ls-files` with untracked files that are not
+    ignored, so that generated folders such as `outputs/` or `pretrained_synthetic/` in a working copy are not checked
+    as they are not in a clone), and the name of every file in it (environments and caches aside)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    top_level = {path.split("/", 1)[0] for path in listed}
     names = set()
     for folder, subfolders, files in os.walk(ROOT):
         subfolders[:] = [

@@ -15,6 +15,7 @@ from duda_hf.export.network import export_network
 from duda_hf.networks.duda_model import DudaModel, build_duda_model
 from duda_hf.networks.frozen import FrozenNetworkError, weights_sha256
 from duda_hf.networks.loading import build_network
+from duda_hf.training.resume import ResumeError
 
 from .conftest import tiny_argv
 from .test_init_console import COMMIT, _imagenet_cache
@@ -71,16 +72,31 @@ def test_a_frozen_teacher_whose_weights_changed_is_refused_in_one_line(tiny_benc
     with pytest.raises(FrozenNetworkError, match="is not the one the run was trained with"):
         build_network(f"{tmp_path / 'run' / 'checkpoint-2'}@extra_teacher_0")
 
-    # without the teacher at all: the run's frozen networks differ from the checkpoint's
-    other = make_trainer(tiny_benchmark, tmp_path / "run", "--max_steps", "4")
-    with pytest.raises(FrozenNetworkError, match=r"was trained with the frozen networks extra_teacher_0 \(.*\) but this run builds none"):
-        other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+    # without the teacher, or with a preset in its place (whose weights the checkpoint lacks: Trainer warns first)
+    for extra in ((), ("--extra_teachers", "tiny-wide")):
+        other = make_trainer(tiny_benchmark, tmp_path / "run", "--max_steps", "4", *extra)
+        with pytest.raises(
+            FrozenNetworkError, match=r"was trained with the frozen networks extra_teacher_0 \(.*\) but this run builds none"
+        ):
+            other.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
+
+    # a checkpoint of a run without frozen networks (recorded as none), resumed with one
+    make_trainer(tiny_benchmark, tmp_path / "plain", "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2").train()
+    assert json.loads((tmp_path / "plain" / "checkpoint-2" / "networks.json").read_text())["frozen_sources"] == {}
+    added = make_trainer(tiny_benchmark, tmp_path / "plain", "--extra_teachers", str(teacher_folder), "--max_steps", "4")
+    with pytest.raises(FrozenNetworkError, match=r"was trained with the frozen networks none but this run builds extra_teacher_0"):
+        added.train(resume_from_checkpoint=str(tmp_path / "plain" / "checkpoint-2"))
+
+
+EARLIER = ("--ema_schedule", "copy_first", "--loss_denominator", "valid_pixels", "--lr_schedule", "trainer")
+EARLIER += ("--weight_decay_exempt", "norms_and_biases", "--teacher_train_mode", "false")
 
 
 def test_a_checkpoint_of_the_earlier_format_with_its_frozen_teacher_still_resumes(tiny_benchmark, tmp_path, teacher_folder):
-    """Checkpoints written before frozen networks were left out hold them in model.safetensors and no `frozen_sources`:
-    they load as before (the stored weights win) and resume exactly."""
-    flags = ("--extra_teachers", str(teacher_folder), "--save_strategy", "steps", "--save_steps", "2")
+    """Checkpoints written before 2026-12-07 hold the frozen networks in model.safetensors, no `frozen_sources`, and
+    training arguments without the flags that came with DAFormer's defaults: resumed with the defaults they stop in one
+    line that names the flags; with those flags they load as before (the stored weights win) and resume exactly."""
+    flags = ("--extra_teachers", str(teacher_folder), "--save_strategy", "steps", "--save_steps", "2", *EARLIER)
     full = make_trainer(tiny_benchmark, tmp_path / "run", *flags)
     full.train()
     checkpoint = tmp_path / "run" / "checkpoint-2"
@@ -91,6 +107,15 @@ def test_a_checkpoint_of_the_earlier_format_with_its_frozen_teacher_still_resume
     networks = json.loads((checkpoint / "networks.json").read_text())
     del networks["frozen_sources"]
     (checkpoint / "networks.json").write_text(json.dumps(networks))
+    saved_args = json.loads((checkpoint / "training_args.json").read_text())
+    for flag in EARLIER[::2]:
+        del saved_args[flag[2:]]
+    (checkpoint / "training_args.json").write_text(json.dumps(saved_args))
+
+    with pytest.raises(ResumeError) as error:
+        make_trainer(tiny_benchmark, tmp_path / "run", *flags[:6]).train(resume_from_checkpoint=str(checkpoint))
+    assert "\n" not in str(error.value)
+    assert f"Resume with `{' '.join(EARLIER)}` to continue it as it was trained" in str(error.value)
 
     resumed = make_trainer(tiny_benchmark, tmp_path / "run", *flags)
     resumed.train(resume_from_checkpoint=str(checkpoint))
@@ -183,3 +208,23 @@ def test_the_imagenet_encoder_is_rebuilt_from_the_cache_at_resume(tiny_benchmark
     assert f"the imagenet_encoder rebuilt from nvidia/mit-b0 (revision {COMMIT}) is not the one the run was trained with" in last
     assert f"restore its weights (`hf download nvidia/mit-b0 --revision {COMMIT}`) before resuming" in last
     assert "Traceback" not in refused.stderr
+
+
+def test_a_train_mode_teacher_with_image_pooling_takes_one_image():
+    """DAFormer's teacher runs in train mode; DeepLabV3's image-pooling BatchNorm then sees one value per channel for a
+    batch of one image, which has no batch statistics: that layer uses its running ones, the others the batch's."""
+    torch.manual_seed(0)
+    duda = build_duda_model("self_training", "mobilenetv2-deeplabv3-tiny", init="random")
+    image = torch.rand(1, 3, 64, 64)
+    (one,) = duda.teacher_logits(image)
+    assert torch.isfinite(one).all()
+    assert duda.teacher.training  # the hooks gave train mode back
+    pair = torch.cat([image, torch.rand(1, 3, 64, 64)])
+    (two,) = duda.teacher_logits(pair)
+    duda.teacher.eval()
+    (evaluated,) = duda.teacher_logits(pair)
+    assert not torch.allclose(two, evaluated)  # with two images: the batch's statistics, not the running ones
+    state = {key: value.clone() for key, value in duda.teacher.state_dict().items()}
+    duda.teacher.train()
+    duda.teacher_logits(pair)
+    assert all(torch.equal(state[key], value) for key, value in duda.teacher.state_dict().items())  # no buffer moved

@@ -170,8 +170,7 @@ def test_the_learning_rate_follows_daformers_poly_schedule_by_hand(tiny_benchmar
         assert rates == pytest.approx([1e-3 * expected[t], 1e-2 * expected[t]], rel=1e-9, abs=1e-15), t
         optimizer.step()
         schedule.step()
-    state = schedule.state_dict()  # the schedule's settings travel in the checkpoint's scheduler.json
-    assert state["lr_lambdas"][0] == {"max_steps": 10, "warmup_steps": 4, "power": 1.0, "warmup_ratio": 1e-6}
+    assert schedule.state_dict()["last_epoch"] == 10  # the step; the settings are the run's arguments, as Trainer's
     trainer_schedule = make_trainer(tiny_benchmark, tmp_path / "trainer", "--lr_schedule", "trainer").lr_scheduler
     assert trainer_schedule is None  # Trainer makes its own at `train`
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +19,19 @@ def _set_dropout_eval(module: nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, nn.modules.dropout._DropoutNd) or type(sub).__name__.endswith("DropPath"):  # Dropout2d too
             sub.eval()
+
+
+def _running_statistics_for_single_values(module: nn.modules.batchnorm._BatchNorm, args: tuple) -> None:
+    """A train-mode teacher's BatchNorm that gets one value per channel (DeepLabV3's image pooling on a batch of one
+    image) has no batch statistics: it normalises with its running ones (the EMA's) for that call."""
+    values = args[0]
+    module.duda_train_mode = module.training
+    if module.training and values.numel() <= values.shape[1]:
+        module.training = False
+
+
+def _restore_train_mode(module: nn.modules.batchnorm._BatchNorm, args: tuple, output) -> None:
+    module.training = getattr(module, "duda_train_mode", module.training)
 
 
 def head_parameters(network: nn.Module) -> list[nn.Parameter]:
@@ -47,6 +61,9 @@ class DudaModel(nn.Module):
     from (duda_hf/networks/frozen.py).
     """
 
+    # read by Trainer when a checkpoint lacks some of the model's weights (it then warns; a PreTrainedModel's attribute)
+    _keys_to_ignore_on_save = None
+
     def __init__(
         self,
         student: nn.Module,
@@ -75,6 +92,8 @@ class DudaModel(nn.Module):
                 for module in self.teacher.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.track_running_stats = False
+                        module.register_forward_pre_hook(_running_statistics_for_single_values)
+                        module.register_forward_hook(_restore_train_mode)
         self.extra_teachers = nn.ModuleList(extra_teachers or [])
         self.extra_teachers.requires_grad_(False)
         # Frozen ImageNet encoder for DAFormer's feature distance (None: feature distance off).
@@ -97,8 +116,7 @@ class DudaModel(nn.Module):
         roles = {"student": self.student, "aux_student": self.aux_student, "teacher": self.teacher}
         roles.update({f"extra_teacher_{i}": net for i, net in enumerate(self.extra_teachers)})
         configs = {role: net.config.to_dict() for role, net in roles.items() if net is not None}
-        if self.frozen_sources:
-            configs[FROZEN_SOURCES_KEY] = self.frozen_records()
+        configs[FROZEN_SOURCES_KEY] = self.frozen_records()  # {} too: a checkpoint that holds every network's weights
         return configs
 
     def _frozen_networks(self) -> dict[str, nn.Module]:
@@ -260,9 +278,13 @@ def build_duda_model(
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
         frozen_sources["imagenet_encoder"] = f"nvidia/{mit_encoder(fd_name)}"
     teachers = [build_network(name, init) for name in (extra_teachers or [])]
-    # a teacher loaded from a folder, a Hub id or a checkpoint is a function of it; a preset is built at random
-    frozen_sources.update({f"extra_teacher_{i}": name for i, name in enumerate(extra_teachers or []) if name not in MODEL_PRESETS})
-    return DudaModel(
+    # a teacher loaded from a folder or a Hub id is a function of it (a folder by its absolute path, so that
+    # `CHECKPOINT@extra_teacher_N` rebuilds it from anywhere); a preset is built at random, and a `CHECKPOINT@role`
+    # may be rotated away by its run's --save_total_limit: those two stay in the checkpoint's weights
+    for i, name in enumerate(extra_teachers or []):
+        if name not in MODEL_PRESETS and "@" not in name:
+            frozen_sources[f"extra_teacher_{i}"] = str(Path(name).absolute()) if Path(name).is_dir() else name
+    duda = DudaModel(
         student_net,
         aux_net,
         method,
@@ -271,3 +293,5 @@ def build_duda_model(
         teacher_train_mode=teacher_train_mode,
         frozen_sources=frozen_sources,
     )
+    duda.frozen_records()  # now, so that each Hub revision recorded is the one just loaded
+    return duda

@@ -60,14 +60,14 @@ def check_frozen_networks(checkpoint: str, recorded: dict, current: dict) -> Non
     """Refuse (one line) a resume whose rebuilt frozen networks differ from those `checkpoint` was trained with.
 
     Args:
-        recorded: `networks.json`'s `frozen_sources` (role -> `frozen_record`); {} for a checkpoint that holds its
-            frozen networks (an earlier duda-hf), which then need no check.
+        recorded: `networks.json`'s `frozen_sources` (role -> `frozen_record`; {} when the checkpoint's run had none
+            left out); None for a checkpoint of an earlier duda-hf, which holds them all and needs no check.
         current: the same for the networks built now.
 
     Raises:
         FrozenNetworkError: a role is missing or new, or its weights' SHA-256 differs.
     """
-    if not recorded:
+    if recorded is None:
         return
     if set(recorded) != set(current):
         raise FrozenNetworkError(

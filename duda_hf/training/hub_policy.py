@@ -183,14 +183,15 @@ class CheckpointPushes:
                 self._waiting.append(job)
             else:
                 dropped, self._waiting = self._waiting, [job]
+            for old in dropped:  # under the lock, so that the job's removal of the emptied staging folder comes after
+                shutil.rmtree(old.snapshot, ignore_errors=True)
             if self._running is None:
                 self._running = background_upload(self._upload_waiting)
         for old in dropped:
-            shutil.rmtree(old.snapshot, ignore_errors=True)
             logger.info("%s is not pushed: %s, saved while an upload ran, takes its place", Path(old.checkpoint).name, name)
 
     def _upload_waiting(self) -> None:
-        """The background job: upload what waits, oldest first, until nothing does; never raises."""
+        """The background job: upload what waits, oldest first, until nothing does (a failed upload is a warning)."""
         while True:
             with self._lock:
                 if not self._waiting:
@@ -201,6 +202,13 @@ class CheckpointPushes:
                 job = self._last = self._waiting.pop(0)
             try:
                 self._upload(job)
+            except BaseException:  # not expected (`_upload` warns on every error): stop, so that a next push starts anew
+                with self._lock:
+                    self._running = None
+                    for left in self._waiting:
+                        shutil.rmtree(left.snapshot, ignore_errors=True)
+                    self._waiting = []
+                raise
             finally:
                 shutil.rmtree(job.snapshot, ignore_errors=True)
 
@@ -227,7 +235,12 @@ class CheckpointPushes:
         if running is None:
             return None
         started = time.monotonic()
-        running.result()  # the job never raises: a failed upload was one warning
+        try:
+            running.result()  # a failed upload was one warning; anything else stopped the job
+        except Exception as error:
+            logger.warning(
+                "the checkpoint uploads to '%s' stopped: %s: %s", self.repo_id, type(error).__name__, " ".join(str(error).split())
+            )
         waited = time.monotonic() - started
         logger.info(
             "waited %.1f s for the checkpoint uploads to '%s' to end (the newest: %s)",

@@ -3,6 +3,7 @@ model family, weight decay and schedule as DAFormer's mmcv sets them (or as the 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 import torch
@@ -46,29 +47,26 @@ def build_optimizer(model: DudaModel, args: DudaConfig, optimizer_cls_and_kwargs
     return optimizer_cls(param_groups, lr=args.learning_rate, **optimizer_kwargs)
 
 
-class DaformerPoly:
+def daformer_poly(step: int, *, max_steps: int, warmup_steps: int, power: float = 1.0, warmup_ratio: float = 1e-6) -> float:
     """mmcv's `PolyLrUpdaterHook` with linear warmup as DAFormer configures it (power 1, min_lr 0, warmup_ratio 1e-6),
-    as the factor of each group's base rate at optimizer step `t` (0-based, the iteration mmcv sets the rate for):
+    as the factor of each group's base rate at optimizer step `step` (0-based, the iteration mmcv sets the rate for):
 
         (1 - t / max_steps) ** power * (1 - (1 - t / warmup_steps) * (1 - warmup_ratio))    for t < warmup_steps
         (1 - t / max_steps) ** power                                                           afterwards
-
-    A callable object (not a function), so that `LambdaLR.state_dict` keeps its settings in the checkpoint."""
-
-    def __init__(self, max_steps: int, warmup_steps: int, power: float = 1.0, warmup_ratio: float = 1e-6):
-        self.max_steps, self.warmup_steps, self.power, self.warmup_ratio = max_steps, warmup_steps, power, warmup_ratio
-
-    def __call__(self, step: int) -> float:
-        factor = max(0.0, 1 - step / self.max_steps) ** self.power
-        if step < self.warmup_steps:
-            factor *= 1 - (1 - step / self.warmup_steps) * (1 - self.warmup_ratio)
-        return factor
+    """
+    factor = max(0.0, 1 - step / max_steps) ** power
+    if step < warmup_steps:
+        factor *= 1 - (1 - step / warmup_steps) * (1 - warmup_ratio)
+    return factor
 
 
 def build_schedule(optimizer: torch.optim.Optimizer, args: DudaConfig) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """DAFormer's schedule (`DaformerPoly`) with `--lr_schedule daformer`; None with 'trainer' (Trainer makes its own
-    from `--lr_scheduler_type` and `--warmup_steps`)."""
+    """DAFormer's schedule (`daformer_poly`) with `--lr_schedule daformer`; None with 'trainer' (Trainer makes its own
+    from `--lr_scheduler_type` and `--warmup_steps`). Its settings are the run's arguments, also after a resume (a
+    `partial`, which `LambdaLR.state_dict` saves without them, as Trainer's own schedules): a resumed run with another
+    `--max_steps` follows it from the step it resumes at."""
     if args.lr_schedule != "daformer":
         return None
     warmup = args.get_warmup_steps(args.max_steps)  # a fraction below 1 of max_steps, as Trainer reads it
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, DaformerPoly(args.max_steps, warmup, args.poly_power))
+    factor = functools.partial(daformer_poly, max_steps=args.max_steps, warmup_steps=warmup, power=args.poly_power)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

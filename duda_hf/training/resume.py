@@ -19,6 +19,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks
 from duda_hf.networks.loading import NETWORKS_FILE
+from duda_hf.training.checkpointing import TRAINING_ARGS_FILE
 from duda_hf.training.state_files import has_training_state
 
 logger = logging.getLogger(__name__)
@@ -145,10 +146,35 @@ def download_checkpoint(value: str, announce: bool = True) -> str:
     return os.path.join(snapshot, folder)
 
 
-def check_frozen_sources(checkpoint: str, duda) -> None:
-    """Refuse (`FrozenNetworkError`, one line) to resume `duda` from `checkpoint` when a frozen network it rebuilt from
-    its source (the feature distance's ImageNet encoder, an extra teacher from a folder or the Hub) is not the one the
-    checkpoint was trained with; checkpoints that hold those networks' weights (an earlier duda-hf) need no check."""
+# Flags added on 2026-12-07 with DAFormer's behaviour as their default, and what a run trained with before them.
+EARLIER_BEHAVIOUR = {
+    "ema_schedule": "copy_first",
+    "loss_denominator": "valid_pixels",
+    "lr_schedule": "trainer",
+    "weight_decay_exempt": "norms_and_biases",
+    "teacher_train_mode": False,
+}
+
+
+def check_resume(checkpoint: str, duda, args) -> None:
+    """Before a resume of `duda` with `args` from `checkpoint` goes on (every process; one line each):
+
+    - the frozen networks rebuilt from their sources (the feature distance's ImageNet encoder, extra teachers from a
+      folder or the Hub) must be those the checkpoint was trained with (`FrozenNetworkError`); a checkpoint of an
+      earlier duda-hf, which holds their weights, needs no check;
+    - a checkpoint written before the flags of `EARLIER_BEHAVIOUR` existed trained with their earlier behaviour:
+      resumed with another, the run would change its recipe mid-way, so it stops (`ResumeError`) and names the flags.
+    """
     networks = Path(checkpoint) / NETWORKS_FILE
-    recorded = json.loads(networks.read_text()).get(FROZEN_SOURCES_KEY, {}) if networks.is_file() else {}
-    check_frozen_networks(str(checkpoint), recorded, duda.frozen_records() if recorded else {})
+    recorded = json.loads(networks.read_text()).get(FROZEN_SOURCES_KEY) if networks.is_file() else None
+    check_frozen_networks(str(checkpoint), recorded, duda.frozen_records() if recorded is not None else {})
+    saved_args = Path(checkpoint) / TRAINING_ARGS_FILE
+    saved = json.loads(saved_args.read_text()) if saved_args.is_file() else {}
+    changed = {flag: value for flag, value in EARLIER_BEHAVIOUR.items() if flag not in saved and getattr(args, flag) != value}
+    if changed:
+        flags = " ".join(f"--{flag} {str(value).lower()}" for flag, value in changed.items())
+        raise ResumeError(
+            f"{checkpoint} was written by a duda-hf from before 2026-12-07, which trained with {flags.replace(' --', ', --')}; "
+            f"this run's defaults follow DAFormer instead (docs/method.md). Resume with `{flags}` to continue it as it "
+            "was trained, or start a new run"
+        )

@@ -83,7 +83,8 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | os.PathLike) 
     if len(current) != len(saved["param_groups"]):
         raise ValueError(
             f"the checkpoint's optimizer {folder} has {len(saved['param_groups'])} parameter groups, this run's has "
-            f"{len(current)}: it was written for other networks or another --weight_decay / head learning rate layout"
+            f"{len(current)}: it was written for other networks or another --weight_decay / --weight_decay_exempt / head "
+            "learning rate layout"
         )
     groups = [
         {key: tuple(value) if isinstance(own.get(key), tuple) else value for key, value in group.items()}

@@ -38,7 +38,7 @@ from duda_hf.training.console import Console
 from duda_hf.training.hub_policy import CheckpointPushes, create_run_repo, push_student
 from duda_hf.training.optimizer import build_optimizer, build_schedule
 from duda_hf.training.preemption import Preemption
-from duda_hf.training.resume import check_frozen_sources
+from duda_hf.training.resume import check_resume
 from duda_hf.training.step_log import StepLog
 from duda_hf.training.trackers import TrackerNames, check_trackers, per_class_logs, send_to_trackers
 from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
@@ -272,9 +272,10 @@ class DudaTrainer(Trainer):
         earlier, pickled format goes to Trainer's loading (`torch.load(weights_only=True)`).
 
         First, before any step: the frozen networks rebuilt for this run (left out of the checkpoint's weights) must
-        be those it was trained with (`check_frozen_sources`)."""
+        be those it was trained with, and a checkpoint of an earlier duda-hf resumes with the recipe it was trained
+        with (`resume.check_resume`)."""
         if checkpoint is not None:
-            check_frozen_sources(checkpoint, self.accelerator.unwrap_model(self.model))
+            check_resume(checkpoint, self.accelerator.unwrap_model(self.model), self.args)
         if checkpoint is None or not state_files.has_training_state(checkpoint):
             return super()._load_optimizer_and_scheduler(checkpoint)
         state_files.load_optimizer(self.optimizer, checkpoint)
@@ -321,13 +322,15 @@ class DudaTrainer(Trainer):
         """Push `output_dir/student/` (the exported student with its model card) to the repo root.
 
         First waits for the checkpoint uploads still running or waiting (one log line says how long). Returns the
-        commit URL; with `blocking=False` at once, the upload's `concurrent.futures.Future` (its result the commit URL,
-        its exception a `HubError`), as `Trainer.push_to_hub` returns one; None on the other processes."""
+        commit URL; with `blocking=False` at once, without waiting (the student's upload runs after the checkpoints'
+        in the same background thread), the upload's `concurrent.futures.Future` (its result the commit URL, its
+        exception a `HubError`), as `Trainer.push_to_hub` returns one; None on the other processes."""
         if self.hub_model_id is None:
             self.init_hf_repo(token=token, private=private)
         if not self.is_world_process_zero():
             return None
-        self.checkpoint_pushes.wait()
+        if blocking:
+            self.checkpoint_pushes.wait()  # (without blocking the student's upload queues behind them, in order)
         return push_student(self.args, self.hub_model_id, commit_message, revision, token, blocking=blocking)
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
