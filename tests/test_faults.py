@@ -460,3 +460,77 @@ def _environ(pid: str) -> dict[str, str]:
     except (OSError, UnicodeDecodeError):
         return {}
     return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+# ---- several processes: each says why it stopped -------------------------------------------------------------------
+
+FAIL_ON_PROCESS_1 = """
+import os, runpy, sys
+from duda_hf.training.trainer import DudaTrainer
+
+real = DudaTrainer.training_step
+
+def training_step(self, *args, **kwargs):
+    if os.environ["RANK"] == "1" and self.state.global_step == 2:  # a bug that only process 1 meets
+        raise RuntimeError("injected on process 1 at step 3")
+    return real(self, *args, **kwargs)
+
+DudaTrainer.training_step = training_step
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _two_process_run(benchmark, tmp_path: Path, wrapper_source: str, *extra: str) -> tuple[Run, list[str]]:
+    """A two-process `accelerate launch` of `wrapper_source` around `scripts/train_duda.py`, run to its end; returns
+    the run and each process's own stderr (the launcher's `--tee` copies)."""
+    from .test_ddp import free_port
+
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(wrapper_source)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    launcher = (accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no")
+    launcher += ("--dynamo_backend", "no", "--main_process_port", str(free_port()), "--tee", "3", "--log_dir", str(tmp_path / "logs"))
+    flags = ("--per_device_train_batch_size", "1", "--dataloader_num_workers", "0", *extra)
+    run = Run(benchmark, tmp_path / "run", *flags, launcher=(*launcher, str(wrapper)))
+    assert run.finish(timeout=240) != 0, run.stderr[-3000:]
+    return run, [next((tmp_path / "logs").glob(f"*/attempt_0/{rank}/stderr.log")).read_text() for rank in (0, 1)]
+
+
+def _last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def _root_cause(launcher_stderr: str) -> tuple[int, int]:
+    """The process the launcher names as the root cause of the failure, and its exit status."""
+    found = re.search(
+        r"Root Cause \(first observed failure\):\n\[\d+\]:\n(?:.*\n)*?\s*rank\s*: (\d+) .*\n\s*exitcode\s*: (-?\d+)", launcher_stderr
+    )
+    assert found, launcher_stderr[-3000:]
+    return int(found.group(1)), int(found.group(2))
+
+
+@pytest.mark.slow
+def test_ddp_a_full_disk_on_process_0_ends_each_process_with_one_line_naming_it(tiny_benchmark, tmp_path):
+    """Process 0 (the only one writing checkpoints) fills the disk; process 1, waiting for it at the save's barrier,
+    says why it stops instead of dying of the launcher's SIGTERM after a traceback of the barrier's error."""
+    run, (first, second) = _two_process_run(tiny_benchmark, tmp_path, DISK_FULL, *EVERY_STEP)
+    cause = _last_line(first)
+    assert re.fullmatch(r"error: disk full while writing checkpoint-2 in \S+: .* resume with --resume_from_checkpoint last\.", cause), (
+        first[-3000:]
+    )
+    assert _last_line(second) == f"stopped because process 0 failed: {cause}", second[-3000:]
+    assert "Traceback" not in first + second
+    assert _root_cause(run.stderr) == (0, 2)  # process 0 ended first, with its own status
+    assert assert_checkpoints_complete(run.output_dir) == [1]
+
+
+@pytest.mark.slow
+def test_ddp_an_error_on_process_1_ends_each_process_with_one_line_naming_it(tiny_benchmark, tmp_path):
+    """A bug on process 1 keeps its traceback there; process 0, blocked in the step's gradient all-reduce, says why
+    it stops."""
+    run, (first, second) = _two_process_run(tiny_benchmark, tmp_path, FAIL_ON_PROCESS_1)
+    assert _last_line(second).endswith("RuntimeError: injected on process 1 at step 3"), second[-3000:]
+    assert _last_line(first) == "stopped because process 1 failed: RuntimeError: injected on process 1 at step 3", first[-3000:]
+    assert "Traceback" not in first
+    assert _root_cause(run.stderr) == (1, 1)

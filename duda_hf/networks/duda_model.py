@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from duda_hf.data.labels import NUM_CLASSES
-from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record
+from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record, role_prefix
 from duda_hf.networks.inputs import InputCache, normalize_images
 from duda_hf.networks.loading import build_network
 from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
@@ -105,7 +105,7 @@ class DudaModel(nn.Module):
         unknown = sorted(set(self.frozen_sources) - set(self._frozen_networks()))
         if unknown:
             raise ValueError(f"frozen_sources names {unknown}, which this model does not have (roles: {sorted(self._frozen_networks())})")
-        self._frozen_records: dict | None = None  # computed at the first save; frozen weights do not change
+        self._frozen_records: dict | None = None  # computed once (`build_duda_model`, else the first save): frozen
         self.register_buffer("class_discrepancy", torch.zeros(NUM_CLASSES))
         self.register_buffer("class_seen", torch.zeros(NUM_CLASSES, dtype=torch.bool))
         self.train()
@@ -134,9 +134,7 @@ class DudaModel(nn.Module):
 
     def frozen_prefixes(self) -> tuple[str, ...]:
         """The state-dict prefixes of the networks in `frozen_sources` (left out of checkpoints)."""
-        return tuple(
-            f"extra_teachers.{role.rsplit('_', 1)[1]}." if role.startswith("extra_teacher_") else f"{role}." for role in self.frozen_sources
-        )
+        return tuple(role_prefix(role) for role in self.frozen_sources)
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """The state dict a checkpoint stores: everything but the frozen networks rebuilt from their sources."""

@@ -1,13 +1,14 @@
 """The frozen networks of a run that checkpoints leave out: each is rebuilt from its source at resume and checked.
 
 The ImageNet encoder of the feature distance (a copy of `nvidia/mit-bN`) and the extra teachers loaded from a
-folder, a Hub id or another checkpoint never change during training: each is a function of its source. A checkpoint
+folder or a Hub id never change during training: each is a function of its source. A checkpoint
 keeps none of their weights in `model.safetensors` (for MiT-B5 -> B0, the encoder alone would be 311 MiB of every
 checkpoint and every push); its `networks.json` records, under `frozen_sources`, where each comes from (the name the
 run was given, the Hub revision where there is one) and a SHA-256 of its weights. At resume the run builds them again
 from the same flags (offline, from the Hugging Face cache or the folder), and `check_frozen_networks` refuses in one
 line a network whose weights are not those the checkpoint was trained with. A frozen network that is not a function
-of a source (a preset built at random) stays in `model.safetensors`, as every frozen network did before.
+of a lasting source (a preset built at random, or a `CHECKPOINT@role`, which its run's `--save_total_limit` may
+delete) stays in `model.safetensors`, as every frozen network did before.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ import torch
 from torch import nn
 
 FROZEN_SOURCES_KEY = "frozen_sources"  # in networks.json
+
+
+def role_prefix(role: str) -> str:
+    """The state-dict prefix of a `DudaModel` network by its role in `networks.json` (`extra_teacher_N` ->
+    `extra_teachers.N.`, any other role -> `role.`)."""
+    return f"extra_teachers.{role.rsplit('_', 1)[1]}." if role.startswith("extra_teacher_") else f"{role}."
 
 
 class FrozenNetworkError(ValueError):
@@ -56,7 +63,7 @@ def frozen_record(network: nn.Module, source: str) -> dict:
     return {"source": source, "revision": hub_revision(source), "weights_sha256": weights_sha256(network)}
 
 
-def check_frozen_networks(checkpoint: str, recorded: dict, current: dict) -> None:
+def check_frozen_networks(checkpoint: str, recorded: dict | None, current: dict) -> None:
     """Refuse (one line) a resume whose rebuilt frozen networks differ from those `checkpoint` was trained with.
 
     Args:

@@ -19,7 +19,7 @@ from transformers import (
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 from duda_hf.data.remote import hub_reachable
 from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
-from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks, frozen_record
+from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks, frozen_record, role_prefix
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.presets import DAFORMER_SUFFIX, OTHER_FAMILY_PRESETS, mit_encoder, preset_config, random_only
 
@@ -239,7 +239,7 @@ def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrained
     if role not in configs:
         raise ModelUnavailableError(f"checkpoint '{folder}' has no network '{role}'; it holds {sorted(configs)}")
     config = configs[role]
-    prefix = "extra_teachers." + role.rsplit("_", 1)[1] + "." if role.startswith("extra_teacher_") else f"{role}."
+    prefix = role_prefix(role)
     state = {key[len(prefix) :]: value for key, value in load_file(weights_path).items() if key.startswith(prefix)}
     if not state and role in frozen:  # a frozen teacher the checkpoint left out: built from its source, checked
         network = build_network(frozen[role]["source"])
