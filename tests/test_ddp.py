@@ -132,3 +132,67 @@ def test_a_program_that_ends_right_after_a_collective_exits_with_its_status(tmp_
                 pytest.fail("a process did not end within 60 s of its last collective (a deadlock in the group's teardown)")
             statuses.append((process.returncode, output[-500:]))
     assert all(code == 0 for code, _ in statuses), [entry for entry in statuses if entry[0] != 0]
+
+
+# A stop (exit status 143, `TrainingPreempted`) while a DistributedDataParallel model is alive, held by the frames of
+# the stop's traceback (the model's C++ reducer holds the process group), and whose gloo worker frees its last
+# collective's tensor late: process 1 joins process 0's last broadcast a second after process 0's `main` has ended,
+# as a worker that a loaded machine does not schedule would. Unfixed (a 0.25 s pause, then `destroy_process_group`,
+# which cannot free a group the model holds), the model was freed when the traceback went, with the GIL held, and the
+# group's destructor joined a worker that waited for that GIL: process 0 hung in every round, with the pause or
+# without. `leave_process_group` is now called once the traceback is gone, so `destroy_process_group` frees the
+# group and joins its workers with the GIL released.
+LATE_WORKER_THEN_STOP = """
+import signal, sys, time, torch, torch.distributed as dist
+from types import SimpleNamespace
+from duda_hf.cli.errors import program
+from duda_hf.training.preemption import Preemption
+
+@program
+def main(argv=None):
+    dist.init_process_group("gloo")
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+    if dist.get_rank() == 1:
+        time.sleep(1)
+    dist.broadcast(torch.zeros(1000), src=0, async_op=True)  # not waited for: on process 0 it ends after `main`
+    preemption = Preemption()
+    preemption.signum = signal.SIGTERM
+    preemption.raise_if_stopped(SimpleNamespace(global_step=1, max_steps=2), "unused")
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_with_a_late_gloo_worker_exits_with_its_status(tmp_path):
+    script = tmp_path / "late_worker.py"
+    script.write_text(LATE_WORKER_THEN_STOP)
+    for _ in range(2):  # unfixed, process 0 hung in each round
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "WORLD_SIZE": "2",
+        }
+        processes = [
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                env={**environment, "RANK": str(rank)},
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for rank in (0, 1)
+        ]
+        for rank, process in enumerate(processes):
+            try:
+                output, _ = process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                for other in processes:
+                    other.kill()
+                pytest.fail(f"process {rank} did not end within 60 s of its stop (a deadlock in the group's teardown)")
+            assert process.returncode == 143, output[-1000:]
+            assert output.strip().splitlines()[-1].startswith("training stopped by SIGTERM after step 1 of 2"), output[-1000:]
