@@ -183,7 +183,7 @@ def test_sigterm_saves_a_checkpoint_says_how_to_resume_and_the_resume_is_bit_ide
 
     resumed = Run(tiny_benchmark, run.output_dir, "--save_strategy", "no", "--resume_from_checkpoint", "last")
     assert resumed.finish() == 0, resumed.stderr[-3000:]
-    said = f"resuming from {run.output_dir / f'checkpoint-{step}'}: step {step} of 6; restored every network"
+    said = f"resuming from {run.output_dir / f'checkpoint-{step}'}: step {step} of 6; restored every trained network"
     assert said in resumed.stderr and "the optimizer, the learning-rate schedule, the random state" in resumed.stderr
     assert_ends_like(reference.output_dir, run.output_dir)
     assert train_loss(resumed) == train_loss(reference)

@@ -41,6 +41,7 @@ def _train(benchmark, home, output_dir) -> str:
     argv += ["--fd_lambda", "0.005", "--max_steps", "2", "--per_device_train_batch_size", "1", "--max_eval_samples", "1"]
     env = {**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["COLUMNS"] = "120"
+    env["CI"] = "true"  # transformers then hands its records to the root logger too: each must still show once
     done = subprocess.run(
         [sys.executable, "-m", "duda_hf.cli.train_duda", *argv], capture_output=True, text=True, env=env, timeout=600, check=False
     )

@@ -5,11 +5,11 @@ The GPU runs of the same properties are in `tests/test_gpu.py` (marker `gpu`), r
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.training_run import build_trainer
 from duda_hf.export.network import export_network
-from duda_hf.method.losses import fuse_teacher_probs
 from duda_hf.networks.loading import build_network
 from duda_hf.training.step_log import StepLog
 
@@ -17,8 +17,11 @@ from .conftest import tiny_argv
 
 # bf16 keeps 8 bits of mantissa; a loss is a mean over thousands of pixels, so its rounding averages out.
 LOSS_RTOL = 5e-3
-# A pixel whose fp32 teacher prefers its class by at least this much probability keeps its pseudo-label in bf16.
-PSEUDO_LABEL_MARGIN = 0.05
+# A pixel whose fp32 teacher's top logit leads the second by at least this share of its largest logit keeps its
+# pseudo-label in bf16 (8 bits of mantissa: 0.4% per rounding, about 1% through the network). A margin in
+# probability would not do: the teacher in train mode normalises with the batch's statistics, its logits are large and
+# its softmax saturates, so pixels at 1 ulp of a tie show a probability margin near 1.
+PSEUDO_LABEL_MARGIN = 0.02
 
 
 def make_trainer(benchmark, output_dir, *extra):
@@ -110,11 +113,12 @@ def test_bf16_step_gives_the_fp32_pseudo_labels_and_losses(tiny_benchmark, tmp_p
     # Pseudo-labels: identical wherever the fp32 teacher is not near a tie.
     target = fixed_batch(fp32)["target_image"].float() / 255
     with torch.no_grad():
-        probs, _ = fuse_teacher_probs(fp32.model.teacher_logits(target), size=tuple(fp32_labels.shape[-2:]))
-    top2 = probs.topk(2, dim=1).values
-    margin = top2[:, 0] - top2[:, 1]
+        (logits,) = fp32.model.teacher_logits(target)
+        logits = F.interpolate(logits, size=tuple(fp32_labels.shape[-2:]), mode="bilinear", align_corners=False)
+    top2 = logits.topk(2, dim=1).values
+    margin = (top2[:, 0] - top2[:, 1]) / logits.abs().amax(dim=1)
     differ = fp32_labels != bf16_labels
-    assert (margin > PSEUDO_LABEL_MARGIN).float().mean() > 0.9  # the check covers most pixels
+    assert (margin > PSEUDO_LABEL_MARGIN).float().mean() > 0.8  # the check covers most pixels
     assert not differ[margin > PSEUDO_LABEL_MARGIN].any()
     assert differ.float().mean() < 0.01
 

@@ -18,11 +18,16 @@ from duda_hf.cli.errors import program
 
 @program
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as transformers_logging
+
     from duda_hf.cli.arguments import parse_args
     from duda_hf.cli.training_run import run_training
     from duda_hf.evaluation.report import teacher_premise
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # transformers prints its records with its own handler and, where CI=true, hands them to the root logger as
+    # well, whose handler above would print each a second time.
+    transformers_logging.disable_propagation()
     model_args, data_args, config = parse_args(argv, description=__doc__)
     results = run_training(model_args, data_args, config)
     if config.process_index == 0:
