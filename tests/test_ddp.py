@@ -98,31 +98,36 @@ sys.exit(main())
 """
 
 
+def _two_processes(script) -> list[subprocess.Popen]:
+    """`script` as processes 0 and 1 of a 2-process gloo group on this machine (stdout and stderr together)."""
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": "2",
+    }
+    return [
+        subprocess.Popen(
+            [sys.executable, str(script)],
+            env={**environment, "RANK": str(rank)},
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+
+
 @pytest.mark.slow
 def test_a_program_that_ends_right_after_a_collective_exits_with_its_status(tmp_path):
     script = tmp_path / "last_collective.py"
     script.write_text(LAST_COLLECTIVE_THEN_EXIT)
     statuses = []
     for _ in range(8):  # unfixed, 8 of 24 such processes aborted here: all 16 ending well is a 1-in-600 chance
-        environment = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
-            "WORLD_SIZE": "2",
-        }
-        processes = [
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env={**environment, "RANK": str(rank)},
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for rank in (0, 1)
-        ]
+        processes = _two_processes(script)
         for process in processes:
             try:
                 output, _ = process.communicate(timeout=60)
@@ -168,25 +173,7 @@ def test_a_stop_with_a_late_gloo_worker_exits_with_its_status(tmp_path):
     script = tmp_path / "late_worker.py"
     script.write_text(LATE_WORKER_THEN_STOP)
     for _ in range(2):  # unfixed, process 0 hung in each round
-        environment = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "OMP_NUM_THREADS": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(free_port()),
-            "WORLD_SIZE": "2",
-        }
-        processes = [
-            subprocess.Popen(
-                [sys.executable, str(script)],
-                env={**environment, "RANK": str(rank)},
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for rank in (0, 1)
-        ]
+        processes = _two_processes(script)
         for rank, process in enumerate(processes):
             try:
                 output, _ = process.communicate(timeout=60)

@@ -25,17 +25,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from .conftest import tiny_argv
+from .test_hub import STUDENT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/duda-bg"
-STUDENT_FILES = [
-    "README.md",
-    "config.json",
-    "model.safetensors",
-    "plots/miou_over_training.png",
-    "plots/per_class_iou.png",
-    "preprocessor_config.json",
-]
 
 
 class FakeHub:
