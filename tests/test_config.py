@@ -9,7 +9,7 @@ import pytest
 
 from duda_hf.cli.arguments import ModelArguments, load_recipe, parse_args
 from duda_hf.cli.recipe import RecipeError
-from duda_hf.method.config import DudaConfig
+from duda_hf.method.config import DudaConfig, resolve_block_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,6 +115,17 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
         assert (config.kd_clean_target, config.kd_temperature) == (1.0, 0.5)
     else:  # the paper recipes: the paper's step as specified
         assert (config.distill_stage_steps, config.kd_clean_target, config.cwd_weight, config.kd_temperature) == (0, 0, 0, 1.0)
+    if recipe.name.endswith("_mic.yaml"):  # the base recipe, MIC on the large pair: MIC's settings for the benchmark
+        base = load_recipe(recipe.with_name(recipe.name.replace("_mic", "")))
+        mic = load_recipe(recipe)
+        assert {key: value for key, value in mic.items() if not key.startswith("mic_") and key != "output_dir"} == {
+            key: value for key, value in base.items() if key != "output_dir"
+        }
+        mode = "separate" if recipe.name.startswith("cs2") else "separatetrgaug"  # MIC's experiments 80 and 81
+        assert (config.mic_lambda, config.mic_mode, config.mic_mask_ratio, config.mic_student) == (1.0, mode, 0.7, False)
+        assert resolve_block_size(config.mic_block_size, *data_args.crop_size) == 32  # MIC(DAFormer) at 512 crops
+    else:
+        assert config.mic_lambda == 0
 
 
 def test_command_line_overrides_recipe(tmp_path):
@@ -124,6 +135,19 @@ def test_command_line_overrides_recipe(tmp_path):
     )
     assert config.max_steps == 7 and data_args.crop_size == [32, 48] and config.learning_rate == 6e-4
     assert config.distill_stage_steps_resolved == 2  # the recipe's stage is a share of max_steps (0.25 of 7, rounded)
+
+
+def test_a_recipe_overrides_its_base_and_a_base_cycle_is_refused(tmp_path):
+    (tmp_path / "a.yaml").write_text("max_steps: 10\nlearning_rate: 0.1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmax_steps: 20\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\nema_alpha: 0.9\n")
+    assert load_recipe(tmp_path / "c.yaml") == {"max_steps": 20, "learning_rate": 0.1, "ema_alpha": 0.9}
+    (tmp_path / "a.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(RecipeError, match="leads back to itself"):
+        load_recipe(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(RecipeError, match="missing.yaml' does not exist"):
+        load_recipe(tmp_path / "d.yaml")
 
 
 def test_recipe_with_unknown_key(tmp_path):

@@ -33,8 +33,10 @@ def free_port() -> int:
         ("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
         # the DAFormer head (BatchNorm in its ASPP) on both networks
         ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer"),
+        # MIC's masked images: a larger batch for each network, the student's beside its clean-target images
+        ("--mic_lambda", "1", "--mic_student", "true", "--kd_clean_target", "1", "--pseudo_label_threshold", "0"),
     ],
-    ids=["paper_step", "stage_and_clean_target", "daformer_heads"],
+    ids=["paper_step", "stage_and_clean_target", "daformer_heads", "mic"],
 )
 def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))

@@ -175,8 +175,11 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     """The description as written (its examples keep their lines), every flag with its default."""
 
 
-def load_recipe(path: str | os.PathLike) -> dict:
-    """Read a YAML recipe and check that every key is a known flag."""
+BASE_KEY = "base"  # a recipe's `base: OTHER.yaml` (beside it): the other recipe's flags, which this one overrides
+
+
+def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML recipe (and the recipe it names as `base`, recursively) and check that every key is a known flag."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe '{path}' does not exist (see configs/ for the shipped recipes)")
@@ -184,9 +187,14 @@ def load_recipe(path: str | os.PathLike) -> dict:
     if not isinstance(recipe, dict):
         raise RecipeError(f"recipe '{path}' must be a mapping of flag: value, got {type(recipe).__name__}")
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-    unknown = sorted(set(recipe) - known)
+    unknown = sorted(set(recipe) - known - {BASE_KEY})
     if unknown:
         raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `duda-train --help` for the flags")
+    if BASE_KEY in recipe:
+        base = path.parent / str(recipe.pop(BASE_KEY))
+        if base.resolve() in _seen or base.resolve() == path.resolve():
+            raise RecipeError(f"recipe '{path}': its base '{base}' leads back to itself; remove one of the `base:` lines")
+        recipe = {**load_recipe(base, (*_seen, path.resolve())), **recipe}
     return recipe
 
 

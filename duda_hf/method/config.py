@@ -19,6 +19,7 @@ EMA_SCHEDULES = ("daformer", "copy_first")
 LR_SCHEDULES = ("daformer", "trainer")
 WEIGHT_DECAY_EXEMPT = ("encoder_norms", "norms_and_biases")
 LOSS_DENOMINATORS = ("all_pixels", "valid_pixels")
+MIC_MODES = ("separatetrgaug", "separatetrg", "separate")
 
 
 def flag_help(text: str, **extra) -> dict:
@@ -33,6 +34,11 @@ def check_flag(condition: bool, name: str, allowed: str, value) -> None:
 def _has_accelerator() -> bool:
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
+
+
+def resolve_block_size(value: float, height: int, width: int) -> int:
+    """MIC's block side in pixels: `value` itself, or below 1 that fraction of the shorter side (at least 1)."""
+    return max(1, round(value * min(height, width))) if value < 1 else int(value)
 
 
 def resolve_steps(value: float, max_steps: int) -> int:
@@ -201,6 +207,40 @@ class DudaConfig(TrainingArguments):
     )
     fd_scale_min_ratio: float = field(
         default=0.75, metadata=flag_help("Share of a feature cell a class must cover to count in the feature distance. DAFormer: 0.75.")
+    )
+    # --- masked image consistency (MIC, Hoyer et al., CVPR 2023) ---
+    mic_lambda: float = field(
+        default=0.0,
+        metadata=flag_help(
+            "Weight of MIC's masked image consistency term on the network that makes the pseudo-labels (the auxiliary "
+            "student; the student in self_training): its cross-entropy on a block-masked image against the EMA "
+            "teacher's pseudo-labels of the unmasked image, with their quality weight. MIC: 1. 0: off (DAFormer, DUDA)."
+        ),
+    )
+    mic_mode: str = field(
+        default="separatetrgaug",
+        metadata=flag_help(
+            "Which images MIC masks, by its own names: 'separatetrgaug' the target images, colour-jittered and blurred "
+            "with draws of their own (MIC on GTA5/SYNTHIA -> Cityscapes); 'separatetrg' the plain target images; "
+            "'separate' the first half of the source batch and the rest from the target batch, plain (MIC on "
+            "Cityscapes -> ACDC / Dark Zurich: one source and one target image).",
+            choices=list(MIC_MODES),
+        ),
+    )
+    mic_mask_ratio: float = field(default=0.7, metadata=flag_help("Share of MIC's blocks masked (each block independently). MIC: 0.7."))
+    mic_block_size: float = field(
+        default=1 / 16,
+        metadata=flag_help(
+            "Side of MIC's square mask blocks in pixels, or below 1 a fraction of the crop's shorter side: 1/16 gives "
+            "MIC's 32 at 512-pixel crops (DAFormer) and 64 at 1024 (HRDA)."
+        ),
+    )
+    mic_student: bool = field(
+        default=False,
+        metadata=flag_help(
+            "duda: the student also learns MIC's term on the same masked images (reconstructed; the DUDA paper does not "
+            "say). false: MIC trains the auxiliary student only, as it trains the network that feeds its EMA teacher."
+        ),
     )
     # --- rare class sampling (source) ---
     rare_class_sampling: bool = field(default=True, metadata=flag_help("Sample source images by rare classes (DAFormer RCS)."))
@@ -380,8 +420,18 @@ class DudaConfig(TrainingArguments):
             "kd_clean_target",
             "cwd_weight",
             "distill_stage_steps",
+            "mic_lambda",
         ):
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
+        check_flag(self.mic_mode in MIC_MODES, "DudaConfig.mic_mode", f"one of {MIC_MODES}", self.mic_mode)
+        check_flag(0 <= self.mic_mask_ratio < 1, "DudaConfig.mic_mask_ratio", "in [0, 1)", self.mic_mask_ratio)
+        check_flag(
+            self.mic_block_size > 0, "DudaConfig.mic_block_size", "> 0 (pixels, or below 1 a fraction of the crop)", self.mic_block_size
+        )
+        if self.mic_lambda > 0 and self.method == "source_only":
+            raise ValueError("DudaConfig.mic_lambda needs pseudo-labels: use it with --method duda or self_training, or set it to 0")
+        if self.mic_student and self.method != "duda":
+            raise ValueError("DudaConfig.mic_student needs method='duda' (in self_training MIC already trains the student)")
         check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
         check_flag(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)
         check_flag(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)

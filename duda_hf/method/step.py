@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES
-from duda_hf.method.config import DudaConfig
+from duda_hf.method.config import DudaConfig, resolve_block_size
 from duda_hf.method.losses import (
     channel_distillation_loss,
     distillation_weight,
@@ -43,8 +43,10 @@ from duda_hf.method.losses import (
     target_pixel_weight,
     weighted_cross_entropy,
 )
+from duda_hf.method.masking import block_mask, mask_images
 from duda_hf.method.mixing import class_mix_masks, mix, sample_augment_params, strong_augment
 from duda_hf.networks.duda_model import DudaModel
+from duda_hf.networks.inputs import input_normalization
 
 
 @dataclass
@@ -83,6 +85,11 @@ class StepTensors:
     class_pixel_weight: torch.Tensor | None = None  # (B, H, W): the class weight on target pixels, 1 on source pixels
     pixel_weight: torch.Tensor | None = None  # mixed_weight times class_pixel_weight
     reference_features: torch.Tensor | None = None  # the frozen ImageNet encoder's features of the source images
+    masked_image: torch.Tensor | None = None  # MIC's masked images (`mic_lambda` > 0), RGB in [0, 1]
+    masked_label: torch.Tensor | None = None  # their labels: the pseudo-labels (and source labels in mode 'separate')
+    masked_weight: torch.Tensor | None = None  # their pixel weights: the quality outside the margins (1 on source images)
+    aux_masked: torch.Tensor | None = None  # the auxiliary student's logits on them
+    student_masked: torch.Tensor | None = None  # the student's (self_training, or duda with `mic_student`)
 
 
 # ---- what the terms read, in the method's order ----
@@ -147,15 +154,36 @@ def step_tensors(
     )
     mixed_image = strong_augment(mixed_image, params)
 
-    # The source and mixed batches through one forward pass of each trained network (the student also takes the
-    # clean target images for the clean-target terms); in the distillation stage the auxiliary student stops.
+    # MIC's masked images, for the network that feeds the EMA teacher (and the student with `mic_student`).
     stage = args.in_distill_stage(step)
+    masked = None
+    if args.mic_lambda > 0 and not stage:
+        masked = masked_batch(duda, args, source_image, source_label, target_image, pseudo, target_weight, generator)
+    masked_image, masked_label, masked_weight = masked if masked is not None else (None, None, None)
+    aux_masked_input = masked_image if duda.aux_student is not None else None
+    student_masked_input = masked_image if duda.aux_student is None or args.mic_student else None
+
+    # The source and mixed batches through one forward pass of each trained network (the student also takes the
+    # clean target images for the clean-target terms, and each network the masked images it learns from); in the
+    # distillation stage the auxiliary student stops.
     use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
     clean_target = target_image if duda.aux_student is not None and (args.kd_clean_target > 0 or args.cwd_weight > 0) else None
+    student_extras = [images for images in (clean_target, student_masked_input) if images is not None]
     with autocast():
-        outputs = model(torch.cat([source_image, mixed_image]), output_features=use_fd, student_extra=clean_target, aux=not stage)
+        outputs = model(
+            torch.cat([source_image, mixed_image]),
+            output_features=use_fd,
+            student_extra=torch.cat(student_extras) if student_extras else None,
+            aux_extra=aux_masked_input,
+            aux=not stage,
+        )
         reference_features = duda.imagenet_features(source_image) if use_fd else None
     student_source, student_mix = outputs["student_logits"].split(source_image.shape[0])
+    student_target = student_masked = None
+    if student_extras:
+        extra = outputs["student_extra_logits"].split([images.shape[0] for images in student_extras])
+        student_target = extra[0] if clean_target is not None else None
+        student_masked = extra[-1] if student_masked_input is not None else None
     aux_source = aux_mix = lam = class_weights = class_pixel_weight = pixel_weight = None
     if duda.aux_student is not None:
         # 3. The auxiliary student's logits; 4. the student's weights: lam_t of gradual distillation and the
@@ -170,7 +198,7 @@ def step_tensors(
         outputs=outputs,
         student_source=student_source,
         student_mix=student_mix,
-        student_target=outputs.get("student_extra_logits"),
+        student_target=student_target,
         aux_source=aux_source,
         aux_mix=aux_mix,
         teacher_logits=teacher_logits,
@@ -187,7 +215,55 @@ def step_tensors(
         class_pixel_weight=class_pixel_weight,
         pixel_weight=pixel_weight,
         reference_features=reference_features,
+        masked_image=masked_image,
+        masked_label=masked_label,
+        masked_weight=masked_weight,
+        aux_masked=outputs.get("aux_extra_logits"),
+        student_masked=student_masked,
     )
+
+
+def masked_batch(
+    duda: DudaModel,
+    args: DudaConfig,
+    source_image: torch.Tensor,
+    source_label: torch.Tensor,
+    target_image: torch.Tensor,
+    pseudo: torch.Tensor,
+    target_weight: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MIC's masked images with their labels and pixel weights (its `MaskingConsistencyModule`, `mask_mode`).
+
+    'separatetrg(aug)': the target images with the teacher's pseudo-labels and their weights; 'separate': the first
+    half of the source images (`B // 2`, MIC's one of two) with their labels at weight 1, then the first `B - B // 2`
+    target images. With 'aug', colour jitter and blur with draws of their own (MIC's `strong_transform` without the
+    mix). Then MIC's block mask, its masked pixels set to the mean colour of the network that learns from them.
+    """
+    batch = target_image.shape[0]
+    if args.mic_mode == "separate":
+        sources = batch // 2
+        images = torch.cat([source_image[:sources], target_image[: batch - sources]])
+        labels = torch.cat([source_label[:sources], pseudo[: batch - sources]])
+        weights = torch.cat([torch.ones_like(target_weight[:sources]), target_weight[: batch - sources]])
+    else:
+        images, labels, weights = target_image, pseudo, target_weight
+    if args.mic_mode.endswith("aug"):
+        params = sample_augment_params(
+            batch,
+            generator,
+            images.device,
+            jitter_strength=args.color_jitter_strength,
+            jitter_p=args.color_jitter_p,
+            blur_p=args.blur_p,
+            blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
+        )
+        images = strong_augment(images, params)
+    size = tuple(images.shape[-2:])
+    block = resolve_block_size(args.mic_block_size, *size)
+    mask = block_mask(batch, size, block, args.mic_mask_ratio, generator, images.device)
+    mean, _, _ = input_normalization(duda.ema_source)
+    return mask_images(images, mask, mean), labels, weights
 
 
 class LossTerm(NamedTuple):
@@ -309,6 +385,24 @@ def student_cwd_clean_target(t: StepTensors) -> torch.Tensor | None:
     return t.args.cwd_weight * t.lam * cwd
 
 
+# MIC's masked image consistency (Hoyer et al., CVPR 2023): the network that feeds the EMA teacher learns the
+# teacher's pseudo-labels of the unmasked image from the masked one.
+def aux_masked_ce(t: StepTensors) -> torch.Tensor | None:
+    """`mic_lambda * wCE` of the auxiliary student on the masked images; off at weight 0 and in the distillation stage."""
+    if t.aux_masked is None:
+        return None
+    return t.args.mic_lambda * weighted_cross_entropy(t.aux_masked, t.masked_label, t.masked_weight, denominator=t.args.loss_denominator)
+
+
+def student_masked_ce(t: StepTensors) -> torch.Tensor | None:
+    """The same for the student: in self_training (it feeds the EMA teacher), or in duda with `mic_student`."""
+    if t.student_masked is None:
+        return None
+    return t.args.mic_lambda * weighted_cross_entropy(
+        t.student_masked, t.masked_label, t.masked_weight, denominator=t.args.loss_denominator
+    )
+
+
 # 5. The total: per method, the terms in the order they are added up (a new term goes last, so that existing runs
 # keep their bits).
 TERMS: dict[str, tuple[LossTerm, ...]] = {
@@ -317,6 +411,7 @@ TERMS: dict[str, tuple[LossTerm, ...]] = {
         LossTerm("loss_student_source", student_source_ce),
         LossTerm("loss_student_mix", student_mix_ce),
         LossTerm("loss_feature_distance", feature_distance_term),
+        LossTerm("loss_student_masked", student_masked_ce),
     ),
     "duda": (
         LossTerm("loss_aux_source", aux_source_ce),
@@ -327,6 +422,8 @@ TERMS: dict[str, tuple[LossTerm, ...]] = {
         LossTerm("loss_feature_distance", feature_distance_term),
         LossTerm("loss_student_kd_clean", student_kd_clean_target),
         LossTerm("loss_student_cwd", student_cwd_clean_target),
+        LossTerm("loss_aux_masked", aux_masked_ce),
+        LossTerm("loss_student_masked", student_masked_ce),
     ),
 }
 

@@ -172,6 +172,7 @@ class DudaModel(nn.Module):
         output_features: bool = False,
         *,
         student_extra: torch.Tensor | None = None,
+        aux_extra: torch.Tensor | None = None,
         aux: bool = True,
     ) -> dict[str, torch.Tensor]:
         """One forward pass of the trained networks on `(B, 3, H, W)` RGB in [0, 1].
@@ -179,7 +180,8 @@ class DudaModel(nn.Module):
         Returns logits `(B, 19, H/4, W/4)` under `student_logits` and, for 'duda', `aux_logits`; with
         `output_features`, the last encoder stage of the network that gets the feature distance.
         `student_extra` (`(B', 3, H, W)`): more images for the student alone, in the same forward pass (its logits
-        under `student_extra_logits`); `aux=False` leaves the auxiliary student out (the distillation stage).
+        under `student_extra_logits`); `aux_extra` the same for the auxiliary student (`aux_extra_logits`);
+        `aux=False` leaves the auxiliary student out (the distillation stage).
         """
         if student_extra is not None:
             student_images = torch.cat([pixel_values, student_extra])
@@ -190,12 +192,19 @@ class DudaModel(nn.Module):
         student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
         outputs["student_logits"] = student_out.logits
         if student_extra is not None:
-            outputs["student_logits"], outputs["student_extra_logits"] = student_out.logits.split(pixel_values.shape[0])
+            outputs["student_logits"], outputs["student_extra_logits"] = student_out.logits.split(
+                [pixel_values.shape[0], student_extra.shape[0]]
+            )
         fd_out = student_out
         if self.aux_student is not None and aux:
-            inputs = InputCache(pixel_values) if student_extra is not None else inputs
+            if aux_extra is not None:
+                inputs = InputCache(torch.cat([pixel_values, aux_extra]))
+            elif student_extra is not None:
+                inputs = InputCache(pixel_values)
             fd_out = self.aux_student(pixel_values=inputs(self.aux_student), output_hidden_states=output_features)
             outputs["aux_logits"] = fd_out.logits
+            if aux_extra is not None:
+                outputs["aux_logits"], outputs["aux_extra_logits"] = fd_out.logits.split([pixel_values.shape[0], aux_extra.shape[0]])
         if output_features:
             outputs["features"] = fd_out.hidden_states[-1]
         return outputs
