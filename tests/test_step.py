@@ -41,7 +41,8 @@ def test_the_loss_is_the_sum_of_the_pure_steps_weighted_terms_in_order(tiny_benc
     assert changed == []
     assert trainer.step_log.count == 0 and trainer.debug_tensors is None
     assert list(result.terms) == ["loss_aux_source", "loss_aux_mix", "loss_student_source", "loss_student_mix", "loss_student_kd"]
-    assert [term.name for term in TERMS["duda"]] == [*result.terms, "loss_feature_distance", "loss_student_kd_clean", "loss_student_cwd"]
+    later = ["loss_feature_distance", "loss_student_kd_clean", "loss_student_cwd", "loss_aux_masked", "loss_student_masked"]
+    assert [term.name for term in TERMS["duda"]] == [*result.terms, *later]
     assert set(result.diagnostics) == {"pseudo_label_quality", "lam_t", "class_weight", "teacher_pixel_share", "teacher_pixel_weight"}
     assert result.diagnostics["lam_t"] == 0.5
 

@@ -143,16 +143,7 @@ def step_tensors(
     mixed_image = mix(mask, source_image, target_image)
     mixed_label = mix(mask, source_label, pseudo)
     mixed_weight = mix(mask, torch.ones_like(target_weight), target_weight)
-    params = sample_augment_params(
-        source_image.shape[0],
-        generator,
-        source_image.device,
-        jitter_strength=args.color_jitter_strength,
-        jitter_p=args.color_jitter_p,
-        blur_p=args.blur_p,
-        blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
-    )
-    mixed_image = strong_augment(mixed_image, params)
+    mixed_image = strong_augment(mixed_image, augment_params(args, source_image.shape[0], generator, source_image.device))
 
     # MIC's masked images, for the network that feeds the EMA teacher (and the student with `mic_student`).
     stage = args.in_distill_stage(step)
@@ -223,6 +214,19 @@ def step_tensors(
     )
 
 
+def augment_params(args: DudaConfig, batch: int, generator: torch.Generator, device: torch.device):
+    """Colour-jitter and blur draws for `batch` images with the run's settings (`--color_jitter_*`, `--blur_*`)."""
+    return sample_augment_params(
+        batch,
+        generator,
+        device,
+        jitter_strength=args.color_jitter_strength,
+        jitter_p=args.color_jitter_p,
+        blur_p=args.blur_p,
+        blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
+    )
+
+
 def masked_batch(
     duda: DudaModel,
     args: DudaConfig,
@@ -249,16 +253,7 @@ def masked_batch(
     else:
         images, labels, weights = target_image, pseudo, target_weight
     if args.mic_mode.endswith("aug"):
-        params = sample_augment_params(
-            batch,
-            generator,
-            images.device,
-            jitter_strength=args.color_jitter_strength,
-            jitter_p=args.color_jitter_p,
-            blur_p=args.blur_p,
-            blur_sigma=(args.blur_sigma_min, args.blur_sigma_max),
-        )
-        images = strong_augment(images, params)
+        images = strong_augment(images, augment_params(args, batch, generator, images.device))
     size = tuple(images.shape[-2:])
     block = resolve_block_size(args.mic_block_size, *size)
     mask = block_mask(batch, size, block, args.mic_mask_ratio, generator, images.device)
