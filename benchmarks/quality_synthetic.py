@@ -227,6 +227,18 @@ DIAGNOSTIC_ROWS.update(
         ),
     }
 )
+# MIC's masked image consistency on the auxiliary student (issue 32), beside the recipe's `pretrained_duda` and
+# `random_duda` rows; the crop is 128, so MIC's blocks are 8 pixels (1/16 of it).
+DIAGNOSTIC_ROWS.update(
+    {
+        "pretrained_duda_mic": (
+            "pretrained pair: duda as kept + MIC (--mic_lambda 1)",
+            PRETRAINED,
+            ["--method", "duda", "--mic_lambda", "1"],
+        ),
+        "random_duda_mic": ("random init: duda as kept + MIC (--mic_lambda 1)", RANDOM, ["--method", "duda", "--mic_lambda", "1"]),
+    }
+)
 ALL_ROWS = {**ROWS, **DIAGNOSTIC_ROWS}
 NETWORKS = ("student", "auxiliary", "teacher")
 
