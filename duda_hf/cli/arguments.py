@@ -191,10 +191,10 @@ def load_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     if unknown:
         raise RecipeError(f"recipe '{path}' has unknown keys {unknown}; run `duda-train --help` for the flags")
     if BASE_KEY in recipe:
-        base = path.parent / str(recipe.pop(BASE_KEY))
-        if base.resolve() in _seen or base.resolve() == path.resolve():
+        base, seen = path.parent / str(recipe.pop(BASE_KEY)), (*_seen, path.resolve())
+        if base.resolve() in seen:
             raise RecipeError(f"recipe '{path}': its base '{base}' leads back to itself; remove one of the `base:` lines")
-        recipe = {**load_recipe(base, (*_seen, path.resolve())), **recipe}
+        recipe = {**load_recipe(base, seen), **recipe}
     return recipe
 
 

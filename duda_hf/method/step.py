@@ -382,20 +382,21 @@ def student_cwd_clean_target(t: StepTensors) -> torch.Tensor | None:
 
 # MIC's masked image consistency (Hoyer et al., CVPR 2023): the network that feeds the EMA teacher learns the
 # teacher's pseudo-labels of the unmasked image from the masked one.
-def aux_masked_ce(t: StepTensors) -> torch.Tensor | None:
-    """`mic_lambda * wCE` of the auxiliary student on the masked images; off at weight 0 and in the distillation stage."""
-    if t.aux_masked is None:
+def _masked_ce(t: StepTensors, logits: torch.Tensor | None) -> torch.Tensor | None:
+    """`mic_lambda * wCE` of a network's `logits` on the masked images; None when that network did not see them."""
+    if logits is None:
         return None
-    return t.args.mic_lambda * weighted_cross_entropy(t.aux_masked, t.masked_label, t.masked_weight, denominator=t.args.loss_denominator)
+    return t.args.mic_lambda * weighted_cross_entropy(logits, t.masked_label, t.masked_weight, denominator=t.args.loss_denominator)
+
+
+def aux_masked_ce(t: StepTensors) -> torch.Tensor | None:
+    """The auxiliary student's term; off at weight 0 and in the distillation stage."""
+    return _masked_ce(t, t.aux_masked)
 
 
 def student_masked_ce(t: StepTensors) -> torch.Tensor | None:
-    """The same for the student: in self_training (it feeds the EMA teacher), or in duda with `mic_student`."""
-    if t.student_masked is None:
-        return None
-    return t.args.mic_lambda * weighted_cross_entropy(
-        t.student_masked, t.masked_label, t.masked_weight, denominator=t.args.loss_denominator
-    )
+    """The student's term: in self_training (it feeds the EMA teacher), or in duda with `mic_student`."""
+    return _masked_ce(t, t.student_masked)
 
 
 # 5. The total: per method, the terms in the order they are added up (a new term goes last, so that existing runs

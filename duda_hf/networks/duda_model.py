@@ -183,31 +183,21 @@ class DudaModel(nn.Module):
         under `student_extra_logits`); `aux_extra` the same for the auxiliary student (`aux_extra_logits`);
         `aux=False` leaves the auxiliary student out (the distillation stage).
         """
-        if student_extra is not None:
-            student_images = torch.cat([pixel_values, student_extra])
-        else:
-            student_images = pixel_values
+        batch = pixel_values.shape[0]
+        student_images = pixel_values if student_extra is None else torch.cat([pixel_values, student_extra])
+        aux_images = pixel_values if aux_extra is None else torch.cat([pixel_values, aux_extra])
         inputs = InputCache(student_images)
         outputs = {}
         student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
-        outputs["student_logits"] = student_out.logits
-        if student_extra is not None:
-            outputs["student_logits"], outputs["student_extra_logits"] = student_out.logits.split(
-                [pixel_values.shape[0], student_extra.shape[0]]
-            )
+        outputs["student_logits"], outputs["student_extra_logits"] = _split_extra(student_out.logits, batch, student_extra)
         fd_out = student_out
         if self.aux_student is not None and aux:
-            if aux_extra is not None:
-                inputs = InputCache(torch.cat([pixel_values, aux_extra]))
-            elif student_extra is not None:
-                inputs = InputCache(pixel_values)
-            fd_out = self.aux_student(pixel_values=inputs(self.aux_student), output_hidden_states=output_features)
-            outputs["aux_logits"] = fd_out.logits
-            if aux_extra is not None:
-                outputs["aux_logits"], outputs["aux_extra_logits"] = fd_out.logits.split([pixel_values.shape[0], aux_extra.shape[0]])
+            aux_inputs = inputs if aux_images is student_images else InputCache(aux_images)  # one normalisation when shared
+            fd_out = self.aux_student(pixel_values=aux_inputs(self.aux_student), output_hidden_states=output_features)
+            outputs["aux_logits"], outputs["aux_extra_logits"] = _split_extra(fd_out.logits, batch, aux_extra)
         if output_features:
             outputs["features"] = fd_out.hidden_states[-1]
-        return outputs
+        return {name: value for name, value in outputs.items() if value is not None}
 
     @torch.no_grad()
     def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -258,6 +248,11 @@ def prepare_networks(duda: DudaModel, channels_last: bool = False, compile_optio
         if compile_options is not None:
             network.compile(**compile_options)
     return duda
+
+
+def _split_extra(logits: torch.Tensor, batch: int, extra: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits of the first `batch` images, and those of the `extra` images after them (None without extra)."""
+    return (logits, None) if extra is None else (logits[:batch], logits[batch:])
 
 
 def build_duda_model(
