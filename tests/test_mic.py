@@ -194,3 +194,13 @@ def test_a_mic_run_resumes_bit_identically(tiny_benchmark, tmp_path):
     assert any(entry.get("loss_aux_masked", 0) > 0 for entry in trainer.state.log_history)
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, final[name]), name
+
+
+def test_the_console_adds_the_masked_terms_to_their_networks_not_to_other():
+    from duda_hf.method.step import TERMS
+    from duda_hf.training.console import TERM_GROUPS, training_line
+
+    grouped = {term for _, terms in TERM_GROUPS for term in terms}
+    assert {term.name for terms in TERMS.values() for term in terms} <= grouped  # "other" is for loss_terms= only
+    logs = {"loss": 2.0, "loss_aux_source": 1.0, "loss_aux_masked": 0.25, "loss_student_source": 0.5, "loss_student_masked": 0.25}
+    assert training_line(logs, 3, 10) == "step 3/10  loss 2.0000  aux 1.2500  student 0.7500"

@@ -14,8 +14,8 @@ from transformers import TrainerCallback
 
 # the logged loss terms, added up by what they train (docs/method.md, "One training step")
 TERM_GROUPS = (
-    ("aux", ("loss_aux_source", "loss_aux_mix")),
-    ("student", ("loss_student_source", "loss_student_mix")),
+    ("aux", ("loss_aux_source", "loss_aux_mix", "loss_aux_masked")),
+    ("student", ("loss_student_source", "loss_student_mix", "loss_student_masked")),
     ("distill", ("loss_student_kd", "loss_student_kd_clean", "loss_student_cwd")),
     ("fd", ("loss_feature_distance",)),
 )
