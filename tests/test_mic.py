@@ -137,12 +137,18 @@ def test_in_a_duda_step_the_masked_term_trains_the_auxiliary_student_only(tiny_b
 
 
 def test_mic_student_and_self_training_give_the_student_the_masked_term(tiny_benchmark, tmp_path):
-    for method, extra in (("duda", ("--mic_student", "true", "--kd_clean_target", "1")), ("self_training", ())):
-        trainer = make_trainer(tiny_benchmark, tmp_path / method, "--method", method, "--mic_lambda", "1", *extra)
+    runs = {
+        "duda": ("duda", "--mic_student", "true", "--kd_clean_target", "1"),
+        "self_training": ("self_training",),
+        # another family as the student (its own head, stride 8), beside the SegFormer pair
+        "duda_mobilenet_student": ("duda", "--mic_student", "true", "--student", "mobilenetv2-deeplabv3-tiny"),
+    }
+    for name, (method, *extra) in runs.items():
+        trainer = make_trainer(tiny_benchmark, tmp_path / name, "--method", method, "--mic_lambda", "1", *extra)
         _confident_step(trainer)
         logged = trainer.step_log.pop_means()
-        assert logged["loss_student_masked"] > 0, method
-        assert ("loss_aux_masked" in logged) == (method == "duda")
+        assert logged["loss_student_masked"] > 0, name
+        assert ("loss_aux_masked" in logged) == (method == "duda"), name
 
 
 def test_without_mic_the_step_is_unchanged(tiny_benchmark, tmp_path):
