@@ -225,6 +225,13 @@ DIAGNOSTIC_ROWS.update(
             PRETRAINED,
             ["--extra_teachers", ORACLE_TEACHER, "--teacher_weights", "0", "1"],
         ),
+        # issue 32: `--method distill` from that frozen teacher, beside `pretrained_self_training` and the student's
+        # ceiling `pretrained_oracle_tiny` (the same student on the target's labels), all for 1500 steps
+        "pretrained_distill_oracle_teacher": (
+            "pretrained tiny: distill from the frozen oracle tiny-wide (--method distill, 1500 steps)",
+            PRETRAINED,
+            ["--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS],
+        ),
     }
 )
 # MIC's masked image consistency on the auxiliary student (issue 32), beside the recipe's `pretrained_duda` and

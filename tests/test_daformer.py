@@ -22,6 +22,7 @@ from duda_hf.cli.import_checkpoint import main as import_main
 from duda_hf.cli.training_run import build_trainer, run_training
 from duda_hf.networks.daformer import DaformerConfig
 from duda_hf.networks.daformer.modeling_daformer import DaformerDecodeHead, DaformerForSemanticSegmentation
+from duda_hf.networks.frozen import weights_sha256
 from duda_hf.networks.loading import build_network
 
 from .conftest import tiny_argv
@@ -501,6 +502,17 @@ def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_dafo
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
     role = build_network(f"{daformer_run[0] / 'checkpoint-2'}@teacher")
     assert isinstance(role, DaformerForSemanticSegmentation) and role.config.hidden_sizes == [16, 32, 64, 128]
+    # the imported network as the frozen teacher of `--method distill`: the student alone learns from it
+    argv = tiny_argv(tiny_benchmark, tmp_path / "distill", "--method", "distill", "--teacher", str(tmp_path / "imported"), "--max_steps", "2")
+    distill = build_trainer(*parse_args(argv))
+    (teacher,) = distill.model.extra_teachers
+    assert isinstance(teacher, DaformerForSemanticSegmentation) and distill.model.teacher is None
+    before = weights_sha256(teacher)
+    distill.train()
+    assert weights_sha256(teacher) == before
+    assert [e["loss"] for e in distill.state.log_history if "loss" in e] == pytest.approx(
+        [e["loss_student_source"] + e["loss_student_mix"] for e in distill.state.log_history if "loss" in e], rel=1e-4
+    )
 
 
 @pytest.mark.parametrize(

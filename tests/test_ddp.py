@@ -35,8 +35,10 @@ def free_port() -> int:
         ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer"),
         # MIC's masked images: a larger batch for each network, the student's beside its clean-target images
         ("--mic_lambda", "1", "--mic_student", "true", "--kd_clean_target", "1", "--pseudo_label_threshold", "0"),
+        # distilling a frozen teacher: the student alone is trained (no EMA teacher, no auxiliary student)
+        ("--method", "distill", "--teacher", "tiny-wide", "--kd_clean_target", "1"),
     ],
-    ids=["paper_step", "stage_and_clean_target", "daformer_heads", "mic"],
+    ids=["paper_step", "stage_and_clean_target", "daformer_heads", "mic", "distill"],
 )
 def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
@@ -74,7 +76,9 @@ def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, e
         assert terms == pytest.approx(entry["loss"], rel=1e-4, abs=1e-5), entry
     ends = [[entry["train_loss"] for entry in rank["log_history"] if "train_loss" in entry] for rank in ranks]
     assert ends[0] == ends[1] and ends[0][0] == pytest.approx(sum(entry["loss"] for entry in logs[0]) / 4, rel=1e-4)
-    for network in ("student", "teacher", "aux_student"):
+    expected = ["student"] if "distill" in extra else ["student", "teacher", "aux_student"]
+    assert ranks[0]["networks"] == ranks[1]["networks"] == expected
+    for network in expected:
         first, second = (load_file(tmp_path / f"{network}_rank{r}.safetensors") for r in (0, 1))
         assert first.keys() == second.keys()
         for key in first:

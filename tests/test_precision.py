@@ -35,8 +35,14 @@ def fixed_batch(trainer, size: int = 2) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     "method, extra",
-    [("duda", ("--fd_lambda", "0.5")), ("duda", ("--extra_teachers", "EXTRA")), ("self_training", ()), ("source_only", ())],
-    ids=["duda-feature-distance", "duda-extra-teacher", "self_training", "source_only"],
+    [
+        ("duda", ("--fd_lambda", "0.5")),
+        ("duda", ("--extra_teachers", "EXTRA")),
+        ("distill", ("--teacher", "EXTRA", "--kd_clean_target", "1")),
+        ("self_training", ()),
+        ("source_only", ()),
+    ],
+    ids=["duda-feature-distance", "duda-extra-teacher", "distill", "self_training", "source_only"],
 )
 def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, method, extra):
     """A tensor made without a device would land on the default device: here `meta`, which nothing can mix with.
@@ -45,7 +51,8 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
     device"; the CPU run catches the same mistake by making the default device one the inputs are not on.
     """
     if "EXTRA" in extra:
-        extra = ("--extra_teachers", str(export_network(build_network("tiny"), tmp_path / "extra")))
+        folder = str(export_network(build_network("tiny"), tmp_path / "extra"))
+        extra = tuple(folder if flag == "EXTRA" else flag for flag in extra)
     trainer = make_trainer(
         tiny_benchmark,
         tmp_path / "run",
@@ -77,7 +84,7 @@ def test_step_makes_every_tensor_on_its_inputs_device(tiny_benchmark, tmp_path, 
     assert all(p.grad is not None and p.grad.device.type == "cpu" for p in trained)
     logged = trainer.step_log.pop_means()
     assert logged["loss_student_source"] > 0
-    if method == "duda":
+    if method in ("duda", "distill"):
         assert logged["lam_t"] == 0.5 and logged["class_weight_road"] == pytest.approx(1.0)
 
 

@@ -4,7 +4,7 @@ Writes OUT/ with config.json (DaformerForSemanticSegmentation, the 19 Cityscapes
 model's code (modeling_daformer.py, configuration_daformer.py: transformers alone loads the folder with
 trust_remote_code=True), preprocessor_config.json (resize to --eval_size, ImageNet normalisation, as those
 repositories test) and a README.md saying where it came from. The folder is a network like any other for duda-hf:
---aux_student, --extra_teachers, duda-evaluate --model, duda-export-onnx, duda-push --keep_card, the Space.
+--aux_student, --extra_teachers, --teacher (--method distill), duda-evaluate --model, duda-export-onnx, duda-push --keep_card, the Space.
 
 --network student (the default) takes the network under `model.` of a training checkpoint, which those repositories
 evaluate and publish (their tools/test.py loads it); --network teacher takes its EMA teacher (`ema_model.`). A

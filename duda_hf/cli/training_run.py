@@ -90,7 +90,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         model_args.student,
         model_args.aux_student,
         init=model_args.init,
-        extra_teachers=config.extra_teachers,
+        extra_teachers=config.frozen_teachers,
         fd_lambda=config.fd_lambda,
         teacher_train_mode=config.teacher_train_mode,
     )

@@ -148,16 +148,23 @@ def teacher_premise(results: dict) -> str | None:
         results: a run's `eval_results.json` content, in either schema (`duda_hf.evaluation.results_file`).
 
     Returns:
-        None for the baselines or when the teacher is at least `PREMISE_MARGIN` mIoU above the student;
+        None for the baselines or when the teacher (the EMA teacher, or distill's first frozen teacher) is at least `PREMISE_MARGIN` mIoU above the student;
         otherwise a plain statement with the numbers and the ways forward.
     """
     results = read_results(results)
     recipe, metrics = results["settings"], results["metrics"]
-    if recipe.get("method") != "duda" or not isinstance(metrics.get("teacher"), dict):
+    if recipe.get("method") not in ("duda", "distill") or not isinstance(metrics.get("teacher"), dict):
         return None
     student, teacher = 100 * metrics["student"]["mIoU"], 100 * metrics["teacher"]["mIoU"]
     if teacher >= student + PREMISE_MARGIN:
         return None
+    if recipe["method"] == "distill":
+        return (
+            f"The frozen teacher ({teacher:.2f} mIoU) is not clearly stronger than the student it taught ({student:.2f} "
+            f"mIoU; less than {PREMISE_MARGIN:g} above), so distillation had little to pass on: distil a stronger "
+            "adapted teacher (--teacher), for example a large network adapted with --method duda or an imported "
+            "DAFormer, HRDA or MIC checkpoint."
+        )
     auxiliary = metrics.get("auxiliary")
     lag = ""
     if isinstance(auxiliary, dict) and 100 * auxiliary["mIoU"] > teacher + PREMISE_MARGIN:

@@ -24,6 +24,7 @@ RECIPE_KEYS = (
     "method",
     "student",
     "aux_student",
+    "teacher",
     "init",
     "source_dataset",
     "target_dataset",
@@ -71,7 +72,14 @@ DUDA_ONLY_KEYS = frozenset(
     }
 )
 ADAPTATION_KEYS = frozenset({"ema_alpha", "pseudo_label_threshold", "class_mix"})  # the target's pseudo-labels and mixing
-UNUSED_KEYS = {"duda": frozenset(), "self_training": DUDA_ONLY_KEYS, "source_only": DUDA_ONLY_KEYS | ADAPTATION_KEYS}
+# distill: the student's terms of duda from frozen teachers (no large pair, no EMA, no stage)
+DISTILL_UNUSED_KEYS = frozenset({"aux_student", "ema_alpha", "distill_stage_steps", "distill_stage_target_only", "extra_teachers"})
+UNUSED_KEYS = {
+    "duda": frozenset(),
+    "distill": DISTILL_UNUSED_KEYS,
+    "self_training": DUDA_ONLY_KEYS,
+    "source_only": DUDA_ONLY_KEYS | ADAPTATION_KEYS,
+}
 
 
 # The pictures a run writes (`plots/`, beside the student's files) that its card shows, with their captions.
@@ -102,7 +110,8 @@ def recipe_summary(model_args, data_args, config) -> dict:
     return {
         "method": config.method,
         "student": model_args.student,
-        **({"aux_student": model_args.aux_student} if config.method == "duda" else {}),  # the baselines train no large pair
+        **({"aux_student": model_args.aux_student} if config.method == "duda" else {}),  # the others train no large pair
+        **({"teacher": list(config.teacher)} if config.method == "distill" else {}),
         "init": model_args.init,
         "source_dataset": dataset_label(data_args.source_dataset, data_args.source_format),
         "target_dataset": dataset_label(data_args.target_dataset, data_args.target_format),
@@ -126,7 +135,7 @@ def recipe_summary(model_args, data_args, config) -> dict:
         "preadapt_steps": config.preadapt_steps_resolved,
         "distill_ramp_steps": config.distill_ramp_steps_resolved,
         "kd_temperature": config.kd_temperature,
-        # the soft term's weighting and this project's additions (docs/method.md), which only `duda` uses
+        # the soft term's weighting and this project's additions (docs/method.md), which only the distilling methods use
         **(
             {
                 "kd_confidence_weight": config.kd_confidence_weight,
@@ -136,7 +145,7 @@ def recipe_summary(model_args, data_args, config) -> dict:
                 "distill_stage_steps": config.distill_stage_steps_resolved,
                 "distill_stage_target_only": config.distill_stage_target_only,
             }
-            if config.method == "duda"
+            if config.method in ("duda", "distill")
             else {}
         ),
         "inconsistency_beta": config.inconsistency_beta,
@@ -168,6 +177,8 @@ def card_files(model_dir: str | os.PathLike) -> dict:
 def _teacher_label(recipe: dict, method: str | None) -> str:
     if method == "self_training":
         return "teacher (EMA of the student)"
+    if method == "distill":
+        return f"teacher (frozen, {(recipe.get('teacher') or ['given'])[0]})"
     return f"teacher (EMA of the auxiliary student, {recipe.get('aux_student', 'large network')})"
 
 
@@ -239,7 +250,7 @@ def build_model_card(
             "semantic-segmentation",
             family.lower(),
             *(("domain-adaptation", "unsupervised-domain-adaptation") if method in ("duda", "self_training") else ()),
-            *(("distillation", "duda") if method == "duda" else ()),
+            *(("distillation", "duda") if method == "duda" else ("knowledge-distillation",) if method == "distill" else ()),
         ],
         datasets=list(dict.fromkeys(hub_datasets)) or None,
         base_model=f"nvidia/{mit_encoder(str(recipe['student']))}"
@@ -282,6 +293,7 @@ def build_model_card(
         onnx=onnx,
         onnx_quantized=onnx_quantized,
         aux_student=recipe.get("aux_student", "auxiliary student"),
+        teachers=", ".join(recipe.get("teacher") or []) or "frozen teachers",
         source=recipe.get("source_dataset", "the source domain"),
         target=recipe.get("target_dataset", "the target domain"),
         eval_dataset=eval_dataset,

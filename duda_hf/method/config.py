@@ -14,7 +14,8 @@ from transformers import TrainingArguments
 
 from duda_hf.data.labels import NUM_CLASSES, THING_CLASSES
 
-METHODS = ("duda", "self_training", "source_only")
+METHODS = ("duda", "distill", "self_training", "source_only")
+DISTILLING_METHODS = ("duda", "distill")  # the methods whose student learns a teacher by gradual distillation
 EMA_SCHEDULES = ("daformer", "copy_first")
 LR_SCHEDULES = ("daformer", "trainer")
 WEIGHT_DECAY_EXEMPT = ("encoder_norms", "norms_and_biases")
@@ -54,8 +55,10 @@ class DudaConfig(TrainingArguments):
     method: str = field(
         default="duda",
         metadata=flag_help(
-            "Training method: 'duda' (large EMA pair distilled into the student, docs/method.md), "
-            "'self_training' (DAFormer-style EMA self-training of the student alone) or 'source_only'.",
+            "Training method: 'duda' (large EMA pair distilled into the student, docs/method.md), 'distill' (the "
+            "student alone learns DUDA's student terms from the frozen teacher(s) given by --teacher, e.g. an imported "
+            "DAFormer/HRDA/MIC checkpoint), 'self_training' (DAFormer-style EMA self-training of the student alone) or "
+            "'source_only'.",
             choices=list(METHODS),
         ),
     )
@@ -190,9 +193,19 @@ class DudaConfig(TrainingArguments):
         default_factory=list,
         metadata=flag_help("Frozen extra teachers (SegFormer Hub ids or folders with 19 Cityscapes classes), fused with the EMA teacher."),
     )
+    teacher: list[str] = field(
+        default_factory=list,
+        metadata=flag_help(
+            "method=distill: the frozen teacher(s) the student learns from, each a folder (an imported DAFormer/HRDA/MIC "
+            "checkpoint, a finished run's teacher/), a Hub id, a preset or CHECKPOINT_DIR@role (e.g. "
+            "outputs/run/checkpoint-40000@teacher); several are fused like DUDA's teachers (--teacher_weights)."
+        ),
+    )
     teacher_weights: list[float] = field(
         default_factory=list,
-        metadata=flag_help("Fusion weights, EMA teacher first, then each extra teacher. Empty: equal weights."),
+        metadata=flag_help(
+            "Fusion weights: duda, the EMA teacher first, then each extra teacher; distill, one per --teacher. Empty: equal weights."
+        ),
     )
     # --- ImageNet feature distance ---
     fd_lambda: float = field(
@@ -428,8 +441,11 @@ class DudaConfig(TrainingArguments):
         check_flag(
             self.mic_block_size > 0, "DudaConfig.mic_block_size", "> 0 (pixels, or below 1 a fraction of the crop)", self.mic_block_size
         )
-        if self.mic_lambda > 0 and self.method == "source_only":
-            raise ValueError("DudaConfig.mic_lambda needs pseudo-labels: use it with --method duda or self_training, or set it to 0")
+        if self.mic_lambda > 0 and self.method in ("source_only", "distill"):
+            raise ValueError(
+                "DudaConfig.mic_lambda trains the network that makes the pseudo-labels, which method "
+                f"'{self.method}' does not train: use it with --method duda or self_training, or set it to 0"
+            )
         if self.mic_student and self.method != "duda":
             raise ValueError("DudaConfig.mic_student needs method='duda' (in self_training MIC already trains the student)")
         check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
@@ -444,11 +460,16 @@ class DudaConfig(TrainingArguments):
             self.fd_classes,
         )
         if self.teacher_weights:
-            expected = 1 + len(self.extra_teachers)
+            expected = len(self.frozen_teachers) + (self.method != "distill")
+            teachers = (
+                f"one per --teacher ({len(self.teacher)})"
+                if self.method == "distill"
+                else f"EMA teacher + {len(self.extra_teachers)} extra teachers"
+            )
             check_flag(
                 len(self.teacher_weights) == expected,
                 "DudaConfig.teacher_weights",
-                f"empty or {expected} values (EMA teacher + {len(self.extra_teachers)} extra teachers)",
+                f"empty or {expected} values ({teachers})",
                 self.teacher_weights,
             )
             check_flag(
@@ -458,7 +479,18 @@ class DudaConfig(TrainingArguments):
                 self.teacher_weights,
             )
         if self.extra_teachers and self.method != "duda":
-            raise ValueError("DudaConfig.extra_teachers needs method='duda'; drop --extra_teachers or set --method duda")
+            use = "name every teacher with --teacher" if self.method == "distill" else "drop --extra_teachers or set --method duda"
+            raise ValueError(f"DudaConfig.extra_teachers needs method='duda' (it adds frozen teachers to the EMA teacher); {use}")
+        if self.method == "distill" and not self.teacher:
+            raise ValueError(
+                "method='distill' learns from frozen teachers: name at least one with --teacher (a folder such as an "
+                "imported checkpoint or a run's teacher/, a Hub id, or CHECKPOINT_DIR@teacher)"
+            )
+        if self.teacher and self.method != "distill":
+            raise ValueError(
+                f"DudaConfig.teacher names the frozen teachers of method='distill', not of '{self.method}'; set --method "
+                "distill, or with --method duda add frozen teachers to the EMA teacher with --extra_teachers"
+            )
         check_flag(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
         check_flag(
             self.distill_stage_steps_resolved < self.max_steps,
@@ -521,6 +553,11 @@ class DudaConfig(TrainingArguments):
         one process under DataParallel) x gradient accumulation x processes.
         """
         return self.max_steps * self.train_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    @property
+    def frozen_teachers(self) -> list[str]:
+        """The frozen teachers the networks are built with: `teacher` (distill), else `extra_teachers` (duda)."""
+        return list(self.teacher if self.method == "distill" else self.extra_teachers)
 
     # Resolved step counts (a fraction below 1 means a share of max_steps; the lam_t schedule, of the adaptation steps).
     @property

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from accelerate.utils import extract_model_from_parallel
 
 from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES
-from duda_hf.method.config import DudaConfig, resolve_block_size
+from duda_hf.method.config import DISTILLING_METHODS, DudaConfig, resolve_block_size
 from duda_hf.method.losses import (
     channel_distillation_loss,
     distillation_weight,
@@ -54,8 +54,8 @@ class StepTensors:
     """What the loss terms of one micro-step read: the batch, the networks' outputs and the tensors derived from them.
 
     Images are RGB in [0, 1] (fp32), labels `(B, H, W)` long; logits are at the networks' output size (1/4 of the
-    input). The fields after `student_source` are None for `source_only`; `aux_*`, `lam`, `class_weights` and
-    `pixel_weight` are None unless the method is `duda`, and `aux_*` also in the distillation stage; `student_target`
+    input). The fields after `student_source` are None for `source_only`; `lam`, `class_weights` and `pixel_weight`
+    are None unless the method is `duda` or `distill`; `aux_*` unless it is `duda`, and in the distillation stage; `student_target`
     is None without a clean-target term; `reference_features` is None without the feature distance.
     """
 
@@ -158,7 +158,8 @@ def step_tensors(
     # clean target images for the clean-target terms, and each network the masked images it learns from); in the
     # distillation stage the auxiliary student stops.
     use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
-    clean_target = target_image if duda.aux_student is not None and (args.kd_clean_target > 0 or args.cwd_weight > 0) else None
+    distilling = args.method in DISTILLING_METHODS
+    clean_target = target_image if distilling and (args.kd_clean_target > 0 or args.cwd_weight > 0) else None
     student_extras = [images for images in (clean_target, student_masked_input) if images is not None]
     with autocast():
         outputs = model(
@@ -176,10 +177,10 @@ def step_tensors(
         student_target = extra[0] if clean_target is not None else None
         student_masked = extra[-1] if student_masked_input is not None else None
     aux_source = aux_mix = lam = class_weights = class_pixel_weight = pixel_weight = None
-    if duda.aux_student is not None:
-        # 3. The auxiliary student's logits; 4. the student's weights: lam_t of gradual distillation and the
+    if distilling:
+        # 3. The auxiliary student's logits ('duda'); 4. the student's weights: lam_t of gradual distillation and the
         # inconsistency weight c of each target pixel's class (1 on source pixels).
-        if not stage:
+        if duda.aux_student is not None and not stage:
             aux_source, aux_mix = outputs["aux_logits"].split(source_image.shape[0])
         lam = 1.0 if stage else distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
         class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
@@ -420,6 +421,14 @@ TERMS: dict[str, tuple[LossTerm, ...]] = {
         LossTerm("loss_student_cwd", student_cwd_clean_target),
         LossTerm("loss_aux_masked", aux_masked_ce),
         LossTerm("loss_student_masked", student_masked_ce),
+    ),
+    # The student's terms of 'duda' (4. and this project's additions), from the frozen teachers.
+    "distill": (
+        LossTerm("loss_student_source", student_source_ce),
+        LossTerm("loss_student_mix", student_mix_hard),
+        LossTerm("loss_student_kd", student_kd),
+        LossTerm("loss_student_kd_clean", student_kd_clean_target),
+        LossTerm("loss_student_cwd", student_cwd_clean_target),
     ),
 }
 

@@ -50,8 +50,10 @@ class DudaModel(nn.Module):
 
     - `student`: the deployed network, trained by gradient.
     - `aux_student`: the large network (method 'duda' only), trained by gradient.
-    - `teacher`: EMA of `aux_student` ('duda') or of `student` ('self_training'); no gradient.
-    - `extra_teachers`: frozen networks fused with the teacher.
+    - `teacher`: EMA of `aux_student` ('duda') or of `student` ('self_training'); no gradient; None for 'distill'
+      and 'source_only'.
+    - `extra_teachers`: frozen networks fused with the teacher ('duda'), or the frozen teachers themselves
+      ('distill', at least one).
     - `ema_source`: the network the teacher follows.
     Buffers `class_discrepancy`/`class_seen` hold the inconsistency state so that resuming is exact.
 
@@ -78,11 +80,13 @@ class DudaModel(nn.Module):
         super().__init__()
         if method == "duda" and aux_student is None:
             raise ValueError("method='duda' needs an auxiliary student")
+        if method == "distill" and not extra_teachers:
+            raise ValueError("method='distill' needs at least one frozen teacher (extra_teachers)")
         self.method = method
         self.student = student
         self.aux_student = aux_student if method == "duda" else None
         self.teacher = None
-        if method != "source_only":
+        if method in ("duda", "self_training"):
             self.teacher = copy.deepcopy(self.ema_source)
             self.teacher.requires_grad_(False)
             if teacher_train_mode:
@@ -201,9 +205,9 @@ class DudaModel(nn.Module):
 
     @torch.no_grad()
     def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of the EMA teacher and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
+        """Logits of the EMA teacher (none for 'distill') and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
         inputs = InputCache(pixel_values)
-        return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers]]
+        return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers] if net is not None]
 
     @torch.no_grad()
     def imagenet_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -265,7 +269,8 @@ def build_duda_model(
     fd_lambda: float = 0.0,
     teacher_train_mode: bool = True,
 ) -> DudaModel:
-    """Build every network of a run by name (see `build_network`).
+    """Build every network of a run by name (see `build_network`); for 'distill', `extra_teachers` are its frozen
+    teachers.
 
     The feature-distance encoder is a frozen copy of the ImageNet network the trained large network
     starts from; with `init='random'` or a non-MiT preset there is none and the feature distance is off.
@@ -276,7 +281,7 @@ def build_duda_model(
     fd_name = aux_student if method == "duda" else student
     imagenet_encoder = None
     frozen_sources = {}
-    if fd_lambda > 0 and mit_encoder(fd_name) and init == "imagenet" and method != "source_only":
+    if fd_lambda > 0 and mit_encoder(fd_name) and init == "imagenet" and method in ("duda", "self_training"):
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
         frozen_sources["imagenet_encoder"] = f"nvidia/{mit_encoder(fd_name)}"
     teachers = [build_network(name, init) for name in (extra_teachers or [])]

@@ -79,7 +79,7 @@ def check_frozen_networks(checkpoint: str, recorded: dict | None, current: dict)
     if set(recorded) != set(current):
         raise FrozenNetworkError(
             f"{checkpoint} was trained with the frozen networks {_named(recorded)} but this run builds {_named(current)}; "
-            "resume with the run's own --extra_teachers, --fd_lambda and --init"
+            "resume with the run's own --teacher or --extra_teachers, --fd_lambda and --init"
         )
     for role, record in recorded.items():
         now = current[role]

@@ -44,7 +44,8 @@ def training_line(logs: dict, step: int, max_steps: int) -> str:
 
 def evaluation_line(logs: dict, step: int) -> str | None:
     """`step 500  target mIoU: student 23.03  auxiliary 23.60  teacher 21.77  (agreement 90.7%)`, or None."""
-    found = [(name, logs[f"eval_{name}_mIoU"]) for name in NETWORKS if f"eval_{name}_mIoU" in logs]
+    names = [*NETWORKS, *(f"teacher_{i}" for i in range(1, 100) if f"eval_teacher_{i}_mIoU" in logs)]  # distill's other teachers
+    found = [(name, logs[f"eval_{name}_mIoU"]) for name in names if f"eval_{name}_mIoU" in logs]
     if not found:
         return None
     line = f"step {step}  target mIoU: " + "  ".join(f"{name} {value:.2f}" for name, value in found)

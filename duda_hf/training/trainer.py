@@ -335,7 +335,8 @@ class DudaTrainer(Trainer):
 
     # ---- evaluation: streaming confusion matrices, no logits kept ----
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Target-validation mIoU of the student, the auxiliary student (`duda`) and the EMA teacher.
+        """Target-validation mIoU of the student, the auxiliary student (`duda`) and the EMA teacher (for `distill`, the
+        frozen teachers: `teacher` the first, `teacher_1`, ... the others).
 
         Logs `eval_student_mIoU`, `eval_auxiliary_mIoU` and `eval_teacher_mIoU`, so that every evaluation shows
         whether the teacher is stronger than the student it teaches (DUDA's premise), and
@@ -354,6 +355,8 @@ class DudaTrainer(Trainer):
             networks["auxiliary"] = duda.aux_student
         if duda.teacher is not None:
             networks["teacher"] = duda.teacher
+        elif duda.method == "distill":  # the frozen teachers: `teacher` the first, `teacher_1`, ... the others
+            networks.update({f"teacher_{i}" if i else "teacher": net for i, net in enumerate(duda.extra_teachers)})
         was_training = duda.training
         duda.eval()
         use_autocast = self.args.device.type == "cuda" and (self.args.bf16 or self.args.fp16)

@@ -27,10 +27,12 @@ def main() -> None:
     rank = trainer.args.process_index
     out = Path(trainer.args.output_dir)
     duda = trainer.model
-    save_file({k: v.contiguous() for k, v in duda.student.state_dict().items()}, out / f"student_rank{rank}.safetensors")
-    save_file({k: v.contiguous() for k, v in duda.teacher.state_dict().items()}, out / f"teacher_rank{rank}.safetensors")
-    save_file({k: v.contiguous() for k, v in duda.aux_student.state_dict().items()}, out / f"aux_student_rank{rank}.safetensors")
+    networks = {"student": duda.student, "teacher": duda.teacher, "aux_student": duda.aux_student}
+    for name, network in networks.items():
+        if network is not None:  # `distill` has no EMA teacher and no auxiliary student
+            save_file({k: v.contiguous() for k, v in network.state_dict().items()}, out / f"{name}_rank{rank}.safetensors")
     info = {
+        "networks": [name for name, network in networks.items() if network is not None],
         "world_size": trainer.args.world_size,
         "indices": seen,
         "metrics": metrics,
