@@ -232,6 +232,21 @@ DIAGNOSTIC_ROWS.update(
             PRETRAINED,
             ["--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS],
         ),
+        # probes (seed 0): the soft term from the first step (lam_t = 1: no hard-label pre-adaptation, which a teacher
+        # adapted already does not need), and also three times the clean-target term
+        "probe_distill_soft": (
+            "probe: distill from the oracle tiny-wide, lam_t = 1 from the start",
+            PRETRAINED,
+            ["--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS, "--preadapt_steps", "0", "--distill_ramp_steps", "0"],
+        ),
+        "probe_distill_soft_clean3": (
+            "probe: distill from the oracle tiny-wide, lam_t = 1 from the start, clean-target KD weight 3",
+            PRETRAINED,
+            [
+                *("--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS),
+                *("--preadapt_steps", "0", "--distill_ramp_steps", "0", "--kd_clean_target", "3"),
+            ],
+        ),
     }
 )
 # MIC's masked image consistency on the auxiliary student (issue 32), beside the recipe's `pretrained_duda` and

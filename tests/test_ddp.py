@@ -33,12 +33,16 @@ def free_port() -> int:
         ("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
         # the DAFormer head (BatchNorm in its ASPP) on both networks
         ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer"),
-        # MIC's masked images: a larger batch for each network, the student's beside its clean-target images
-        ("--mic_lambda", "1", "--mic_student", "true", "--kd_clean_target", "1", "--pseudo_label_threshold", "0"),
-        # distilling a frozen teacher: the student alone is trained (no EMA teacher, no auxiliary student)
-        ("--method", "distill", "--teacher", "tiny-wide", "--kd_clean_target", "1"),
+        # MIC's masked images: a larger batch for each network, the student's beside its clean-target images; and the
+        # auxiliary student a DINOv2 UperNet (patch-size padding, logits at the input size)
+        (
+            *("--mic_lambda", "1", "--mic_student", "true", "--kd_clean_target", "1", "--pseudo_label_threshold", "0"),
+            *("--aux_student", "dinov2-upernet-tiny"),
+        ),
+        # distilling a frozen DINOv2 UperNet teacher: the student alone is trained (no EMA teacher, no auxiliary student)
+        ("--method", "distill", "--teacher", "dinov2-upernet-tiny", "--kd_clean_target", "1", "--cwd_weight", "1"),
     ],
-    ids=["paper_step", "stage_and_clean_target", "daformer_heads", "mic", "distill"],
+    ids=["paper_step", "stage_and_clean_target", "daformer_heads", "mic_dinov2_aux", "distill_dinov2_teacher"],
 )
 def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))

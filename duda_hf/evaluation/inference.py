@@ -12,7 +12,7 @@ from duda_hf.data.errors import DomainError
 from duda_hf.data.images import to_label_array, to_rgb_array
 from duda_hf.data.labels import IGNORE_INDEX, NUM_CLASSES
 from duda_hf.evaluation.confusion import StreamingConfusion
-from duda_hf.networks.inputs import InputCache, normalize_images
+from duda_hf.networks.inputs import InputCache, normalize_images, run_network
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def predict_whole(
     """
     if input_size_hw is not None and tuple(images.shape[-2:]) != tuple(input_size_hw):
         images = F.interpolate(images, size=tuple(input_size_hw), mode="bilinear", align_corners=False)
-    logits = model(pixel_values=images).logits
+    logits = run_network(model, images).logits
     logits = F.interpolate(logits.float(), size=tuple(label_size_hw), mode="bilinear", align_corners=False)
     return logits.argmax(dim=1)
 
@@ -77,7 +77,7 @@ def predict_slide(
         chunk = windows[start : start + batch_size]
         tiles = torch.stack([images[number, :, y : y + window_h, x : x + window_w] for y, x, number in chunk])
         tile_h, tile_w = tiles.shape[-2:]
-        logits = model(pixel_values=tiles).logits.float()
+        logits = run_network(model, tiles).logits.float()
         logits = F.interpolate(logits, size=(tile_h, tile_w), mode="bilinear", align_corners=False)
         if logits_sum is None:
             logits_sum = logits.new_zeros(batch, logits.shape[1], height, width)

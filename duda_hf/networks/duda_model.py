@@ -10,7 +10,7 @@ from torch import nn
 
 from duda_hf.data.labels import NUM_CLASSES
 from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record, role_prefix
-from duda_hf.networks.inputs import InputCache, normalize_images
+from duda_hf.networks.inputs import InputCache, normalize_images, run_network
 from duda_hf.networks.loading import build_network
 from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
 
@@ -36,9 +36,12 @@ def _restore_train_mode(module: nn.modules.batchnorm._BatchNorm, args: tuple, ou
 
 def head_parameters(network: nn.Module) -> list[nn.Parameter]:
     """The parameters of a segmentation network's head: every parameter outside its backbone (`base_model`, the
-    pretrained encoder), whatever the family calls the head (SegFormer's `decode_head`, MobileNetV2-DeepLabV3's and
-    MobileViTV2's `segmentation_head`). A network that is its own base model has no separate head."""
-    backbone = getattr(network, "base_model", network)
+    pretrained encoder, or for the families built on a transformers backbone, UperNet's, its `backbone`), whatever the
+    family calls the head (SegFormer's `decode_head`, MobileNetV2-DeepLabV3's and MobileViTV2's `segmentation_head`,
+    UperNet's `decode_head`). A network that is its own base model and has no `backbone` has no separate head."""
+    backbone = getattr(network, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        backbone = getattr(network, "base_model", network)
     if backbone is network:
         return []
     in_backbone = {id(param) for param in backbone.parameters()}
@@ -192,12 +195,12 @@ class DudaModel(nn.Module):
         aux_images = pixel_values if aux_extra is None else torch.cat([pixel_values, aux_extra])
         inputs = InputCache(student_images)
         outputs = {}
-        student_out = self.student(pixel_values=inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
+        student_out = run_network(self.student, inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
         outputs["student_logits"], outputs["student_extra_logits"] = _split_extra(student_out.logits, batch, student_extra)
         fd_out = student_out
         if self.aux_student is not None and aux:
             aux_inputs = inputs if aux_images is student_images else InputCache(aux_images)  # one normalisation when shared
-            fd_out = self.aux_student(pixel_values=aux_inputs(self.aux_student), output_hidden_states=output_features)
+            fd_out = run_network(self.aux_student, aux_inputs(self.aux_student), output_hidden_states=output_features)
             outputs["aux_logits"], outputs["aux_extra_logits"] = _split_extra(fd_out.logits, batch, aux_extra)
         if output_features:
             outputs["features"] = fd_out.hidden_states[-1]
@@ -207,7 +210,7 @@ class DudaModel(nn.Module):
     def teacher_logits(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Logits of the EMA teacher (none for 'distill') and every extra teacher on `(B, 3, H, W)` RGB in [0, 1]."""
         inputs = InputCache(pixel_values)
-        return [net(pixel_values=inputs(net)).logits for net in [self.teacher, *self.extra_teachers] if net is not None]
+        return [run_network(net, inputs(net)).logits for net in [self.teacher, *self.extra_teachers] if net is not None]
 
     @torch.no_grad()
     def imagenet_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

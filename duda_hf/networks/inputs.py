@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,3 +52,26 @@ class InputCache:
         if key not in self.normalized:
             self.normalized[key] = network_inputs(self.images, network)
         return self.normalized[key]
+
+
+def input_multiple(network: nn.Module) -> int:
+    """The side an input of `network` must be a multiple of: the patch size of a ViT backbone (DINOv2's 14 in UperNet,
+    whose patch embedding drops the pixels past the last whole patch), 1 for any other network."""
+    backbone = getattr(getattr(network, "config", None), "backbone_config", None)
+    return int(getattr(backbone, "patch_size", None) or 1)
+
+
+def run_network(network: nn.Module, pixel_values: torch.Tensor, **kwargs):
+    """`network(pixel_values=..., **kwargs)` on inputs of any size: for a network whose inputs must be a multiple of
+    `input_multiple` (a ViT backbone's patch size) the normalised inputs are padded at the bottom and right with zeros
+    (the mean colour) to the next multiple, and the logits cropped back to the share of them the inputs cover, so the
+    logits keep the output stride of the network on the inputs' own grid (UperNet: the input size)."""
+    multiple = input_multiple(network)
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return network(pixel_values=pixel_values, **kwargs)
+    outputs = network(pixel_values=F.pad(pixel_values, (0, pad_w, 0, pad_h)), **kwargs)
+    logits_h, logits_w = outputs.logits.shape[-2:]
+    outputs.logits = outputs.logits[..., : round(height * logits_h / (height + pad_h)), : round(width * logits_w / (width + pad_w))]
+    return outputs

@@ -12,6 +12,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForSemanticSegmentation,
     BaseImageProcessor,
+    Dinov2Backbone,
     PreTrainedModel,
     SegformerForSemanticSegmentation,
 )
@@ -21,7 +22,15 @@ from duda_hf.data.remote import hub_reachable
 from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
 from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks, frozen_record, role_prefix
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
-from duda_hf.networks.presets import DAFORMER_SUFFIX, OTHER_FAMILY_PRESETS, mit_encoder, preset_config, random_only
+from duda_hf.networks.presets import (
+    DAFORMER_SUFFIX,
+    DINOV2_PRESETS,
+    OTHER_FAMILY_PRESETS,
+    dinov2_repo,
+    mit_encoder,
+    preset_config,
+    random_only,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +189,44 @@ def load_imagenet_encoder(name: str) -> PreTrainedModel:
     return network
 
 
+def load_dinov2_upernet(name: str, repo: str | None = None) -> PreTrainedModel:
+    """A DINOv2 UperNet preset (`dinov2-small-upernet`, ...) with its backbone from `facebook/dinov2-*` (or `repo`, a
+    folder or Hub id of the same size) and a new 19-class UperNet head, said in one line (logged at INFO).
+
+    transformers' load report is shown only when a backbone weight is missing, has another shape, or is not used
+    (besides the mask token of DINOv2's masked-image pretraining, which segmentation never uses)."""
+    repo = repo or dinov2_repo(name)
+    config = preset_config(name)
+    with _held_load_report() as held:
+        backbone, info = load_pretrained_network(
+            repo, model_class=Dinov2Backbone, config=config.backbone_config, output_loading_info=True, progress=False
+        )
+    network = AutoModelForSemanticSegmentation.from_config(config)
+    network.backbone.load_state_dict(backbone.state_dict())
+    line = f"{name}: backbone from {repo} (DINOv2), new {NUM_CLASSES}-class UperNet head"
+    unused = sorted(key for key in info["unexpected_keys"] if "mask_token" not in key)
+    problems = [*info["missing_keys"], *unused, *(key for key, *_ in info["mismatched_keys"])]
+    if not problems:
+        logger.info(line)
+        return network
+    _emit(held)
+    logger.warning("%s; but %s of %s differ (transformers' load report above): %s", line, _count(problems, "weight"), repo, _some(problems))
+    return network
+
+
+def without_unused_parameters(network: PreTrainedModel) -> PreTrainedModel:
+    """The network without the parameters a segmentation forward pass without labels never uses, which would get no
+    gradient (and make DDP wait for one): UperNet's auxiliary FCN head (its loss needs labels; removed, and the config
+    says so) and a ViT backbone's mask token (masked-image pretraining; frozen)."""
+    if getattr(network, "auxiliary_head", None) is not None:
+        network.auxiliary_head = None
+        network.config.use_auxiliary_head = False
+    for name, param in network.named_parameters():
+        if name.endswith("embeddings.mask_token"):
+            param.requires_grad_(False)
+    return network
+
+
 def load_image_processor(name_or_path: str) -> BaseImageProcessor | None:
     """The image processor a folder or (cached) Hub repo ships, as its PIL class (no torchvision), or None when it has none."""
     try:
@@ -252,7 +299,8 @@ def load_from_checkpoint(checkpoint: str | os.PathLike, role: str) -> PreTrained
 
 def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
     """A 19-class segmentation network by preset name (`mit-b0`..`mit-b5`, `tiny`, `tiny-wide`, each also with the
-    DAFormer head as `NAME-daformer`, `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`), Hub id or local folder of any
+    DAFormer head as `NAME-daformer`, `mobilenetv2-deeplabv3-tiny`, `mobilevitv2-tiny`, UperNet on DINOv2 as
+    `dinov2-small-upernet`, `dinov2-base-upernet`, `dinov2-large-upernet`, `dinov2-upernet-tiny`), Hub id or local folder of any
     `AutoModelForSemanticSegmentation` family, or one network of a DudaTrainer checkpoint as `CHECKPOINT_DIR@role`
     (`student`, `aux_student`, `teacher`).
 
@@ -262,16 +310,19 @@ def build_network(name: str, init: str = "imagenet") -> PreTrainedModel:
     Args:
         name: preset, Hub id or folder.
         init: for `mit-bN` and `mit-bN-daformer`: 'imagenet' loads the encoder from `nvidia/mit-bN` (decode head
-            new); 'random' builds the architecture from scratch. The small presets are always random.
+            new), for `dinov2-*-upernet` the backbone from `facebook/dinov2-*`; 'random' builds the architecture from
+            scratch. The small presets are always random.
     """
     encoder = mit_encoder(name)
-    if random_only(name) or (encoder and init == "random") or name in OTHER_FAMILY_PRESETS:
-        return AutoModelForSemanticSegmentation.from_config(preset_config(name))
+    if name in DINOV2_PRESETS and dinov2_repo(name) and init == "imagenet":
+        return load_dinov2_upernet(name)
+    if random_only(name) or (encoder and init == "random") or name in OTHER_FAMILY_PRESETS or name in DINOV2_PRESETS:
+        return without_unused_parameters(AutoModelForSemanticSegmentation.from_config(preset_config(name)))
     if encoder:
         return load_imagenet_encoder(name)
     path, _, role = name.rpartition("@")
     if path and Path(path).is_dir():
-        return load_from_checkpoint(path, role)
+        return without_unused_parameters(load_from_checkpoint(path, role))
     # A head for another label set (e.g. 21 VOC classes) is replaced by a new 19-class one.
     network = load_pretrained_network(name, ignore_mismatched_sizes=True)
-    return _check_labels(adopt_input_normalization(network, name), name)
+    return without_unused_parameters(_check_labels(adopt_input_normalization(network, name), name))

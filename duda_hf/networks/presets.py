@@ -1,13 +1,15 @@
 """Networks by preset name: MiT sizes (mit-b0..mit-b5), the CPU sizes (tiny, tiny-wide), each with SegFormer's head or
-DAFormer's (`-daformer`), and two other families, with 19 Cityscapes labels (no download)."""
+DAFormer's (`-daformer`), two other families, and UperNet on DINOv2, with 19 Cityscapes labels (no download)."""
 
 from __future__ import annotations
 
 from transformers import (
+    Dinov2Config,
     MobileNetV2Config,
     MobileViTV2Config,
     PretrainedConfig,
     SegformerConfig,
+    UperNetConfig,
 )
 
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
@@ -42,6 +44,47 @@ OTHER_FAMILY_PRESETS = {
 }
 
 
+# Vision foundation model networks (issue 32; VFM-UDA's teachers): transformers' UperNet head on a DINOv2 ViT backbone.
+# Sizes of the facebook/dinov2-* checkpoints: (hidden size, layers, heads, the 1-based layers UperNet reads: the last of
+# each quarter, as DPT and Depth Anything read DINOv2). `--init imagenet` loads the backbone from `facebook/<size>`
+# (self-supervised on LVD-142M; the flag's name is the MiT presets'), the UperNet head is new. `dinov2-upernet-tiny` is a
+# random CPU size for tests and the synthetic benchmark.
+DINOV2_SIZES = {
+    "dinov2-small": (384, 12, 6, (3, 6, 9, 12)),
+    "dinov2-base": (768, 12, 12, (3, 6, 9, 12)),
+    "dinov2-large": (1024, 24, 16, (6, 12, 18, 24)),
+}
+UPERNET_SUFFIX = "-upernet"
+DINOV2_PRESETS = (*(f"{size}{UPERNET_SUFFIX}" for size in DINOV2_SIZES), "dinov2-upernet-tiny")
+UPERNET_WIDTH = 512  # mmseg's UperNet channels
+
+
+def dinov2_repo(name: str) -> str | None:
+    """The Hub checkpoint a DINOv2 preset's backbone starts from with `--init imagenet` (None: always random)."""
+    size = name.removesuffix(UPERNET_SUFFIX)
+    return f"facebook/{size}" if size in DINOV2_SIZES else None
+
+
+def _dinov2_upernet_config(name: str) -> UperNetConfig:
+    if name == "dinov2-upernet-tiny":
+        hidden, layers, heads, stages, width = 32, 4, 2, (1, 2, 3, 4), 32
+    else:
+        (hidden, layers, heads, stages), width = DINOV2_SIZES[name.removesuffix(UPERNET_SUFFIX)], UPERNET_WIDTH
+    backbone = Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        patch_size=14,
+        image_size=518,
+        out_features=[f"stage{i}" for i in stages],
+        reshape_hidden_states=True,
+        use_mask_token=False,  # masked-image pretraining only: a parameter segmentation never uses (DDP would wait for it)
+    )
+    # no auxiliary FCN head: its loss needs labels, so in duda-hf's step it would only cost compute (and stall DDP)
+    return UperNetConfig(backbone_config=backbone, hidden_size=width, use_auxiliary_head=False)
+
+
 # The same encoders with the DAFormer decode head (`networks.daformer`): `mit-b5-daformer` is DUDA's (and DAFormer's,
 # HRDA's, MIC's) large network. Decoder width: DAFormer's 256 for every MiT size; the small sizes keep theirs.
 DAFORMER_SUFFIX = "-daformer"
@@ -49,7 +92,7 @@ DAFORMER_PRESETS = tuple(f"{name}{DAFORMER_SUFFIX}" for name in (*MIT_SIZES, *SM
 DAFORMER_DECODER_WIDTH = 256
 
 
-MODEL_PRESETS = tuple(MIT_SIZES) + tuple(SMALL_SIZES) + DAFORMER_PRESETS + tuple(OTHER_FAMILY_PRESETS)
+MODEL_PRESETS = tuple(MIT_SIZES) + tuple(SMALL_SIZES) + DAFORMER_PRESETS + tuple(OTHER_FAMILY_PRESETS) + DINOV2_PRESETS
 
 
 def mit_encoder(name: str) -> str | None:
@@ -66,8 +109,8 @@ def random_only(name: str) -> bool:
 
 def preset_config(name: str) -> PretrainedConfig:
     """The config of a preset name with 19 Cityscapes labels (no download)."""
-    if name in OTHER_FAMILY_PRESETS:
-        config = OTHER_FAMILY_PRESETS[name]()
+    if name in OTHER_FAMILY_PRESETS or name in DINOV2_PRESETS:
+        config = OTHER_FAMILY_PRESETS[name]() if name in OTHER_FAMILY_PRESETS else _dinov2_upernet_config(name)
         config.num_labels, config.id2label, config.label2id = NUM_CLASSES, dict(ID2LABEL), dict(LABEL2ID)
         return config
     daformer = name.endswith(DAFORMER_SUFFIX)
