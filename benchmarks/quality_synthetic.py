@@ -247,6 +247,23 @@ DIAGNOSTIC_ROWS.update(
                 *("--preadapt_steps", "0", "--distill_ramp_steps", "0", "--kd_clean_target", "3"),
             ],
         ),
+        # as kept (the best probe on seed 0; then seeds 1, 2 and the night benchmark, not tuned on)
+        "pretrained_distill_kept": (
+            "pretrained tiny: distill from the frozen oracle tiny-wide as kept (lam_t = 1 from the start, clean-target KD weight 5)",
+            PRETRAINED,
+            [
+                *("--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS),
+                *("--preadapt_steps", "0", "--distill_ramp_steps", "0", "--kd_clean_target", "5"),
+            ],
+        ),
+        "probe_distill_soft_clean3_tau1": (
+            "probe: distill from the oracle tiny-wide, lam_t = 1 from the start, clean-target KD weight 3, KD temperature 1",
+            PRETRAINED,
+            [
+                *("--method", "distill", "--teacher", ORACLE_TEACHER, *BASELINE_STEPS),
+                *("--preadapt_steps", "0", "--distill_ramp_steps", "0", "--kd_clean_target", "3", "--kd_temperature", "1"),
+            ],
+        ),
     }
 )
 # MIC's masked image consistency on the auxiliary student (issue 32), beside the recipe's `pretrained_duda` and

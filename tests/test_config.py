@@ -71,7 +71,7 @@ def test_every_field_has_help():
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("method", "dacs", r"DudaConfig.method must be one of \('duda', 'self_training', 'source_only'\), got 'dacs'"),
+        ("method", "dacs", r"DudaConfig.method must be one of \('duda', 'distill', 'self_training', 'source_only'\), got 'dacs'"),
         ("ema_alpha", 1.0, r"DudaConfig.ema_alpha must be in \[0, 1\), got 1.0"),
         ("pseudo_label_threshold", 1.5, r"DudaConfig.pseudo_label_threshold must be in \[0, 1\], got 1.5"),
         ("color_jitter_p", -0.1, r"DudaConfig.color_jitter_p must be in \[0, 1\], got -0.1"),
@@ -100,9 +100,20 @@ def test_model_init_choices():
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_parse_into_configs(recipe, tmp_path):
-    model_args, data_args, config = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+    distill = "_distill_" in recipe.name  # the teacher is the user's: named on the command line
+    teacher = ["--teacher", "imported/mic-gta2cs"] if distill else []
+    model_args, data_args, config = parse_args(["--config", str(recipe), "--output_dir", str(tmp_path), *teacher])
     assert data_args.source_dataset and data_args.target_dataset and data_args.target_eval_dataset
     assert config.output_dir == str(tmp_path)  # the command line overrides the recipe
+    if distill:  # the base recipe with the student's terms as kept on the synthetic benchmark
+        base = load_recipe(ROOT / "configs" / "gta2cs_duda_b5_b0.yaml")
+        kept = {"method": "distill", "preadapt_steps": 0, "distill_ramp_steps": 0, "kd_clean_target": 5.0}
+        kept.update(kd_temperature=0.5, kd_confidence_weight=False)
+        assert load_recipe(recipe) == {**base, **kept, "output_dir": "outputs/gta2cs_distill_b0"}
+        assert config.teacher == ["imported/mic-gta2cs"] and (config.preadapt_steps_resolved, config.distill_ramp_steps_resolved) == (0, 0)
+        with pytest.raises(ValueError, match="name at least one with --teacher"):
+            parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
+        return
     if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes
         assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")
         assert config.max_steps == 2000 and config.ema_alpha == 0.99
