@@ -503,7 +503,9 @@ def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_dafo
     role = build_network(f"{daformer_run[0] / 'checkpoint-2'}@teacher")
     assert isinstance(role, DaformerForSemanticSegmentation) and role.config.hidden_sizes == [16, 32, 64, 128]
     # the imported network as the frozen teacher of `--method distill`: the student alone learns from it
-    argv = tiny_argv(tiny_benchmark, tmp_path / "distill", "--method", "distill", "--teacher", str(tmp_path / "imported"), "--max_steps", "2")
+    argv = tiny_argv(
+        tiny_benchmark, tmp_path / "distill", "--method", "distill", "--teacher", str(tmp_path / "imported"), "--max_steps", "2"
+    )
     distill = build_trainer(*parse_args(argv))
     (teacher,) = distill.model.extra_teachers
     assert isinstance(teacher, DaformerForSemanticSegmentation) and distill.model.teacher is None

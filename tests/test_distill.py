@@ -19,7 +19,7 @@ from duda_hf.networks.loading import build_network
 
 from .conftest import tiny_argv
 
-STUDENT_TERMS = ("loss_student_source", "loss_student_mix", "loss_student_kd", "loss_student_kd_clean")
+STUDENT_TERMS = ("loss_student_source", "loss_student_mix", "loss_student_kd", "loss_student_kd_clean", "loss_student_cwd")
 
 
 @pytest.mark.parametrize(
@@ -30,8 +30,9 @@ STUDENT_TERMS = ("loss_student_source", "loss_student_mix", "loss_student_kd", "
         ({"method": "distill", "teacher": ["t"], "extra_teachers": ["u"]}, "name every teacher with --teacher"),
         ({"method": "distill", "teacher": ["t"], "mic_lambda": 1.0}, "which method 'distill' does not train"),
         ({"method": "distill", "teacher": ["t", "u"], "teacher_weights": [1, 1, 1]}, r"empty or 2 values \(one per --teacher \(2\)\)"),
+        ({"method": "distill", "teacher": ["t"], "distill_stage_steps": 0.25}, "method='distill' has no large pair"),
     ],
-    ids=["no_teacher", "teacher_with_duda", "extra_teachers", "mic", "weights"],
+    ids=["no_teacher", "teacher_with_duda", "extra_teachers", "mic", "weights", "stage"],
 )
 def test_distill_settings_that_cannot_run_are_refused_with_the_fix(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
@@ -42,8 +43,8 @@ def test_distill_gives_the_students_terms_of_a_duda_step_whose_only_teacher_is_t
     """Bit for bit: `distill` from T is DUDA's student step with the EMA teacher's fusion weight 0 and T as extra teacher."""
     torch.manual_seed(0)
     student, aux, frozen = build_network("tiny"), build_network("tiny-wide"), build_network("tiny-wide")
-    common = dict(output_dir=str(tmp_path), max_steps=8, preadapt_steps=2, distill_ramp_steps=4, kd_clean_target=1.0)
-    common.update(pseudo_label_threshold=0.0, pseudo_label_ignore_top=2, pseudo_label_ignore_bottom=2)
+    common = {"output_dir": str(tmp_path), "max_steps": 8, "preadapt_steps": 2, "distill_ramp_steps": 4}
+    common.update(kd_clean_target=1.0, cwd_weight=1.0, pseudo_label_threshold=0.0, pseudo_label_ignore_top=2, pseudo_label_ignore_bottom=2)
     duda_args = DudaConfig(method="duda", extra_teachers=["T"], teacher_weights=[0, 1], **common)
     distill_args = DudaConfig(method="distill", teacher=["T"], **common)
     duda = DudaModel(copy.deepcopy(student), aux, "duda", extra_teachers=[copy.deepcopy(frozen)])
@@ -60,7 +61,7 @@ def test_distill_gives_the_students_terms_of_a_duda_step_whose_only_teacher_is_t
         # step 4: lam_t = (4 - 2) / 4 = 0.5, so the hard and the soft terms both count
         torch.manual_seed(1)  # the global stream: the student's dropout
         results[name] = duda_step(model, inputs, args, step=4, generator=torch.Generator().manual_seed(9), autocast=nullcontext)
-    assert [term.name for term in TERMS["distill"]] == [*STUDENT_TERMS, "loss_student_cwd"]
+    assert [term.name for term in TERMS["distill"]] == list(STUDENT_TERMS)
     assert list(results["distill"].terms) == list(STUDENT_TERMS)
     for term in STUDENT_TERMS:
         assert torch.equal(results["distill"].terms[term], results["duda"].terms[term]), term
@@ -88,7 +89,11 @@ def test_distill_from_a_runs_teacher_folder_and_checkpoint_role_trains_the_stude
     results = run_training(model_args, data_args, config)
 
     # the two frozen teachers are the DUDA run's final EMA teacher, from its export and from its checkpoint
-    expected = {k.removeprefix("teacher."): v for k, v in load_file(duda_run / "checkpoint-4" / "model.safetensors").items() if k.startswith("teacher.")}
+    expected = {
+        k.removeprefix("teacher."): v
+        for k, v in load_file(duda_run / "checkpoint-4" / "model.safetensors").items()
+        if k.startswith("teacher.")
+    }
     checkpoint = tmp_path / "run" / "checkpoint-4"
     networks = json.loads((checkpoint / "networks.json").read_text())
     assert set(networks) == {"student", "extra_teacher_0", "extra_teacher_1", "frozen_sources"}
@@ -117,3 +122,11 @@ def test_distill_from_a_runs_teacher_folder_and_checkpoint_role_trains_the_stude
     for key, value in final.items():
         assert torch.equal(state[key], value), key
     assert weights_sha256(resumed.model.extra_teachers[0]) == networks["frozen_sources"]["extra_teacher_0"]["weights_sha256"]
+
+
+def test_a_preset_named_as_a_teacher_is_trained_from_nothing_and_the_run_says_so(tmp_path, caplog):
+    from duda_hf.networks.duda_model import build_duda_model
+
+    with caplog.at_level("WARNING", logger="duda_hf.networks.duda_model"):
+        build_duda_model("distill", "tiny", None, init="random", extra_teachers=["tiny-wide"])
+    assert [record.getMessage().split(":")[0] for record in caplog.records] == ["--teacher tiny-wide is a preset"]

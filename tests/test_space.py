@@ -699,3 +699,25 @@ def test_an_onnx_runtime_asked_for_but_missing_is_a_load_error(app, tiny_model, 
     monkeypatch.setenv("DUDA_RUNTIME", "tensorrt")
     with pytest.raises(app.ModelLoadError, match="DUDA_RUNTIME='tensorrt' is not one of"):
         app.load_segmenter(str(tiny_model))
+
+
+def test_a_vit_backbone_model_gets_whole_patches_as_duda_hf_gives_them(tmp_path):
+    """A UperNet on DINOv2 at an input size that is no multiple of its 14-pixel patches: the Space's logits are
+    duda-hf's (`run_network`), not those of the input cut at the last whole patch."""
+    import torch
+
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.inputs import run_network
+    from duda_hf.networks.loading import build_network
+
+    torch.manual_seed(0)
+    folder = export_network(build_network("dinov2-upernet-tiny"), tmp_path / "upernet", eval_size_hw=(64, 50))
+    segmenter = load_space().load_segmenter(str(folder))
+    pixels = segmenter.pixel_values(Image.new("RGB", (90, 120), (90, 120, 30)))
+    assert tuple(pixels.shape[-2:]) == (64, 50)
+    with torch.no_grad():
+        expected = run_network(segmenter.model, pixels).logits
+        assert torch.equal(segmenter._logits(pixels), expected)
+        assert not torch.equal(segmenter.model(pixel_values=pixels).logits, expected)
+    label_map, _ = segmenter.predict(Image.new("RGB", (90, 120)))
+    assert label_map.shape == (120, 90)

@@ -13,7 +13,7 @@ from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.training_run import run_training
 from duda_hf.evaluation.inference import predict_slide, predict_whole
 from duda_hf.networks import loading
-from duda_hf.networks.duda_model import head_parameters
+from duda_hf.networks.duda_model import DudaModel, head_parameters
 from duda_hf.networks.inputs import input_multiple, run_network
 from duda_hf.networks.loading import ModelUnavailableError, build_network, load_dinov2_upernet, without_unused_parameters
 from duda_hf.networks.presets import preset_config
@@ -61,6 +61,26 @@ def test_inputs_are_padded_to_whole_patches_and_the_logits_cropped_to_the_inputs
         assert torch.equal(run_network(segformer, other).logits, segformer(pixel_values=other).logits)
 
 
+def test_every_pass_of_training_and_inference_gives_the_network_whole_patches_and_keeps_the_inputs_grid():
+    """The auxiliary student's forward pass, the EMA teacher's pseudo-labels, whole and sliding-window inference."""
+    torch.manual_seed(0)
+    duda = DudaModel(build_network("tiny"), build_network("dinov2-upernet-tiny"), "duda")
+    seen = []
+    for network in (duda.aux_student, duda.teacher):
+        network.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape[-2:])), with_kwargs=True
+        )
+    images = torch.rand(2, 3, 64, 50)
+    outputs = duda(images, student_extra=images[:1], aux_extra=images[:1])
+    assert outputs["aux_logits"].shape == (2, 19, 64, 50) and outputs["aux_extra_logits"].shape == (1, 19, 64, 50)
+    (teacher,) = duda.teacher_logits(images)
+    assert teacher.shape == (2, 19, 64, 50)
+    duda.eval()
+    assert predict_whole(duda.teacher, images, (64, 50)).shape == (2, 64, 50)
+    assert predict_slide(duda.teacher, images, (64, 50), window_hw=(30, 45), stride_hw=(20, 30)).shape == (2, 64, 50)
+    assert seen[:3] == [(70, 56), (70, 56), (70, 56)] and set(seen[3:]) == {(42, 56)}, seen
+
+
 def test_sliding_windows_of_any_size_and_the_whole_image_agree_where_one_window_covers_the_image():
     torch.manual_seed(0)
     network = build_network("dinov2-upernet-tiny").eval()
@@ -76,8 +96,9 @@ def test_a_dinov2_upernet_trains_as_the_auxiliary_student_and_then_teaches_as_a_
     flags = ("--kd_clean_target", "1", "--cwd_weight", "1", "--eval_strategy", "steps", "--eval_steps", "4")
     duda = run_training(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "duda", "--aux_student", "dinov2-upernet-tiny", *flags)))
     assert {"student", "auxiliary", "teacher"} <= set(duda["metrics"])
-    losses = [entry for entry in duda["history"] if "eval_auxiliary_mIoU" in entry]
-    assert losses, duda["history"]
+    assert [entry["step"] for entry in duda["history"] if "eval_auxiliary_mIoU" in entry] == [4]
+    aux_terms = [entry["loss_aux_source"] + entry["loss_aux_mix"] for entry in duda["train_history"]]
+    assert len(aux_terms) == 4 and all(term > 0 for term in aux_terms)  # the DINOv2 UperNet learnt on every step
     # the exported EMA teacher, distilled into the student alone, beside a SegFormer teacher (fused logits of two
     # output strides: 1 for UperNet, 4 for SegFormer)
     teacher = str(tmp_path / "duda" / "teacher")
@@ -120,3 +141,13 @@ def test_an_upernet_from_a_folder_keeps_no_auxiliary_head(tmp_path):
     )
     network = build_network(str(tmp_path / "upernet"))
     assert network.auxiliary_head is None and network.config.use_auxiliary_head is False
+
+
+def test_the_onnx_export_refuses_a_vit_backbone_network_it_would_cut(tmp_path):
+    from duda_hf.export.network import export_network
+    from duda_hf.export.onnx_export import OnnxExportError, export_onnx
+
+    folder = export_network(build_network("dinov2-upernet-tiny"), tmp_path / "upernet")
+    with pytest.raises(OnnxExportError, match="UperNetForSemanticSegmentation on a ViT backbone .* whole 14-pixel patches"):
+        export_onnx(folder)
+    assert not (folder / "onnx").exists()

@@ -91,6 +91,7 @@ def _run(main: Callable[[list[str] | None], int], argv: list[str] | None, peers:
             status, stopping = code, True
         elif peers is not None and not peers.claim():
             status = ERROR_EXIT  # another process failed first, and this one has said so
+            peers.await_launcher()  # the failing process ends first, so that the launcher names it
         else:
             line = f"error: {error}" if own else one_line(error)
             if own:
@@ -244,6 +245,18 @@ class Peers:
             others = [f"over/{rank}" for rank in range(self.world_size) if rank != self.rank and self.store.check([f"watching/{rank}"])]
             if others:
                 self.store.wait(others, timedelta(seconds=PEER_SECONDS))
+
+    def await_launcher(self, seconds: float = PEER_SECONDS) -> None:
+        """This process stops because another failed: wait (at most `seconds`) for the launcher's SIGTERM, which it
+        sends once the failing process has ended, so that this one never ends first (the launcher names the first
+        process to end as the root cause). The collective this process was blocked in can fail before that, when the
+        failing process leaves the process group on its way out."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        stopped.wait(seconds)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # this process now ends with its own status
 
     def close(self) -> None:
         """This process is done with the others: it says so (`over/<rank>`), and its watching thread ends."""

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = results["metrics"]
         line = f"target-validation mIoU ({metrics['student']['num_images']} images): "
         line += f"student {100 * metrics['student']['mIoU']:.2f}"
-        for name in ("auxiliary", "teacher"):
-            if name in metrics:
+        for name in ("auxiliary", "teacher", *(f"teacher_{i}" for i in range(1, len(metrics)))):  # distill: teacher_1, ...
+            if isinstance(metrics.get(name), dict):
                 line += f", {name} {100 * metrics[name]['mIoU']:.2f}"
         print(line)
         premise = teacher_premise(results)

@@ -249,7 +249,7 @@ def build_model_card(
         tags=[
             "semantic-segmentation",
             family.lower(),
-            *(("domain-adaptation", "unsupervised-domain-adaptation") if method in ("duda", "self_training") else ()),
+            *(("domain-adaptation", "unsupervised-domain-adaptation") if method in ("duda", "distill", "self_training") else ()),
             *(("distillation", "duda") if method == "duda" else ("knowledge-distillation",) if method == "distill" else ()),
         ],
         datasets=list(dict.fromkeys(hub_datasets)) or None,

@@ -314,8 +314,16 @@ def export_onnx(
         raise OnnxExportError(
             f"--opset {opset}: the exporter (torch.onnx.export with dynamo=True) writes opset {OPSET} and above; pass --opset {OPSET}"
         )
+    from duda_hf.networks.inputs import input_multiple
+
     folder = check_model_dir(model_dir)
     model = load_network(folder)
+    if input_multiple(model) > 1:
+        raise OnnxExportError(
+            f"{folder} is a {type(model).__name__} on a ViT backbone (inputs padded to whole {input_multiple(model)}-pixel "
+            "patches in duda-hf's inference), which the ONNX export does not handle yet: the graph would cut the "
+            "input at the last whole patch. Export a SegFormer, DAFormer, MobileNetV2 or MobileViTV2 network."
+        )
     target = folder / ONNX_FOLDER
     staging = Path(tempfile.mkdtemp(prefix=f".{ONNX_FOLDER}-partial-", dir=folder))
     staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private (0700); onnx/ gets the folder's usual mode

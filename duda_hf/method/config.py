@@ -486,6 +486,11 @@ class DudaConfig(TrainingArguments):
                 "method='distill' learns from frozen teachers: name at least one with --teacher (a folder such as an "
                 "imported checkpoint or a run's teacher/, a Hub id, or CHECKPOINT_DIR@teacher)"
             )
+        if self.method == "distill" and (self.distill_stage_steps or self.distill_stage_target_only):
+            raise ValueError(
+                "DudaConfig.distill_stage_steps / distill_stage_target_only stop the large pair of method='duda' for a "
+                "stage; method='distill' has no large pair (the whole run learns from the frozen teachers): drop them"
+            )
         if self.teacher and self.method != "distill":
             raise ValueError(
                 f"DudaConfig.teacher names the frozen teachers of method='distill', not of '{self.method}'; set --method "

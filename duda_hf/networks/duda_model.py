@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record, role_pref
 from duda_hf.networks.inputs import InputCache, normalize_images, run_network
 from duda_hf.networks.loading import build_network
 from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
+
+logger = logging.getLogger(__name__)
 
 
 def _set_dropout_eval(module: nn.Module) -> None:
@@ -288,6 +291,14 @@ def build_duda_model(
         imagenet_encoder = copy.deepcopy(fd_base.segformer)
         frozen_sources["imagenet_encoder"] = f"nvidia/{mit_encoder(fd_name)}"
     teachers = [build_network(name, init) for name in (extra_teachers or [])]
+    if method == "distill":
+        for name in (name for name in extra_teachers if name in MODEL_PRESETS):
+            logger.warning(
+                "--teacher %s is a preset: a network with a new head that has learnt nothing of the task, so its "
+                "pseudo-labels are noise; distil an adapted network (a folder, a Hub id, an imported checkpoint or "
+                "CHECKPOINT_DIR@teacher)",
+                name,
+            )
     # a teacher loaded from a folder or a Hub id is a function of it (a folder by its absolute path, so that
     # `CHECKPOINT@extra_teacher_N` rebuilds it from anywhere); a preset is built at random, and a `CHECKPOINT@role`
     # may be rotated away by its run's --save_total_limit: those two stay in the checkpoint's weights

@@ -45,14 +45,14 @@ OTHER_FAMILY_PRESETS = {
 
 
 # Vision foundation model networks (issue 32; VFM-UDA's teachers): transformers' UperNet head on a DINOv2 ViT backbone.
-# Sizes of the facebook/dinov2-* checkpoints: (hidden size, layers, heads, the 1-based layers UperNet reads: the last of
-# each quarter, as DPT and Depth Anything read DINOv2). `--init imagenet` loads the backbone from `facebook/<size>`
+# Sizes of the facebook/dinov2-* checkpoints: (hidden size, layers, heads, the 1-based layers UperNet reads, as Depth
+# Anything reads DINOv2: 0-based [2, 5, 8, 11] for small and base, [4, 11, 17, 23] for large). `--init imagenet` loads the backbone from `facebook/<size>`
 # (self-supervised on LVD-142M; the flag's name is the MiT presets'), the UperNet head is new. `dinov2-upernet-tiny` is a
 # random CPU size for tests and the synthetic benchmark.
 DINOV2_SIZES = {
     "dinov2-small": (384, 12, 6, (3, 6, 9, 12)),
     "dinov2-base": (768, 12, 12, (3, 6, 9, 12)),
-    "dinov2-large": (1024, 24, 16, (6, 12, 18, 24)),
+    "dinov2-large": (1024, 24, 16, (5, 12, 18, 24)),
 }
 UPERNET_SUFFIX = "-upernet"
 DINOV2_PRESETS = (*(f"{size}{UPERNET_SUFFIX}" for size in DINOV2_SIZES), "dinov2-upernet-tiny")

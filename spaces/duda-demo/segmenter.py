@@ -141,10 +141,22 @@ class Segmenter:
         if self.session is not None:
             logits = torch.from_numpy(self.session.run(["logits"], {"pixel_values": pixels.numpy()})[0])
         else:
-            logits = self.model(pixel_values=pixels).logits  # (1, C, H/s, W/s) at the model's output stride
+            logits = self._logits(pixels)  # (1, C, H/s, W/s) at the model's output stride
         logits = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
         label_map = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
         return label_map, time.perf_counter() - start
+
+    def _logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The model's logits; a ViT backbone's (UperNet on DINOv2) on the input padded with zeros (the mean colour) to
+        whole patches and cropped back, as duda-hf trains and evaluates it (`duda_hf.networks.inputs.run_network`)."""
+        backbone = getattr(self.model.config, "backbone_config", None)
+        multiple = int(getattr(backbone, "patch_size", None) or 1)
+        height, width = pixels.shape[-2:]
+        pad_h, pad_w = -height % multiple, -width % multiple
+        if not (pad_h or pad_w):
+            return self.model(pixel_values=pixels).logits
+        logits = self.model(pixel_values=torch.nn.functional.pad(pixels, (0, pad_w, 0, pad_h))).logits
+        return logits[..., : round(height * logits.shape[-2] / (height + pad_h)), : round(width * logits.shape[-1] / (width + pad_w))]
 
 
 def _hub_reachable(timeout: float = 1.5) -> bool:
