@@ -16,7 +16,8 @@ the teacher, per seed and as mean ± std:
 `--benchmark night` runs the rows on a second benchmark with another shift (built if missing), on which nothing was
 tuned. Diagnostic rows run only when named: the paper step without each of its components (`pretrained_duda_no_*`);
 `*_oracle_*` rows train on the target's labels (what a network could reach; no method may use them), and
-`oracle_teacher_duda` distils from such a network (run `pretrained_oracle_tiny_wide` first); the `*_head3` rows set
+`oracle_teacher_duda` and `pretrained_distill_*` (`--method distill`) distil from such a network (run
+`pretrained_oracle_tiny_wide` first); the `*_head3` rows set
 the decode heads' rate multiplier to 3; the `probe_*` rows are the issue-21 probes behind the kept recipe.
 Runs whose `eval_results.json` exists are reused. Writes benchmarks/results/quality_synthetic.json
 (`quality_synthetic_night.json`; with a diagnostic row: `quality_synthetic_diagnostics.json`) and prints a
