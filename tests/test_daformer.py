@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForSemanticSegmentation
 
@@ -21,12 +22,12 @@ from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.import_checkpoint import main as import_main
 from duda_hf.cli.training_run import build_trainer, run_training
 from duda_hf.networks.daformer import DaformerConfig
-from duda_hf.networks.daformer.modeling_daformer import DaformerDecodeHead, DaformerForSemanticSegmentation
+from duda_hf.networks.daformer.modeling_daformer import DaformerDecodeHead, DaformerForSemanticSegmentation, hrda_fuse, hrda_windows
 from duda_hf.networks.frozen import weights_sha256
 from duda_hf.networks.loading import build_network
 
 from .conftest import tiny_argv
-from .helpers.mmseg_reference import daformer_state_dict, reference_logits, training_checkpoint
+from .helpers.mmseg_reference import daformer_state_dict, reference_hrda_logits, reference_logits, training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = 1e-4
@@ -237,19 +238,70 @@ def test_an_import_computes_what_the_original_computes_where_the_epsilon_matters
         assert float((network(pixel_values=images).logits - expected).abs().max()) > 100 * PARITY
 
 
-def test_an_hrda_checkpoint_is_refused_in_one_line_or_imports_its_head_path(tmp_path, capsys):
+def test_an_hrda_checkpoint_imports_with_its_scale_attention_and_predicts_as_hrda_does(tmp_path, capsys):
+    """Against `reference_hrda_logits`, written from HRDA's `encode_decode`, `extract_slide_feat` and `HRDAHead`: the
+    context at half resolution, overlapping 32x48 detail windows (3 x 3 of them on 64x96), the scale attention."""
     state = daformer_state_dict("mit-b0", hrda=True, seed=8)
     torch.save(training_checkpoint(state, state, state), tmp_path / "hrda.pth")
-    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out")
-    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert "HRDA" in err and "scale attention" in err and "--drop_scale_attention" in err
-    assert not (tmp_path / "out").exists()
-    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out", "--drop_scale_attention")
+    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out", "--hrda_detail_crop", "32", "48")
+    assert status == 0, err
+    assert "HRDA fused inference" in out and "scale_attention" not in out  # nothing left out of the network
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "overlapping 48x32 (W x H) detail windows" in card and "2048x1024 (W x H)" in card
+    network = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
+    assert network.config.hrda_scales == [0.5, 1.0] and network.config.hrda_detail_crop == [32, 48]
+    assert network.config.hrda_attention_width == 256 and network.config.hrda_attention_classwise
+    images = _images()
+    expected = reference_hrda_logits(state, images, (32, 48))
+    with torch.no_grad():
+        logits = network(pixel_values=images).logits
+    assert logits.shape == (2, 19, 16, 24) and float((logits - expected).abs().max()) <= PARITY
+    # the scale attention counts: the head path alone is another prediction
+    assert float((logits - F.interpolate(reference_logits(state, images), size=(16, 24))).abs().max()) > 100 * PARITY
+
+    from duda_hf.export.onnx_export import OnnxExportError, export_onnx
+
+    with pytest.raises(OnnxExportError, match="is an HRDA network"):  # its window grid depends on the image size
+        export_onnx(tmp_path / "out")
+
+    status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "single", "--drop_scale_attention")
     assert status == 0, err
     assert "HRDA head path only" in out and "decode_head.scale_attention. (16 tensors)" in out
-    assert "predicts at one scale" in (tmp_path / "out" / "README.md").read_text()
-    images = _images()
-    assert float((_logits(tmp_path / "out", images) - reference_logits(state, images)).abs().max()) <= PARITY
+    assert "predicts at one scale" in (tmp_path / "single" / "README.md").read_text()
+    assert float((_logits(tmp_path / "single", images) - reference_logits(state, images)).abs().max()) <= PARITY
+
+
+def test_hrda_fuses_the_upsampled_context_and_the_detail_by_the_scale_attention_by_hand():
+    context = torch.full((1, 1, 1, 1), 2.0)
+    attention = torch.full((1, 1, 1, 1), 0.25)
+    detail = torch.tensor([[[[4.0, 8.0], [0.0, -4.0]]]])
+    # up((1 - 0.25) * 2) + up(0.25) * detail = 1.5 + detail / 4
+    assert torch.equal(hrda_fuse(context, attention, detail, 2.0), torch.tensor([[[[2.5, 3.5], [1.5, 0.5]]]]))
+
+
+@pytest.mark.parametrize(
+    ("size", "crop", "stride", "windows"),
+    [
+        (1024, 512, 256, [(0, 512), (256, 768), (512, 1024)]),
+        (100, 64, 32, [(0, 64), (32, 96), (36, 100)]),  # the last window flush with the end
+        (70, 64, 32, [(0, 64), (6, 70)]),
+        (50, 64, 32, [(0, 50)]),  # shorter than the crop: one window, the whole side
+    ],
+)
+def test_hrdas_detail_windows(size, crop, stride, windows):
+    assert hrda_windows(size, crop, stride) == windows
+
+
+def test_an_hrda_network_teaches_frozen_but_is_not_trained_yet(tmp_path, tiny_benchmark, capsys):
+    state = daformer_state_dict("mit-b0", hrda=True, seed=8)
+    torch.save(state, tmp_path / "hrda.pth")
+    assert _import(capsys, tmp_path / "hrda.pth", tmp_path / "hrda", "--hrda_detail_crop", "32", "32")[0] == 0
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", "--method", "distill", "--teacher", str(tmp_path / "hrda"), "--max_steps", "1")
+    trainer = build_trainer(*parse_args(argv))
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    with pytest.raises(ValueError, match="HRDA's multi-resolution training is not in duda-hf yet"):
+        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "aux", "--aux_student", str(tmp_path / "hrda"))))
 
 
 @pytest.mark.parametrize(

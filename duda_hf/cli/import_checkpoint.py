@@ -76,7 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drop_scale_attention", action="store_true", help="HRDA: import the head path alone (predicts at one scale)")
     parser.add_argument(
-        "--eval_size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"), help="the image processor's size (default 512 1024)"
+        "--hrda_detail_crop",
+        type=int,
+        nargs=2,
+        default=(512, 512),
+        metavar=("H", "W"),
+        help="HRDA: the detail crop its inference slides over the image (not in the file; default HRDA's 512 512)",
+    )
+    parser.add_argument(
+        "--eval_size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="the image processor's size (default 512 1024; an HRDA network with its scale attention: 1024 2048, HRDA's)",
     )
     args = parser.parse_args(argv)
 
@@ -93,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         encoder=args.encoder,
         aspp_dilations=tuple(args.aspp_dilations or DAFORMER_DILATIONS),
         drop_scale_attention=args.drop_scale_attention,
+        hrda_detail_crop=tuple(args.hrda_detail_crop),
     )
+    fused = imported.config.hrda_scales is not None  # HRDA with its scale attention: HRDA's full-resolution inference
+    args.eval_size = tuple(args.eval_size or ((1024, 2048) if fused else (512, 1024)))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         model = load_imported(imported, Path(work) / "mapped")
@@ -103,12 +119,20 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": "EMA teacher (`ema_model.`) of a training checkpoint",
             "published": "network of a published checkpoint",
         }[imported.network]
-        hrda = (
-            " It comes from an HRDA checkpoint without its scale attention: it predicts at one scale, not with HRDA's fused "
-            "multi-resolution output."
-            if imported.hrda
-            else ""
-        )
+        if fused:
+            crop = "x".join(map(str, imported.config.hrda_detail_crop[::-1]))
+            hrda = (
+                " It is an HRDA network with its scale attention: it predicts as HRDA does at inference, the image at half "
+                f"resolution for the context and in overlapping {crop} (W x H) detail windows at full resolution, fused by "
+                "the scale attention."
+            )
+        elif imported.hrda:
+            hrda = (
+                " It comes from an HRDA checkpoint without its scale attention: it predicts at one scale, not with HRDA's "
+                "fused multi-resolution output."
+            )
+        else:
+            hrda = ""
         card = CARD.format(
             name=out.name,
             encoder=imported.encoder.upper().replace("MIT-", "MiT-"),
@@ -123,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     left = ", ".join(f"{prefix} ({count} tensors)" for prefix, count in imported.left_out.items())
     print(
         f"imported the {imported.network} network of {source} ({imported.encoder} with the DAFormer head"
-        f"{', HRDA head path only' if imported.hrda else ''}) into {out}" + (f"; left out: {left}" if left else "")
+        f"{', HRDA fused inference' if fused else ', HRDA head path only' if imported.hrda else ''}) into {out}"
+        + (f"; left out: {left}" if left else "")
     )
     return 0
 

@@ -318,6 +318,11 @@ def export_onnx(
 
     folder = check_model_dir(model_dir)
     model = load_network(folder)
+    if getattr(model.config, "hrda_scales", None):
+        raise OnnxExportError(
+            f"{folder} is an HRDA network (context and sliding detail windows fused by a scale attention), whose window "
+            "grid depends on the image size: the ONNX export does not handle it yet. Export a single-scale network."
+        )
     if input_multiple(model) > 1:
         raise OnnxExportError(
             f"{folder} is a {type(model).__name__} on a ViT backbone (inputs padded to whole {input_multiple(model)}-pixel "

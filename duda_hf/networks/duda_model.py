@@ -88,6 +88,13 @@ class DudaModel(nn.Module):
             raise ValueError("method='duda' needs an auxiliary student")
         if method == "distill" and not extra_teachers:
             raise ValueError("method='distill' needs at least one frozen teacher (extra_teachers)")
+        for role, network in (("student", student), ("aux_student", aux_student if method == "duda" else None)):
+            if getattr(getattr(network, "config", None), "hrda_scales", None):
+                raise ValueError(
+                    f"the {role} is an HRDA network (a scale attention beside its head): HRDA's multi-resolution training "
+                    "is not in duda-hf yet, so it can teach frozen (--teacher, --extra_teachers) and be evaluated, not be "
+                    "trained; import it with --drop_scale_attention to train its head path at one scale"
+                )
         self.method = method
         self.student = student
         self.aux_student = aux_student if method == "duda" else None

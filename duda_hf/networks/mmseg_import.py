@@ -4,7 +4,8 @@ A training checkpoint of those repositories holds, under `state_dict`, the train
 teacher (`ema_model.`), the frozen ImageNet network of the feature distance (`imnet_model.`) and, for MIC with a
 separate teacher, `mic.`; a published checkpoint holds one network without a prefix. Each network is an mmseg
 `EncoderDecoder`: the original MiT (`backbone.patch_embedN`, `backbone.blockN.M`, `backbone.normN`) and the DAFormer
-head (`decode_head.…`; HRDA's `HRDAHead` nests it as `decode_head.head.…` beside `decode_head.scale_attention.…`).
+head (`decode_head.…`; HRDA's `HRDAHead` nests it as `decode_head.head.…` beside `decode_head.scale_attention.…`,
+which becomes the network's `scale_attention.…`: it then predicts with HRDA's fused multi-resolution inference).
 
 The MiT keys are renamed to the names transformers' SegFormer checkpoints use on the Hub (`segformer.encoder.…`,
 as in `nvidia/mit-b5`), which every transformers release loads; the fused key/value projection `attn.kv` is split in
@@ -141,6 +142,11 @@ _BLOCK_PARTS = {
 
 
 # The DAFormer head's keys (daformer_sepaspp_mitb5.py); anything else under decode_head. is not imported.
+_ATTENTION_KEY = re.compile(  # HRDA's scale attention: a DAFormer head with a 1x1 conv-BN-ReLU fusion
+    r"scale_attention\.(embed_layers\.\d+\.proj\.(weight|bias)"
+    r"|fuse_layer\.(conv\.weight|bn\.(weight|bias|running_mean|running_var|num_batches_tracked))"
+    r"|conv_seg\.(weight|bias))"
+)
 _HEAD_KEY = re.compile(
     r"decode_head\.(embed_layers\.\d+\.proj\.(weight|bias)"
     r"|fuse_layer\.(aspp_modules\.\d+\.((depthwise_conv|pointwise_conv)\.)?|bottleneck\.)"
@@ -203,21 +209,23 @@ def _infer_encoder(state: dict[str, torch.Tensor], encoder: str | None) -> tuple
     return found, fields
 
 
-def _head_keys(state: dict[str, torch.Tensor], drop_scale_attention: bool) -> tuple[dict[str, torch.Tensor], bool, int]:
-    """The DAFormer head's keys under `decode_head.`: `(keys, hrda, scale-attention tensors dropped)`."""
+def _head_keys(
+    state: dict[str, torch.Tensor], drop_scale_attention: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], bool, int]:
+    """The DAFormer head's keys under `decode_head.` and an HRDA scale attention's under `scale_attention.`:
+    `(head keys, attention keys, hrda, scale-attention tensors dropped)`."""
     head = {key: value for key, value in state.items() if key.startswith("decode_head.")}
     hrda = any(key.startswith("decode_head.head.") for key in head)
-    dropped = 0
+    dropped, attention = 0, {}
     if hrda:
-        attention = [key for key in head if key.startswith("decode_head.scale_attention.")]
-        if attention and not drop_scale_attention:
+        attention = {key[len("decode_head.") :]: value for key, value in head.items() if key.startswith("decode_head.scale_attention.")}
+        if drop_scale_attention:
+            dropped, attention = len(attention), {}
+        elif not attention:
             raise CheckpointImportError(
-                f"this is an HRDA (or MIC(HRDA)) checkpoint: its scale attention ({len(attention)} tensors under "
-                "'decode_head.scale_attention.') fuses the predictions of a context and a detail crop, and duda-hf cannot "
-                "run HRDA's multi-resolution inference yet. Pass --drop_scale_attention to import the head path alone "
-                "('decode_head.head.'): the network then predicts at one scale, which scores below HRDA's fused output"
+                "this HRDA checkpoint has no scale attention ('decode_head.scale_attention.'): HRDA's fixed attention is "
+                "not imported; pass --drop_scale_attention to import the head path alone (one scale)"
             )
-        dropped = len(attention)
         others = [key for key in head if not key.startswith(("decode_head.head.", "decode_head.scale_attention."))]
         if others:
             raise CheckpointImportError(f"HRDA head keys duda-hf does not know: {_listing(others)}")
@@ -230,7 +238,7 @@ def _head_keys(state: dict[str, torch.Tensor], drop_scale_attention: bool) -> tu
             f"the decode head is {kind}, not the DAFormer head with its ASPP fusion ('decode_head.fuse_layer.aspp_modules.'); "
             "duda-hf imports the DAFormer head (daformer_sepaspp_mitb5), as DAFormer, HRDA and MIC train it"
         )
-    return head, hrda, dropped
+    return head, attention, hrda, dropped
 
 
 def convert_checkpoint(
@@ -240,6 +248,7 @@ def convert_checkpoint(
     encoder: str | None = None,
     aspp_dilations: tuple[int, ...] = DAFORMER_DILATIONS,
     drop_scale_attention: bool = False,
+    hrda_detail_crop: tuple[int, int] = (512, 512),
 ) -> ImportedCheckpoint:
     """One network of a DAFormer/HRDA/MIC state dict (`read_checkpoint`) as a `DaformerConfig` and weights under
     transformers' Hub names.
@@ -248,11 +257,13 @@ def convert_checkpoint(
         network: 'student' (`model.`, what the original repositories evaluate and publish) or 'teacher' (`ema_model.`).
         encoder: the MiT size (`mit-b5`), checked against the keys; None infers it.
         aspp_dilations: the ASPP's dilations (not stored in the weights; DAFormer's by default).
-        drop_scale_attention: for an HRDA checkpoint, import the head path without the scale attention.
+        drop_scale_attention: for an HRDA checkpoint, import the head path without the scale attention (one scale).
+        hrda_detail_crop: for an HRDA checkpoint with its scale attention, the detail crop (height, width) its
+            inference slides (not stored in the weights; HRDA's 512 x 512).
     """
     chosen, which, left_out = select_network(state, network)
     size, fields = _infer_encoder(chosen, encoder)
-    head, hrda, dropped = _head_keys(chosen, drop_scale_attention)
+    head, attention, hrda, dropped = _head_keys(chosen, drop_scale_attention)
     if dropped:
         left_out["decode_head.scale_attention."] = dropped
     mapped: dict[str, torch.Tensor] = {}
@@ -271,6 +282,11 @@ def convert_checkpoint(
             unmapped.append(key)
             continue
         mapped["decode_head.classifier." + key.rsplit(".", 1)[1] if key.startswith("decode_head.conv_seg.") else key] = value
+    for key, value in attention.items():
+        if not _ATTENTION_KEY.fullmatch(key):
+            unmapped.append("decode_head." + key)
+            continue
+        mapped["scale_attention.classifier." + key.rsplit(".", 1)[1] if key.startswith("scale_attention.conv_seg.") else key] = value
     if unmapped:
         raise CheckpointImportError(f"{len(unmapped)} keys of the '{which}' network could not be mapped: {_listing(unmapped)}")
 
@@ -292,8 +308,24 @@ def convert_checkpoint(
             f"the ASPP has {branches} branches but {len(aspp_dilations)} dilations were given ({list(aspp_dilations)}); "
             "pass --aspp_dilations with one per branch"
         )
+    hrda_fields = {}
+    if attention:
+        attention_width = out_channels("scale_attention.fuse_layer.conv.weight")
+        attention_outputs = out_channels("scale_attention.classifier.weight")
+        if attention_width is None or attention_outputs not in (1, NUM_CLASSES):
+            raise CheckpointImportError(
+                f"the scale attention has width {attention_width} and {attention_outputs} outputs; HRDA's has a 1x1 fusion "
+                f"and one output per class ({NUM_CLASSES}) or one"
+            )
+        hrda_fields = {
+            "hrda_scales": [0.5, 1.0],
+            "hrda_detail_crop": list(hrda_detail_crop),
+            "hrda_attention_width": attention_width,
+            "hrda_attention_classwise": attention_outputs == NUM_CLASSES,
+        }
     config = DaformerConfig(
         **fields,
+        **hrda_fields,
         num_attention_heads=list(MIT_HEADS),
         decoder_hidden_size=width,
         aspp_dilations=list(aspp_dilations),

@@ -133,6 +133,56 @@ def reference_logits(state: dict[str, torch.Tensor], images: torch.Tensor, prefi
     """Eval-mode logits (stride 4) of the mmseg network whose keys start with `prefix` (e.g. 'model.'), on
     normalised `(B, 3, H, W)` images. HRDA networks: the head path (`decode_head.head.`) only."""
     s = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    head = "decode_head.head." if "decode_head.head.conv_seg.weight" in s else "decode_head."
+    return _head(s, _backbone(s, images), head)
+
+
+def reference_hrda_logits(
+    state: dict[str, torch.Tensor], images: torch.Tensor, detail_crop: tuple[int, int], prefix: str = ""
+) -> torch.Tensor:
+    """Eval-mode logits of an HRDA network as `HRDAEncoderDecoder.encode_decode` computes them with HRDA's config
+    (scales [0.5, 1], `hr_slide_inference`, overlapping detail windows) and `HRDAHead.forward` without a crop box."""
+    s = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def resize(img, scale):  # HRDAEncoderDecoder.resize, mmseg's resize with a scale factor
+        return img if scale == 1 else F.interpolate(img, scale_factor=scale, mode="bilinear", align_corners=False)
+
+    # scales [0.5, 1]: i = 0 the context (whole), i = 1 the detail (extract_slide_feat)
+    lr_feats = _backbone(s, resize(images, 0.5))
+    h_crop, w_crop = detail_crop
+    h_stride, w_stride = h_crop // 2, w_crop // 2  # hr_slide_overlapping
+    bs, _, h_img, w_img = images.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    crop_imgs, crop_boxes = [], []
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1, x1 = h_idx * h_stride, w_idx * w_stride
+            y2, x2 = min(y1 + h_crop, h_img), min(x1 + w_crop, w_img)
+            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
+            crop_imgs.append(images[:, :, y1:y2, x1:x2])
+            crop_boxes.append([y1, y2, x1, x2])
+    crop_feats = _backbone(s, torch.cat(crop_imgs, dim=0))
+    # HRDAHead.forward: lr_seg, decode_hr (os 4), the sigmoid scale attention, the fusion
+    lr_seg = _head(s, lr_feats, "decode_head.head.")
+    boxes = [[int(v / 4) for v in box] for box in crop_boxes]
+    h_out, w_out = max(b[1] for b in boxes), max(b[3] for b in boxes)
+    crop_seg_logits = _head(s, crop_feats, "decode_head.head.")
+    preds = torch.zeros((bs, crop_seg_logits.shape[1], h_out, w_out))
+    count_mat = torch.zeros((bs, 1, h_out, w_out))
+    for i, (y1, y2, x1, x2) in enumerate(boxes):
+        preds += F.pad(crop_seg_logits[i * bs : (i + 1) * bs], (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+        count_mat[:, :, y1:y2, x1:x2] += 1
+    hr_seg = preds / count_mat
+    att = torch.sigmoid(_head(s, lr_feats, "decode_head.scale_attention.", aspp=False))
+    lr_seg = (1 - att) * lr_seg
+    up_lr_seg = resize(lr_seg, 1 / 0.5)
+    att = resize(att, 1 / 0.5)
+    return att * hr_seg + up_lr_seg
+
+
+def _backbone(s: dict[str, torch.Tensor], images: torch.Tensor) -> list[torch.Tensor]:
+    """The original MiT's four levels (`mix_transformer.py`)."""
     x, feats = images, []
     for i in range(1, 5):
         w = s[f"backbone.patch_embed{i}.proj.weight"]
@@ -173,7 +223,12 @@ def reference_logits(state: dict[str, torch.Tensor], images: torch.Tensor, prefi
         x = _layer_norm(x, s, f"backbone.norm{i}.", 1e-6)
         x = x.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         feats.append(x)
-    head = "decode_head.head." if "decode_head.head.conv_seg.weight" in s else "decode_head."
+    return feats
+
+
+def _head(s: dict[str, torch.Tensor], feats: list[torch.Tensor], head: str, aspp: bool = True) -> torch.Tensor:
+    """`DAFormerHead` under `head` on the four levels: the ASPP fusion (`daformer_sepaspp`), or HRDA's scale attention's
+    1x1 conv-BN-ReLU fusion (`aspp=False`)."""
     size = feats[0].shape[2:]
     levels = []
     for i, f in enumerate(feats):
@@ -192,6 +247,9 @@ def reference_logits(state: dict[str, torch.Tensor], images: torch.Tensor, prefi
         )
         return F.relu(t)
 
+    if not aspp:
+        x = conv_module(x, f"{head}fuse_layer.")
+        return F.conv2d(x, s[f"{head}conv_seg.weight"], s[f"{head}conv_seg.bias"])
     branches = []
     for k, dilation in enumerate(DILATIONS):
         p = f"{head}fuse_layer.aspp_modules.{k}."

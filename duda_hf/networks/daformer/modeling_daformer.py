@@ -14,6 +14,12 @@ Its outputs follow `SegformerForSemanticSegmentation`: logits at stride 4, `loss
 to the labels, cross-entropy ignoring `semantic_loss_ignore_index`), and the encoder's four levels as
 `hidden_states` when asked for.
 
+With `hrda_scales` set (an imported HRDA or MIC(HRDA) network) it predicts as HRDA does at inference
+(`lhoyer/HRDA`, `mmseg/models/segmentors/hrda_encoder_decoder.py` and `mmseg/models/decode_heads/hrda_head.py`): the
+context image (the input at the smaller scale) through the encoder, the head and the scale attention (`scale_attention`,
+the same head with a 1x1 fusion, a sigmoid on its output), the image at the detail scale in overlapping detail windows
+through the encoder and the head, and the two fused (`hrda_fuse`). Its logits are at stride 4 of the detail image.
+
 This file imports only torch and transformers (and its own config), so that a saved folder carries it.
 """
 
@@ -86,13 +92,20 @@ class DaformerMLP(nn.Module):
 
 
 class DaformerDecodeHead(nn.Module):
-    def __init__(self, config: DaformerConfig):
+    """The DAFormer head; with `scale_attention`, HRDA's scale attention: the same head at `hrda_attention_width` with a
+    1x1 conv-BN-ReLU fusion (HRDA's `fusion_cfg` type 'conv') and one output per class (or one)."""
+
+    def __init__(self, config: DaformerConfig, scale_attention: bool = False):
         super().__init__()
-        width = config.decoder_hidden_size
+        width = config.hrda_attention_width if scale_attention else config.decoder_hidden_size
         self.embed_layers = nn.ModuleList(DaformerMLP(size, width) for size in config.hidden_sizes)
-        self.fuse_layer = DaformerASPPFusion(width * len(config.hidden_sizes), width, list(config.aspp_dilations))
+        if scale_attention:
+            self.fuse_layer = DaformerConvModule(width * len(config.hidden_sizes), width, 1)
+        else:
+            self.fuse_layer = DaformerASPPFusion(width * len(config.hidden_sizes), width, list(config.aspp_dilations))
         self.dropout = nn.Dropout2d(config.classifier_dropout_prob)
-        self.classifier = nn.Conv2d(width, config.num_labels, kernel_size=1)
+        outputs = config.num_labels if not scale_attention or config.hrda_attention_classwise else 1
+        self.classifier = nn.Conv2d(width, outputs, kernel_size=1)
         self.classifier.daformer_init = "classifier"
 
     def forward(self, encoder_hidden_states) -> torch.Tensor:
@@ -105,6 +118,29 @@ class DaformerDecodeHead(nn.Module):
             embedded.append(level)
         fused = self.fuse_layer(torch.cat(embedded, dim=1))
         return self.classifier(self.dropout(fused))
+
+
+def hrda_resize(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """HRDA's `resize(img, s)`: bilinear by `scale_factor` (mmseg's `resize`, `align_corners=False`), the image itself at 1."""
+    return images if scale == 1 else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+
+
+def hrda_fuse(context: torch.Tensor, attention: torch.Tensor, detail: torch.Tensor, factor: float) -> torch.Tensor:
+    """HRDA's fusion (`HRDAHead.forward` without a crop): `up((1 - a) * context) + up(a) * detail`, where `a` is the
+    scale attention (after its sigmoid) on the context grid and `up` resizes by `factor` = detail scale / context scale."""
+    context = hrda_resize((1 - attention) * context, factor)
+    return hrda_resize(attention, factor) * detail + context
+
+
+def hrda_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """The `(start, end)` of HRDA's detail windows along one side (`extract_slide_feat`: the last window flush with the
+    end; a side shorter than the crop is one window)."""
+    grids = max(size - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for index in range(grids):
+        end = min(index * stride + crop, size)
+        windows.append((max(end - crop, 0), end))
+    return windows
 
 
 class DaformerPreTrainedModel(SegformerPreTrainedModel):
@@ -144,7 +180,34 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
             if isinstance(module, nn.LayerNorm) and "patch_embeddings" not in name and "attention" not in name:
                 module.eps = config.layer_norm_eps
         self.decode_head = DaformerDecodeHead(config)
+        self.scale_attention = DaformerDecodeHead(config, scale_attention=True) if config.hrda_scales else None
         self.post_init()
+
+    def _hrda_logits(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, tuple]:
+        """HRDA's inference (`HRDAEncoderDecoder.encode_decode` with `hr_slide_inference`): the context image through
+        the encoder, the head and the scale attention; the detail image in overlapping detail windows, all in one
+        batch, their logits averaged where they overlap (`HRDAHead.decode_hr`); then `hrda_fuse`. Logits at stride 4
+        of the detail image; the context image's four levels as hidden states."""
+        context_scale, detail_scale = sorted(self.config.hrda_scales)
+        context = self.segformer(hrda_resize(pixel_values, context_scale), output_hidden_states=True, **kwargs)
+        context_logits = self.decode_head(context.hidden_states)
+        attention = torch.sigmoid(self.scale_attention(context.hidden_states))
+        image = hrda_resize(pixel_values, detail_scale)
+        batch, _, height, width = image.shape
+        crop_h, crop_w = self.config.hrda_detail_crop
+        stride_h, stride_w = (crop_h // 2, crop_w // 2) if self.config.hrda_slide_overlapping else (crop_h, crop_w)
+        boxes = [(y, x) for y in hrda_windows(height, crop_h, stride_h) for x in hrda_windows(width, crop_w, stride_w)]
+        crops = torch.cat([image[:, :, y1:y2, x1:x2] for (y1, y2), (x1, x2) in boxes])
+        crop_logits = self.decode_head(self.segformer(crops, output_hidden_states=True).hidden_states)
+        boxes = [tuple(int(v / 4) for v in (y1, y2, x1, x2)) for (y1, y2), (x1, x2) in boxes]  # `scale_box` by the stride
+        out_h, out_w = max(box[1] for box in boxes), max(box[3] for box in boxes)
+        summed = crop_logits.new_zeros((batch, crop_logits.shape[1], out_h, out_w))
+        count = crop_logits.new_zeros((batch, 1, out_h, out_w))
+        for index, (y1, y2, x1, x2) in enumerate(boxes):
+            summed += F.pad(crop_logits[index * batch : (index + 1) * batch], (x1, out_w - x2, y1, out_h - y2))
+            count[:, :, y1:y2, x1:x2] += 1
+        detail_logits = summed / count
+        return hrda_fuse(context_logits, attention, detail_logits, detail_scale / context_scale), context.hidden_states
 
     def forward(
         self,
@@ -163,8 +226,16 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
             return_dict = getattr(self.config, "return_dict", True)
         if output_attentions:
             kwargs["output_attentions"] = True
-        outputs = self.segformer(pixel_values, output_hidden_states=True, **kwargs)
-        logits = self.decode_head(outputs.hidden_states)
+        if self.scale_attention is not None:
+            logits, hidden_states = self._hrda_logits(pixel_values, **kwargs)
+            attentions = None
+        else:
+            outputs = self.segformer(pixel_values, output_hidden_states=True, **kwargs)
+            logits, hidden_states, attentions = (
+                self.decode_head(outputs.hidden_states),
+                outputs.hidden_states,
+                getattr(outputs, "attentions", None),
+            )
         loss = None
         if labels is not None:
             if self.config.num_labels < 2:  # SegFormer's binary (one-label) loss is not provided
@@ -174,8 +245,8 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
         output = SemanticSegmenterOutput(
             loss=loss,
             logits=logits,
-            hidden_states=tuple(outputs.hidden_states) if output_hidden_states else None,
-            attentions=getattr(outputs, "attentions", None),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=attentions,
         )
         if not return_dict:
             return output.to_tuple()
