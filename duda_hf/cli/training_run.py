@@ -93,6 +93,13 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         extra_teachers=config.frozen_teachers,
         fd_lambda=config.fd_lambda,
         teacher_train_mode=config.teacher_train_mode,
+        hrda={
+            "context_scale": config.hrda_context_scale,
+            "detail_crop": config.hrda_detail_crop_hw(data_args.crop_size_hw),
+            "attention_classwise": config.hrda_attention_classwise,
+        }
+        if config.hrda
+        else None,
     )
     # SYNTHIA -> Cityscapes is also reported on 16 and 13 classes (docs/datasets.md, "SYNTHIA")
     subsets = SYNTHIA_SUBSETS if data_args.source_format == "synthia" or data_args.eval_synthia_subsets else None

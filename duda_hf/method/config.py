@@ -255,6 +255,40 @@ class DudaConfig(TrainingArguments):
             "say). false: MIC trains the auxiliary student only, as it trains the network that feeds its EMA teacher."
         ),
     )
+    # --- HRDA multi-resolution training of the large pair (Hoyer et al., ECCV 2022) ---
+    hrda: bool = field(
+        default=False,
+        metadata=flag_help(
+            "Train the auxiliary student (a DAFormer-head network) with HRDA: each step it sees the crop at "
+            "--hrda_context_scale (the context) and a detail crop of it at full resolution, whose predictions a learned "
+            "scale attention fuses; the EMA teacher's pseudo-labels and every evaluation use HRDA's fused inference "
+            "(docs/method.md, 'HRDA'). HRDA's defaults are taken relative to --crop_size."
+        ),
+    )
+    hrda_context_scale: float = field(default=0.5, metadata=flag_help("Scale of HRDA's context image. HRDA: 0.5."))
+    hrda_detail_crop: list[int] = field(
+        default_factory=list,
+        metadata=flag_help("HRDA's detail crop, H W, at full resolution. Empty: half of --crop_size (HRDA: 512 of 1024)."),
+    )
+    hrda_detail_loss: float = field(
+        default=0.1,
+        metadata=flag_help("Weight of HRDA's detail loss on the detail crop's own prediction (the fused one gets 1 minus it). HRDA: 0.1."),
+    )
+    hrda_crop_divisible: int = field(
+        default=8, metadata=flag_help("The detail crop's coordinates are multiples of this (HRDA: 8, so the grids align).")
+    )
+    hrda_attention_classwise: bool = field(
+        default=True, metadata=flag_help("One scale-attention map per class (else one for all). HRDA: true.")
+    )
+    hrda_student_input: str = field(
+        default="full",
+        metadata=flag_help(
+            "With --hrda, what the student sees (reconstructed: the DUDA paper does not say): 'full', the crop at full "
+            "resolution (as it is evaluated), or 'context', the crop at --hrda_context_scale (the large network's "
+            "context, a quarter of the pixels).",
+            choices=["full", "context"],
+        ),
+    )
     # --- rare class sampling (source) ---
     rare_class_sampling: bool = field(default=True, metadata=flag_help("Sample source images by rare classes (DAFormer RCS)."))
     rcs_temperature: float = field(default=0.01, metadata=flag_help("RCS temperature T in p_c ~ exp((1 - f_c) / T). DAFormer: 0.01."))
@@ -446,6 +480,20 @@ class DudaConfig(TrainingArguments):
                 "DudaConfig.mic_lambda trains the network that makes the pseudo-labels, which method "
                 f"'{self.method}' does not train: use it with --method duda or self_training, or set it to 0"
             )
+        if self.hrda and self.method != "duda":
+            raise ValueError("DudaConfig.hrda trains the large pair with HRDA, which only method='duda' has; drop --hrda")
+        check_flag(0 < self.hrda_context_scale < 1, "DudaConfig.hrda_context_scale", "in (0, 1)", self.hrda_context_scale)
+        check_flag(0 <= self.hrda_detail_loss < 1, "DudaConfig.hrda_detail_loss", "in [0, 1)", self.hrda_detail_loss)
+        check_flag(self.hrda_crop_divisible >= 1, "DudaConfig.hrda_crop_divisible", ">= 1", self.hrda_crop_divisible)
+        check_flag(
+            len(self.hrda_detail_crop) in (0, 2) and all(v > 0 for v in self.hrda_detail_crop),
+            "DudaConfig.hrda_detail_crop",
+            "empty (half the crop) or two positive integers (H W)",
+            self.hrda_detail_crop,
+        )
+        check_flag(
+            self.hrda_student_input in ("full", "context"), "DudaConfig.hrda_student_input", "'full' or 'context'", self.hrda_student_input
+        )
         if self.mic_student and self.method != "duda":
             raise ValueError("DudaConfig.mic_student needs method='duda' (in self_training MIC already trains the student)")
         check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
@@ -587,6 +635,10 @@ class DudaConfig(TrainingArguments):
         """The `t` of the EMA's `alpha_t = min(1 - 1/(t+1), ema_alpha)` after optimizer step `global_step` (1-based):
         the step itself with DAFormer's schedule (0.5 at the first update), one less with `copy_first` (0: a copy)."""
         return global_step if self.ema_schedule == "daformer" else global_step - 1
+
+    def hrda_detail_crop_hw(self, crop_hw: tuple[int, int]) -> tuple[int, int]:
+        """HRDA's detail crop (height, width) for training crops of `crop_hw`: `--hrda_detail_crop`, or half the crop."""
+        return tuple(self.hrda_detail_crop) if self.hrda_detail_crop else (crop_hw[0] // 2, crop_hw[1] // 2)
 
     def in_distill_stage(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based) belongs to the distillation stage."""

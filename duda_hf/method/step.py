@@ -45,6 +45,7 @@ from duda_hf.method.losses import (
 )
 from duda_hf.method.masking import block_mask, mask_images
 from duda_hf.method.mixing import class_mix_masks, mix, sample_augment_params, strong_augment
+from duda_hf.networks.daformer.modeling_daformer import hrda_resize
 from duda_hf.networks.duda_model import DudaModel
 from duda_hf.networks.inputs import input_normalization
 
@@ -90,6 +91,10 @@ class StepTensors:
     masked_weight: torch.Tensor | None = None  # their pixel weights: the quality outside the margins (1 on source images)
     aux_masked: torch.Tensor | None = None  # the auxiliary student's logits on them
     student_masked: torch.Tensor | None = None  # the student's (self_training, or duda with `mic_student`)
+    detail_box: tuple[int, int, int, int] | None = None  # HRDA (`--hrda`): the auxiliary student's detail crop, pixels
+    aux_detail_source: torch.Tensor | None = None  # HRDA: the detail crop's own logits, source / mix / masked images
+    aux_detail_mix: torch.Tensor | None = None
+    aux_detail_masked: torch.Tensor | None = None
 
 
 # ---- what the terms read, in the method's order ----
@@ -159,6 +164,15 @@ def step_tensors(
     # distillation stage the auxiliary student stops.
     use_fd = duda.imagenet_encoder is not None and args.fd_lambda > 0 and not stage
     distilling = args.method in DISTILLING_METHODS
+    # HRDA: the auxiliary student's detail crop (one for its whole batch, as HRDA's forward has one), drawn on the host
+    # from a generator of its own so that no device waits and the other draws stay those of a run without HRDA
+    box = student_scale = None
+    if duda.hrda and not stage:
+        box_generator = torch.Generator().manual_seed(generator.initial_seed() + 1)
+        crop = duda.aux_student.config.hrda_detail_crop
+        box = hrda_detail_box(tuple(source_image.shape[-2:]), tuple(crop), args.hrda_crop_divisible, box_generator)
+    if duda.hrda and args.hrda_student_input == "context":
+        student_scale = args.hrda_context_scale
     clean_target = target_image if distilling and (args.kd_clean_target > 0 or args.cwd_weight > 0) else None
     student_extras = [images for images in (clean_target, student_masked_input) if images is not None]
     with autocast():
@@ -168,8 +182,12 @@ def step_tensors(
             student_extra=torch.cat(student_extras) if student_extras else None,
             aux_extra=aux_masked_input,
             aux=not stage,
+            aux_detail_box=box,
+            student_scale=student_scale or 1.0,
         )
-        reference_features = duda.imagenet_features(source_image) if use_fd else None
+        # HRDA: the feature distance on the context (HRDA's `feature_scale` 0.5), both networks on the context image
+        fd_images = hrda_resize(source_image, args.hrda_context_scale) if duda.hrda else source_image
+        reference_features = duda.imagenet_features(fd_images) if use_fd else None
     student_source, student_mix = outputs["student_logits"].split(source_image.shape[0])
     student_target = student_masked = None
     if student_extras:
@@ -177,11 +195,14 @@ def step_tensors(
         student_target = extra[0] if clean_target is not None else None
         student_masked = extra[-1] if student_masked_input is not None else None
     aux_source = aux_mix = lam = class_weights = class_pixel_weight = pixel_weight = None
+    aux_detail_source = aux_detail_mix = None
     if distilling:
         # 3. The auxiliary student's logits ('duda'); 4. the student's weights: lam_t of gradual distillation and the
         # inconsistency weight c of each target pixel's class (1 on source pixels).
         if duda.aux_student is not None and not stage:
             aux_source, aux_mix = outputs["aux_logits"].split(source_image.shape[0])
+            if box is not None:
+                aux_detail_source, aux_detail_mix = outputs["aux_detail_logits"].split(source_image.shape[0])
         lam = 1.0 if stage else distillation_weight(step, args.preadapt_steps_resolved, args.distill_ramp_steps_resolved)
         class_weights = inconsistency_class_weights(duda.class_discrepancy, duda.class_seen, args.inconsistency_beta)
         class_pixel_weight = torch.where(mask == 0, class_weights[mixed_label.clamp(max=NUM_CLASSES - 1)], 1.0)
@@ -212,6 +233,10 @@ def step_tensors(
         masked_weight=masked_weight,
         aux_masked=outputs.get("aux_extra_logits"),
         student_masked=student_masked,
+        detail_box=box,
+        aux_detail_source=aux_detail_source,
+        aux_detail_mix=aux_detail_mix,
+        aux_detail_masked=outputs.get("aux_extra_detail_logits"),
     )
 
 
@@ -262,6 +287,24 @@ def masked_batch(
     return mask_images(images, mask, mean), labels, weights
 
 
+def hrda_detail_box(
+    size_hw: tuple[int, int], crop_hw: tuple[int, int], divisible: int, generator: torch.Generator
+) -> tuple[int, int, int, int]:
+    """HRDA's `get_crop_bbox`: a detail crop `(y1, y2, x1, x2)` of `crop_hw` inside an image of `size_hw`, each offset
+    drawn uniformly among the multiples of `divisible` up to the margin (`randint(0, (margin + 1) // divisible) *
+    divisible`; the whole image when it is the crop's size)."""
+    offsets = []
+    for size, crop in zip(size_hw, crop_hw):
+        if crop > size:
+            raise ValueError(
+                f"HRDA's detail crop {tuple(crop_hw)} is larger than the training crop {tuple(size_hw)}; pass a smaller --hrda_detail_crop"
+            )
+        choices = max((size - crop + 1) // divisible, 1)
+        offsets.append(int(torch.randint(choices, (1,), generator=generator)) * divisible)
+    (y1, x1), (crop_h, crop_w) = offsets, crop_hw
+    return y1, y1 + crop_h, x1, x1 + crop_w
+
+
 class LossTerm(NamedTuple):
     """A named loss term: `compute(tensors)` returns the weighted term, or None when it is off at this step."""
 
@@ -283,16 +326,28 @@ class StepResult:
 
 
 # ---- the loss terms ----
-# 3. The auxiliary student (DAFormer recipe).
+# 3. The auxiliary student (DAFormer recipe; with HRDA, its fused and detail losses).
+def _aux_ce(
+    t: StepTensors, logits: torch.Tensor, detail: torch.Tensor | None, labels: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The auxiliary student's weighted cross-entropy; with HRDA (`detail` given), HRDA's `HRDAHead.losses`:
+    `(1 - hrda_detail_loss) * wCE(fused) + hrda_detail_loss * wCE(detail crop, labels and weights cropped alike)`."""
+    loss = weighted_cross_entropy(logits, labels, weights, denominator=t.args.loss_denominator)
+    if detail is None:
+        return loss
+    y1, y2, x1, x2 = t.detail_box
+    crop_weights = None if weights is None else weights[..., y1:y2, x1:x2]
+    detail_loss = weighted_cross_entropy(detail, labels[..., y1:y2, x1:x2], crop_weights, denominator=t.args.loss_denominator)
+    return (1 - t.args.hrda_detail_loss) * loss + t.args.hrda_detail_loss * detail_loss
+
+
 def aux_source_ce(t: StepTensors) -> torch.Tensor | None:
     """Off in the distillation stage, where the auxiliary student stops."""
-    return None if t.aux_source is None else weighted_cross_entropy(t.aux_source, t.source_label, denominator=t.args.loss_denominator)
+    return None if t.aux_source is None else _aux_ce(t, t.aux_source, t.aux_detail_source, t.source_label)
 
 
 def aux_mix_ce(t: StepTensors) -> torch.Tensor | None:
-    return (
-        None if t.aux_mix is None else weighted_cross_entropy(t.aux_mix, t.mixed_label, t.mixed_weight, denominator=t.args.loss_denominator)
-    )
+    return None if t.aux_mix is None else _aux_ce(t, t.aux_mix, t.aux_detail_mix, t.mixed_label, t.mixed_weight)
 
 
 # 4. The student: the source, then the mix (hard pseudo-labels, then more and more the teachers' soft output).
@@ -391,8 +446,11 @@ def _masked_ce(t: StepTensors, logits: torch.Tensor | None) -> torch.Tensor | No
 
 
 def aux_masked_ce(t: StepTensors) -> torch.Tensor | None:
-    """The auxiliary student's term; off at weight 0 and in the distillation stage."""
-    return _masked_ce(t, t.aux_masked)
+    """The auxiliary student's term; off at weight 0 and in the distillation stage (with HRDA, its fused and detail
+    losses, as MIC(HRDA) trains the masked image)."""
+    if t.aux_masked is None:
+        return None
+    return t.args.mic_lambda * _aux_ce(t, t.aux_masked, t.aux_detail_masked, t.masked_label, t.masked_weight)
 
 
 def student_masked_ce(t: StepTensors) -> torch.Tensor | None:

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from duda_hf.data.labels import NUM_CLASSES
+from duda_hf.networks.daformer.modeling_daformer import hrda_resize
 from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, frozen_record, role_prefix
 from duda_hf.networks.inputs import InputCache, normalize_images, run_network
-from duda_hf.networks.loading import build_network
+from duda_hf.networks.loading import build_network, with_hrda
 from duda_hf.networks.presets import MODEL_PRESETS, mit_encoder
 
 logger = logging.getLogger(__name__)
@@ -82,18 +83,20 @@ class DudaModel(nn.Module):
         imagenet_encoder: nn.Module | None = None,
         teacher_train_mode: bool = True,
         frozen_sources: dict[str, str] | None = None,
+        hrda: bool = False,
     ):
         super().__init__()
         if method == "duda" and aux_student is None:
             raise ValueError("method='duda' needs an auxiliary student")
         if method == "distill" and not extra_teachers:
             raise ValueError("method='distill' needs at least one frozen teacher (extra_teachers)")
+        self.hrda = hrda
         for role, network in (("student", student), ("aux_student", aux_student if method == "duda" else None)):
-            if getattr(getattr(network, "config", None), "hrda_scales", None):
+            if getattr(getattr(network, "config", None), "hrda_scales", None) and not (hrda and role == "aux_student"):
                 raise ValueError(
-                    f"the {role} is an HRDA network (a scale attention beside its head): HRDA's multi-resolution training "
-                    "is not in duda-hf yet, so it can teach frozen (--teacher, --extra_teachers) and be evaluated, not be "
-                    "trained; import it with --drop_scale_attention to train its head path at one scale"
+                    f"the {role} is an HRDA network (a scale attention beside its head), which only the auxiliary student "
+                    "trains as HRDA, with --hrda; as the student, import it with --drop_scale_attention (its head path, one "
+                    "scale). An HRDA network also teaches frozen (--teacher, --extra_teachers)"
                 )
         self.method = method
         self.student = student
@@ -191,6 +194,8 @@ class DudaModel(nn.Module):
         student_extra: torch.Tensor | None = None,
         aux_extra: torch.Tensor | None = None,
         aux: bool = True,
+        aux_detail_box: tuple[int, int, int, int] | None = None,
+        student_scale: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """One forward pass of the trained networks on `(B, 3, H, W)` RGB in [0, 1].
 
@@ -199,19 +204,27 @@ class DudaModel(nn.Module):
         `student_extra` (`(B', 3, H, W)`): more images for the student alone, in the same forward pass (its logits
         under `student_extra_logits`); `aux_extra` the same for the auxiliary student (`aux_extra_logits`);
         `aux=False` leaves the auxiliary student out (the distillation stage).
+        HRDA (`--hrda`): `aux_detail_box` is the auxiliary student's detail crop `(y1, y2, x1, x2)` for every image of its
+        batch; its fused logits are then `aux_logits`, the detail crop's own `aux_detail_logits` (and
+        `aux_extra_detail_logits`), its features the context's; `student_scale` below 1 shows the student its images
+        at that scale (`--hrda_student_input context`).
         """
         batch = pixel_values.shape[0]
         student_images = pixel_values if student_extra is None else torch.cat([pixel_values, student_extra])
         aux_images = pixel_values if aux_extra is None else torch.cat([pixel_values, aux_extra])
         inputs = InputCache(student_images)
         outputs = {}
-        student_out = run_network(self.student, inputs(self.student), output_hidden_states=output_features and self.aux_student is None)
+        student_inputs = inputs(self.student) if student_scale == 1 else hrda_resize(inputs(self.student), student_scale)
+        student_out = run_network(self.student, student_inputs, output_hidden_states=output_features and self.aux_student is None)
         outputs["student_logits"], outputs["student_extra_logits"] = _split_extra(student_out.logits, batch, student_extra)
         fd_out = student_out
         if self.aux_student is not None and aux:
             aux_inputs = inputs if aux_images is student_images else InputCache(aux_images)  # one normalisation when shared
-            fd_out = run_network(self.aux_student, aux_inputs(self.aux_student), output_hidden_states=output_features)
+            hrda = {} if aux_detail_box is None else {"hrda_detail_box": aux_detail_box}
+            fd_out = run_network(self.aux_student, aux_inputs(self.aux_student), output_hidden_states=output_features, **hrda)
             outputs["aux_logits"], outputs["aux_extra_logits"] = _split_extra(fd_out.logits, batch, aux_extra)
+            if aux_detail_box is not None:
+                outputs["aux_detail_logits"], outputs["aux_extra_detail_logits"] = _split_extra(fd_out.detail_logits, batch, aux_extra)
         if output_features:
             outputs["features"] = fd_out.hidden_states[-1]
         return {name: value for name, value in outputs.items() if value is not None}
@@ -281,15 +294,20 @@ def build_duda_model(
     extra_teachers: list[str] | None = None,
     fd_lambda: float = 0.0,
     teacher_train_mode: bool = True,
+    hrda: dict | None = None,
 ) -> DudaModel:
     """Build every network of a run by name (see `build_network`); for 'distill', `extra_teachers` are its frozen
     teachers.
+
+    `hrda` (keywords of `loading.with_hrda`) makes the auxiliary student an HRDA network trained as HRDA.
 
     The feature-distance encoder is a frozen copy of the ImageNet network the trained large network
     starts from; with `init='random'` or a non-MiT preset there is none and the feature distance is off.
     """
     student_net = build_network(student, init)
     aux_net = build_network(aux_student, init) if method == "duda" else None
+    if hrda is not None and aux_net is not None:  # `with_hrda`'s keywords: context_scale, detail_crop, attention_classwise
+        aux_net = with_hrda(aux_net, **hrda)
     fd_base = aux_net if aux_net is not None else student_net
     fd_name = aux_student if method == "duda" else student
     imagenet_encoder = None
@@ -320,6 +338,7 @@ def build_duda_model(
         imagenet_encoder=imagenet_encoder,
         teacher_train_mode=teacher_train_mode,
         frozen_sources=frozen_sources,
+        hrda=hrda is not None and aux_net is not None,
     )
     duda.frozen_records()  # now, so that each Hub revision recorded is the one just loaded
     return duda

@@ -19,7 +19,7 @@ from transformers import (
 
 from duda_hf.data.labels import ID2LABEL, LABEL2ID, NUM_CLASSES
 from duda_hf.data.remote import hub_reachable
-from duda_hf.networks.daformer.modeling_daformer import DaformerForSemanticSegmentation
+from duda_hf.networks.daformer.modeling_daformer import DaformerDecodeHead, DaformerForSemanticSegmentation
 from duda_hf.networks.frozen import FROZEN_SOURCES_KEY, check_frozen_networks, frozen_record, role_prefix
 from duda_hf.networks.inputs import IMAGENET_MEAN, IMAGENET_STD, INPUT_NORMALIZATION_KEY
 from duda_hf.networks.presets import (
@@ -211,6 +211,33 @@ def load_dinov2_upernet(name: str, repo: str | None = None) -> PreTrainedModel:
         return network
     _emit(held)
     logger.warning("%s; but %s of %s differ (transformers' load report above): %s", line, _count(problems, "weight"), repo, _some(problems))
+    return network
+
+
+def with_hrda(
+    network: PreTrainedModel, *, context_scale: float, detail_crop: tuple[int, int], attention_classwise: bool = True
+) -> DaformerForSemanticSegmentation:
+    """A DAFormer-head network made an HRDA network (`hrda_scales` [context_scale, 1]) with a new scale attention at
+    the DAFormer head's width (HRDA's `attention_embed_dim` 256), initialised as the head; an imported HRDA network
+    keeps its own. `detail_crop` (height, width) is the detail crop of its inference windows."""
+    if not isinstance(network, DaformerForSemanticSegmentation):
+        raise ValueError(  # noqa: TRY004 (a flag's error, as the others: one line, exit status 2)
+            f"--hrda needs an auxiliary student with the DAFormer head (mit-b5-daformer, tiny-wide-daformer, an imported "
+            f"DAFormer or HRDA checkpoint): HRDA's scale attention is a DAFormer head; got a {type(network).__name__}"
+        )
+    config = network.config
+    if config.hrda_scales and min(config.hrda_scales) != context_scale:
+        raise ValueError(
+            f"the auxiliary student is an HRDA network with context scale {min(config.hrda_scales)}; pass "
+            f"--hrda_context_scale {min(config.hrda_scales)}"
+        )
+    config.hrda_detail_crop = list(detail_crop)
+    if not config.hrda_scales:
+        config.hrda_scales = [context_scale, 1.0]
+        config.hrda_attention_classwise = attention_classwise
+        config.hrda_attention_width = config.decoder_hidden_size
+        network.scale_attention = DaformerDecodeHead(config, scale_attention=True)
+        network.scale_attention.apply(network._init_weights)
     return network
 
 

@@ -26,6 +26,7 @@ This file imports only torch and transformers (and its own config), so that a sa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -132,6 +133,30 @@ def hrda_fuse(context: torch.Tensor, attention: torch.Tensor, detail: torch.Tens
     return hrda_resize(attention, factor) * detail + context
 
 
+def hrda_fuse_crop(
+    context: torch.Tensor, attention: torch.Tensor, detail: torch.Tensor, box: tuple[int, int, int, int], context_scale: float
+) -> torch.Tensor:
+    """HRDA's fusion in training (`HRDAHead.forward` with a crop box): the scale attention is zeroed outside the detail
+    crop (on the context grid, whose stride is `4 / context_scale` detail pixels: HRDA's `os / lr_scale`), the detail
+    crop's logits are inserted into zeros on the detail grid (stride 4), and `up(a) * inserted + up((1 - a) * context)`.
+
+    Args:
+        box: the detail crop `(y1, y2, x1, x2)` in pixels of the detail (full-resolution) image, each divisible by
+            `4 / context_scale` (HRDA: 8) so that the grids align.
+    """
+    stride = 4 / context_scale
+    y1, y2, x1, x2 = (int(v / stride) for v in box)
+    mask = context.new_zeros((context.shape[0], 1, *context.shape[2:]))
+    mask[:, :, y1:y2, x1:x2] = 1
+    attention = attention * mask
+    factor = 1 / context_scale
+    up_context = hrda_resize((1 - attention) * context, factor)
+    inserted = torch.zeros_like(up_context)
+    y1, y2, x1, x2 = (int(v / 4) for v in box)
+    inserted[:, :, y1:y2, x1:x2] = detail
+    return hrda_resize(attention, factor) * inserted + up_context
+
+
 def hrda_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
     """The `(start, end)` of HRDA's detail windows along one side (`extract_slide_feat`: the last window flush with the
     end; a side shorter than the crop is one window)."""
@@ -141,6 +166,13 @@ def hrda_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
         end = min(index * stride + crop, size)
         windows.append((max(end - crop, 0), end))
     return windows
+
+
+@dataclass
+class DaformerSegmenterOutput(SemanticSegmenterOutput):
+    """`SemanticSegmenterOutput` with, in HRDA's training forward, the detail crop's own logits (`detail_logits`)."""
+
+    detail_logits: torch.FloatTensor | None = None
 
 
 class DaformerPreTrainedModel(SegformerPreTrainedModel):
@@ -183,15 +215,31 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
         self.scale_attention = DaformerDecodeHead(config, scale_attention=True) if config.hrda_scales else None
         self.post_init()
 
+    def _hrda_context(self, pixel_values: torch.Tensor, context_scale: float, **kwargs):
+        """The context image (`pixel_values` at `context_scale`) through the encoder, the head and the scale attention
+        (a sigmoid on its output): `(logits, attention, the encoder's four levels)`."""
+        context = self.segformer(hrda_resize(pixel_values, context_scale), output_hidden_states=True, **kwargs)
+        attention = torch.sigmoid(self.scale_attention(context.hidden_states))
+        return self.decode_head(context.hidden_states), attention, context.hidden_states
+
+    def _hrda_train_logits(self, pixel_values: torch.Tensor, box: tuple[int, int, int, int], **kwargs):
+        """HRDA's training forward (`HRDAEncoderDecoder._forward_train_features` and `HRDAHead.forward` with the crop
+        box): the context image and the detail crop `box` of the full-resolution image through the encoder and the
+        head, fused by `hrda_fuse_crop`: `(fused logits, the detail crop's logits, the context's four levels)`."""
+        context_scale = min(self.config.hrda_scales)
+        context_logits, attention, hidden_states = self._hrda_context(pixel_values, context_scale, **kwargs)
+        y1, y2, x1, x2 = box
+        detail = self.segformer(pixel_values[:, :, y1:y2, x1:x2], output_hidden_states=True).hidden_states
+        detail_logits = self.decode_head(detail)
+        return hrda_fuse_crop(context_logits, attention, detail_logits, box, context_scale), detail_logits, hidden_states
+
     def _hrda_logits(self, pixel_values: torch.Tensor, **kwargs) -> tuple[torch.Tensor, tuple]:
         """HRDA's inference (`HRDAEncoderDecoder.encode_decode` with `hr_slide_inference`): the context image through
         the encoder, the head and the scale attention; the detail image in overlapping detail windows, all in one
         batch, their logits averaged where they overlap (`HRDAHead.decode_hr`); then `hrda_fuse`. Logits at stride 4
         of the detail image; the context image's four levels as hidden states."""
         context_scale, detail_scale = sorted(self.config.hrda_scales)
-        context = self.segformer(hrda_resize(pixel_values, context_scale), output_hidden_states=True, **kwargs)
-        context_logits = self.decode_head(context.hidden_states)
-        attention = torch.sigmoid(self.scale_attention(context.hidden_states))
+        context_logits, attention, hidden_states = self._hrda_context(pixel_values, context_scale, **kwargs)
         image = hrda_resize(pixel_values, detail_scale)
         batch, _, height, width = image.shape
         crop_h, crop_w = self.config.hrda_detail_crop
@@ -207,7 +255,7 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
             summed += F.pad(crop_logits[index * batch : (index + 1) * batch], (x1, out_w - x2, y1, out_h - y2))
             count[:, :, y1:y2, x1:x2] += 1
         detail_logits = summed / count
-        return hrda_fuse(context_logits, attention, detail_logits, detail_scale / context_scale), context.hidden_states
+        return hrda_fuse(context_logits, attention, detail_logits, detail_scale / context_scale), hidden_states
 
     def forward(
         self,
@@ -216,8 +264,11 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        hrda_detail_box: tuple[int, int, int, int] | None = None,
         **kwargs,
-    ) -> SemanticSegmenterOutput | tuple:
+    ) -> DaformerSegmenterOutput | tuple:
+        """`hrda_detail_box` (an HRDA network in training): the detail crop `(y1, y2, x1, x2)` of HRDA's training
+        forward; the output then also holds the crop's own logits as `detail_logits` (HRDA's detail loss)."""
         if output_hidden_states is None:
             output_hidden_states = bool(self.config.output_hidden_states)
         if output_attentions is None:
@@ -226,7 +277,13 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
             return_dict = getattr(self.config, "return_dict", True)
         if output_attentions:
             kwargs["output_attentions"] = True
-        if self.scale_attention is not None:
+        detail_logits = None
+        if hrda_detail_box is not None:
+            if self.scale_attention is None:
+                raise ValueError("hrda_detail_box is for an HRDA network (hrda_scales set in its config)")
+            logits, detail_logits, hidden_states = self._hrda_train_logits(pixel_values, tuple(hrda_detail_box), **kwargs)
+            attentions = None
+        elif self.scale_attention is not None:
             logits, hidden_states = self._hrda_logits(pixel_values, **kwargs)
             attentions = None
         else:
@@ -242,15 +299,16 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
                 raise ValueError(f"the DAFormer head's loss needs at least 2 labels, not {self.config.num_labels}")
             upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(upsampled, labels, ignore_index=self.config.semantic_loss_ignore_index)
-        output = SemanticSegmenterOutput(
+        output = DaformerSegmenterOutput(
             loss=loss,
             logits=logits,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=attentions,
+            detail_logits=detail_logits,
         )
         if not return_dict:
             return output.to_tuple()
         return output
 
 
-__all__ = ["DaformerForSemanticSegmentation", "DaformerPreTrainedModel"]
+__all__ = ["DaformerForSemanticSegmentation", "DaformerPreTrainedModel", "DaformerSegmenterOutput"]
