@@ -279,6 +279,23 @@ DIAGNOSTIC_ROWS.update(
         "random_duda_mic": ("random init: duda as kept + MIC (--mic_lambda 1)", RANDOM, ["--method", "duda", "--mic_lambda", "1"]),
     }
 )
+# HRDA's multi-resolution training (issue 33) on the CPU benchmark: the large network needs the DAFormer head, so both
+# rows train `tiny-wide-daformer` from random init (the pretrained pair has SegFormer's head); at 128x128 crops the
+# context is 64x64 and the detail crop 64x64, and inference slides 64x64 detail windows.
+DIAGNOSTIC_ROWS.update(
+    {
+        "random_duda_daformer": (
+            "random init, DAFormer-head large network: duda as kept",
+            RANDOM,
+            ["--method", "duda", "--aux_student", "tiny-wide-daformer"],
+        ),
+        "random_duda_hrda": (
+            "random init, DAFormer-head large network: duda as kept + HRDA (--hrda)",
+            RANDOM,
+            ["--method", "duda", "--aux_student", "tiny-wide-daformer", "--hrda", "true"],
+        ),
+    }
+)
 ALL_ROWS = {**ROWS, **DIAGNOSTIC_ROWS}
 NETWORKS = ("student", "auxiliary", "teacher")
 

@@ -114,6 +114,20 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
         with pytest.raises(ValueError, match="name at least one with --teacher"):
             parse_args(["--config", str(recipe), "--output_dir", str(tmp_path)])
         return
+    if "_hrda_" in recipe.name:  # the MIC recipe at HRDA's full resolution, the large pair trained as HRDA
+        base = load_recipe(recipe.with_name(recipe.name.replace("_hrda_mic", "").replace(".yaml", "_mic.yaml")))
+        hrda = {key: value for key, value in load_recipe(recipe).items() if base.get(key) != value}
+        changed = {"output_dir", "hrda", "source_resize", "target_resize", "eval_resize", "crop_size", "rcs_min_crop_ratio"}
+        margins = {"pseudo_label_ignore_top", "pseudo_label_ignore_bottom"}
+        assert set(hrda) == changed | margins
+        assert (config.hrda, data_args.crop_size, config.rcs_min_crop_ratio, config.mic_lambda) == (True, [1024, 1024], 2.0, 1.0)
+        assert config.hrda_detail_crop_hw(data_args.crop_size_hw) == (512, 512) and config.hrda_context_scale == 0.5
+        assert resolve_block_size(config.mic_block_size, *data_args.crop_size) == 64  # MIC(HRDA) at 1024 crops
+        # DAFormer's margins per crop, scaled to the crop; none on ACDC and Dark Zurich (HRDA's experiment 49)
+        expected = (0, 0) if recipe.name.startswith("cs2") else (30, 240)
+        assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == expected
+        assert data_args.target_resize == ([1920, 1080] if recipe.name.startswith("cs2") else [2048, 1024])
+        return
     if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes
         assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")
         assert config.max_steps == 2000 and config.ema_alpha == 0.99

@@ -298,7 +298,8 @@ class DudaConfig(TrainingArguments):
     rcs_min_crop_ratio: float = field(
         default=0.5,
         metadata=flag_help(
-            "Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: 0.5."
+            "Crops are retried (up to 10 times) until the sampled class covers rcs_min_crop_ratio * rcs_min_pixels. DAFormer: "
+            "0.5; HRDA: 2.0 (crops of four times the pixels)."
         ),
     )
     # --- optimisation ---
@@ -448,7 +449,6 @@ class DudaConfig(TrainingArguments):
             "color_jitter_p",
             "blur_p",
             "inconsistency_momentum",
-            "rcs_min_crop_ratio",
             "fd_scale_min_ratio",
             "max_bad_sample_share",
         ):
@@ -468,6 +468,7 @@ class DudaConfig(TrainingArguments):
             "cwd_weight",
             "distill_stage_steps",
             "mic_lambda",
+            "rcs_min_crop_ratio",  # above 1 too: HRDA's 2.0 (its crops hold four times the pixels)
         ):
             check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
         check_flag(self.mic_mode in MIC_MODES, "DudaConfig.mic_mode", f"one of {MIC_MODES}", self.mic_mode)
