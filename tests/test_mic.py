@@ -165,7 +165,7 @@ def test_without_mic_the_step_is_unchanged(tiny_benchmark, tmp_path):
 
 
 def test_bad_mic_flags_are_refused_in_one_line(tiny_benchmark, tmp_path):
-    with pytest.raises(ValueError, match="mic_lambda needs pseudo-labels"):
+    with pytest.raises(ValueError, match="mic_lambda trains the network that makes the pseudo-labels, which method 'source_only' does not"):
         make_trainer(tiny_benchmark, tmp_path, "--method", "source_only", "--mic_lambda", "1")
     with pytest.raises(ValueError, match="mic_student needs method='duda'"):
         make_trainer(tiny_benchmark, tmp_path, "--method", "self_training", "--mic_lambda", "1", "--mic_student", "true")
