@@ -12,7 +12,9 @@ For each shape, two child processes (so each has its own peak-memory high-water 
 Reports the median step time, the ratio step / floor, and each process's peak RSS; writes
 benchmarks/results/step_cost.json. The target is a ratio of at most 1.15. On a GPU (when one is present) the
 steps run with the recipes' GPU settings (bf16 autocast, TF32, fused AdamW) and report CUDA peak memory;
-`benchmarks/gpu_check.py` uses `measure` for the paper shape `b5b0-512` and each speed option.
+`benchmarks/gpu_check.py` uses `measure` for the paper shape `b5b0-512` and each speed option. The `*-hrda-*` shapes
+train the large network with HRDA (`--hrda`), whose floor is its own context and detail passes with a fused and a
+detail cross-entropy, and the teacher's HRDA inference; `*-daformer-*` are the same networks without HRDA.
 """
 
 from __future__ import annotations
@@ -35,7 +37,18 @@ SHAPES = {  # name: (student, aux_student, crop, batch per domain)
     "tiny-128": ("tiny", "tiny-wide", 128, 2),
     "b5b0-256": ("mit-b0", "mit-b5", 256, 2),
     "b5b0-512": ("mit-b0", "mit-b5", 512, 2),
+    # DAFormer's head on the large network, without and with HRDA (`--hrda`: the context at half resolution and a
+    # detail crop of half the crop's side; the teacher's pseudo-labels by HRDA's fused sliding inference)
+    "tiny-daformer-128": ("tiny", "tiny-wide-daformer", 128, 2),
+    "tiny-hrda-128": ("tiny", "tiny-wide-daformer", 128, 2),
+    "b5b0-daformer-256": ("mit-b0", "mit-b5-daformer", 256, 2),
+    "b5b0-hrda-256": ("mit-b0", "mit-b5-daformer", 256, 2),
+    "b5b0-hrda-1024": ("mit-b0", "mit-b5-daformer", 1024, 2),  # HRDA's shape (GPU)
 }
+
+
+def hrda_shape(shape: str) -> bool:
+    return "-hrda-" in shape
 
 
 # The speed options a step can run with (gpu_check.py measures each one's effect); the recipes' GPU default.
@@ -56,6 +69,7 @@ def build(shape: str, device: str, options: dict):
     config = DudaConfig(
         output_dir="/tmp/duda_step_cost",
         method="duda",
+        hrda=hrda_shape(shape),
         max_steps=1000,
         per_device_train_batch_size=batch,
         report_to=[],
@@ -70,7 +84,8 @@ def build(shape: str, device: str, options: dict):
         torch_compile=bool(options["compile"]),
         torch_compile_mode=options["compile"] if isinstance(options["compile"], str) else None,
     )
-    model = build_duda_model("duda", student, aux, init="random")
+    hrda = {"context_scale": 0.5, "detail_crop": (crop // 2, crop // 2)} if hrda_shape(shape) else None
+    model = build_duda_model("duda", student, aux, init="random", hrda=hrda)
     trainer = DudaTrainer(model.to(device), config)
     trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop, which this bypasses
@@ -110,7 +125,16 @@ def run_floor(trainer, model, inputs, step: int) -> None:
         both = torch.cat([source, target])  # what each trained network sees: source + mixed, 2B images
         labels = torch.cat([label, label])
         for network in (model.aux_student, model.student):
-            logits = network(pixel_values=both).logits
+            if network is model.aux_student and model.hrda:  # HRDA: the context and a detail crop, fused and detail losses
+                crop = labels.shape[-1] // 2
+                box = (crop // 2, crop // 2 + crop, crop // 2, crop // 2 + crop)
+                out = network(pixel_values=both, hrda_detail_box=box)
+                detail = F.interpolate(out.detail_logits.float(), size=(crop, crop), mode="bilinear", align_corners=False)
+                crop_labels = labels[:, box[0] : box[1], box[2] : box[3]]
+                F.cross_entropy(detail, crop_labels, ignore_index=255).backward(retain_graph=True)
+                logits = out.logits
+            else:
+                logits = network(pixel_values=both).logits
             logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
             F.cross_entropy(logits, labels, ignore_index=255).backward()
     trainer.optimizer.step()
