@@ -240,7 +240,8 @@ def test_an_import_computes_what_the_original_computes_where_the_epsilon_matters
 
 def test_an_hrda_checkpoint_imports_with_its_scale_attention_and_predicts_as_hrda_does(tmp_path, capsys):
     """Against `reference_hrda_logits`, written from HRDA's `encode_decode`, `extract_slide_feat` and `HRDAHead`: the
-    context at half resolution, overlapping 32x48 detail windows (3 x 3 of them on 64x96), the scale attention."""
+    context at half resolution, overlapping 32x48 detail windows (3 x 4 of them on 64x112, the last column flush with
+    the border), the scale attention."""
     state = daformer_state_dict("mit-b0", hrda=True, seed=8)
     torch.save(training_checkpoint(state, state, state), tmp_path / "hrda.pth")
     status, out, err = _import(capsys, tmp_path / "hrda.pth", tmp_path / "out", "--hrda_detail_crop", "32", "48")
@@ -251,13 +252,15 @@ def test_an_hrda_checkpoint_imports_with_its_scale_attention_and_predicts_as_hrd
     network = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "out").eval()
     assert network.config.hrda_scales == [0.5, 1.0] and network.config.hrda_detail_crop == [32, 48]
     assert network.config.hrda_attention_width == 256 and network.config.hrda_attention_classwise
-    images = _images()
+    images = _images((2, 3, 64, 112))
     expected = reference_hrda_logits(state, images, (32, 48))
     with torch.no_grad():
         logits = network(pixel_values=images).logits
-    assert logits.shape == (2, 19, 16, 24) and float((logits - expected).abs().max()) <= PARITY
+        # a side that is not a multiple of 8 (HRDA's own resize then misses the detail grid by a cell)
+        assert network(pixel_values=_images((1, 3, 60, 100))).logits.shape == (1, 19, 15, 25)
+    assert logits.shape == (2, 19, 16, 28) and float((logits - expected).abs().max()) <= PARITY
     # the scale attention counts: the head path alone is another prediction
-    assert float((logits - F.interpolate(reference_logits(state, images), size=(16, 24))).abs().max()) > 100 * PARITY
+    assert float((logits - F.interpolate(reference_logits(state, images), size=(16, 28))).abs().max()) > 100 * PARITY
 
     from duda_hf.export.onnx_export import OnnxExportError, export_onnx
 
@@ -292,7 +295,7 @@ def test_hrdas_detail_windows(size, crop, stride, windows):
     assert hrda_windows(size, crop, stride) == windows
 
 
-def test_an_hrda_network_teaches_frozen_but_is_not_trained_yet(tmp_path, tiny_benchmark, capsys):
+def test_an_hrda_network_teaches_frozen_and_trains_only_as_hrda(tmp_path, tiny_benchmark, capsys):
     state = daformer_state_dict("mit-b0", hrda=True, seed=8)
     torch.save(state, tmp_path / "hrda.pth")
     assert _import(capsys, tmp_path / "hrda.pth", tmp_path / "hrda", "--hrda_detail_crop", "32", "32")[0] == 0
@@ -300,8 +303,15 @@ def test_an_hrda_network_teaches_frozen_but_is_not_trained_yet(tmp_path, tiny_be
     trainer = build_trainer(*parse_args(argv))
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
-    with pytest.raises(ValueError, match="HRDA's multi-resolution training is not in duda-hf yet"):
+    with pytest.raises(ValueError, match="the aux_student is an HRDA network .*: train it as HRDA with --hrda"):
         build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "aux", "--aux_student", str(tmp_path / "hrda"))))
+    with pytest.raises(ValueError, match="the student is an HRDA network .*only the auxiliary student trains as HRDA"):
+        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path / "student", "--student", str(tmp_path / "hrda"))))
+    hrda = build_trainer(
+        *parse_args(tiny_argv(tiny_benchmark, tmp_path / "as_hrda", "--aux_student", str(tmp_path / "hrda"), "--hrda", "true"))
+    )
+    imported = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "hrda")
+    assert torch.equal(hrda.model.aux_student.scale_attention.classifier.weight, imported.scale_attention.classifier.weight)  # its own kept
 
 
 @pytest.mark.parametrize(

@@ -29,11 +29,14 @@ def free_port() -> int:
     [
         (),
         # the issue-21 additions: a student-only stage (the auxiliary student gets no gradient, so DDP must not wait
-        # for one) and the clean-target terms (a larger student batch than the auxiliary's)
-        ("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
-        # the DAFormer head (BatchNorm in its ASPP) on both networks, the large one trained as HRDA (a detail crop drawn
-        # the same on both processes, the scale attention's gradients)
-        ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer", "--hrda", "true"),
+        # for one) and the clean-target terms (a larger student batch than the auxiliary's); the large network trained
+        # as HRDA until the stage (each process its own detail crop, the scale attention's gradients averaged)
+        (
+            *("--distill_stage_steps", "2", "--kd_clean_target", "1", "--cwd_weight", "1"),
+            *("--aux_student", "tiny-wide-daformer", "--hrda", "true"),
+        ),
+        # the DAFormer head (BatchNorm in its ASPP) on both networks
+        ("--student", "tiny-daformer", "--aux_student", "tiny-wide-daformer"),
         # MIC's masked images: a larger batch for each network, the student's beside its clean-target images; and the
         # auxiliary student a DINOv2 UperNet (patch-size padding, logits at the input size)
         (
@@ -43,7 +46,7 @@ def free_port() -> int:
         # distilling a frozen DINOv2 UperNet teacher: the student alone is trained (no EMA teacher, no auxiliary student)
         ("--method", "distill", "--teacher", "dinov2-upernet-tiny", "--kd_clean_target", "1", "--cwd_weight", "1"),
     ],
-    ids=["paper_step", "stage_and_clean_target", "daformer_heads_hrda", "mic_dinov2_aux", "distill_dinov2_teacher"],
+    ids=["paper_step", "stage_clean_target_hrda", "daformer_heads", "mic_dinov2_aux", "distill_dinov2_teacher"],
 )
 def test_two_process_ddp_ends_with_identical_weights(tiny_benchmark, tmp_path, extra):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))

@@ -2,6 +2,7 @@
 the fusion with a detail crop and the losses by hand, the crop's geometry, a DUDA run that resumes bit for bit, and
 (tests/test_ddp.py) 2-process DDP. HRDA's inference and import: tests/test_daformer.py."""
 
+import json
 import math
 from contextlib import nullcontext
 from types import SimpleNamespace
@@ -66,11 +67,19 @@ def test_the_loss_is_hrdas_fused_and_detail_cross_entropy_by_hand():
         ({"method": "self_training", "hrda": True}, "only method='duda' has"),
         ({"hrda": True, "hrda_context_scale": 1.0}, r"hrda_context_scale must be in \(0, 1\)"),
         ({"hrda": True, "hrda_detail_crop": [32]}, "empty \\(half the crop\\) or two positive integers"),
+        ({"hrda": True, "hrda_context_scale": 0.25}, "hrda_crop_divisible must be a multiple of the context grid's stride .* = 16"),
     ],
 )
 def test_hrda_settings_that_cannot_run_are_refused(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
         DudaConfig(output_dir=str(tmp_path), **settings)
+
+
+def test_the_detail_crop_is_half_the_crop_and_a_multiple_of_the_crop_divisor(tmp_path):
+    config = DudaConfig(output_dir=str(tmp_path), hrda=True)
+    assert config.hrda_detail_crop_hw((1024, 1024)) == (512, 512)
+    with pytest.raises(ValueError, match=r"detail crop \(50, 50\) \(H W\) must be a multiple of --hrda_crop_divisible 8"):
+        config.hrda_detail_crop_hw((100, 100))
 
 
 def test_hrda_needs_a_daformer_head_large_network(tiny_benchmark, tmp_path):
@@ -105,6 +114,8 @@ def test_an_hrda_run_evaluates_with_fused_inference_and_resumes_bit_for_bit(tiny
     argv = tiny_argv(tiny_benchmark, tmp_path / "run", *HRDA, "--save_strategy", "steps", "--save_steps", "2")
     results = run_training(*parse_args(argv))
     assert {"student", "auxiliary", "teacher"} <= set(results["metrics"])
+    exported = json.loads((tmp_path / "run" / "teacher" / "config.json").read_text())  # evaluated and exported as HRDA
+    assert (exported["hrda_scales"], exported["hrda_detail_crop"]) == ([0.5, 1.0], [32, 32])
     final = load_file(tmp_path / "run" / "checkpoint-4" / "model.safetensors")
     assert any(key.startswith("aux_student.scale_attention.") for key in final)
     assert any(key.startswith("teacher.scale_attention.") for key in final)

@@ -485,7 +485,13 @@ class DudaConfig(TrainingArguments):
             raise ValueError("DudaConfig.hrda trains the large pair with HRDA, which only method='duda' has; drop --hrda")
         check_flag(0 < self.hrda_context_scale < 1, "DudaConfig.hrda_context_scale", "in (0, 1)", self.hrda_context_scale)
         check_flag(0 <= self.hrda_detail_loss < 1, "DudaConfig.hrda_detail_loss", "in [0, 1)", self.hrda_detail_loss)
-        check_flag(self.hrda_crop_divisible >= 1, "DudaConfig.hrda_crop_divisible", ">= 1", self.hrda_crop_divisible)
+        context_stride = 4 / self.hrda_context_scale  # the context grid's stride in full-resolution pixels
+        check_flag(
+            context_stride == int(context_stride) and self.hrda_crop_divisible % int(context_stride) == 0,
+            "DudaConfig.hrda_crop_divisible",
+            f"a multiple of the context grid's stride 4 / hrda_context_scale = {context_stride:g}",
+            self.hrda_crop_divisible,
+        )
         check_flag(
             len(self.hrda_detail_crop) in (0, 2) and all(v > 0 for v in self.hrda_detail_crop),
             "DudaConfig.hrda_detail_crop",
@@ -638,8 +644,15 @@ class DudaConfig(TrainingArguments):
         return global_step if self.ema_schedule == "daformer" else global_step - 1
 
     def hrda_detail_crop_hw(self, crop_hw: tuple[int, int]) -> tuple[int, int]:
-        """HRDA's detail crop (height, width) for training crops of `crop_hw`: `--hrda_detail_crop`, or half the crop."""
-        return tuple(self.hrda_detail_crop) if self.hrda_detail_crop else (crop_hw[0] // 2, crop_hw[1] // 2)
+        """HRDA's detail crop (height, width) for training crops of `crop_hw`: `--hrda_detail_crop`, or half the crop;
+        its sides must be multiples of `--hrda_crop_divisible`, like its offsets, so that the grids align."""
+        detail = tuple(self.hrda_detail_crop) if self.hrda_detail_crop else (crop_hw[0] // 2, crop_hw[1] // 2)
+        if any(side % self.hrda_crop_divisible for side in detail):
+            raise ValueError(
+                f"HRDA's detail crop {detail} (H W) must be a multiple of --hrda_crop_divisible {self.hrda_crop_divisible} "
+                "so that the context and detail grids align: pass --hrda_detail_crop, or a --crop_size whose half is one"
+            )
+        return detail
 
     def in_distill_stage(self, step: int) -> bool:
         """Whether optimizer step `step` (0-based) belongs to the distillation stage."""

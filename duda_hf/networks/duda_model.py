@@ -93,11 +93,13 @@ class DudaModel(nn.Module):
         self.hrda = hrda
         for role, network in (("student", student), ("aux_student", aux_student if method == "duda" else None)):
             if getattr(getattr(network, "config", None), "hrda_scales", None) and not (hrda and role == "aux_student"):
-                raise ValueError(
-                    f"the {role} is an HRDA network (a scale attention beside its head), which only the auxiliary student "
-                    "trains as HRDA, with --hrda; as the student, import it with --drop_scale_attention (its head path, one "
-                    "scale). An HRDA network also teaches frozen (--teacher, --extra_teachers)"
+                way = (
+                    "train it as HRDA with --hrda"
+                    if role == "aux_student"
+                    else "only the auxiliary student trains as HRDA (--hrda); as the student, import it with "
+                    "--drop_scale_attention (its head path, one scale)"
                 )
+                raise ValueError(f"the {role} is an HRDA network (a scale attention beside its head): {way}")
         self.method = method
         self.student = student
         self.aux_student = aux_student if method == "duda" else None

@@ -128,9 +128,18 @@ def hrda_resize(images: torch.Tensor, scale: float) -> torch.Tensor:
 
 def hrda_fuse(context: torch.Tensor, attention: torch.Tensor, detail: torch.Tensor, factor: float) -> torch.Tensor:
     """HRDA's fusion (`HRDAHead.forward` without a crop): `up((1 - a) * context) + up(a) * detail`, where `a` is the
-    scale attention (after its sigmoid) on the context grid and `up` resizes by `factor` = detail scale / context scale."""
-    context = hrda_resize((1 - attention) * context, factor)
-    return hrda_resize(attention, factor) * detail + context
+    scale attention (after its sigmoid) on the context grid and `up` resizes by `factor` = detail scale / context scale.
+
+    Where that resize misses the detail grid by a cell (an image side that is not a multiple of 8, e.g. 540: HRDA
+    itself fails there), `up` resizes to the detail grid's size instead."""
+
+    def up(values: torch.Tensor) -> torch.Tensor:
+        resized = hrda_resize(values, factor)
+        if resized.shape[-2:] != detail.shape[-2:]:
+            resized = F.interpolate(values, size=detail.shape[-2:], mode="bilinear", align_corners=False)
+        return resized
+
+    return up(attention) * detail + up((1 - attention) * context)
 
 
 def hrda_fuse_crop(
@@ -249,10 +258,11 @@ class DaformerForSemanticSegmentation(DaformerPreTrainedModel):
         crop_logits = self.decode_head(self.segformer(crops, output_hidden_states=True).hidden_states)
         boxes = [tuple(int(v / 4) for v in (y1, y2, x1, x2)) for (y1, y2), (x1, x2) in boxes]  # `scale_box` by the stride
         out_h, out_w = max(box[1] for box in boxes), max(box[3] for box in boxes)
-        summed = crop_logits.new_zeros((batch, crop_logits.shape[1], out_h, out_w))
-        count = crop_logits.new_zeros((batch, 1, out_h, out_w))
+        # averaged in fp32 whatever the autocast (HRDA's `torch.zeros`)
+        summed = crop_logits.new_zeros((batch, crop_logits.shape[1], out_h, out_w), dtype=torch.float32)
+        count = crop_logits.new_zeros((batch, 1, out_h, out_w), dtype=torch.float32)
         for index, (y1, y2, x1, x2) in enumerate(boxes):
-            summed += F.pad(crop_logits[index * batch : (index + 1) * batch], (x1, out_w - x2, y1, out_h - y2))
+            summed += F.pad(crop_logits[index * batch : (index + 1) * batch].float(), (x1, out_w - x2, y1, out_h - y2))
             count[:, :, y1:y2, x1:x2] += 1
         detail_logits = summed / count
         return hrda_fuse(context_logits, attention, detail_logits, detail_scale / context_scale), hidden_states
