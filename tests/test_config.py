@@ -119,13 +119,15 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
         hrda = {key: value for key, value in load_recipe(recipe).items() if base.get(key) != value}
         changed = {"output_dir", "hrda", "source_resize", "target_resize", "eval_resize", "crop_size", "rcs_min_crop_ratio"}
         margins = {"pseudo_label_ignore_top", "pseudo_label_ignore_bottom"}
-        assert set(hrda) == changed | margins
+        image_margins = set() if recipe.name.startswith("cs2") else {"pseudo_label_image_margins"}
+        assert set(hrda) == changed | margins | image_margins
         assert (config.hrda, data_args.crop_size, config.rcs_min_crop_ratio, config.mic_lambda) == (True, [1024, 1024], 2.0, 1.0)
         assert config.hrda_detail_crop_hw(data_args.crop_size_hw) == (512, 512) and config.hrda_context_scale == 0.5
         assert resolve_block_size(config.mic_block_size, *data_args.crop_size) == 64  # MIC(HRDA) at 1024 crops
-        # DAFormer's margins per crop, scaled to the crop; none on ACDC and Dark Zurich (HRDA's experiment 49)
-        expected = (0, 0) if recipe.name.startswith("cs2") else (30, 240)
-        assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == expected
+        # HRDA's pseudo-label cropping v2 (margins of the image, not of the crop); none on ACDC and Dark Zurich (HRDA's
+        # experiment 49)
+        assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == (0, 0)
+        assert config.pseudo_label_image_margins == ([] if recipe.name.startswith("cs2") else [30, 240, 30, 30])
         assert data_args.target_resize == ([1920, 1080] if recipe.name.startswith("cs2") else [2048, 1024])
         return
     if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes

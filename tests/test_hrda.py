@@ -125,3 +125,37 @@ def test_an_hrda_run_evaluates_with_fused_inference_and_resumes_bit_for_bit(tiny
     assert state.keys() == final.keys()
     for key, value in final.items():
         assert torch.equal(state[key], value), key
+
+
+def test_the_image_margins_are_marked_on_the_image_before_it_is_cropped_by_hand():
+    """HRDA's pseudo-label cropping v2 on a 6x8 image with margins 1 (top), 2 (bottom), 1 (left), 3 (right): valid rows
+    1-3 and columns 1-4 of the image; a 4x4 crop at (2, 3) keeps its first two rows and first two columns, and a crop
+    reaching past a padded image's border (rows 6-7) loses those rows."""
+    from duda_hf.data.pairing import image_margin_mask
+
+    expected = [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert image_margin_mask((6, 8), (2, 3), (4, 4), (1, 2, 1, 3)).tolist() == expected
+    assert image_margin_mask((6, 8), (4, 0), (4, 8), (0, 0, 0, 0)).tolist() == [[1] * 8, [1] * 8, [0] * 8, [0] * 8]
+
+
+def test_the_image_margins_reach_the_pseudo_label_weights(tiny_benchmark, tmp_path):
+    """Each training sample carries its crop's mask (flipped with the crop), and the step zeroes those pixels' weights."""
+    import numpy as np
+
+    from duda_hf.data.pairing import image_margin_mask
+
+    flags = ("--pseudo_label_ignore_top", "0", "--pseudo_label_ignore_bottom", "0", "--pseudo_label_image_margins", "8", "16", "24", "4")
+    trainer = build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *flags, "--pseudo_label_threshold", "0")))
+    sample = trainer.train_dataset[0]
+    assert sample["target_valid"].shape == (64, 64) and sample["target_valid"].dtype == torch.uint8
+    # the tiny target images are 64x128 and the crop 64x64: every crop loses the top 8 and bottom 16 rows, and its
+    # columns are those of one of the 65 crops' (flipped or not)
+    valid = sample["target_valid"].numpy()
+    assert valid[:8].sum() == 0 and valid[-16:].sum() == 0 and valid[8:48].sum() > 0
+    crops = [image_margin_mask((64, 128), (0, left), (64, 64), (8, 16, 24, 4)) for left in range(65)]
+    assert any(np.array_equal(valid, mask) or np.array_equal(valid, mask[:, ::-1]) for mask in crops)
+    result = duda_step(
+        trainer.model, fixed_batch(trainer), trainer.args, step=0, generator=torch.Generator().manual_seed(1), autocast=nullcontext
+    )
+    batch = fixed_batch(trainer)
+    torch.testing.assert_close(result.tensors.outside_margins, batch["target_valid"].float(), rtol=0, atol=0)

@@ -84,6 +84,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         rare_class_sampler=sampler,
         rcs_min_crop_pixels=config.rcs_min_crop_ratio * config.rcs_min_pixels,
         cat_max_ratio=data_args.crop_cat_max_ratio,
+        target_margins=tuple(config.pseudo_label_image_margins) or None,
     )
     model = build_duda_model(
         config.method,

@@ -37,6 +37,21 @@ def random_crop_box(rng: np.random.Generator, shape_hw: tuple[int, int], crop_hw
     return int(rng.integers(0, shape_hw[0] - crop_hw[0] + 1)), int(rng.integers(0, shape_hw[1] - crop_hw[1] + 1))
 
 
+def image_margin_mask(
+    image_hw: tuple[int, int], corner: tuple[int, int], crop_hw: tuple[int, int], margins: tuple[int, int, int, int]
+) -> np.ndarray:
+    """`(h, w)` uint8 of a crop at `corner` (top, left): 1 where its pixel lies inside the image (`image_hw`, before
+    any padding) and outside the image's `margins` (top, bottom, left, right pixels), 0 elsewhere. HRDA's
+    pseudo-label cropping v2 (`crop_pseudo_margins`): the margins belong to the image, so only a crop at its border
+    loses pixels."""
+    (height, width), (top, left), (margin_top, margin_bottom, margin_left, margin_right) = image_hw, corner, margins
+    rows = np.arange(top, top + crop_hw[0])
+    cols = np.arange(left, left + crop_hw[1])
+    valid_rows = (rows >= margin_top) & (rows < height - margin_bottom)
+    valid_cols = (cols >= margin_left) & (cols < width - margin_right)
+    return (valid_rows[:, None] & valid_cols[None, :]).astype(np.uint8)
+
+
 class DudaTrainDataset(torch.utils.data.Dataset):
     """Map-style dataset of `num_samples` (source, target) pairs.
 
@@ -52,6 +67,8 @@ class DudaTrainDataset(torch.utils.data.Dataset):
             cropping; None keeps its size.
         rcs_min_crop_pixels: pixels of the sampled rare class a source crop is retried for.
         cat_max_ratio: source crops are retried while one class covers more than this share.
+        target_margins: (top, bottom, left, right) pixels of each resized target image whose pseudo-labels do not
+            count; each item then also holds `target_valid` uint8 `(h, w)` (`image_margin_mask`, flipped with the crop).
     """
 
     def __init__(
@@ -67,6 +84,7 @@ class DudaTrainDataset(torch.utils.data.Dataset):
         rare_class_sampler: RareClassSampler | None = None,
         rcs_min_crop_pixels: float = 0.0,
         cat_max_ratio: float = 0.75,
+        target_margins: tuple[int, int, int, int] | None = None,
     ):
         if len(source) == 0 or len(target) == 0:
             raise ValueError(f"empty domain: source has {len(source)} images, target has {len(target)}")
@@ -79,6 +97,7 @@ class DudaTrainDataset(torch.utils.data.Dataset):
         self.rcs_min_crop_pixels = rcs_min_crop_pixels
         self.cat_max_ratio = cat_max_ratio
         self.num_samples = num_samples
+        self.target_margins = tuple(target_margins) if target_margins else None
 
     def __len__(self) -> int:
         return self.num_samples
@@ -154,15 +173,20 @@ class DudaTrainDataset(torch.utils.data.Dataset):
         target_image, _, bad_target = self._read(
             "--target_dataset", self._read_target, target_index, lambda: int(rng.integers(len(self.target)))
         )
+        image_hw = target_image.shape[:2]
         target_image = pad_to(target_image, height, width, 0)
         top, left = random_crop_box(rng, target_image.shape[:2], self.crop_size_hw)
         target_image = target_image[top : top + height, left : left + width]
+        valid = image_margin_mask(image_hw, (top, left), self.crop_size_hw, self.target_margins) if self.target_margins else None
 
         if rng.random() < 0.5:
             source_image, source_label = source_image[:, ::-1], source_label[:, ::-1]
         if rng.random() < 0.5:
             target_image = target_image[:, ::-1]
+            valid = None if valid is None else valid[:, ::-1]
+        extra = {} if valid is None else {"target_valid": torch.from_numpy(np.ascontiguousarray(valid))}
         return {
+            **extra,
             "source_image": torch.from_numpy(np.ascontiguousarray(source_image.transpose(2, 0, 1))),
             "source_label": torch.from_numpy(np.ascontiguousarray(source_label)).long(),
             "target_image": torch.from_numpy(np.ascontiguousarray(target_image.transpose(2, 0, 1))),

@@ -108,6 +108,14 @@ class DudaConfig(TrainingArguments):
     pseudo_label_ignore_bottom: int = field(
         default=120, metadata=flag_help("Rows at the bottom of each target crop whose pseudo-label weight is 0 (ego car). DAFormer: 120.")
     )
+    pseudo_label_image_margins: list[int] = field(
+        default_factory=list,
+        metadata=flag_help(
+            "HRDA's pseudo-label cropping v2: top bottom left right pixels of each (resized) target image whose "
+            "pseudo-labels weigh 0, marked before the image is cropped, so that only crops at its border lose pixels "
+            "(HRDA: 30 240 30 30, with the per-crop margins at 0). Empty: off."
+        ),
+    )
     # --- mixing and strong augmentation ---
     class_mix: bool = field(
         default=True,
@@ -503,6 +511,12 @@ class DudaConfig(TrainingArguments):
         )
         if self.mic_student and self.method != "duda":
             raise ValueError("DudaConfig.mic_student needs method='duda' (in self_training MIC already trains the student)")
+        check_flag(
+            len(self.pseudo_label_image_margins) in (0, 4) and all(v >= 0 for v in self.pseudo_label_image_margins),
+            "DudaConfig.pseudo_label_image_margins",
+            "empty or four non-negative integers (top bottom left right)",
+            self.pseudo_label_image_margins,
+        )
         check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
         check_flag(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)
         check_flag(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)

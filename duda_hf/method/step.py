@@ -138,6 +138,8 @@ def step_tensors(
     outside_margins = target_pixel_weight(
         torch.ones((), device=pseudo.device), pseudo.shape, args.pseudo_label_ignore_top, args.pseudo_label_ignore_bottom
     )
+    if "target_valid" in inputs:  # `--pseudo_label_image_margins`: the image's margins, marked before it was cropped
+        outside_margins = outside_margins * inputs["target_valid"].to(outside_margins.dtype)
     target_weight = quality * outside_margins  # w_t
 
     # 2. ClassMix and strong augmentation.
