@@ -131,12 +131,12 @@ def run_floor(trainer, model, inputs, step: int) -> None:
                 out = network(pixel_values=both, hrda_detail_box=box)
                 detail = F.interpolate(out.detail_logits.float(), size=(crop, crop), mode="bilinear", align_corners=False)
                 crop_labels = labels[:, box[0] : box[1], box[2] : box[3]]
-                F.cross_entropy(detail, crop_labels, ignore_index=255).backward(retain_graph=True)
+                detail_loss = F.cross_entropy(detail, crop_labels, ignore_index=255)  # one backward with the fused loss
                 logits = out.logits
             else:
-                logits = network(pixel_values=both).logits
+                logits, detail_loss = network(pixel_values=both).logits, 0
             logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
-            F.cross_entropy(logits, labels, ignore_index=255).backward()
+            (F.cross_entropy(logits, labels, ignore_index=255) + detail_loss).backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad(set_to_none=True)
 
