@@ -82,6 +82,7 @@ def test_the_masked_loss_by_hand():
             student_masked=logits,
             masked_label=labels,
             masked_weight=weight,
+            aux_detail_masked=None,  # no HRDA (tests/test_hrda.py: MIC's term with HRDA's detail loss)
         )
         assert float(aux_masked_ce(t)) == pytest.approx(expected, rel=1e-6)
         assert float(student_masked_ce(t)) == pytest.approx(expected, rel=1e-6)
