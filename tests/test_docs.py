@@ -20,13 +20,28 @@ FILE_SUFFIXES = (".md", ".py", ".yaml", ".yml", ".toml", ".json", ".txt", ".png"
 DOC_NAME = re.compile(r"^[A-Z][A-Z0-9_-]*\.md$")  # README.md, METHOD.md, LABELS.md: a document, by name
 
 
+# What the reference check reads besides the README and the Space's README: (folder, pattern), each of which must
+# match files (`test_every_scanned_pattern_matches_files`), so that a folder that moves is not silently left unchecked.
+SCANNED = (
+    ("docs", "*.md"),
+    ("configs", "*.yaml"),
+    ("duda_hf/export/templates", "*.md"),  # the model card template
+    *((folder, "**/*.py") for folder in ("duda_hf", "scripts", "benchmarks", "spaces")),
+)
+
+
 def scanned_files() -> list[Path]:
     """The README, docs/, the Space's README, the card template, the recipes and the code outside tests/."""
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "configs").glob("*.yaml"))]
-    files += sorted((ROOT / "duda_hf" / "templates").glob("*.md")) + [ROOT / "spaces" / "duda-demo" / "README.md"]
-    for folder in ("duda_hf", "scripts", "benchmarks", "spaces"):
-        files += sorted((ROOT / folder).rglob("*.py"))
+    files = [ROOT / "README.md", ROOT / "spaces" / "duda-demo" / "README.md"]
+    for folder, pattern in SCANNED:
+        files += sorted((ROOT / folder).glob(pattern))
     return files
+
+
+def test_every_scanned_pattern_matches_files():
+    empty = [f"{folder}/{pattern}" for folder, pattern in SCANNED if not list((ROOT / folder).glob(pattern))]
+    assert empty == [], f"these patterns match no file, so nothing there is checked: {empty}"
+    assert (ROOT / "duda_hf" / "export" / "templates" / "duda_student.md") in scanned_files()
 
 
 def slug(heading: str) -> str:
