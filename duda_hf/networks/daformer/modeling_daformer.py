@@ -157,13 +157,12 @@ def hrda_fuse_crop(
     y1, y2, x1, x2 = (int(v / stride) for v in box)
     mask = context.new_zeros((context.shape[0], 1, *context.shape[2:]))
     mask[:, :, y1:y2, x1:x2] = 1
-    attention = attention * mask
     factor = 1 / context_scale
-    up_context = hrda_resize((1 - attention) * context, factor)
-    inserted = torch.zeros_like(up_context)
+    # the detail grid: the context grid resized by `factor` (`F.interpolate`'s size for a scale factor: floor)
+    inserted = context.new_zeros((*context.shape[:2], *(math.floor(side * factor) for side in context.shape[2:])))
     y1, y2, x1, x2 = (int(v / 4) for v in box)
     inserted[:, :, y1:y2, x1:x2] = detail
-    return hrda_resize(attention, factor) * inserted + up_context
+    return hrda_fuse(context, attention * mask, inserted, factor)
 
 
 def hrda_windows(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
