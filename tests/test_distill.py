@@ -10,14 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 from duda_hf.cli.arguments import parse_args
-from duda_hf.cli.training_run import build_trainer, run_training
+from duda_hf.cli.training_run import run_training
 from duda_hf.method.config import DudaConfig
 from duda_hf.method.step import TERMS, duda_step
 from duda_hf.networks.duda_model import DudaModel
 from duda_hf.networks.frozen import weights_sha256
 from duda_hf.networks.loading import build_network
 
-from .conftest import tiny_argv
+from .conftest import assert_resume_ends_with, tiny_argv
 
 STUDENT_TERMS = ("loss_student_source", "loss_student_mix", "loss_student_kd", "loss_student_kd_clean", "loss_student_cwd")
 
@@ -114,13 +114,7 @@ def test_distill_from_a_runs_teacher_folder_and_checkpoint_role_trains_the_stude
     assert "distilled without target labels from a frozen adapted teacher" in card and f"| teacher (frozen, {teachers[0]}) |" in card
 
     # a resume from step 2 rebuilds the folder teacher, checks it, and ends with the same bits
-    final = load_file(checkpoint / "model.safetensors")
-    resumed = build_trainer(*parse_args(argv))
-    resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-2"))
-    state = resumed.model.checkpoint_state_dict()
-    assert state.keys() == final.keys()
-    for key, value in final.items():
-        assert torch.equal(state[key], value), key
+    resumed = assert_resume_ends_with(argv, tmp_path / "run" / "checkpoint-2", load_file(checkpoint / "model.safetensors"))
     assert weights_sha256(resumed.model.extra_teachers[0]) == networks["frozen_sources"]["extra_teacher_0"]["weights_sha256"]
 
 
@@ -130,3 +124,12 @@ def test_a_preset_named_as_a_teacher_is_trained_from_nothing_and_the_run_says_so
     with caplog.at_level("WARNING", logger="duda_hf.networks.duda_model"):
         build_duda_model("distill", "tiny", None, init="random", extra_teachers=["tiny-wide"])
     assert [record.getMessage().split(":")[0] for record in caplog.records] == ["--teacher tiny-wide is a preset"]
+
+
+def test_the_console_shows_every_frozen_teacher_after_the_student_in_order():
+    from duda_hf.training.console import evaluation_line, scored_networks
+
+    logs = {"eval_teacher_10_mIoU": 1.0, "eval_teacher_2_mIoU": 2.0, "eval_teacher_mIoU": 3.0, "eval_student_mIoU": 4.0}
+    logs["eval_student_teacher_agreement"] = 50.0
+    assert evaluation_line(logs, 8) == "step 8  target mIoU: student 4.00  teacher 3.00  teacher_2 2.00  teacher_10 1.00  (agreement 50.0%)"
+    assert scored_networks(["student_vs_teacher", "auxiliary", "student", "teacher_x"]) == ["student", "auxiliary"]

@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from duda_hf.cli.arguments import parse_args
     from duda_hf.cli.training_run import run_training
     from duda_hf.evaluation.report import teacher_premise
+    from duda_hf.training.console import scored_networks
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # transformers prints its records with its own handler and, where CI=true, hands them to the root logger as
@@ -34,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = results["metrics"]
         line = f"target-validation mIoU ({metrics['student']['num_images']} images): "
         line += f"student {100 * metrics['student']['mIoU']:.2f}"
-        for name in ("auxiliary", "teacher", *(f"teacher_{i}" for i in range(1, len(metrics)))):  # distill: teacher_1, ...
-            if isinstance(metrics.get(name), dict):
+        for name in scored_networks(metrics):
+            if name != "student":
                 line += f", {name} {100 * metrics[name]['mIoU']:.2f}"
         print(line)
         premise = teacher_premise(results)

@@ -8,7 +8,9 @@ logged is lost: every value still goes to the trackers (`--report_to`) and the l
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Iterable
 
 from transformers import TrainerCallback
 
@@ -20,6 +22,14 @@ TERM_GROUPS = (
     ("fd", ("loss_feature_distance",)),
 )
 NETWORKS = ("student", "auxiliary", "teacher")
+
+
+def scored_networks(names: Iterable[str]) -> list[str]:
+    """The networks among `names` that an evaluation scores, in the order they are shown: the student, the auxiliary
+    student, the teacher, then distill's other frozen teachers (`teacher_1`, `teacher_2`, ...)."""
+    names = set(names)
+    others = sorted((name for name in names if re.fullmatch(r"teacher_\d+", name)), key=lambda name: int(name.split("_")[1]))
+    return [name for name in NETWORKS if name in names] + others
 
 
 def training_line(logs: dict, step: int, max_steps: int) -> str:
@@ -44,8 +54,8 @@ def training_line(logs: dict, step: int, max_steps: int) -> str:
 
 def evaluation_line(logs: dict, step: int) -> str | None:
     """`step 500  target mIoU: student 23.03  auxiliary 23.60  teacher 21.77  (agreement 90.7%)`, or None."""
-    names = [*NETWORKS, *(f"teacher_{i}" for i in range(1, 100) if f"eval_teacher_{i}_mIoU" in logs)]  # distill's other teachers
-    found = [(name, logs[f"eval_{name}_mIoU"]) for name in names if f"eval_{name}_mIoU" in logs]
+    scored = (key.removeprefix("eval_").removesuffix("_mIoU") for key in logs if key.startswith("eval_") and key.endswith("_mIoU"))
+    found = [(name, logs[f"eval_{name}_mIoU"]) for name in scored_networks(scored)]
     if not found:
         return None
     line = f"step {step}  target mIoU: " + "  ".join(f"{name} {value:.2f}" for name, value in found)
