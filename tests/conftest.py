@@ -90,3 +90,20 @@ def broken_model_copy(model_dir, destination, how: str):
         weights = folder / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy or download
     return folder
+
+
+def assert_resume_ends_with(argv, checkpoint, final):
+    """A run built from `argv` and resumed from `checkpoint` ends with the weights `final` (a checkpoint's
+    model.safetensors, loaded) bit for bit; returns its trainer."""
+    import torch
+
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import build_trainer
+
+    resumed = build_trainer(*parse_args(argv))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    state = resumed.model.checkpoint_state_dict()
+    assert state.keys() == final.keys()
+    for key, value in final.items():
+        assert torch.equal(state[key], value), key
+    return resumed
