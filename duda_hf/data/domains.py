@@ -114,7 +114,7 @@ def _build_hint(spec: str) -> str:
     for folder, flags in SYNTHETIC_BENCHMARKS.values():
         if top == folder:
             return f"If it is the synthetic benchmark, build it first: python scripts/make_synthetic.py --out {' '.join([folder, *flags])}"
-    return "If it is meant to be a local folder, check the path, or build the data first (README, 'Datasets')."
+    return "If it is meant to be a local folder, check the path, or build the data first (docs/datasets.md)."
 
 
 LABEL_TYPES = ("trainid", "labelid", "color")
