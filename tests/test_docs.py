@@ -24,7 +24,7 @@ DOC_NAME = re.compile(r"^[A-Z][A-Z0-9_-]*\.md$")  # README.md, METHOD.md, LABELS
 SCANNED = (
     ("docs", "*.md"),
     ("configs", "*.yaml"),
-    ("duda_hf/export/templates", "*.md"),  # the model card template
+    ("model_cards", "**/*.md"),  # the model card template, the folder's README and the example card
     *((folder, "**/*.py") for folder in ("duda_hf", "scripts", "benchmarks", "spaces")),
 )
 
@@ -40,7 +40,9 @@ def scanned_files() -> list[Path]:
 def test_every_scanned_pattern_matches_files():
     empty = [f"{folder}/{pattern}" for folder, pattern in SCANNED if not list((ROOT / folder).glob(pattern))]
     assert empty == [], f"these patterns match no file, so nothing there is checked: {empty}"
-    assert (ROOT / "duda_hf" / "export" / "templates" / "duda_student.md") in scanned_files()
+    assert {ROOT / "model_cards" / "duda_student.md", ROOT / "model_cards" / "examples" / "synthetic_cpu" / "README.md"} <= set(
+        scanned_files()
+    )
 
 
 def slug(heading: str) -> str:

@@ -1,17 +1,25 @@
 """The package works without the repository: a wheel built from it, installed into a fresh environment, trains
-(through `accelerate launch -m`), writes the model card, evaluates and prepares data with its console commands."""
+(through `accelerate launch -m`), writes the model card, evaluates and prepares data with its console commands. The
+wheel also builds the way pip builds it for users (in an isolated environment that downloads its build requirements),
+and the model card templates, kept at the top of the repository (`model_cards/`), ship in it as `duda_hf.model_cards`."""
 
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
 
 from .conftest import load_strict_json, tiny_argv
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the TOML reader pip vendors
+    from pip._vendor import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +38,80 @@ def run(command: list[str], env: dict, cwd: Path, timeout: int = 600) -> str:
     return done.stdout
 
 
+def copy_sources(source: Path) -> Path:
+    """What the source distribution holds (pyproject.toml, README.md, the package and the card templates' folder),
+    copied to `source`, away from the checkout's build folders and environments."""
+    source.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("duda_hf", "model_cards"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return source
+
+
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_the_package_list_names_every_folder_of_the_package_and_maps_the_card_templates():
+    # pyproject.toml lists the packages (`packages.find` cannot map model_cards/ into the package): a folder of
+    # duda_hf with Python files that the list leaves out would be missing from the wheel while the editable install,
+    # which reads the folder, still works
+    setuptools = pyproject()["tool"]["setuptools"]
+    folders = {
+        ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "duda_hf").rglob("*.py") if "__pycache__" not in path.parts
+    }
+    assert set(setuptools["packages"]) - {"duda_hf.model_cards"} == folders, "add the new folder to pyproject.toml's packages"
+    assert setuptools["package-dir"] == {"duda_hf.model_cards": "model_cards"}
+    assert setuptools["package-data"] == {"duda_hf.model_cards": ["*.md"]}
+    assert setuptools["exclude-package-data"] == {"duda_hf.model_cards": ["README.md"]}  # the folder's description
+    assert sorted(path.name for path in (ROOT / "model_cards").glob("*.md")) == ["README.md", "duda_student.md"]
+
+
+def test_the_build_requires_setuptools_only():
+    # an isolated build installs these into a fresh environment on every install from source (no linter there)
+    assert pyproject()["build-system"]["requires"] == ["setuptools>=77"]
+
+
+def test_a_checkout_reads_the_templates_from_model_cards():
+    # `pip install -e .` (the README's commands and CI) maps duda_hf.model_cards onto the repository's folder: an edit
+    # of the template shows in the next card without reinstalling
+    from duda_hf.export import model_card
+
+    assert Path(str(model_card.TEMPLATE)).resolve() == ROOT / "model_cards" / "duda_student.md"
+
+
+def test_a_checkout_that_was_never_installed_reads_the_templates_beside_the_package(tmp_path):
+    # the package on sys.path (PYTHONPATH=. python scripts/...) with no install to map duda_hf.model_cards: `python -S`
+    # reads no .pth file, so the editable install's finder is not there
+    paths = [str(ROOT), *dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])]
+    code = f"import sys; sys.path[:0] = {paths!r}; from duda_hf.export import model_card as card; print(card.TEMPLATE)"
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    assert Path(run([sys.executable, "-S", "-c", code], env, tmp_path).strip()) == ROOT / "model_cards" / "duda_student.md"
+
+
+def test_an_isolated_build_gives_a_wheel_with_the_templates_and_not_the_examples(tmp_path):
+    """The build pip runs for a user (`pip wheel .`, build isolation: setuptools downloaded from the registry, as
+    `[build-system].requires` says) makes a wheel holding the package, the evaluate module and the card template, and
+    neither model_cards/README.md nor the example cards."""
+    source = copy_sources(tmp_path / "source")
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(source)], env, tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("duda_hf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "duda_hf/__init__.py",
+        "duda_hf/export/model_card.py",
+        "duda_hf/evaluation/streaming_miou/streaming_miou.py",
+        "duda_hf/model_cards/__init__.py",
+        "duda_hf/model_cards/duda_student.md",
+    } <= names
+    for package in pyproject()["tool"]["setuptools"]["packages"]:
+        assert any(name.startswith(package.replace(".", "/") + "/") for name in names), f"{package} is not in the wheel"
+    assert not [name for name in names if not name.startswith(("duda_hf/", "duda_hf-"))], "only the package and its metadata"
+    assert not [name for name in names if "README.md" in name or "examples" in name or name.endswith((".png", ".json"))]
+
+
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory):
     """A fresh virtual environment holding duda-hf from a wheel built here; its dependencies come from this one.
@@ -37,11 +119,7 @@ def installed_wheel(tmp_path_factory):
     Returns `(environment variables, bin folder, work folder)`; the work folder is outside the repository.
     """
     root = tmp_path_factory.mktemp("wheel")
-    source = root / "source"  # what the source distribution holds, away from the checkout's build folders
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "duda_hf", source / "duda_hf", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    source = copy_sources(root / "source")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", str(root / "dist")]
     run([*build, str(source)], env, root)
@@ -66,11 +144,12 @@ def test_the_wheel_installs_a_self_contained_package(installed_wheel):
     env, bin_dir, work = installed_wheel
     code = (
         "import duda_hf, duda_hf.export.model_card as card, duda_hf.evaluation as evaluation, os\n"
-        "print(duda_hf.__file__, card.TEMPLATE.is_file(), os.path.isfile(os.path.join(evaluation.METRIC_PATH, 'streaming_miou.py')))\n"
+        "print(duda_hf.__file__, card.TEMPLATE, os.path.isfile(os.path.join(evaluation.METRIC_PATH, 'streaming_miou.py')))\n"
     )
     location, template, metric = run([str(bin_dir / "python"), "-c", code], env, work).split()
     assert Path(location).is_relative_to(bin_dir.parent) and not Path(location).is_relative_to(ROOT)
-    assert template == metric == "True"
+    assert Path(template) == Path(location).parent / "model_cards" / "duda_student.md" and Path(template).is_file()
+    assert metric == "True"
     for command in ("duda-train", "duda-evaluate", "duda-prepare-data", "duda-push", "duda-make-synthetic"):
         assert run([str(bin_dir / command), "--help"], env, work).startswith(f"usage: {command} ")
 

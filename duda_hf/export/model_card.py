@@ -12,8 +12,19 @@ from duda_hf.evaluation.report import percent, teacher_premise
 from duda_hf.evaluation.results_file import read_results
 from duda_hf.networks.presets import mit_encoder
 
-# The model card template ships inside the package (package data), so installed wheels write cards too.
-TEMPLATE = resources.files("duda_hf.export") / "templates" / "duda_student.md"
+
+def _templates():
+    """The folder of the card templates, `model_cards/` at the top of the repository. pyproject.toml maps it into the
+    package as `duda_hf.model_cards` (package-dir, package-data): the folder itself in an editable install, a copy in
+    a wheel, so installed wheels write cards too. A checkout put on sys.path without an install has no such mapping:
+    the folder beside the package."""
+    try:
+        return resources.files("duda_hf.model_cards")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "model_cards"
+
+
+TEMPLATE = _templates() / "duda_student.md"
 
 
 DATASET_NAMES = {"gta5": "GTA5", "synthia": "SYNTHIA", "cityscapes": "Cityscapes", "acdc": "ACDC", "darkzurich": "Dark Zurich"}
