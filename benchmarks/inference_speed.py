@@ -1,6 +1,6 @@
 """Latency and peak memory of the deployed B0 student against the B5 teacher it replaces: the speed-up DUDA buys.
 
-    python benchmarks/inference_speed.py [--sizes 1024x512 2048x1024] [--repeats 3]
+    python benchmarks/inference_speed.py [--size 512 1024 --size 1024 2048] [--repeats 3]
 
 Whole-image inference (batch 1, logits upsampled to the input size and argmaxed, as in evaluation) of a
 SegFormer MiT-B0 and a MiT-B5 with the 19 Cityscapes classes, each exported and loaded back with plain
@@ -65,7 +65,14 @@ def child(preset: str, width: int, height: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["1024x512", "2048x1024"], help="W x H")
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="an input size, H W, height first; repeat it for more (default: 512 1024 and 1024 2048)",
+    )
     parser.add_argument("--models", nargs="+", default=["mit-b0", "mit-b5"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "W", "H"), help=argparse.SUPPRESS)
@@ -81,8 +88,8 @@ def main() -> None:
         "repeats": args.repeats,
         "results": {},
     }
-    for size in args.sizes:
-        width, height = (int(v) for v in size.split("x"))
+    for height, width in args.size or [(512, 1024), (1024, 2048)]:
+        size = f"{width}x{height}"  # the results' key, as people read sizes: W x H
         row = {}
         for preset in args.models:
             command = [sys.executable, __file__, "--child", preset, str(width), str(height), "--repeats", str(args.repeats)]

@@ -1,6 +1,6 @@
 """The deployable student out of PyTorch: PyTorch fp32 vs ONNX fp32 vs ONNX int8, against the PyTorch teacher.
 
-    python benchmarks/onnx_speed.py [--sizes 1024x512 2048x1024] [--repeats 3] [--threads 2]
+    python benchmarks/onnx_speed.py [--size 512 1024 --size 1024 2048] [--repeats 3] [--threads 2]
                                     [--student_dir RUN/student] [--val_dataset data_synthetic/target_val]
 
 Speed, memory, size and parity use a random-init MiT-B0 (speed does not depend on the weights), exported with
@@ -256,7 +256,14 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["1024x512", "2048x1024"], help="W x H")
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="an input size, H W, height first; repeat it for more (default: 512 1024 and 1024 2048)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of PyTorch and ONNX Runtime (default: one per core)")
     parser.add_argument("--student_dir", default=None, help="a trained student folder for the target mIoU (skipped without)")
@@ -321,8 +328,8 @@ def main() -> None:
         report["export_s"] = round(time.perf_counter() - started, 1)
         paths[TEACHER] = teacher
         report["size_mib"] = {name: size_mib(path) for name, path in paths.items()}
-        for size in args.sizes:
-            width, height = (int(v) for v in size.split("x"))
+        for height, width in args.size or [(512, 1024), (1024, 2048)]:
+            size = f"{width}x{height}"  # the results' key, as people read sizes: W x H
             row = {}
             for name in (*VARIANTS, TEACHER):
                 kind = "torch" if name in ("torch-fp32", TEACHER) else "onnx"

@@ -1,6 +1,6 @@
 """Latency, throughput and memory of the demo Space under concurrent visitors: what its queue settings rest on.
 
-    python benchmarks/space_load.py [--requests 20] [--concurrency 1 2] [--size 1024x512] [--large 4032x3024]
+    python benchmarks/space_load.py [--requests 20] [--concurrency 1 2] [--size 512 1024] [--large 3024 4032]
 
 A MiT-B0 student (random weights, exported at 1024x512 like a training run's student/) is served by
 spaces/duda-demo/app.py on 127.0.0.1. For each concurrency limit, in its own process: `--requests` visitors
@@ -58,7 +58,7 @@ def _street(size_wh: tuple[int, int], shade: int, folder: Path) -> str:
 
 
 def child(concurrency: int, requests: int, size_wh: tuple[int, int], large_wh: tuple[int, int]) -> dict:
-    """One queue setting measured; the image sizes are (W, H), as the flags give them and PIL takes them."""
+    """One queue setting measured; the image sizes are (W, H), as PIL takes them (the flags are H W)."""
     import gradio_client
 
     from duda_hf.export.network import export_network
@@ -131,8 +131,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20, help="visitors submitting at once")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2], help="queue concurrency limits to compare")
-    parser.add_argument("--size", default="1024x512", help="W x H of each visitor's image")
-    parser.add_argument("--large", default="4032x3024", help="W x H of the single large photo (a 12-megapixel phone picture)")
+    parser.add_argument(
+        "--size", nargs=2, type=int, default=[512, 1024], metavar=("H", "W"), help="each visitor's image, H W, height first"
+    )
+    parser.add_argument(
+        "--large",
+        nargs=2,
+        type=int,
+        default=[3024, 4032],
+        metavar=("H", "W"),
+        help="the single large photo (a 12-megapixel phone picture), H W, height first",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "space_load.json"))
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -145,7 +154,8 @@ def main() -> None:
     require_packages("gradio", "gradio_client", install=SPACE_INSTALL)
     runs = []
     for concurrency in args.concurrency:
-        command = [sys.executable, __file__, "--child", str(concurrency), str(args.requests), args.size, args.large]
+        sizes = [f"{width}x{height}" for height, width in (args.size, args.large)]  # the child's own arguments: W x H, as PIL
+        command = [sys.executable, __file__, "--child", str(concurrency), str(args.requests), *sizes]
         done = subprocess.run(command, capture_output=True, text=True, check=False, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
         if done.returncode != 0:
             raise SystemExit(f"concurrency {concurrency} failed:\n{done.stderr[-3000:]}")

@@ -42,10 +42,10 @@ OTHERS = {
     "gpu_check": ([], "one line"),  # without CUDA: nothing to run
     "checkpoint_size": ([], "runs"),  # the paper's pair on the meta device: no weights
     "metric_speed": (["--maps", "2", "--height", "64", "--width", "64", "--repeats", "1"], "runs"),
-    "inference_speed": (["--sizes", "64x32", "--models", "tiny", "--repeats", "1"], "runs"),
+    "inference_speed": (["--size", "32", "64", "--models", "tiny", "--repeats", "1"], "runs"),
     "prepare_throughput": (["--count", "2", "--num_proc", "1"], "runs"),
     "step_cost": (["--shapes", "tiny-128", "--steps", "1", "--warmup", "0"], "runs"),
-    "space_load": (["--requests", "1", "--concurrency", "1", "--size", "64x32", "--large", "64x32"], "runs"),
+    "space_load": (["--requests", "1", "--concurrency", "1", "--size", "32", "64", "--large", "32", "64"], "runs"),
 }
 TIMEOUT = 600
 
@@ -130,7 +130,7 @@ def test_onnx_speed_builds_the_synthetic_benchmark_on_a_fresh_clone(clone, tmp_p
     and goes on to the exports (minutes, even at the smallest size: stopped there)."""
     assert not (clone / "data_synthetic").exists()
     stdout_path, stderr_path = tmp_path / "stdout", tmp_path / "stderr"
-    command = [sys.executable, "benchmarks/onnx_speed.py", "--sizes", "64x32", "--repeats", "1", "--threads", "1"]
+    command = [sys.executable, "benchmarks/onnx_speed.py", "--size", "32", "64", "--repeats", "1", "--threads", "1"]
     with stdout_path.open("w") as stdout, stderr_path.open("w") as stderr:
         process = subprocess.Popen(command, cwd=clone, env=environment(clone, tmp_path), stdout=stdout, stderr=stderr)
     try:

@@ -128,7 +128,7 @@ def test_recipes_parse_into_configs(recipe, tmp_path):
         # experiment 49)
         assert (config.pseudo_label_ignore_top, config.pseudo_label_ignore_bottom) == (0, 0)
         assert config.pseudo_label_image_margins == ([] if recipe.name.startswith("cs2") else [30, 240, 30, 30])
-        assert data_args.target_resize == ([1920, 1080] if recipe.name.startswith("cs2") else [2048, 1024])
+        assert data_args.target_resize == ([1080, 1920] if recipe.name.startswith("cs2") else [1024, 2048])  # H W
         return
     if recipe.name == "synthetic_pretrained_cpu.yaml":  # the pair that scripts/pretrain_synthetic.py writes
         assert (model_args.student, model_args.aux_student) == ("pretrained_synthetic/tiny", "pretrained_synthetic/tiny-wide")

@@ -517,8 +517,8 @@ def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, t
             "--output_dir",
             str(tmp_path / "eval"),
             "--eval_size",
-            "128",
             "64",
+            "128",
         ]
     )
     assert status == 0, capsys.readouterr().err

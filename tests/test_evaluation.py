@@ -196,9 +196,9 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((out / "eval_results.json").read_text())
-    assert (results["schema_version"], results["kind"]) == (2, "evaluation")
+    assert (results["schema_version"], results["kind"]) == (3, "evaluation")
     settings = results["settings"]
-    assert settings["num_images"] == 5 and settings["eval_size"] == [64, 32]
+    assert settings["num_images"] == 5 and settings["eval_size"] == [32, 64]
     assert settings["models"] == {"student": str(root / "student"), "teacher": str(root / "teacher")}
     assert (settings["mode"], settings["window"], settings["dtype"]) == ("whole", None, "fp32")
     # the same numbers, computed in this process with the models loaded by plain transformers

@@ -197,11 +197,11 @@ def test_size_mismatches_are_found_from_the_headers_before_training(tmp_path, ti
 def test_a_crop_larger_than_the_images_is_an_error_unless_they_are_resized(tiny_benchmark, tmp_path):
     with pytest.raises(DomainError, match=r"--crop_size 96 96 \(H W\) is larger than 16 of 16 --source_dataset images.*at most 64 96"):
         build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path, "--crop_size", "96")))
-    with pytest.raises(DomainError, match=r"16 of 16 --target_dataset images.*--target_resize W H"):
-        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path, "--crop_size", "96", "--source_resize", "192", "96")))
+    with pytest.raises(DomainError, match=r"16 of 16 --target_dataset images.*--target_resize H W"):
+        build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path, "--crop_size", "96", "--source_resize", "96", "192")))
     trainer = build_trainer(
         *parse_args(
-            tiny_argv(tiny_benchmark, tmp_path, "--crop_size", "96", "--source_resize", "192", "96", "--target_resize", "192", "96")
+            tiny_argv(tiny_benchmark, tmp_path, "--crop_size", "96", "--source_resize", "96", "192", "--target_resize", "96", "192")
         )
     )
     assert trainer.train_dataset[0]["source_image"].shape == (3, 96, 96)

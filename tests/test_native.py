@@ -232,6 +232,22 @@ def test_prepare_gta5_resized_in_parallel(tmp_path):
     assert label_of(load_domain(str(tmp_path / "out"))).shape == (24, 32)
 
 
+def test_prepare_refuses_a_resize_that_turns_the_images_portrait(tmp_path, capfd):
+    from duda_hf.cli import prepare_data
+
+    make_gta5(tmp_path / "gta5", count=2)  # 64x48 (W x H)
+    argv = ["--format", "gta5", "--root", str(tmp_path / "gta5"), "--out", str(tmp_path / "out"), "--num_proc", "1"]
+    capfd.readouterr()
+    assert prepare_data.main([*argv, "--resize", "64", "48"]) == 2
+    assert capfd.readouterr().err == (
+        "error: --resize 64 48 would make the 64x48 (W x H) gta5 train images portrait: sizes are H W, height first; "
+        "did you mean --resize 48 64?\n"
+    )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()  # before any conversion
+    assert prepare_data.main([*argv, "--resize", "32", "32"]) == 0  # square: no error
+    assert load_domain(str(tmp_path / "out")).num_rows == 2
+
+
 def test_prepare_native_size_keeps_image_bytes_and_synthia_ids(tmp_path):
     raw = make_synthia(tmp_path / "synthia", count=3)
     result = prepare_native(tmp_path / "synthia", "synthia", tmp_path / "out", num_proc=1, progress=False)
@@ -274,8 +290,8 @@ def test_prepare_script_splits_and_unlabelled(tmp_path):
             "--out",
             tmp_path / "cs_out",
             "--resize",
-            "64",
             "32",
+            "64",
         ],
         ["--format", "darkzurich", "--root", tmp_path / "dz", "--without_labels", "--out", tmp_path / "dz_out"],
     ):

@@ -106,7 +106,7 @@ def test_a_runs_eval_results_keep_the_settings_apart_from_the_metrics(tiny_run):
         "bad_samples",
         "seconds",
     ]
-    assert (results["schema_version"], results["kind"]) == (2, "training_run")
+    assert (results["schema_version"], results["kind"]) == (3, "training_run")
     settings, metrics = results["settings"], results["metrics"]
     assert (settings["method"], settings["student"], settings["aux_student"]) == ("duda", "tiny", "tiny-wide")
     assert (settings["max_steps"], settings["seed"], settings["target_eval_dataset"]) == (2, 3, "target_val")
@@ -192,9 +192,9 @@ def test_duda_push_refuses_an_evaluation_report_in_one_line(tiny_run, tmp_path, 
             "pass the eval_results.json in a duda-train run's output folder\n"
         )
         assert not (tmp_path / "student" / "README.md").exists()  # the folder is left as it was
-    (tmp_path / "newer.json").write_text(json.dumps({"schema_version": 3, "kind": "training_run"}))
+    (tmp_path / "newer.json").write_text(json.dumps({"schema_version": 4, "kind": "training_run"}))
     assert push_to_hub.main([*argv[:-1], str(tmp_path / "newer.json")]) == 2
-    assert "has schema_version 3, newer than this duda-hf reads (2); upgrade duda-hf to read it" in capfd.readouterr().err
+    assert "has schema_version 4, newer than this duda-hf reads (3); upgrade duda-hf to read it" in capfd.readouterr().err
 
 
 def test_the_benchmarks_read_old_and_new_files_alike(tiny_run, tmp_path, monkeypatch):
@@ -216,3 +216,30 @@ def test_the_benchmarks_read_old_and_new_files_alike(tiny_run, tmp_path, monkeyp
     assert records["old"] == records["new"]
     assert records["new"]["student_mIoU"] == round(100 * new["metrics"]["student"]["mIoU"], 2)
     assert records["new"]["analysis"]["trajectory"][0]["step"] == 2
+
+
+def test_an_evaluation_written_before_schema_3_is_read_with_its_eval_size_height_first(tmp_path):
+    """duda-evaluate wrote `settings.eval_size` width first before schema 3 (as --eval_size then took it); every file
+    read_results gives holds it height first, as --eval_size, --window and --stride now take them."""
+    from duda_hf.evaluation.results_file import EVALUATION, read_results
+
+    settings = {"models": {"student": "run/student"}, "dataset": "data/cs", "mode": "slide", "window": [512, 512], "stride": [341, 341]}
+    metrics = {"student": {"mIoU": 0.5}}
+    files = {
+        "schema 1": {
+            **{k: v for k, v in settings.items() if k != "models"},
+            "eval_size": [1024, 512],
+            "models": {"student": {**metrics["student"], "model": "run/student"}},
+        },
+        "schema 2": {"schema_version": 2, "kind": EVALUATION, "settings": {**settings, "eval_size": [1024, 512]}, "metrics": metrics},
+        "schema 3": {"schema_version": 3, "kind": EVALUATION, "settings": {**settings, "eval_size": [512, 1024]}, "metrics": metrics},
+    }
+    for name, content in files.items():
+        (tmp_path / "eval_results.json").write_text(json.dumps(content))
+        read = read_results(tmp_path / "eval_results.json", EVALUATION)["settings"]
+        assert read["eval_size"] == [512, 1024], name
+        assert (read.get("window"), read.get("stride")) == (([512, 512], [341, 341]) if "models" not in content else (None, None)), name
+    assert read_results(files["schema 2"], EVALUATION)["settings"]["eval_size"] == [512, 1024]
+    assert files["schema 2"]["settings"]["eval_size"] == [1024, 512]  # a dict is read, not changed
+    unsized = read_results({"schema_version": 2, "kind": EVALUATION, "settings": {"eval_size": None}, "metrics": {}}, EVALUATION)
+    assert unsized["settings"]["eval_size"] is None  # the native size

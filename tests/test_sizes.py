@@ -1,4 +1,5 @@
-"""One size convention: the library takes (height, width); the W H flags are converted once, where they are parsed.
+"""One size convention: every size flag is H W, height first, and the library takes (height, width); a resize given
+width first, which would turn landscape images portrait, stops the program at start-up in one line.
 
 Every size here is non-square, so a size transposed anywhere (training, evaluation, export, model card, the
 evaluation program) shows as a wrong shape.
@@ -12,9 +13,9 @@ from PIL import Image
 
 from .conftest import tiny_argv
 
-# --eval_resize 96 64 is W H: the networks must see 64 x 96 (H x W) images; the tiny benchmark's are 64 x 128
-EVAL_FLAGS = ("--eval_resize", "96", "64")
-TRAIN_FLAGS = ("--crop_size", "48", "64", "--source_resize", "112", "60", "--target_resize", "120", "56")
+# --eval_resize 64 96 is H W: the networks must see 64 x 96 (H x W) images; the tiny benchmark's are 64 x 128
+EVAL_FLAGS = ("--eval_resize", "64", "96")
+TRAIN_FLAGS = ("--crop_size", "48", "64", "--source_resize", "60", "112", "--target_resize", "56", "120")
 
 
 def record_inputs(network, shapes: list) -> None:
@@ -51,10 +52,10 @@ def sized_run(tiny_benchmark, tmp_path_factory):
     return output_dir, shapes, built["trainer"]
 
 
-def test_flags_in_w_h_order_become_height_width_once():
+def test_every_size_flag_is_height_first():
     from duda_hf.cli.arguments import DataArguments
 
-    data_args = DataArguments(crop_size=[48, 64], source_resize=[112, 60], target_resize=[120, 56], eval_resize=[96, 64])
+    data_args = DataArguments(crop_size=[48, 64], source_resize=[60, 112], target_resize=[56, 120], eval_resize=[64, 96])
     assert data_args.crop_size_hw == (48, 64)
     assert data_args.source_resize_hw == (60, 112)
     assert data_args.target_resize_hw == (56, 120)
@@ -116,18 +117,18 @@ def test_push_rewrites_the_card_with_the_processor_size(sized_run, tmp_path, mon
     ("flags", "expected_inputs", "eval_size", "inference"),
     [
         # the student's image processor says 64 x 96 (H x W)
-        ((), (64, 96), [96, 64], "whole, input 96x64"),
-        (("--eval_size", "112", "56"), (56, 112), [112, 56], "whole, input 112x56"),
+        ((), (64, 96), [64, 96], "whole, input 96x64"),
+        (("--eval_size", "56", "112"), (56, 112), [56, 112], "whole, input 112x56"),
         # windows of 32 x 48 (H x W) every 24 x 64 cover the 56 x 112 input in 2 x 2 tiles: one batch of 4
         (
-            ("--eval_size", "112", "56", "--mode", "slide", "--window", "32", "48", "--stride", "24", "64"),
+            ("--eval_size", "56", "112", "--mode", "slide", "--window", "32", "48", "--stride", "24", "64"),
             (32, 48),
-            [112, 56],
+            [56, 112],
             "slide, input 112x56, window 48x32 stride 64x24",
         ),
     ],
 )
-def test_evaluate_takes_eval_size_w_h_and_window_h_w(
+def test_evaluate_takes_eval_size_window_and_stride_height_first(
     sized_run, tiny_benchmark, tmp_path, monkeypatch, flags, expected_inputs, eval_size, inference
 ):
     from duda_hf.cli import evaluate_duda
@@ -151,3 +152,71 @@ def test_evaluate_takes_eval_size_w_h_and_window_h_w(
     assert report["settings"]["eval_size"] == eval_size
     assert f"**inference**: {inference}" in (out / "report.md").read_text()
     assert np.isfinite(report["metrics"]["student"]["mIoU"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A size given width first is an error where the images' size is known: at the start of training, evaluation and
+# conversion. The tiny benchmark's images are 128x64 (W x H), landscape.
+
+
+def one_line_error(main, argv, capfd) -> str:
+    """Run a program's `main`: it must return 2 and write one line, `error: ...`, on stderr."""
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("flag", "images"),
+    [("--source_resize", "--source_dataset"), ("--target_resize", "--target_dataset"), ("--eval_resize", "--target_eval_dataset")],
+)
+def test_training_refuses_a_resize_that_turns_the_images_portrait(tiny_benchmark, tmp_path, capfd, flag, images):
+    from duda_hf.cli import train_duda
+
+    argv = tiny_argv(tiny_benchmark, tmp_path / "run", flag, "112", "60")
+    assert one_line_error(train_duda.main, argv, capfd) == (
+        f"error: {flag} 112 60 would make the 128x64 (W x H) {images} images portrait: sizes are H W, height first; "
+        f"did you mean {flag} 60 112?"
+    )
+
+
+def test_a_square_resize_or_square_images_are_never_an_error(tiny_benchmark, tmp_path):
+    from duda_hf.cli.arguments import parse_args
+    from duda_hf.cli.training_run import build_trainer
+    from duda_hf.data.checks import check_resize
+
+    square = ("--source_resize", "96", "96", "--target_resize", "80", "80", "--eval_resize", "64", "64")
+    trainer = build_trainer(*parse_args(tiny_argv(tiny_benchmark, tmp_path, *square)))
+    assert trainer.train_dataset.source_resize_hw == (96, 96)
+    check_resize("--source_resize", (112, 60), [(64, 64), (32, 32)], "--source_dataset")  # square images
+    check_resize("--source_resize", (112, 60), [(64, 128), (128, 64)], "--source_dataset")  # both orientations
+    check_resize("--source_resize", None, [(64, 128)], "--source_dataset")  # no resize
+
+
+def test_the_message_names_the_common_size_when_the_images_differ():
+    from duda_hf.data.checks import check_resize
+    from duda_hf.data.errors import DomainError
+
+    with pytest.raises(DomainError) as raised:
+        check_resize("--source_resize", (60, 112), [(1914, 1052), (1914, 1052), (1920, 1080), (64, 64)], "--source_dataset")
+    assert str(raised.value) == (
+        "--source_resize 60 112 would make the --source_dataset images (portrait: 1052x1914 and 2 other sizes, W x H) "
+        "landscape: sizes are H W, height first; did you mean --source_resize 112 60?"
+    )
+
+
+def test_evaluate_refuses_an_eval_size_that_turns_the_images_portrait(tiny_benchmark, tmp_path, capfd):
+    from duda_hf.cli import evaluate_duda
+    from duda_hf.export.network import export_network
+    from duda_hf.networks.loading import build_network
+
+    student = export_network(build_network("tiny", "random"), tmp_path / "student", eval_size_hw=(32, 64))
+    argv = ["--model", str(student), "--dataset", tiny_benchmark["target_val"], "--output_dir", str(tmp_path / "eval")]
+    assert one_line_error(evaluate_duda.main, [*argv, "--eval_size", "128", "64"], capfd) == (
+        "error: --eval_size 128 64 would make the 128x64 (W x H) --dataset images portrait: sizes are H W, height first; "
+        "did you mean --eval_size 64 128?"
+    )
+    assert not (tmp_path / "eval").exists()
+    assert evaluate_duda.main([*argv, "--eval_size", "64", "64", "--max_samples", "1"]) == 0  # square: no error

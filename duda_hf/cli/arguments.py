@@ -85,23 +85,23 @@ class DataArguments:
     )
     image_column: str = field(default="image", metadata=flag_help("Image column name in the datasets."))
     label_column: str = field(default="label", metadata=flag_help("Label column name (Cityscapes trainIds, 255 = ignore)."))
-    # Sizes: --crop_size is H W (height first, as DAFormer's crop_size); the three resize flags are W H (width first, as
-    # DAFormer's img_scale and PIL). The library takes (height, width) only: the `*_hw` properties below convert them.
+    # Sizes: every size flag is H W, height first (as DAFormer's crop_size, torch and transformers' {"height", "width"});
+    # the `*_hw` properties below give them to the library as (height, width).
     crop_size: list[int] = field(
-        default_factory=lambda: [512, 512], metadata=flag_help("Training crop, H W (height width; one value: a square). DAFormer: 512 512.")
+        default_factory=lambda: [512, 512], metadata=flag_help("Training crop, H W, height first (one value: a square). DAFormer: 512 512.")
     )
     source_resize: list[int] = field(
         default_factory=list,
-        metadata=flag_help("Resize source images before cropping to W H (width height; GTA: 1280 720). Empty: keep size."),
+        metadata=flag_help("Resize source images before cropping to H W, height first (GTA5: 720 1280). Empty: keep size."),
     )
     target_resize: list[int] = field(
         default_factory=list,
-        metadata=flag_help("Resize target images before cropping to W H (width height; Cityscapes: 1024 512). Empty: keep size."),
+        metadata=flag_help("Resize target images before cropping to H W, height first (Cityscapes: 512 1024). Empty: keep size."),
     )
     eval_resize: list[int] = field(
         default_factory=list,
         metadata=flag_help(
-            "Evaluation input size, W H (width height); logits are upsampled to label size (Cityscapes: 1024 512). Empty: native size."
+            "Evaluation input size, H W, height first; logits are upsampled to label size (Cityscapes: 512 1024). Empty: native size."
         ),
     )
     crop_cat_max_ratio: float = field(
@@ -115,7 +115,7 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata=flag_help("Evaluate on the first N target validation images only."))
 
     def __post_init__(self):
-        check_flag(len(self.crop_size) in (1, 2), "DataArguments.crop_size", "one or two integers (H W)", self.crop_size)
+        check_flag(len(self.crop_size) in (1, 2), "DataArguments.crop_size", "one or two integers (H W, height first)", self.crop_size)
         if len(self.crop_size) == 1:
             self.crop_size = [self.crop_size[0]] * 2
         check_flag(0 < self.crop_cat_max_ratio <= 1, "DataArguments.crop_cat_max_ratio", "in (0, 1]", self.crop_cat_max_ratio)
@@ -134,7 +134,10 @@ class DataArguments:
         for name in ("source_resize", "target_resize", "eval_resize"):
             value = getattr(self, name)
             check_flag(
-                len(value) in (0, 2) and all(v > 0 for v in value), f"DataArguments.{name}", "empty or two positive integers (W H)", value
+                len(value) in (0, 2) and all(v > 0 for v in value),
+                f"DataArguments.{name}",
+                "empty or two positive integers (H W, height first)",
+                value,
             )
 
     # The flags' sizes as the library takes them: (height, width), or None for "keep the images' size".
@@ -146,25 +149,25 @@ class DataArguments:
 
     @property
     def source_resize_hw(self) -> tuple[int, int] | None:
-        """`--source_resize W H` as (height, width)."""
-        return _flag_wh_to_hw(self.source_resize)
+        """`--source_resize H W` as (height, width); empty: None."""
+        return _size_hw(self.source_resize)
 
     @property
     def target_resize_hw(self) -> tuple[int, int] | None:
-        """`--target_resize W H` as (height, width)."""
-        return _flag_wh_to_hw(self.target_resize)
+        """`--target_resize H W` as (height, width); empty: None."""
+        return _size_hw(self.target_resize)
 
     @property
     def eval_size_hw(self) -> tuple[int, int] | None:
-        """`--eval_resize W H` as (height, width)."""
-        return _flag_wh_to_hw(self.eval_resize)
+        """`--eval_resize H W` as (height, width); empty: None."""
+        return _size_hw(self.eval_resize)
 
 
-def _flag_wh_to_hw(value: list[int]) -> tuple[int, int] | None:
-    """A `W H` flag value as (height, width); empty: None."""
+def _size_hw(value: list[int]) -> tuple[int, int] | None:
+    """A resize flag's `H W` as (height, width); empty: None."""
     if not value:
         return None
-    width, height = value
+    height, width = value
     return height, width
 
 

@@ -11,7 +11,7 @@ time, decoded by `--num_workers` DataLoader workers; a progress bar counts them 
 Examples (`duda-evaluate` is the same as `python scripts/evaluate_duda.py` in a clone):
     duda-evaluate --model outputs/run/student --dataset data/cityscapes --split val
     duda-evaluate --model outputs/run/student --compare outputs/run/teacher \\
-        --dataset /data/cityscapes --format cityscapes --split val --eval_size 1024 512 --batch_size 8 --num_workers 4
+        --dataset /data/cityscapes --format cityscapes --split val --eval_size 512 1024 --batch_size 8 --num_workers 4
     duda-evaluate --model org/duda-mitb0-gta2cs --dataset /data/acdc --format acdc --split val --mode slide
     accelerate launch -m duda_hf.cli.evaluate_duda --model ... --dataset ...
 """
@@ -47,16 +47,14 @@ def parse(argv):
         "--eval_size",
         nargs=2,
         type=int,
-        metavar=("W", "H"),
-        help="inference size as W H (width height; logits upsampled to the label size); default: the model's image processor "
-        "size, or the native size",
+        metavar=("H", "W"),
+        help="inference size, H W, height first (Cityscapes: 512 1024; logits upsampled to the label size); default: the "
+        "model's image processor size, or the native size",
     )
     parser.add_argument("--native_size", action="store_true", help="ignore the image processor's size: infer at the image size")
     parser.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole-image (DAFormer protocol) or sliding window")
-    parser.add_argument(
-        "--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size as H W (height width)"
-    )
-    parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride as H W (height width)")
+    parser.add_argument("--window", nargs=2, type=int, default=[512, 512], metavar=("H", "W"), help="slide: window size, H W, height first")
+    parser.add_argument("--stride", nargs=2, type=int, default=[341, 341], metavar=("H", "W"), help="slide: stride, H W, height first")
     parser.add_argument(
         "--batch_size",
         type=int,
@@ -79,8 +77,8 @@ def parse(argv):
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         parser.error(f"--batch_size must be at least 1 and --num_workers at least 0, got {args.batch_size} and {args.num_workers}")
-    # the library takes (height, width): the flags in W H order are converted here, once
-    args.eval_size_hw = (args.eval_size[1], args.eval_size[0]) if args.eval_size else None
+    # every size flag is H W, as the library takes them
+    args.eval_size_hw = tuple(args.eval_size) if args.eval_size else None
     args.window_hw, args.stride_hw = tuple(args.window), tuple(args.stride)
     return args
 
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     from accelerate import PartialState
 
-    from duda_hf.data.checks import check_pairs
+    from duda_hf.data.checks import check_pairs, check_resize
     from duda_hf.data.domains import load_domain
     from duda_hf.data.labels import CITYSCAPES_CLASSES
     from duda_hf.data.rcs import class_pixel_counts
@@ -142,10 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.max_samples:
         dataset = dataset.select(range(min(args.max_samples, len(dataset))))
-    # before any inference, as training does: label values (cached) and image/label sizes (file headers)
+    # before any inference, as training does: label values (cached), image/label sizes (file headers) and an --eval_size
+    # that keeps the images' orientation
     with state.main_process_first():
         class_pixel_counts(dataset, "--dataset")
-    check_pairs(dataset, "--dataset")
+    check_resize("--eval_size", args.eval_size_hw, check_pairs(dataset, "--dataset"), "--dataset")
     models = {args.name or Path(args.model.rstrip("/")).name: load_model(args.model)}
     if args.compare:
         compare_name = args.compare_name or Path(args.compare.rstrip("/")).name
@@ -216,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         "conditions": list(args.conditions),
         "label_type": args.label_type,
         "mode": args.mode,
-        "eval_size": [size_hw[1], size_hw[0]] if size_hw else None,  # W H, as --eval_size takes it
-        "window": list(args.window_hw) if args.mode == "slide" else None,  # H W, as --window and --stride take them
+        # H W, as --eval_size, --window and --stride take them (before schema 3, eval_size was W H: results_file.py)
+        "eval_size": list(size_hw) if size_hw else None,
+        "window": list(args.window_hw) if args.mode == "slide" else None,
         "stride": list(args.stride_hw) if args.mode == "slide" else None,
         "dtype": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
         "num_images": len(dataset),

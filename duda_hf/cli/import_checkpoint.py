@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         default=(512, 512),
         metavar=("H", "W"),
-        help="HRDA: the detail crop its inference slides over the image (not in the file; default HRDA's 512 512)",
+        help="HRDA: the detail crop its inference slides over the image, H W, height first (not in the file; default HRDA's 512 512)",
     )
     parser.add_argument(
         "--eval_size",
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="the image processor's size (default 512 1024; an HRDA network with its scale attention: 1024 2048, HRDA's)",
+        help="the image processor's size, H W, height first (default 512 1024; an HRDA network with its scale attention: 1024 2048, "
+        "HRDA's)",
     )
     args = parser.parse_args(argv)
 

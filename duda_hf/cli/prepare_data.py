@@ -37,22 +37,22 @@ def main(argv: list[str] | None = None) -> int:
         "--resize",
         nargs="+",
         default=None,
-        metavar="W H",
-        help="'daformer' for the format's DAFormer scale (GTA5 1280 720, SYNTHIA 1280 760, Cityscapes 1024 512, ACDC/Dark Zurich "
-        "960 540), or W H; labels use nearest neighbour. Default: native size (image bytes copied as they are).",
+        metavar="H W",
+        help="'daformer' for the format's DAFormer scale (GTA5 720 1280, SYNTHIA 760 1280, Cityscapes 512 1024, ACDC/Dark Zurich "
+        "540 960), or H W, height first; labels use nearest neighbour. Default: native size (image bytes copied as they are).",
     )
     parser.add_argument("--num_proc", type=int, default=2, help="worker processes")
     parser.add_argument("--shard_size", type=int, default=100, help="images per resumable shard")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     args = parser.parse_args(argv)
 
-    resize_hw = None  # (height, width); the flag takes W H
+    resize_hw = None  # (height, width), as the flag takes it
     if args.resize == ["daformer"]:
         resize_hw = FORMATS[args.format].daformer_size_hw
     elif args.resize:
         if len(args.resize) != 2 or not all(v.isdigit() and int(v) > 0 for v in args.resize):
-            parser.error(f"--resize takes 'daformer' or two positive integers W H, got {args.resize}")
-        resize_hw = (int(args.resize[1]), int(args.resize[0]))
+            parser.error(f"--resize takes 'daformer' or two positive integers H W (height first), got {args.resize}")
+        resize_hw = (int(args.resize[0]), int(args.resize[1]))
     result = prepare_native(
         args.root,
         args.format,

@@ -59,7 +59,8 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
     )
     if data_args.max_eval_samples:
         target_eval = target_eval.select(range(min(data_args.max_eval_samples, len(target_eval))))
-    # Before the first step, from the file headers: image/label sizes, crops that fit the images.
+    # Before the first step, from the file headers: image/label sizes, resizes that keep the images' orientation, crops
+    # that fit the images.
     check_training_data(
         source,
         target,
@@ -67,6 +68,7 @@ def build_trainer(model_args: ModelArguments, data_args: DataArguments, config: 
         data_args.crop_size_hw,
         source_resize_hw=data_args.source_resize_hw,
         target_resize_hw=data_args.target_resize_hw,
+        eval_resize_hw=data_args.eval_size_hw,
     )
     # Class statistics validate every label and drive rare class sampling; computed once, then cached.
     with config.main_process_first(desc="class statistics"):

@@ -2,13 +2,15 @@
 
 Reading a header does not decode the pixels: for a stored dataset only the first bytes of each image are read
 (a memory-mapped slice), for a native folder each file is opened but not decoded. So a size mismatch between an
-image and its label, or a crop larger than the images, stops the run at start-up, naming the images, instead of
-when the pair is drawn mid-run (or never, as padding).
+image and its label, a crop larger than the images, or a resize given width first (which would turn landscape
+images portrait) stops the run at start-up, naming the images, instead of when the pair is drawn mid-run (or
+never, as padding or distorted images).
 """
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Sequence
 
 import datasets
@@ -31,6 +33,11 @@ def _open_size(source, where: str) -> tuple[int, int]:
         raise DomainError(f"{where}: cannot read the image header ({error}); the file is corrupt or not an image") from error
 
 
+def file_sizes(paths: Sequence[str], role: str) -> list[tuple[int, int]]:
+    """`(height, width)` of each image file in `paths`, from its header."""
+    return [_open_size(path, f"{role} '{path}'") for path in paths]
+
+
 def header_sizes(dataset: datasets.Dataset, column: str, role: str) -> list[tuple[int, int]]:
     """`(height, width)` of every image of `column` (`image` or `label`), from the file headers, in row order.
 
@@ -38,7 +45,7 @@ def header_sizes(dataset: datasets.Dataset, column: str, role: str) -> list[tupl
     native folder (`image_path` / `label_path`); transforms such as label conversion do not change sizes.
     """
     if f"{column}_path" in dataset.column_names:  # a native folder
-        return [_open_size(path, f"{role} '{path}'") for path in dataset.with_format(None)[f"{column}_path"]]
+        return file_sizes(dataset.with_format(None)[f"{column}_path"], role)
     table = dataset.select_columns([column]).with_format("arrow")
     sizes = []
     for start in range(0, len(table), 1000):
@@ -99,7 +106,7 @@ def check_crop(
     """The crop `(height, width)` fits in every image as training sees it: resized to `resize_hw` when set, else as is.
 
     Args:
-        resize_flag: the flag that resizes these images (`--source_resize`, which takes W H), for the message.
+        resize_flag: the flag that resizes these images (`--source_resize`, which takes H W), for the message.
         resize_hw: `(height, width)` every image is resized to; None or empty: the images' own sizes.
         sizes_hw: the images' `(height, width)`, if already read (`check_pairs`); read from the headers otherwise.
 
@@ -108,7 +115,7 @@ def check_crop(
     """
     height, width = crop_hw
     if resize_hw:
-        sizes_hw, where = [tuple(resize_hw)], f"{resize_flag} {resize_hw[1]} {resize_hw[0]}"
+        sizes_hw, where = [tuple(resize_hw)], f"{resize_flag} {resize_hw[0]} {resize_hw[1]}"
     else:
         sizes_hw = sizes_hw if sizes_hw is not None else header_sizes(dataset, "image", role)
     small = [index for index, (h, w) in enumerate(sizes_hw) if h < height or w < width]
@@ -121,7 +128,43 @@ def check_crop(
     raise DomainError(
         f"--crop_size {height} {width} (H W) is larger than {len(small)} of {len(sizes_hw)} {role} images (smallest: "
         f"{_wxh(sizes_hw[smallest])}, {where}); their crops would be padding in part. Lower --crop_size to at "
-        f"most {fit_h} {fit_w}, or resize the images with {resize_flag} W H."
+        f"most {fit_h} {fit_w}, or resize the images with {resize_flag} H W."
+    )
+
+
+def _orientation(size_hw: Sequence[int]) -> str | None:
+    height, width = size_hw
+    return "landscape" if width > height else "portrait" if height > width else None
+
+
+def check_resize(flag: str, resize_hw: Sequence[int] | None, sizes_hw: Sequence[Sequence[int]], images: str) -> None:
+    """A resize keeps the images' orientation: `flag` with `resize_hw` (its value, height first) that would make
+    landscape images portrait, or portrait ones landscape, is a size given width first.
+
+    Args:
+        flag: the flag that sets the resize (`--source_resize`), for the message.
+        resize_hw: `(height, width)` the images are resized to; None or empty: no resize, nothing to check.
+        sizes_hw: the images' `(height, width)`.
+        images: which images, for the message (`--source_dataset`).
+
+    A square resize, square images, or images of both orientations (some would turn whichever way they are
+    resized) are never an error.
+
+    Raises:
+        DomainError: the flag, its value, the images' size and the value with height first.
+    """
+    turned_to = _orientation(resize_hw) if resize_hw else None
+    orientations = {_orientation(size) for size in sizes_hw} - {None}
+    if turned_to is None or orientations != {"portrait" if turned_to == "landscape" else "landscape"}:
+        return
+    counts = Counter(tuple(size) for size in sizes_hw)
+    common = counts.most_common(1)[0][0]
+    shown = f"{_wxh(common)} (W x H) {images} images"
+    if len(counts) > 1:
+        shown = f"{images} images ({orientations.pop()}: {_wxh(common)} and {len(counts) - 1} other sizes, W x H)"
+    height, width = resize_hw
+    raise DomainError(
+        f"{flag} {height} {width} would make the {shown} {turned_to}: sizes are H W, height first; did you mean {flag} {width} {height}?"
     )
 
 
@@ -133,12 +176,18 @@ def check_training_data(
     *,
     source_resize_hw: Sequence[int] | None = None,
     target_resize_hw: Sequence[int] | None = None,
+    eval_resize_hw: Sequence[int] | None = None,
 ) -> None:
-    """Before the first step: labels the size of their images (source, target validation), crops that fit.
+    """Before the first step: labels the size of their images (source, target validation), resizes that keep the
+    images' orientation, crops that fit.
 
     Sizes are `(height, width)`; a resize of None keeps the images' own sizes.
     """
     source_sizes = check_pairs(source, "--source_dataset")
+    check_resize("--source_resize", source_resize_hw, source_sizes, "--source_dataset")
     check_crop(crop_size_hw, source, "--source_dataset", "--source_resize", resize_hw=source_resize_hw, sizes_hw=source_sizes)
-    check_crop(crop_size_hw, target, "--target_dataset", "--target_resize", resize_hw=target_resize_hw)
-    check_pairs(target_eval, "--target_eval_dataset")
+    target_sizes = header_sizes(target, "image", "--target_dataset")
+    check_resize("--target_resize", target_resize_hw, target_sizes, "--target_dataset")
+    check_crop(crop_size_hw, target, "--target_dataset", "--target_resize", resize_hw=target_resize_hw, sizes_hw=target_sizes)
+    eval_sizes = check_pairs(target_eval, "--target_eval_dataset")
+    check_resize("--eval_resize", eval_resize_hw, eval_sizes, "--target_eval_dataset")

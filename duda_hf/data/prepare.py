@@ -23,6 +23,7 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from duda_hf.data.checks import check_resize, file_sizes
 from duda_hf.data.errors import DomainError
 from duda_hf.data.native import NativeDecoder, list_native_files, read_image
 from duda_hf.jsonio import write_json
@@ -108,6 +109,8 @@ def prepare_native(
         out: the `save_to_disk` folder to write; with `push_to_hub` only, a work folder beside the cache is used.
         splits: native splits to convert (`val` may be written `validation`; the DatasetDict uses the names given).
         resize_hw: `(height, width)` of every image (bilinear) and label (nearest); None keeps the native size (bytes copied).
+            One that would turn the images portrait, or the reverse (a size given width first), is refused before any
+            conversion (`checks.check_resize`, from the image headers).
         num_proc: worker processes; shard_size: images per resumable unit of work.
 
     Returns:
@@ -122,6 +125,9 @@ def prepare_native(
     if out_path.exists() and not overwrite:
         raise DomainError(f"'{out_path}' exists already; pass --overwrite to replace it, or choose another --out")
     listed = {split: list_native_files(root, format, split, conditions=conditions, with_labels=with_labels) for split in splits}
+    for split, (images, _) in listed.items():  # before any conversion: a size given width first, from the headers
+        if resize_hw:
+            check_resize("--resize", resize_hw, file_sizes(images, f"--root ({split})"), f"{format} {split}")
     manifest = _manifest(root, format, listed, resize_hw, shard_size)
     work = out_path.with_name(out_path.name + ".partial")
     if work.exists():

@@ -13,6 +13,10 @@ how) apart from `metrics` (the numbers), under a `schema_version` and a `kind`.
   and how it was scored; `metrics` the metrics of each model by its report name (with `num_images` and the
   `confusion_matrix`); beside them `seconds`.
 
+Schema 3 writes an evaluation's `settings.eval_size` height first, `[H, W]`, as `--eval_size` now takes it
+(and `window` and `stride` always did); before schema 3 it was width first, `[W, H]`, and `read_results` turns it
+around, so every file it gives holds `[H, W]`. A training run's file is the same in schemas 2 and 3.
+
 Files written before schema 2 have no `schema_version`. A training run's kept its settings and metrics side by side
 at the top (`method`, `aux_student`, `max_steps`, `seed`, the raw `target_eval_dataset`, the networks' metrics; its
 `student` was the student's metrics, which had overwritten the preset name) with the recipe under `recipe`, where
@@ -26,7 +30,8 @@ import json
 import os
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+EVAL_SIZE_HEIGHT_FIRST = 3  # the first schema whose evaluation `settings.eval_size` is [H, W]
 TRAINING_RUN = "training_run"
 EVALUATION = "evaluation"
 KINDS = {TRAINING_RUN: "a training run's results (duda-train)", EVALUATION: "an evaluation report (duda-evaluate)"}
@@ -104,6 +109,8 @@ def read_results(source: str | os.PathLike | dict, kind: str | None = TRAINING_R
         )
     else:
         results = dict(content)
+        if results.get("kind") == EVALUATION and version < EVAL_SIZE_HEIGHT_FIRST:
+            results["settings"] = _eval_size_height_first(results.get("settings") or {})
     if kind is not None and results.get("kind") != kind:
         raise ResultsFileError(
             f"{where} is {KINDS.get(results.get('kind'), repr(results.get('kind')))}, not {KINDS[kind]}; pass {_WANTED[kind]}"
@@ -132,4 +139,11 @@ def _from_evaluation_v1(old: dict) -> dict:
     settings = {"models": {name: metrics.get("model") for name, metrics in models.items()}}
     settings.update((key, old[key]) for key in _OLD_EVALUATION_SETTINGS if key in old)
     metrics = {name: {key: value for key, value in values.items() if key != "model"} for name, values in models.items()}
-    return evaluation_results(settings, metrics, seconds=old.get("seconds"))
+    return evaluation_results(_eval_size_height_first(settings), metrics, seconds=old.get("seconds"))
+
+
+def _eval_size_height_first(settings: dict) -> dict:
+    """The settings of an evaluation written before schema 3, whose `eval_size` was `[W, H]`, with `eval_size` as
+    `[H, W]` (a new dict)."""
+    eval_size = settings.get("eval_size")
+    return {**settings, "eval_size": [eval_size[1], eval_size[0]]} if eval_size else dict(settings)
