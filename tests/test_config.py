@@ -1,11 +1,17 @@
-"""DudaConfig defaults and validation messages; recipes parse; offline model errors are fast and clear."""
+"""DudaConfig defaults, docstring and validation messages; recipes parse; offline model errors are fast and clear."""
 
+import ast
+import dataclasses
+import inspect
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from transformers import TrainingArguments
 
 from duda_hf.cli.arguments import ModelArguments, load_recipe, parse_args
 from duda_hf.cli.recipe import RecipeError
@@ -212,3 +218,198 @@ def test_missing_weights_offline_fail_fast_with_a_way_forward(tmp_path):
 def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path):
     seconds, message = _offline_build(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
     assert seconds < 2.0 and "--init random" in message
+
+
+# ---- the docstring lists every field with its default (read from the code, not from a list kept by hand) ----
+
+PARAMETER_HEADING = re.compile(r"    > Parameters that control \S.*")
+PARAMETER_ENTRY = re.compile(r"    (\w+) \(`([^`]+)`, \*optional\*, defaults to `(.*)`\):")
+REPLACED_DEFAULT = re.compile(r"replaces `TrainingArguments`' `([^`]*)`")
+
+
+def _default(dataclass_field):
+    if dataclass_field.default_factory is not dataclasses.MISSING:
+        return dataclass_field.default_factory()
+    return getattr(dataclass_field.default, "value", dataclass_field.default)  # an enum as its value
+
+
+def _declared_type(cls, name: str) -> str:
+    """The annotation `name` was declared with, as text. Not `Field.type`: HfArgumentParser rewrites that in place."""
+    annotation = next(vars(c)["__annotations__"][name] for c in cls.__mro__ if name in vars(c).get("__annotations__", {}))
+    if isinstance(annotation, str):  # `from __future__ import annotations`: the source text
+        return annotation
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
+
+
+def parameter_doc_problems(cls, doc: str, base=TrainingArguments) -> list[str]:
+    """What the `Parameters:` section of `doc` gets wrong about dataclass `cls`, which extends `base`.
+
+    Each field `cls` declares itself, and each field of `base` whose default `cls` changes, has one entry under a
+    `> Parameters that control ...` heading, `name (`type`, *optional*, defaults to `X`):`, where `X` read as a
+    Python literal is the field's default and `type` its annotation; an entry whose default differs from `base`'s
+    says "replaces `TrainingArguments`' `Y`" with `base`'s default `Y`, and no other entry says it; no entry names a
+    field that does not exist. An empty list: the docstring is right.
+    """
+    lines = inspect.cleandoc(doc).splitlines()
+    if "Parameters:" not in lines:
+        return ["no 'Parameters:' section"]
+    problems, entries, heading, description = [], {}, None, None
+    for line in lines[lines.index("Parameters:") + 1 :]:
+        if not line.strip():
+            continue
+        if PARAMETER_HEADING.fullmatch(line):
+            heading = line
+        elif line.startswith("        ") and description is not None:
+            description.append(line.strip())
+        elif match := PARAMETER_ENTRY.fullmatch(line):
+            name, type_name, default = match.groups()
+            if heading is None:
+                problems.append(f"{name}: listed before any '> Parameters that control' heading")
+            description = []
+            entries.setdefault(name, []).append((type_name, default, description))
+        else:
+            problems.append(f"unreadable line in Parameters: {line!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    base_defaults = {f.name: _default(f) for f in dataclasses.fields(base)}
+    changed = {name for name in base_defaults if repr(base_defaults[name]) != repr(_default(fields[name]))}
+    for name in sorted((set(vars(cls).get("__annotations__", {})) | changed) - set(entries)):
+        problems.append(f"{name}: not documented")
+    for name, found in entries.items():
+        if len(found) > 1:
+            problems.append(f"{name}: documented {len(found)} times")
+        if name not in fields:
+            problems.append(f"{name}: documented, but {cls.__name__} has no such field")
+            continue
+        type_name, default, description = found[0]
+        if type_name != _declared_type(cls, name):
+            problems.append(f"{name}: documented as `{type_name}`, declared as `{_declared_type(cls, name)}`")
+        try:
+            documented = ast.literal_eval(default)
+        except (ValueError, SyntaxError):
+            problems.append(f"{name}: default `{default}` is not a Python literal")
+        else:
+            if repr(documented) != repr(_default(fields[name])):
+                problems.append(f"{name}: documented default `{default}`, the field's is {_default(fields[name])!r}")
+        replaced = REPLACED_DEFAULT.search(" ".join(description))
+        if name in changed and (replaced is None or repr(ast.literal_eval(replaced[1])) != repr(base_defaults[name])):
+            problems.append(f"{name}: must say it replaces `TrainingArguments`' `{base_defaults[name]!r}`")
+        elif name not in changed and replaced:
+            problems.append(f"{name}: says it replaces a `TrainingArguments` default, but it keeps it")
+    return problems
+
+
+def test_the_docstring_lists_every_field_with_its_default():
+    assert parameter_doc_problems(DudaConfig, DudaConfig.__doc__) == []
+
+
+@pytest.mark.parametrize(
+    "old, new, problem",
+    [
+        (
+            "ema_alpha (`float`, *optional*, defaults to `0.999`)",
+            "ema_alpha (`float`, *optional*, defaults to `0.99`)",
+            "ema_alpha: documented default `0.99`",
+        ),
+        ("ema_alpha (", "ema_alfa (", "ema_alfa: documented, but DudaConfig has no such field"),
+        ("ema_alpha (", "ema_alfa (", "ema_alpha: not documented"),
+        (
+            "        > Parameters that control the method and its teachers\n",
+            "",
+            "method: listed before any '> Parameters that control' heading",
+        ),
+        ("`TrainingArguments`' `5e-05`", "`TrainingArguments`' `1e-05`", "learning_rate: must say it replaces"),
+        ("`TrainingArguments`' `0.0`", "Trainer's `0.0`", "weight_decay: must say it replaces"),
+        ("(KL * tau^2).", "(KL * tau^2). It replaces `TrainingArguments`' `1.0`.", "kd_temperature: says it replaces"),
+        ("kd_temperature (`float`", "kd_temperature (`int`", "kd_temperature: documented as `int`, declared as `float`"),
+        (
+            "        > Parameters that control the EMA teacher\n",
+            '        > Parameters that control the EMA teacher\n\n        method (`str`, *optional*, defaults to `"duda"`):\n',
+            "method: documented 2 times",
+        ),
+    ],
+)
+def test_the_docstring_check_catches_a_wrong_entry(old, new, problem):
+    assert DudaConfig.__doc__.count(old) == 1
+    problems = parameter_doc_problems(DudaConfig, DudaConfig.__doc__.replace(old, new))
+    assert any(p.startswith(problem) for p in problems), problems
+
+
+def test_the_docstring_check_catches_a_missing_field():
+    doc = DudaConfig.__doc__
+    start = doc.index("        export_onnx (")
+    assert "export_onnx: not documented" in parameter_doc_problems(DudaConfig, doc[:start])
+
+
+# ---- __post_init__ checks, fills what was left to it, and says what it changes ----
+
+CONFIG_LOGGER = "duda_hf.method.config"
+
+
+def _config_lines(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == CONFIG_LOGGER]
+
+
+def test_a_machine_without_gpu_runs_on_cpus_and_says_so(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=CONFIG_LOGGER)
+    monkeypatch.setattr("duda_hf.method.config._has_accelerator", lambda: False)
+    config = DudaConfig(output_dir=str(tmp_path), use_cpu=False, dataloader_pin_memory=True)
+    assert (config.use_cpu, config.dataloader_pin_memory) == (True, False)
+    assert _config_lines(caplog) == [
+        (
+            "no GPU (CUDA, MPS or XPU) found: use_cpu set to True and dataloader_pin_memory to False (were False, True), "
+            "so that `accelerate launch --multi_gpu` forms one DDP group of CPU processes"
+        )
+    ]
+    caplog.clear()  # nothing to change, nothing said
+    DudaConfig(output_dir=str(tmp_path), use_cpu=True, dataloader_pin_memory=False)
+    assert _config_lines(caplog) == []
+
+
+def test_with_a_gpu_nothing_is_changed_or_said(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger=CONFIG_LOGGER)
+    monkeypatch.setattr("duda_hf.method.config._has_accelerator", lambda: True)
+    config = DudaConfig(output_dir=str(tmp_path))
+    assert (config.use_cpu, config.dataloader_pin_memory, config.torch_compile) == (False, True, False)
+    assert config.accelerator_config.non_blocking is True  # the None ("auto") default, filled as documented
+    assert _config_lines(caplog) == []
+
+
+def test_compilation_moves_to_the_networks_and_says_so(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=CONFIG_LOGGER)
+    config = DudaConfig(output_dir=str(tmp_path), torch_compile_backend="eager")
+    assert (config.torch_compile, config.torch_compile_backend, config.compile_networks) == (
+        False,
+        None,
+        {"backend": "eager", "mode": None},
+    )
+    compile_lines = [line for line in _config_lines(caplog) if line.startswith("torch_compile:")]
+    assert compile_lines == [
+        (
+            "torch_compile: each network is compiled in place ({'backend': 'eager', 'mode': None}); torch_compile, "
+            "torch_compile_backend and torch_compile_mode are turned off on the arguments, so that accelerate does not "
+            "compile the wrapper too (training_args.json records them as requested)"
+        )
+    ]
+
+
+def test_find_unused_parameters_is_auto_and_a_false_with_a_stage_is_refused(tmp_path):
+    def config(**flags):
+        return DudaConfig(output_dir=str(tmp_path), max_steps=100, **flags)
+
+    assert DudaConfig.__dataclass_fields__["ddp_find_unused_parameters"].default is None
+    assert config().ddp_find_unused_parameters is False
+    assert config(distill_stage_steps=10).ddp_find_unused_parameters is True
+    assert config(ddp_find_unused_parameters=True).ddp_find_unused_parameters is True  # what the user wrote stays
+    assert config(distill_stage_steps=10, method="self_training").ddp_find_unused_parameters is False  # no stage there
+    with pytest.raises(
+        ValueError,
+        match=r"DudaConfig.ddp_find_unused_parameters must be true or unset \(auto\) with a distillation stage, .*got False",
+    ):
+        config(distill_stage_steps=10, ddp_find_unused_parameters=False)
+
+
+def test_the_auto_defaults_are_filled_as_documented(tmp_path):
+    config = DudaConfig(output_dir=str(tmp_path), poly_power=0.9)
+    assert config.lr_scheduler_kwargs == {"lr_end": 0.0, "power": 0.9}
+    assert DudaConfig(output_dir=str(tmp_path), lr_scheduler_kwargs={"lr_end": 1e-7}).lr_scheduler_kwargs == {"lr_end": 1e-7}
+    assert DudaConfig(output_dir=str(tmp_path), report_to="tensorboard, none").report_to == ["tensorboard", "none"]

@@ -1,35 +1,54 @@
-"""Configuration: `DudaConfig` (every knob of docs/method.md on top of `TrainingArguments`), plus model and data arguments.
+"""Configuration: `DudaConfig`, every knob of docs/method.md on top of `TrainingArguments`.
 
 One source of defaults: the DAFormer recipe (Hoyer et al., CVPR 2022; in the DAFormer repository `configs/daformer/*` and
-`mmseg/models/uda/dacs.py`) and the DUDA components as docs/method.md reconstructs them. Recipes in
-`configs/` override only what differs.
+`mmseg/models/uda/dacs.py`) and the DUDA components as docs/method.md reconstructs them. Recipes in `configs/` override
+only what differs. The rules a configuration must satisfy live in `config_checks.py`; the model and data arguments in
+`duda_hf/cli/arguments.py`.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
-from duda_hf.data.labels import NUM_CLASSES, THING_CLASSES
+from duda_hf.data.labels import THING_CLASSES
+from duda_hf.method.config_checks import (
+    DISTILLING_METHODS,
+    EMA_SCHEDULES,
+    HRDA_STUDENT_INPUTS,
+    LOSS_DENOMINATORS,
+    LR_SCHEDULES,
+    METHODS,
+    MIC_MODES,
+    WEIGHT_DECAY_EXEMPT,
+    check_config,
+    check_flag,
+)
 
-METHODS = ("duda", "distill", "self_training", "source_only")
-DISTILLING_METHODS = ("duda", "distill")  # the methods whose student learns a teacher by gradual distillation
-EMA_SCHEDULES = ("daformer", "copy_first")
-LR_SCHEDULES = ("daformer", "trainer")
-WEIGHT_DECAY_EXEMPT = ("encoder_norms", "norms_and_biases")
-LOSS_DENOMINATORS = ("all_pixels", "valid_pixels")
-MIC_MODES = ("separatetrgaug", "separatetrg", "separate")
+# the names other modules import from here (the choice tables and check_flag now live in config_checks)
+__all__ = [
+    "DISTILLING_METHODS",
+    "EMA_SCHEDULES",
+    "LOSS_DENOMINATORS",
+    "LR_SCHEDULES",
+    "METHODS",
+    "MIC_MODES",
+    "WEIGHT_DECAY_EXEMPT",
+    "DudaConfig",
+    "check_flag",
+    "flag_help",
+    "resolve_block_size",
+    "resolve_steps",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def flag_help(text: str, **extra) -> dict:
     return {"help": text, **extra}
-
-
-def check_flag(condition: bool, name: str, allowed: str, value) -> None:
-    if not condition:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _has_accelerator() -> bool:
@@ -49,7 +68,321 @@ def resolve_steps(value: float, max_steps: int) -> int:
 
 @dataclass
 class DudaConfig(TrainingArguments):
-    """Training arguments for `DudaTrainer`: DUDA's knobs with DAFormer defaults, plus Trainer's own."""
+    r"""
+    Configuration class for [`DudaTrainer`]: DUDA's knobs with the DAFormer recipe's defaults, on top of
+    [`~transformers.TrainingArguments`].
+
+    The list below holds every field this class declares, and the `TrainingArguments` fields whose defaults it changes
+    or which `__post_init__` fills or turns off; for the others see `TrainingArguments`. An entry whose default differs
+    from Trainer's says so ("replaces `TrainingArguments`' ..."). "DAFormer: X" is a value read in its repository:
+    `lhoyer/DAFormer/configs/_base_/uda/dacs.py` and `dacs_a999_fdthings.py` beside it, `schedules/adamw.py` and
+    `schedules/poly10warm.py`, `datasets/uda_gta_to_cityscapes_512x512.py` and `default_runtime.py` under `_base_`, the
+    GTA->Cityscapes config `lhoyer/DAFormer/configs/daformer/gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py`
+    and `lhoyer/DAFormer/mmseg/models/uda/dacs.py`; "HRDA: X" in `lhoyer/HRDA/configs/hrda/gtaHR2csHR_hrda.py`; "MIC: X"
+    in `lhoyer/MIC/seg/configs/mic/gtaHR2csHR_mic_hrda.py` and `lhoyer/MIC/seg/experiments.py`.
+
+    `__post_init__` first checks every rule of `config_checks.check_config` (a `ValueError` names the flag, its value
+    and what it must be), then fills the `None` ("auto") defaults as their entries say; where it changes a value the
+    user could have written (`use_cpu`, `dataloader_pin_memory`, the `torch_compile` flags) it logs one line.
+
+    [`~transformers.HfArgumentParser`] (`duda-train`) makes each field a command-line flag; its `--help` text is the
+    field's `help` metadata.
+
+    Parameters:
+        > Parameters that control the method and its teachers
+
+        method (`str`, *optional*, defaults to `"duda"`):
+            Training method: `"duda"` (a large network, the auxiliary student, adapts with its EMA teacher as in
+            DAFormer, and the deployed student learns from them by gradual distillation; docs/method.md), `"distill"`
+            (the student alone learns DUDA's student terms from the frozen teachers named by `teacher`, e.g. an
+            imported DAFormer/HRDA/MIC checkpoint), `"self_training"` (DAFormer's EMA self-training of the student
+            alone) or `"source_only"`.
+        teacher (`list[str]`, *optional*, defaults to `[]`):
+            `method="distill"` only, and needed there: the frozen teachers the student learns from, each a folder (an
+            imported checkpoint, a finished run's `teacher/`), a Hub id, a preset or `CHECKPOINT_DIR@role`; several are
+            fused as DUDA fuses its teachers (`teacher_weights`).
+        extra_teachers (`list[str]`, *optional*, defaults to `[]`):
+            `method="duda"` only: frozen extra teachers (SegFormer Hub ids or folders with the 19 Cityscapes classes),
+            fused with the EMA teacher.
+        teacher_weights (`list[float]`, *optional*, defaults to `[]`):
+            Fusion weights, non-negative with a positive sum: for `"duda"` the EMA teacher's first, then one per extra
+            teacher; for `"distill"` one per `teacher`. Empty: equal weights.
+
+        > Parameters that control the EMA teacher
+
+        ema_alpha (`float`, *optional*, defaults to `0.999`):
+            Largest EMA decay of the teacher, in [0, 1): after optimizer step t, alpha_t = min(1 - 1/(t+1), ema_alpha)
+            (see `ema_schedule`). DAFormer: 0.999 (`dacs_a999_fdthings.py`; its base `dacs.py` has 0.99).
+        ema_schedule (`str`, *optional*, defaults to `"daformer"`):
+            How alpha_t starts. `"daformer"`: the teacher starts as a copy of the initial network, and alpha_t =
+            min(1 - 1/(t+1), ema_alpha) after optimizer step t = 1, 2, ... (0.5, 0.667, ...), as in DAFormer's
+            `dacs.py` (`_init_ema_weights` at iteration 0, `_update_ema(t)` at iteration t). `"copy_first"`: the first
+            update copies the network, alpha_t = min(1 - 1/t, ema_alpha) (duda-hf before 2026-12-07).
+        teacher_train_mode (`bool`, *optional*, defaults to `True`):
+            Run the EMA teacher in train mode with dropout and drop-path off (BatchNorm on the target batch's
+            statistics), as DAFormer's `dacs.py` does before it pseudo-labels. `False`: eval mode, BatchNorm on the
+            running statistics, which the EMA averages like the weights (duda-hf before 2026-12-07).
+
+        > Parameters that control the pseudo-labels and the pixel-wise losses
+
+        pseudo_label_threshold (`float`, *optional*, defaults to `0.968`):
+            Confidence, in [0, 1], a pseudo-labelled pixel needs to count in the quality weight q. DAFormer: 0.968.
+        pseudo_label_ignore_top (`int`, *optional*, defaults to `15`):
+            Rows at the top of each target crop whose pseudo-label weight is 0. DAFormer: 15 (its GTA->Cityscapes
+            config, 512-pixel crops; `dacs.py` and HRDA have 0, HRDA using `pseudo_label_image_margins` instead).
+        pseudo_label_ignore_bottom (`int`, *optional*, defaults to `120`):
+            Rows at the bottom of each target crop whose pseudo-label weight is 0 (the ego car). DAFormer: 120 (the
+            same config; `dacs.py` and HRDA have 0).
+        pseudo_label_image_margins (`list[int]`, *optional*, defaults to `[]`):
+            HRDA's pseudo-label cropping v2: the top, bottom, left and right pixels of each resized target image whose
+            pseudo-labels weigh 0, marked before the image is cropped, so that only crops at its border lose pixels.
+            Empty: off. HRDA: `[30, 240, 30, 30]` (`crop_pseudo_margins`), with the per-crop margins at 0.
+        loss_denominator (`str`, *optional*, defaults to `"all_pixels"`):
+            What the pixel-wise losses (cross-entropy, weighted cross-entropy, soft distillation) divide their weighted
+            sum by: `"all_pixels"`, every pixel of the batch, ignored ones included (DAFormer's mmseg 0.16
+            `cross_entropy`: the mean of the per-pixel loss, 0 at ignored pixels), or `"valid_pixels"`, those whose
+            label is not 255 (duda-hf before 2026-12-07).
+
+        > Parameters that control mixing and strong augmentation
+
+        class_mix (`bool`, *optional*, defaults to `True`):
+            ClassMix source classes onto the target image (half of each source image's classes; DAFormer:
+            `mix="class"`). `False`: the student sees the plain target image.
+        color_jitter_strength (`float`, *optional*, defaults to `0.2`):
+            Colour-jitter strength, in [0, 1], for brightness, contrast, saturation and hue. DAFormer: 0.2.
+        color_jitter_p (`float`, *optional*, defaults to `0.8`):
+            Probability of colour jitter per mixed image. DAFormer: 0.8 as well, though written
+            `color_jitter_probability=0.2`: the value a uniform draw must exceed (`dacs_transforms.color_jitter`).
+        blur_p (`float`, *optional*, defaults to `0.5`):
+            Probability of Gaussian blur per mixed image. DAFormer: 0.5 (a uniform draw above 0.5).
+        blur_sigma_min (`float`, *optional*, defaults to `0.15`):
+            Smallest Gaussian-blur sigma (> 0). DAFormer: 0.15.
+        blur_sigma_max (`float`, *optional*, defaults to `1.15`):
+            Largest Gaussian-blur sigma (at least `blur_sigma_min`). DAFormer: 1.15.
+
+        > Parameters that control gradual distillation (the weight lam_t of the soft term)
+
+        preadapt_steps (`float`, *optional*, defaults to `0.25`):
+            Pre-adaptation steps with lam_t = 0 (hard pseudo-labels only); below 1, a fraction of the adaptation steps
+            (`max_steps` less `distill_stage_steps`). DUDA as docs/method.md reconstructs it: 0.25.
+        distill_ramp_steps (`float`, *optional*, defaults to `0.25`):
+            Steps of the linear ramp of lam_t from 0 to 1 after pre-adaptation; below 1, a fraction of the adaptation
+            steps. DUDA: 0.25.
+        kd_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature tau (> 0) of the soft distillation loss (KL * tau^2).
+        kd_confidence_weight (`bool`, *optional*, defaults to `True`):
+            Weight the soft distillation term on target pixels by the pseudo-labels' confidence share (the quality
+            weight of the hard term), as docs/method.md specifies. `False`: target pixels weigh 1 there (margins and
+            class weights kept), so that the teacher's soft output teaches before its pseudo-labels are confident.
+
+        > Parameters that control the student's extra terms and the distillation stage (this project's; off: the paper)
+
+        kd_clean_target (`float`, *optional*, defaults to `0.0`):
+            Weight of a second soft distillation term on the clean target image, lam_t * w * KD(s(x_t), p_tau), on the
+            target pixels outside the margins, class-weighted (and weighted by the quality share unless
+            `kd_confidence_weight` is `False`). 0: off.
+        cwd_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of channel-wise distillation (Shu et al., ICCV 2021) on the clean target image, lam_t * w *
+            CWD(s(x_t), T(x_t)): every class channel is a distribution over positions, so each class weighs the same
+            whatever its area. The teachers' logits are fused by their weighted mean. 0: off.
+        cwd_temperature (`float`, *optional*, defaults to `4.0`):
+            Temperature (> 0) of channel-wise distillation, as Shu et al. use it.
+        distill_stage_steps (`float`, *optional*, defaults to `0`):
+            The last N of `max_steps` (below 1: a fraction of `max_steps`, rounded) are a distillation stage: the
+            auxiliary student and the EMA teacher stop and the student alone learns from the frozen teacher with
+            lam_t = 1. Fewer than `max_steps`; 0: off. Read by `method="duda"` only: `"self_training"` and
+            `"source_only"` ignore it, so that one recipe serves every method, and `"distill"` refuses it.
+        distill_stage_target_only (`bool`, *optional*, defaults to `False`):
+            In the distillation stage the student learns from the teacher on the clean target image alone
+            (`kd_clean_target`, `cwd_weight`): no source cross-entropy, no loss on the mixed image. Needs
+            `distill_stage_steps` and one of the clean-target terms.
+
+        > Parameters that control the class weights
+
+        inconsistency_beta (`float`, *optional*, defaults to `1.0`):
+            beta of the class inconsistency weights w_c = 1 + beta * d_c / mean(d); 0 turns them off.
+        inconsistency_momentum (`float`, *optional*, defaults to `0.99`):
+            EMA momentum, in [0, 1], of the per-class discrepancy d_c = 1 - IoU_c(student, pseudo-label).
+
+        > Parameters that control DAFormer's ImageNet feature distance
+
+        fd_lambda (`float`, *optional*, defaults to `0.005`):
+            Weight of the feature distance on the auxiliary student, used only when it starts from ImageNet weights.
+            DAFormer: 0.005.
+        fd_classes (`list[int]`, *optional*, defaults to `[6, 7, 11, 12, 13, 14, 15, 16, 17, 18]`):
+            trainIds the feature distance applies to. DAFormer: these, its thing classes.
+        fd_scale_min_ratio (`float`, *optional*, defaults to `0.75`):
+            Share, in [0, 1], of a feature cell a class must cover to count in the feature distance. DAFormer: 0.75.
+
+        > Parameters that control MIC, masked image consistency (Hoyer et al., CVPR 2023)
+
+        mic_lambda (`float`, *optional*, defaults to `0.0`):
+            Weight of MIC's term on the network that makes the pseudo-labels (the auxiliary student; the student in
+            `"self_training"`): its cross-entropy on a block-masked image against the EMA teacher's pseudo-labels of
+            the unmasked image, with their quality weight. 0: off, as in DAFormer and DUDA. MIC: 1.
+        mic_mode (`str`, *optional*, defaults to `"separatetrgaug"`):
+            Which images MIC masks, by its own names: `"separatetrgaug"` the target images, colour-jittered and blurred
+            with draws of their own (MIC on GTA5/SYNTHIA -> Cityscapes); `"separatetrg"` the plain target images;
+            `"separate"` the first half of the source batch and the rest from the target batch, plain (MIC on
+            Cityscapes -> ACDC / Dark Zurich).
+        mic_mask_ratio (`float`, *optional*, defaults to `0.7`):
+            Share, in [0, 1), of MIC's blocks masked, each block independently. MIC: 0.7.
+        mic_block_size (`float`, *optional*, defaults to `0.0625`):
+            Side of MIC's square mask blocks in pixels, or below 1 a fraction of the crop's shorter side: 1/16 gives
+            MIC's 32 at 512-pixel crops (its DAFormer runs) and 64 at 1024 (its HRDA runs).
+        mic_student (`bool`, *optional*, defaults to `False`):
+            `method="duda"` only: the student also learns MIC's term on the same masked images (reconstructed; the DUDA
+            paper does not say). `False`: MIC trains the auxiliary student only, the network that feeds its teacher.
+
+        > Parameters that control HRDA, multi-resolution training of the large pair (Hoyer et al., ECCV 2022)
+
+        hrda (`bool`, *optional*, defaults to `False`):
+            `method="duda"` only: train the auxiliary student (a DAFormer-head network) with HRDA: each step it sees
+            the crop at `hrda_context_scale` (the context) and a detail crop of it at full resolution, whose
+            predictions a learned scale attention fuses; the EMA teacher's pseudo-labels and every evaluation use
+            HRDA's fused inference (docs/method.md, "HRDA").
+        hrda_context_scale (`float`, *optional*, defaults to `0.5`):
+            Scale, in (0, 1), of HRDA's context image. HRDA: 0.5 (`scales=[1, 0.5]`).
+        hrda_detail_crop (`list[int]`, *optional*, defaults to `[]`):
+            HRDA's detail crop, H W, at full resolution. Empty (auto): half of the data's `--crop_size`, resolved when
+            the crop size is known (`hrda_detail_crop_hw`). HRDA: `[512, 512]` of 1024-pixel crops.
+        hrda_detail_loss (`float`, *optional*, defaults to `0.1`):
+            Weight, in [0, 1), of HRDA's loss on the detail crop's own prediction (the fused one gets 1 minus it).
+            HRDA: 0.1 (`hr_loss_weight`).
+        hrda_crop_divisible (`int`, *optional*, defaults to `8`):
+            The detail crop's coordinates and sides are multiples of this, itself a multiple of the context grid's
+            stride 4 / `hrda_context_scale`, so that the grids align. HRDA: 8 (`crop_coord_divisible`).
+        hrda_attention_classwise (`bool`, *optional*, defaults to `True`):
+            One scale-attention map per class (else one for all). HRDA: `True`.
+        hrda_student_input (`str`, *optional*, defaults to `"full"`):
+            With `hrda`, what the student sees (reconstructed: the DUDA paper does not say): `"full"`, the crop at full
+            resolution (as it is evaluated), or `"context"`, the crop at `hrda_context_scale`.
+
+        > Parameters that control rare class sampling (of the source images)
+
+        rare_class_sampling (`bool`, *optional*, defaults to `True`):
+            Sample source images by rare classes (DAFormer's RCS, on in its GTA->Cityscapes config).
+        rcs_temperature (`float`, *optional*, defaults to `0.01`):
+            RCS temperature T (> 0) in p_c ~ exp((1 - f_c) / T). DAFormer: 0.01.
+        rcs_min_pixels (`int`, *optional*, defaults to `3000`):
+            Pixels a class needs in an image for that image to be sampled for the class. DAFormer: 3000.
+        rcs_min_crop_ratio (`float`, *optional*, defaults to `0.5`):
+            Crops are retried, up to 10 times, until the sampled class covers `rcs_min_crop_ratio * rcs_min_pixels`.
+            DAFormer: 0.5; HRDA: 2.0 (crops of four times the pixels).
+
+        > Parameters that control the optimisation
+
+        learning_rate (`float`, *optional*, defaults to `6e-05`):
+            AdamW learning rate of the backbones; the heads get `head_lr_multiplier` times it. DAFormer: 6e-05. The
+            default replaces `TrainingArguments`' `5e-05`.
+        head_lr_multiplier (`float`, *optional*, defaults to `10.0`):
+            Learning-rate multiplier (> 0) of the decode heads. DAFormer: 10 (`custom_keys` `head`, `lr_mult=10.0`).
+        weight_decay (`float`, *optional*, defaults to `0.01`):
+            AdamW weight decay, except on what `weight_decay_exempt` names. DAFormer: 0.01. The default replaces
+            `TrainingArguments`' `0.0`.
+        weight_decay_exempt (`str`, *optional*, defaults to `"encoder_norms"`):
+            Parameters without weight decay: `"encoder_norms"`, the normalisation layers of each encoder (DAFormer:
+            `custom_keys` `norm`, and `pos_block`, which names no parameter of its MiT, with `decay_mult=0.0`; biases
+            and the head's BatchNorm decay), or `"norms_and_biases"`, every one-dimensional parameter (duda-hf before
+            2026-12-07).
+        lr_schedule (`str`, *optional*, defaults to `"daformer"`):
+            `"daformer"`: mmcv's poly schedule as DAFormer runs it (`poly10warm.py`): at optimizer step t (0-based)
+            lr = base * (1 - t/max_steps)^poly_power, times 1 - (1 - t/warmup_steps) * (1 - 1e-6) during the warmup.
+            `"trainer"`: Trainer's `lr_scheduler_type` with `warmup_steps` (duda-hf before 2026-12-07).
+        poly_power (`float`, *optional*, defaults to `1.0`):
+            Power (> 0) of the polynomial learning-rate decay. DAFormer: 1.0.
+        warmup_steps (`float`, *optional*, defaults to `1500`):
+            Linear warmup steps (below 1: a fraction of `max_steps`). DAFormer: 1500. The default replaces
+            `TrainingArguments`' `0`.
+        max_steps (`int`, *optional*, defaults to `40000`):
+            Training iterations, > 0 (DUDA counts steps, not epochs). DAFormer: 40000. The default replaces
+            `TrainingArguments`' `-1`.
+        lr_scheduler_type (`str`, *optional*, defaults to `"polynomial"`):
+            Trainer's learning-rate schedule after the warmup, read with `lr_schedule="trainer"`; with `"daformer"` any
+            other value is refused rather than ignored. The default replaces `TrainingArguments`' `"linear"`.
+        lr_scheduler_kwargs (`dict | str | None`, *optional*, defaults to `None`):
+            Left empty with `lr_scheduler_type="polynomial"`, it is filled with `{"lr_end": 0.0, "power": poly_power}`:
+            DAFormer decays to exactly 0 (`min_lr=0.0`), where transformers' polynomial schedule stops at 1e-07.
+        max_grad_norm (`float`, *optional*, defaults to `0.0`):
+            Gradient clipping norm; 0: off, as in DAFormer (`optimizer_config = None`). The default replaces
+            `TrainingArguments`' `1.0`.
+        per_device_train_batch_size (`int`, *optional*, defaults to `2`):
+            Source images per device per micro-step; as many target images are drawn. DAFormer: 2 + 2 on one GPU
+            (`samples_per_gpu=2`). The default replaces `TrainingArguments`' `8`.
+
+        > Parameters that control the training data
+
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep every column: the DUDA batch has source and target fields. The default replaces
+            `TrainingArguments`' `True`.
+        train_sampling_strategy (`str`, *optional*, defaults to `"sequential"`):
+            Order of the training samples, the only one allowed: sample i is a function of (seed, i), so the data is a
+            function of the step and a resume is exact. The default replaces `TrainingArguments`' `"random"`.
+        max_bad_sample_share (`float`, *optional*, defaults to `0.01`):
+            Training images that cannot be decoded are skipped with a warning and counted; the run stops once more
+            than this share, in [0, 1], of the images drawn so far has failed (from 5 failures on).
+
+        > Parameters that control evaluation, logging and trackers
+
+        per_device_eval_batch_size (`int`, *optional*, defaults to `4`):
+            Target validation images per device per forward pass of the evaluation (docs/design.md, "Evaluation
+            contract"). The default replaces `TrainingArguments`' `8`.
+        eval_strategy (`str`, *optional*, defaults to `"steps"`):
+            When to evaluate on the target validation set. The default replaces `TrainingArguments`' `"no"`.
+        eval_steps (`float | None`, *optional*, defaults to `4000`):
+            Evaluate every N steps. DAFormer: 4000. The default replaces `TrainingArguments`' `None`.
+        save_steps (`float`, *optional*, defaults to `4000`):
+            Checkpoint every N steps (DAFormer saves once, at 40000). The default replaces `TrainingArguments`' `500`.
+        logging_steps (`float`, *optional*, defaults to `50`):
+            Log every N steps. DAFormer: 50 (`log_config`). The default replaces `TrainingArguments`' `500`.
+        logging_nan_inf_filter (`bool`, *optional*, defaults to `False`):
+            Trainer's filter of non-finite losses from the logged mean. Off: a non-finite loss term stops the run
+            before the optimizer step instead (and the filter would read the loss on the host every step). The default
+            replaces `TrainingArguments`' `True`.
+        debug_image_steps (`int`, *optional*, defaults to `0`):
+            Every N steps save a debug picture (source, target, mix, pseudo-label, prediction) to output_dir/debug and
+            the loggers; 0: off.
+        report_to (`None | str | list[str]`, *optional*, defaults to `"none"`):
+            Trackers the log goes to: `tensorboard`, `trackio`, several, `"all"` installed or `"none"` (Trainer's
+            default too). A comma-separated string, as the command line gives it, is read as the list of its names.
+        project (`str`, *optional*, defaults to `"duda-hf"`):
+            Trackio project the run is logged to, locally. The default replaces `TrainingArguments`' `"huggingface"`.
+        run_name (`str | None`, *optional*, defaults to `None`):
+            The run's name in the trackers; empty: `<output folder>-<UTC time>` for a new run, a resumed run's own
+            name (from its checkpoint), given when the trackers start.
+
+        > Parameters that control devices, speed and export
+
+        channels_last (`bool`, *optional*, defaults to `False`):
+            Store every network's convolution weights channels-last (NHWC). Measured by benchmarks/gpu_check.py.
+        torch_compile (`bool`, *optional*, defaults to `False`):
+            Compile each network in place (`Module.compile`), so that the teacher's and the frozen networks' calls,
+            which do not go through the wrapped model, are compiled too and checkpoint keys do not change. When it is
+            set, or `torch_compile_backend` or `torch_compile_mode` is, `__post_init__` keeps the request in
+            `compile_networks` and turns these three flags off on the object, with one logged line, so that Trainer
+            and accelerate do not compile the wrapper as well; `to_dict` (training_args.json, the trackers) records
+            them as requested.
+        torch_compile_backend (`str | None`, *optional*, defaults to `None`):
+            The networks' compilation backend; `None` with compilation: `"inductor"`. See `torch_compile`.
+        torch_compile_mode (`str | None`, *optional*, defaults to `None`):
+            The networks' compilation mode. See `torch_compile`.
+        use_cpu (`bool`, *optional*, defaults to `False`):
+            On a machine without an accelerator (CUDA, MPS or XPU) `__post_init__` sets it to `True`, with one logged
+            line, so that `accelerate launch --multi_gpu --num_processes N` forms one gloo DDP group of CPU processes
+            instead of leaving each process alone.
+        dataloader_pin_memory (`bool`, *optional*, defaults to `True`):
+            Set to `False` with `use_cpu` on a machine without an accelerator (the same logged line).
+        accelerator_config (`dict | str | None`, *optional*, defaults to `None`):
+            Left `None` on a machine with an accelerator, it is filled with `{"non_blocking": True}`: batches are copied
+            to the device from pinned memory without waiting for it. Without one, Trainer's default.
+        ddp_find_unused_parameters (`bool | None`, *optional*, defaults to `None`):
+            Left `None` (auto), it is filled with `False`, as every trainable parameter gets a gradient each step, or
+            `True` with a distillation stage (`distill_stage_steps`, `method="duda"`), where the auxiliary student gets
+            none for DDP to wait for; `False` with a stage is refused. (Trainer's own `None` would let it choose.)
+        export_onnx (`bool`, *optional*, defaults to `False`):
+            At the end of training also write the student as ONNX into student/onnx/ (model.onnx fp32,
+            model_quantized.onnx int8: the transformers.js layout); needs the `onnx` extra.
+    """
 
     # --- method ---
     method: str = field(
@@ -294,7 +627,7 @@ class DudaConfig(TrainingArguments):
             "With --hrda, what the student sees (reconstructed: the DUDA paper does not say): 'full', the crop at full "
             "resolution (as it is evaluated), or 'context', the crop at --hrda_context_scale (the large network's "
             "context, a quarter of the pixels).",
-            choices=["full", "context"],
+            choices=list(HRDA_STUDENT_INPUTS),
         ),
     )
     # --- rare class sampling (source) ---
@@ -393,7 +726,13 @@ class DudaConfig(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata=flag_help("Keep every column: the DUDA batch has source and target fields.")
     )
-    ddp_find_unused_parameters: bool | None = field(default=False, metadata=flag_help("Every trainable parameter is used in each step."))
+    ddp_find_unused_parameters: bool | None = field(
+        default=None,
+        metadata=flag_help(
+            "Unset (auto): false, as every trainable parameter gets a gradient each step; true with a distillation stage "
+            "(--distill_stage_steps), whose auxiliary student gets none. false with a stage is refused."
+        ),
+    )
     train_sampling_strategy: str = field(
         default="sequential",
         metadata=flag_help(
@@ -430,171 +769,31 @@ class DudaConfig(TrainingArguments):
     )
 
     def __post_init__(self):
-        check_flag(self.method in METHODS, "DudaConfig.method", f"one of {METHODS}", self.method)
-        check_flag(0 <= self.ema_alpha < 1, "DudaConfig.ema_alpha", "in [0, 1)", self.ema_alpha)
-        check_flag(self.ema_schedule in EMA_SCHEDULES, "DudaConfig.ema_schedule", f"one of {EMA_SCHEDULES}", self.ema_schedule)
-        check_flag(
-            self.loss_denominator in LOSS_DENOMINATORS, "DudaConfig.loss_denominator", f"one of {LOSS_DENOMINATORS}", self.loss_denominator
-        )
-        check_flag(self.lr_schedule in LR_SCHEDULES, "DudaConfig.lr_schedule", f"one of {LR_SCHEDULES}", self.lr_schedule)
-        scheduler_type = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
-        if self.lr_schedule == "daformer" and scheduler_type != "polynomial":
-            raise ValueError(
-                f"--lr_scheduler_type {scheduler_type} is Trainer's schedule, which --lr_schedule daformer (the default) "
-                "replaces; add --lr_schedule trainer to use it"
+        check_config(self)  # before anything is filled: what is checked is what the user wrote
+        if self.ddp_find_unused_parameters is None:
+            # in the distillation stage the auxiliary student gets no gradient, so DDP must not wait for one
+            self.ddp_find_unused_parameters = bool(self.distill_stage_steps_resolved)
+        if not _has_accelerator() and (not self.use_cpu or self.dataloader_pin_memory):
+            logger.info(
+                "no GPU (CUDA, MPS or XPU) found: use_cpu set to True and dataloader_pin_memory to False (were %s, %s), so "
+                "that `accelerate launch --multi_gpu` forms one DDP group of CPU processes",
+                self.use_cpu,
+                self.dataloader_pin_memory,
             )
-        check_flag(
-            self.weight_decay_exempt in WEIGHT_DECAY_EXEMPT,
-            "DudaConfig.weight_decay_exempt",
-            f"one of {WEIGHT_DECAY_EXEMPT}",
-            self.weight_decay_exempt,
-        )
-        check_flag(0 <= self.pseudo_label_threshold <= 1, "DudaConfig.pseudo_label_threshold", "in [0, 1]", self.pseudo_label_threshold)
-        for name in ("pseudo_label_ignore_top", "pseudo_label_ignore_bottom", "rcs_min_pixels", "debug_image_steps"):
-            check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
-        check_flag(0 <= self.color_jitter_strength <= 1, "DudaConfig.color_jitter_strength", "in [0, 1]", self.color_jitter_strength)
-        for name in (
-            "color_jitter_p",
-            "blur_p",
-            "inconsistency_momentum",
-            "fd_scale_min_ratio",
-            "max_bad_sample_share",
-        ):
-            check_flag(0 <= getattr(self, name) <= 1, f"DudaConfig.{name}", "in [0, 1]", getattr(self, name))
-        check_flag(
-            0 < self.blur_sigma_min <= self.blur_sigma_max,
-            "DudaConfig.blur_sigma_min/blur_sigma_max",
-            "0 < blur_sigma_min <= blur_sigma_max",
-            (self.blur_sigma_min, self.blur_sigma_max),
-        )
-        for name in (
-            "preadapt_steps",
-            "distill_ramp_steps",
-            "inconsistency_beta",
-            "fd_lambda",
-            "kd_clean_target",
-            "cwd_weight",
-            "distill_stage_steps",
-            "mic_lambda",
-            "rcs_min_crop_ratio",  # above 1 too: HRDA's 2.0 (its crops hold four times the pixels)
-        ):
-            check_flag(getattr(self, name) >= 0, f"DudaConfig.{name}", ">= 0", getattr(self, name))
-        check_flag(self.mic_mode in MIC_MODES, "DudaConfig.mic_mode", f"one of {MIC_MODES}", self.mic_mode)
-        check_flag(0 <= self.mic_mask_ratio < 1, "DudaConfig.mic_mask_ratio", "in [0, 1)", self.mic_mask_ratio)
-        check_flag(
-            self.mic_block_size > 0, "DudaConfig.mic_block_size", "> 0 (pixels, or below 1 a fraction of the crop)", self.mic_block_size
-        )
-        if self.mic_lambda > 0 and self.method in ("source_only", "distill"):
-            raise ValueError(
-                "DudaConfig.mic_lambda trains the network that makes the pseudo-labels, which method "
-                f"'{self.method}' does not train: use it with --method duda or self_training, or set it to 0"
-            )
-        if self.hrda and self.method != "duda":
-            raise ValueError("DudaConfig.hrda trains the large pair with HRDA, which only method='duda' has; drop --hrda")
-        check_flag(0 < self.hrda_context_scale < 1, "DudaConfig.hrda_context_scale", "in (0, 1)", self.hrda_context_scale)
-        check_flag(0 <= self.hrda_detail_loss < 1, "DudaConfig.hrda_detail_loss", "in [0, 1)", self.hrda_detail_loss)
-        context_stride = 4 / self.hrda_context_scale  # the context grid's stride in full-resolution pixels
-        check_flag(
-            context_stride == int(context_stride) and self.hrda_crop_divisible % int(context_stride) == 0,
-            "DudaConfig.hrda_crop_divisible",
-            f"a multiple of the context grid's stride 4 / hrda_context_scale = {context_stride:g}",
-            self.hrda_crop_divisible,
-        )
-        check_flag(
-            len(self.hrda_detail_crop) in (0, 2) and all(v > 0 for v in self.hrda_detail_crop),
-            "DudaConfig.hrda_detail_crop",
-            "empty (half the crop) or two positive integers (H W)",
-            self.hrda_detail_crop,
-        )
-        check_flag(
-            self.hrda_student_input in ("full", "context"), "DudaConfig.hrda_student_input", "'full' or 'context'", self.hrda_student_input
-        )
-        if self.mic_student and self.method != "duda":
-            raise ValueError("DudaConfig.mic_student needs method='duda' (in self_training MIC already trains the student)")
-        check_flag(
-            len(self.pseudo_label_image_margins) in (0, 4) and all(v >= 0 for v in self.pseudo_label_image_margins),
-            "DudaConfig.pseudo_label_image_margins",
-            "empty or four non-negative integers (top bottom left right)",
-            self.pseudo_label_image_margins,
-        )
-        check_flag(self.kd_temperature > 0, "DudaConfig.kd_temperature", "> 0", self.kd_temperature)
-        check_flag(self.cwd_temperature > 0, "DudaConfig.cwd_temperature", "> 0", self.cwd_temperature)
-        check_flag(self.rcs_temperature > 0, "DudaConfig.rcs_temperature", "> 0", self.rcs_temperature)
-        check_flag(self.head_lr_multiplier > 0, "DudaConfig.head_lr_multiplier", "> 0", self.head_lr_multiplier)
-        check_flag(self.poly_power > 0, "DudaConfig.poly_power", "> 0", self.poly_power)
-        check_flag(
-            all(0 <= c < NUM_CLASSES for c in self.fd_classes),
-            "DudaConfig.fd_classes",
-            f"trainIds in [0, {NUM_CLASSES - 1}]",
-            self.fd_classes,
-        )
-        if self.teacher_weights:
-            expected = len(self.frozen_teachers) + (self.method != "distill")
-            teachers = (
-                f"one per --teacher ({len(self.teacher)})"
-                if self.method == "distill"
-                else f"EMA teacher + {len(self.extra_teachers)} extra teachers"
-            )
-            check_flag(
-                len(self.teacher_weights) == expected,
-                "DudaConfig.teacher_weights",
-                f"empty or {expected} values ({teachers})",
-                self.teacher_weights,
-            )
-            check_flag(
-                all(w >= 0 for w in self.teacher_weights) and sum(self.teacher_weights) > 0,
-                "DudaConfig.teacher_weights",
-                "non-negative with a positive sum",
-                self.teacher_weights,
-            )
-        if self.extra_teachers and self.method != "duda":
-            use = "name every teacher with --teacher" if self.method == "distill" else "drop --extra_teachers or set --method duda"
-            raise ValueError(f"DudaConfig.extra_teachers needs method='duda' (it adds frozen teachers to the EMA teacher); {use}")
-        if self.method == "distill" and not self.teacher:
-            raise ValueError(
-                "method='distill' learns from frozen teachers: name at least one with --teacher (a folder such as an "
-                "imported checkpoint or a run's teacher/, a Hub id, or CHECKPOINT_DIR@teacher)"
-            )
-        if self.method == "distill" and (self.distill_stage_steps or self.distill_stage_target_only):
-            raise ValueError(
-                "DudaConfig.distill_stage_steps / distill_stage_target_only stop the large pair of method='duda' for a "
-                "stage; method='distill' has no large pair (the whole run learns from the frozen teachers): drop them"
-            )
-        if self.teacher and self.method != "distill":
-            raise ValueError(
-                f"DudaConfig.teacher names the frozen teachers of method='distill', not of '{self.method}'; set --method "
-                "distill, or with --method duda add frozen teachers to the EMA teacher with --extra_teachers"
-            )
-        check_flag(self.max_steps > 0, "DudaConfig.max_steps", "> 0 (DUDA trains for a number of steps, not epochs)", self.max_steps)
-        check_flag(
-            self.distill_stage_steps_resolved < self.max_steps,
-            "DudaConfig.distill_stage_steps",
-            f"fewer than max_steps ({self.max_steps}): the adaptation needs steps of its own",
-            self.distill_stage_steps,
-        )
-        if self.distill_stage_target_only and self.method == "duda":
-            check_flag(
-                self.distill_stage_steps_resolved > 0 and (self.kd_clean_target > 0 or self.cwd_weight > 0),
-                "DudaConfig.distill_stage_target_only",
-                "used with distill_stage_steps > 0 and kd_clean_target or cwd_weight > 0 (the stage's only terms)",
-                self.distill_stage_target_only,
-            )
-        if self.distill_stage_steps_resolved and self.ddp_find_unused_parameters is False:
-            # in the stage the auxiliary student gets no gradient, so DDP must not wait for one
-            self.ddp_find_unused_parameters = True
-        if not _has_accelerator():
-            # Without this, `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine leaves every
-            # process alone (distributed type NO); with it they form one gloo DDP group.
             self.use_cpu = True
             self.dataloader_pin_memory = False
-        # `--torch_compile` compiles each network in place (`Module.compile`), so that the teacher's and the frozen
-        # networks' calls, which do not go through the wrapped model, are compiled too and checkpoint keys do not
-        # change; accelerate's own compilation of the wrapper is left off.
         compile_requested = bool(self.torch_compile or self.torch_compile_backend or self.torch_compile_mode)
         self.compile_networks = (
             {"backend": self.torch_compile_backend or "inductor", "mode": self.torch_compile_mode} if compile_requested else None
         )
-        self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
+        if compile_requested:
+            logger.info(
+                "torch_compile: each network is compiled in place (%s); torch_compile, torch_compile_backend and "
+                "torch_compile_mode are turned off on the arguments, so that accelerate does not compile the wrapper too "
+                "(training_args.json records them as requested)",
+                self.compile_networks,
+            )
+            self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
         if self.accelerator_config is None and _has_accelerator():
             # Batches are copied to the device from pinned memory without waiting for it.
             self.accelerator_config = {"non_blocking": True}
