@@ -1,6 +1,9 @@
 """`DudaTrainer`: the step of docs/method.md (`duda_hf/method/step.py`) as `compute_loss`, the rest deferred to `transformers.Trainer`.
 
-The Trainer methods it overrides are listed with the reason and the transformers versions they were written for in
+Here: the set-up (callbacks, optimizer, checks of the training data and the extra loss terms), the step and its state
+updates, the log, the resume, the checkpoint save and the Hub. The evaluation (`evaluate`, streaming mIoU of every
+network) is the `StreamingEvaluation` mixin in `duda_hf/training/trainer_evaluation.py`. The Trainer methods
+overridden here and there are listed with the reason and the transformers versions they were written for in
 `duda_hf/training/trainer_internals.py`; what a callback can do is in `duda_hf/training/callbacks.py`.
 """
 
@@ -19,7 +22,6 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from duda_hf.data.labels import NUM_CLASSES
-from duda_hf.evaluation.inference import evaluate_networks, evaluation_loader
 from duda_hf.method.config import DudaConfig
 from duda_hf.method.losses import class_iou_counts, update_class_discrepancy
 from duda_hf.method.step import TERMS, LossTerm, StepTensors, duda_step
@@ -40,7 +42,8 @@ from duda_hf.training.optimizer import build_optimizer, build_schedule
 from duda_hf.training.preemption import Preemption
 from duda_hf.training.resume import check_resume
 from duda_hf.training.step_log import StepLog
-from duda_hf.training.trackers import TrackerNames, check_trackers, per_class_logs, send_to_trackers
+from duda_hf.training.trackers import TrackerNames, check_trackers
+from duda_hf.training.trainer_evaluation import StreamingEvaluation
 from duda_hf.training.trainer_internals import TRANSFORMERS_VERSIONS, transformers_outside_checked_versions
 
 logger = logging.getLogger(__name__)
@@ -52,7 +55,7 @@ class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; training stops before the optimizer step."""
 
 
-class DudaTrainer(Trainer):
+class DudaTrainer(StreamingEvaluation, Trainer):
     """Trains a `DudaModel` with `DudaConfig` on a `DudaTrainDataset`; evaluates on a labelled target dataset.
 
     Args:
@@ -332,89 +335,6 @@ class DudaTrainer(Trainer):
         if blocking:
             self.checkpoint_pushes.wait()  # (without blocking the student's upload queues behind them, in order)
         return push_student(self.args, self.hub_model_id, commit_message, revision, token, blocking=blocking)
-
-    # ---- evaluation: streaming confusion matrices, no logits kept ----
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Target-validation mIoU of the student, the auxiliary student (`duda`) and the EMA teacher (for `distill`, the
-        frozen teachers: `teacher` the first, `teacher_1`, ... the others).
-
-        Logs `eval_student_mIoU`, `eval_auxiliary_mIoU` and `eval_teacher_mIoU`, so that every evaluation shows
-        whether the teacher is stronger than the student it teaches (DUDA's premise), and
-        `eval_student_teacher_agreement`: the share of labelled target pixels where the student predicts the teacher's
-        class (per class: `per_class_history`, and `student_vs_teacher` in the results).
-
-        Batched (`per_device_eval_batch_size`), decoded by `dataloader_num_workers` workers with Trainer's pin-memory,
-        persistent-worker and prefetch settings (`evaluation_loader`). Trainer's own `evaluation_loop` does not fit:
-        it runs one model's `prediction_step` and gathers its logits with the batches padded to equal length across
-        processes, where this scores three networks at once into streaming confusion matrices over disjoint strides.
-        """
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        duda = self.accelerator.unwrap_model(self.model)
-        networks = {"student": duda.student}
-        if duda.aux_student is not None:
-            networks["auxiliary"] = duda.aux_student
-        if duda.teacher is not None:
-            networks["teacher"] = duda.teacher
-        elif duda.method == "distill":  # the frozen teachers: `teacher` the first, `teacher_1`, ... the others
-            networks.update({f"teacher_{i}" if i else "teacher": net for i, net in enumerate(duda.extra_teachers)})
-        was_training = duda.training
-        duda.eval()
-        use_autocast = self.args.device.type == "cuda" and (self.args.bf16 or self.args.fp16)
-        matrices = evaluate_networks(
-            networks,
-            dataset,
-            self.args.device,
-            input_size_hw=self.eval_size_hw,
-            autocast_dtype=(torch.bfloat16 if self.args.bf16 else torch.float16) if use_autocast else None,
-            process_index=self.args.process_index,
-            world_size=self.args.world_size,
-            agreement=(("student", "teacher"),) if "teacher" in networks else (),
-            loader=self._evaluation_loader(dataset),
-            progress=self.is_world_process_zero() and not self.args.disable_tqdm,
-            keep_progress_bar=False,
-        )
-        duda.train(was_training)
-        results = {}
-        metrics = {}
-        for name in networks:
-            results[name] = matrices[name].compute(class_subsets=self.eval_class_subsets)
-            results[name]["num_images"] = len(dataset)
-            metrics[f"{metric_key_prefix}_{name}_mIoU"] = round(100 * results[name]["mIoU"], 2)
-        record = {"step": self.state.global_step, **{name: results[name]["per_class_iou"] for name in networks}}
-        if "student_vs_teacher" in matrices:
-            # how far the student has learnt its teacher: its prediction scored against the teacher's
-            agreement = matrices["student_vs_teacher"].compute()
-            results["student_vs_teacher"] = {key: agreement[key] for key in ("overall_accuracy", "mIoU", "per_class_iou")}
-            metrics[f"{metric_key_prefix}_student_teacher_agreement"] = round(100 * agreement["overall_accuracy"], 2)
-            record["student_vs_teacher"] = agreement["per_class_iou"]
-        self.per_class_history.append(record)
-        self.last_eval_results = results
-        self.last_eval_step = self.state.global_step
-        self.log(metrics)
-        send_to_trackers(self, per_class_logs(record, metric_key_prefix))  # not the log history: per_class_history has them
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    def _evaluation_loader(self, dataset):
-        """This process's stride of `dataset` as `evaluate_networks` reads it, with Trainer's DataLoader settings; kept
-        for the next evaluation of the same dataset when the workers are persistent (as Trainer keeps its own)."""
-        if self._kept_evaluation_loader is not None and self._kept_evaluation_loader[0] is dataset:
-            return self._kept_evaluation_loader[1]
-        args = self.args
-        loader = evaluation_loader(
-            dataset,
-            batch_size=args.per_device_eval_batch_size,
-            num_workers=args.dataloader_num_workers,
-            process_index=args.process_index,
-            world_size=args.world_size,
-            pin_memory=args.dataloader_pin_memory and args.device.type == "cuda",
-            persistent_workers=args.dataloader_persistent_workers,
-            prefetch_factor=args.dataloader_prefetch_factor,
-            multiprocessing_context=getattr(args, "dataloader_multiprocessing_context", None),
-        )
-        if args.dataloader_persistent_workers and args.dataloader_num_workers:
-            self._kept_evaluation_loader = (dataset, loader)
-        return loader
 
 
 def _check_loss_terms(loss_terms: Iterable[LossTerm], method: str) -> tuple[LossTerm, ...]:

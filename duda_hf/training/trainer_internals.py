@@ -3,11 +3,13 @@
 Public methods are overridden as Trainer documents ("subclass and override"); private ones (`_name`) and private
 attributes are internals that may change in any release. Each entry says why it is needed, the Trainer
 signature it was written for and the transformers versions it was checked on. `tests/test_trainer_internals.py`
-fails when the installed Trainer's signature differs, when `DudaTrainer` overrides a Trainer method that is not
-listed here, or when the trainer reads a private Trainer name that is not listed. `DudaTrainer` logs a warning
-when transformers is outside `TRANSFORMERS_VERSIONS`.
+fails when the installed Trainer's signature differs, when `DudaTrainer` (or a mixin among its bases before
+`transformers.Trainer`, such as `trainer_evaluation.StreamingEvaluation`) overrides a Trainer method that is not
+listed here, or when the training modules read a private Trainer name that is not listed. `DudaTrainer` logs a
+warning when transformers is outside `TRANSFORMERS_VERSIONS`.
 
-The budget (`tests/test_trainer_internals.py` holds it): at most 8 overridden Trainer methods, at most 2 of them
+The budget (`tests/test_trainer_internals.py` holds it, on the overrides it finds in the classes and the private
+attributes it finds in the source, not on this list): at most 8 overridden Trainer methods, at most 2 of them
 private, and no private Trainer attribute read. What a callback can do is done in a callback
 (duda_hf/training/callbacks.py, duda_hf/training/preemption.py), not in an override.
 
