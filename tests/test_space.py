@@ -163,10 +163,12 @@ def test_space_files_declare_a_gradio_space_that_needs_no_duda_hf():
             for alias in node.names
         }
 
-    ui, model = imported("app.py"), imported("segmenter.py")
-    assert "segmenter" in ui and "gradio" not in model  # the model side runs without the page
+    # the page imports the Space's own modules beside it: the model side and the images in and out, neither with Gradio
+    own = {"segmenter", "images"}
+    ui, model, images = imported("app.py"), imported("segmenter.py"), imported("images.py")
+    assert own <= ui and "gradio" not in model | images  # the model side and the images run without the page
     # onnxruntime: imported only when the model has an ONNX file (DUDA_RUNTIME)
-    third_party = (ui | model) - set(sys.stdlib_module_names) - {"segmenter"}
+    third_party = (ui | model | images) - set(sys.stdlib_module_names) - own
     assert third_party == {"gradio", "numpy", "torch", "PIL", "transformers", "huggingface_hub", "safetensors", "onnxruntime"}
 
 

@@ -2,7 +2,8 @@
 
 Runs on a free CPU Space and on a laptop: `python spaces/duda-demo/app.py`. It needs only torch, transformers,
 gradio, pillow and numpy, and onnxruntime for an ONNX student (a Space installs requirements.txt, not duda_hf).
-This file is the page; segmenter.py beside it loads and runs the model (no Gradio there).
+This file is the page; segmenter.py beside it loads and runs the model, images.py reads the uploads and measures
+the class map (no Gradio in either).
 
 Environment:
     DUDA_MODEL    Hub id or local folder of the student (default org/duda-mitb0-gta2cs); any transformers semantic
@@ -24,21 +25,23 @@ import numpy as np
 from gradio import processing_utils
 from gradio.components.annotated_image import AnnotatedImageData, Annotation
 from gradio.data_classes import FileData
+from images import (  # the images in and out, beside this file
+    MAX_PIXELS,
+    MAX_SIDE,
+    InputError,
+    class_shares,
+    downscale_to_cap,
+    read_image,
+    resize_nearest,
+    too_large_message,
+)
 from PIL import Image
 from segmenter import (  # the model side, beside this file
     CITYSCAPES_CLASSES,
     DEFAULT_MODEL,
-    MAX_PIXELS,
-    MAX_SIDE,
-    InputError,
     ModelLoadError,
     Segmenter,
-    class_shares,
-    downscale_to_cap,
     load_segmenter,
-    read_image,
-    resize_nearest,
-    too_large_message,
 )
 
 # Measured with benchmarks/space_load.py (MiT-B0 at 1024x512, 2 CPU cores, 20 visitors at once): 2.07 s per request
