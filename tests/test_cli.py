@@ -1,4 +1,5 @@
-"""Every program answers --help, and each console command is its script (the same program, flags and help)."""
+"""Every program answers --help, each console command is its script (the same program, flags and help), and the cli
+package's docstring lists every console command."""
 
 import os
 import re
@@ -54,6 +55,22 @@ def test_every_console_command_has_its_script():
     assert declared == {command: Path(script).stem for script, command in CONSOLE_COMMANDS.items()}
     for module in declared.values():
         assert (ROOT / "duda_hf" / "cli" / f"{module}.py").is_file() and (ROOT / "scripts" / f"{module}.py").is_file()
+
+
+def test_the_cli_package_docstring_lists_every_console_command():
+    """duda_hf/cli/__init__.py's table names each program of [project.scripts], with its module and its script."""
+    import tomllib
+
+    import duda_hf.cli
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts, "pyproject.toml declares no console command"
+    rows = {line.split("|")[1].strip(" `"): line for line in duda_hf.cli.__doc__.splitlines() if line.startswith("| `duda-")}
+    for command, entry_point in scripts.items():
+        module = entry_point.split(":")[0]
+        assert command in rows, f"the duda_hf.cli docstring does not list {command} ({entry_point})"
+        assert f"`{module}`" in rows[command] and f"`scripts/{module.rpartition('.')[2]}.py`" in rows[command], rows[command]
+    assert set(rows) == set(scripts), f"listed but not installed: {sorted(set(rows) - set(scripts))}"
 
 
 def test_duda_train_says_the_teacher_premise_once_after_the_results(tiny_benchmark, tmp_path):
