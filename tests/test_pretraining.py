@@ -11,6 +11,9 @@ import torch
 
 from duda_hf.data.synthetic import build_pretraining_domain, render_scene
 
+# the pretraining domain the tests build and the command then reuses (the default is 1200 + 100 images)
+SMALL_DOMAIN = ("--num_train", "8", "--num_val", "4")
+
 
 def test_pretraining_scenes_share_the_layouts_and_randomise_the_look():
     pretrain = render_scene(np.random.default_rng(5), "pretrain", height=64, width=128)
@@ -31,8 +34,8 @@ def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path
 
     from .conftest import tiny_argv
 
-    argv = ["--out", str(tmp_path / "pretrained"), "--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "2"]
-    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4, height=64, width=128)
+    argv = ["--out", str(tmp_path / "pretrained"), "--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "2", *SMALL_DOMAIN]
+    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4)
     assert sorted(data) == ["pretrain", "pretrain_val"]
     assert main(argv) == 0
     folder = tmp_path / "pretrained" / "tiny"
@@ -64,8 +67,8 @@ def test_an_interrupted_pretraining_resumes_from_its_checkpoint_and_ends_identic
     """A run stopped after its step-2 checkpoint continues from it and writes the same weights as a run never stopped."""
     from duda_hf.cli import pretrain_synthetic
 
-    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4, height=64, width=128)
-    argv = ["--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "4", "--save_every", "2"]
+    data = build_pretraining_domain(tmp_path / "data", num_train=8, num_val=4)
+    argv = ["--data", str(tmp_path / "data"), "--networks", "tiny", "--steps", "4", "--save_every", "2", *SMALL_DOMAIN]
     assert pretrain_synthetic.main([*argv, "--out", str(tmp_path / "straight")]) == 0
     expected = (tmp_path / "straight" / "tiny" / "model.safetensors").read_bytes()
 

@@ -130,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--save_every", type=int, default=1000, help="Checkpoint every N steps; an interrupted run resumes (default: %(default)s)."
     )
+    parser.add_argument(
+        "--num_train", type=int, default=1200, help="Pretraining images, when the domain is built (default: %(default)s)."
+    )
+    parser.add_argument("--num_val", type=int, default=100, help="Its validation images (default: %(default)s).")
     args = parser.parse_args(argv)
     from duda_hf.data.synthetic import build_pretraining_domain
 
-    data = build_pretraining_domain(args.data)
+    # reused when --data holds a domain built with these settings, else built (again) with them
+    data = build_pretraining_domain(args.data, num_train=args.num_train, num_val=args.num_val)
     out = Path(args.out)
     for name in args.networks:
         pretrain(name, data, out, args.steps, args.seed, args.save_every)
