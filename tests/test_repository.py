@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 1_000_000  # bytes
 ASSETS: frozenset[str] = frozenset()  # tracked files allowed over the limit (none today)
 EXAMPLE_CARD = ROOT / "model_cards" / "examples" / "synthetic_cpu"
-EXAMPLE_REPO_ID = "your-org/mainjob"  # what the run wrote without --hub_model_id: its output folder was /tmp/mainjob
+EXAMPLE_REPO_ID = "your-org/synthetic_cpu"  # what the first command wrote without --hub_model_id (its output folder)
 
 
 def oversized(root: Path, names: list[str], limit: int = LIMIT, allowed: frozenset[str] = ASSETS) -> dict[str, int]:
