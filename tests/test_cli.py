@@ -25,8 +25,29 @@ CONSOLE_COMMANDS = {  # script -> console command ([project.scripts] in pyprojec
 ENV = {**os.environ, "COLUMNS": "120", "HF_HUB_OFFLINE": "1"}
 
 
-def help_text(command: list[str]) -> str:
-    done = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+def help_command(path: Path) -> list[list[str]]:
+    """The commands whose --help the test of `path` reads: the script, and its console command when it has one."""
+    command = CONSOLE_COMMANDS.get(path.name)
+    return [[sys.executable, str(path)]] + ([[str(Path(sys.executable).parent / command)]] if command else [])
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    """`--help` of every program and console command, run a few at a time (each is a Python start-up and its imports,
+    which one core does: the suite's other core would wait)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    commands = [command for path in PROGRAMS for command in help_command(path) if Path(command[-1]).is_file()]
+
+    def run(command: list[str]) -> subprocess.CompletedProcess:
+        return subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300, check=False)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return dict(zip(map(tuple, commands), pool.map(run, commands)))
+
+
+def help_text(helps, command: list[str]) -> str:
+    done = helps[tuple(command)]
     assert done.returncode == 0, f"{command} --help failed:\n{done.stderr[-3000:]}"
     assert done.stdout.startswith("usage: "), done.stdout[:200]
     return done.stdout
@@ -38,15 +59,15 @@ def without_program_name(text: str, name: str) -> str:
 
 
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_help_works_and_the_console_command_is_the_same_program(path):
-    text = help_text([sys.executable, str(path)])
+def test_help_works_and_the_console_command_is_the_same_program(path, helps):
+    text = help_text(helps, [sys.executable, str(path)])
     command = CONSOLE_COMMANDS.get(path.name)
     if command is None:
         assert path.parent.name == "benchmarks", f"{path.name} is a script without a console command"
         return
     installed = Path(sys.executable).parent / command
     assert installed.is_file(), f"console command {command} is not installed; run pip install -e . again"
-    assert without_program_name(help_text([str(installed)]), command) == without_program_name(text, path.name)
+    assert without_program_name(help_text(helps, [str(installed)]), command) == without_program_name(text, path.name)
 
 
 def test_every_console_command_has_its_script():
