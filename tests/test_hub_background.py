@@ -212,7 +212,7 @@ def hub_root(tmp_path):
 
 
 def test_training_goes_on_while_a_checkpoint_uploads_and_the_repo_ends_with_the_last_checkpoint(tiny_benchmark, tmp_path, hub_root):
-    """A checkpoint upload's preupload and commit take 4 s each to answer. While the first (step 1) is in flight the
+    """A checkpoint upload's preupload and commit take 2.5 s each to answer. While the first (step 1) is in flight the
     run saves steps 2 to 6 (the local folder holds a newer checkpoint when that commit is answered); a checkpoint
     saved while an upload runs waits, the newest replacing an older one waiting; what is uploaded is a snapshot, whole
     although `--save_total_limit 1` deleted checkpoint-1 before its files were read (the first preupload is answered
@@ -229,7 +229,7 @@ def test_training_goes_on_while_a_checkpoint_uploads_and_the_repo_ends_with_the_
             while (output / "checkpoint-1").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
             first_deleted.append(not (output / "checkpoint-1").exists())
-        return 4.0
+        return 2.5
 
     hub = FakeHub(hub_root, delay=delay, on_answer=lambda: newest_checkpoint(output))
     try:
@@ -312,11 +312,11 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_a_slow_upload_does_not_stop_a_ddp_run_at_its_timeout(tiny_benchmark, tmp_path, hub_root):
-    """Two processes (gloo, CPU) with `--ddp_timeout 10`: the commit of checkpoint-2 takes 20 s to answer. The main
+    """Two processes (gloo, CPU) with `--ddp_timeout 10`: the commit of checkpoint-2 takes 15 s to answer. The main
     process uploads it in the background, so the other never waits for it in a collective operation (which would
     abort after 10 s); the main process waits for it at the end, after the last collective, and pushes the student."""
     output = tmp_path / "run"
-    hub = FakeHub(hub_root, delay=lambda kind, paths, summary: 20.0 if summary.startswith("Training in progress, step 2,") else 0.0)
+    hub = FakeHub(hub_root, delay=lambda kind, paths, summary: 15.0 if summary.startswith("Training in progress, step 2,") else 0.0)
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     argv = tiny_argv(
         tiny_benchmark,
@@ -346,7 +346,7 @@ def test_a_slow_upload_does_not_stop_a_ddp_run_at_its_timeout(tiny_benchmark, tm
         "Training in progress, step 4, checkpoint",
         "DUDA student after 4 steps",
     ]
-    assert hub.commits[0]["answered"] - hub.commits[0]["arrived"] >= 20
+    assert hub.commits[0]["answered"] - hub.commits[0]["arrived"] >= 15
     pushed = {path.split("/", 1)[1]: hashlib.sha256(data).hexdigest() for path, data in hub.repo_files(REPO, "last-checkpoint").items()}
     assert pushed == checkpoint_files(output / "checkpoint-4")
     assert json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
