@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--save_every", type=int, default=1000, help="Checkpoint every N steps; an interrupted run resumes (default: %(default)s)."
     )
-    parser.add_argument(
-        "--num_train", type=int, default=1200, help="Pretraining images, when the domain is built (default: %(default)s)."
-    )
+    parser.add_argument("--num_train", type=int, default=1200, help="Pretraining images, when the domain is built (default: %(default)s).")
     parser.add_argument("--num_val", type=int, default=100, help="Its validation images (default: %(default)s).")
     args = parser.parse_args(argv)
     from duda_hf.data.synthetic import build_pretraining_domain
