@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+# every test here runs the benchmark scripts on a fresh copy of the repository: the slow lane (docs/contributing.md)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ("data_synthetic", "data_synthetic_night", "data_synthetic_pretrain", "outputs", "pretrained_synthetic")
 SCRIPTS = sorted(path.stem for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_"))

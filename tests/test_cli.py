@@ -58,6 +58,7 @@ def without_program_name(text: str, name: str) -> str:
     return " ".join(text.replace(f"usage: {name} ", "usage: PROGRAM ", 1).split())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PROGRAMS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_help_works_and_the_console_command_is_the_same_program(path, helps):
     text = help_text(helps, [sys.executable, str(path)])
@@ -94,6 +95,7 @@ def test_the_cli_package_docstring_lists_every_console_command():
     assert set(rows) == set(scripts), f"listed but not installed: {sorted(set(rows) - set(scripts))}"
 
 
+@pytest.mark.slow
 def test_duda_train_says_the_teacher_premise_once_after_the_results(tiny_benchmark, tmp_path):
     """The end of a run: the mIoU line, then (where the teacher is not clearly stronger) one note, not two."""
     import json
@@ -119,6 +121,7 @@ def test_duda_train_says_the_teacher_premise_once_after_the_results(tiny_benchma
     assert len(mious) == 1 and lines[mious[0] + 1] == f"note: {premise}"
 
 
+@pytest.mark.slow
 def test_the_cpu_recipe_trains_without_a_warning(tiny_benchmark, tmp_path):
     """The README's first command's training path (the CPU recipe, on the tiny benchmark for a few steps, with an
     evaluation and a checkpoint) prints no warning: nothing from transformers (image processors without torchvision,
@@ -137,6 +140,7 @@ def test_the_cpu_recipe_trains_without_a_warning(tiny_benchmark, tmp_path):
     assert not found, "\n".join(found)
 
 
+@pytest.mark.slow
 def test_the_console_shows_short_lines_and_the_log_keeps_everything(tiny_benchmark, tmp_path):
     """One short line per log (loss, its parts, pseudo-label quality, lam_t), the three networks' mIoU at each
     evaluation, the end; no class weights on the console, and every logged value still in the run's history."""

@@ -209,12 +209,14 @@ def _offline_build(tmp_path, **env):
     return float(seconds), message
 
 
+@pytest.mark.slow
 def test_missing_weights_offline_fail_fast_with_a_way_forward(tmp_path):
     seconds, message = _offline_build(tmp_path, HF_HUB_OFFLINE="1")
     assert seconds < 2.0
     assert "nvidia/mit-b0" in message and "--init random" in message and "local" in message
 
 
+@pytest.mark.slow
 def test_unreachable_hub_fails_fast_without_offline_flag(tmp_path):
     seconds, message = _offline_build(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
     assert seconds < 2.0 and "--init random" in message

@@ -197,6 +197,7 @@ def test_a_training_checkpoint_imports_the_chosen_network_exactly(b0_training, t
     assert float((_logits(folder, images) - wrong).abs().max()) > 0.1  # the other network is really another
 
 
+@pytest.mark.slow
 def test_mit_b5_published_and_training_checkpoints_import_exactly(tmp_path, capsys):
     """MiT-B5 (DAFormer's, HRDA's and MIC's encoder): a published file (the network without a prefix) and a training
     file whose three networks share the encoder's storage (saved once) but not the heads."""
@@ -367,6 +368,7 @@ def test_a_file_that_needs_more_than_weights_only_is_refused_in_one_line(tmp_pat
     assert status == 2 and "published checkpoint" in err and "no EMA teacher" in err
 
 
+@pytest.mark.slow
 def test_an_imported_folder_loads_with_transformers_alone(b0_training, tmp_path, capsys):
     """Where duda_hf cannot be imported, `trust_remote_code=True` runs the code the folder carries; without it,
     transformers refuses (its own rule for code from a model folder)."""
@@ -424,6 +426,7 @@ def daformer_run(tiny_benchmark, tmp_path_factory):
     return output, results, argv
 
 
+@pytest.mark.slow
 def test_a_daformer_run_trains_evaluates_and_exports_with_onnx_parity(daformer_run):
     from duda_hf.export.onnx_export import OnnxSegmenter
 
@@ -446,6 +449,7 @@ def test_a_daformer_run_trains_evaluates_and_exports_with_onnx_parity(daformer_r
     assert json.loads((output / "checkpoint-2" / "networks.json").read_text())["teacher"]["model_type"] == "daformer"
 
 
+@pytest.mark.slow
 def test_a_daformer_run_resumes_bit_identically(daformer_run, tiny_benchmark, tmp_path):
     output, _results, argv = daformer_run
     resumed = tmp_path / "resumed"
@@ -459,6 +463,7 @@ def test_a_daformer_run_resumes_bit_identically(daformer_run, tiny_benchmark, tm
         assert torch.equal(value, final[name]), name
 
 
+@pytest.mark.slow
 def test_the_pipeline_serves_a_daformer_student_with_duda_hf_or_with_its_code(daformer_run):
     from PIL import Image
     from transformers import pipeline
@@ -478,6 +483,7 @@ def test_the_pipeline_serves_a_daformer_student_with_duda_hf_or_with_its_code(da
     assert sorted({m["label"] for m in masks}) == eval(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_space_serves_a_daformer_student_when_trusted_and_says_how_when_not(daformer_run, tmp_path):
     """The Space installs transformers, not duda_hf: it runs the folder's code with DUDA_TRUST_REMOTE_CODE=1 only."""
     student = daformer_run[0] / "student"
@@ -525,6 +531,7 @@ def test_duda_evaluate_scores_an_imported_network(b0_training, tiny_benchmark, t
     assert "mIoU" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_imported_network_on_the_hub_loads_with_transformers_alone(b0_training, tmp_path, capsys):
     """The imported folder as a Hub repo (through a local mirror): a Python without duda_hf downloads it by id, code
     included, and computes the original's logits."""
@@ -552,6 +559,7 @@ def test_an_imported_network_on_the_hub_loads_with_transformers_alone(b0_trainin
     assert float((torch.load(tmp_path / "logits.pt") - expected).abs().max()) <= PARITY
 
 
+@pytest.mark.slow
 def test_an_imported_network_is_an_extra_teacher_and_a_checkpoint_role_is_a_daformer(
     b0_training, daformer_run, tiny_benchmark, tmp_path, capsys
 ):
@@ -628,6 +636,7 @@ def test_odd_files_and_folders_are_refused_in_one_line_and_a_dataparallel_prefix
     assert float((_logits(tmp_path / "dp", images) - reference_logits(state, images)).abs().max()) <= PARITY
 
 
+@pytest.mark.slow
 def test_registration_survives_an_availability_check_and_a_transformers_imported_first():
     """accelerate's `is_transformers_available()` is `importlib.util.find_spec('transformers')`: it must not disarm the
     registration that waits for transformers to load; and importing transformers first registers at `import duda_hf`."""

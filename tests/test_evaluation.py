@@ -124,6 +124,7 @@ def _reduce_worker(rank, world_size, port, predictions, labels, out):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_reduction_equals_one_process(tmp_path):
     import socket
 
@@ -173,6 +174,7 @@ def eval_setup(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
     root = eval_setup
     out = root / "report"
@@ -222,6 +224,7 @@ def test_evaluate_script_compare_writes_reports_with_the_numbers(eval_setup):
             assert image.format == "PNG" and image.size[0] > 300
 
 
+@pytest.mark.slow
 def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
     root = eval_setup
     base = [sys.executable, "scripts/evaluate_duda.py", "--dataset", str(root / "data")]
@@ -264,6 +267,7 @@ def test_evaluate_script_slide_mode_and_errors(eval_setup, tmp_path):
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_results_are_strict_json_with_null_for_absent_classes(eval_setup, tmp_path):
     rows = {"image": [Image.new("RGB", (96, 48), (90, 90, 90))] * 2, "label": [Image.new("L", (96, 48), 0)] * 2}
     rows["label"][1] = Image.fromarray(np.where(np.arange(96)[None, :] < 48, 0, 255).repeat(48, 0).astype(np.uint8))

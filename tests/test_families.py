@@ -64,6 +64,7 @@ def test_every_familys_head_trains_at_the_head_learning_rate(tiny_benchmark, tmp
     assert sorted(map(id, trained)) == sorted(lr_of)
 
 
+@pytest.mark.slow
 def test_a_mobilenet_student_distilled_from_the_segformer_pair_trains_and_exports(tiny_benchmark, tmp_path):
     output = tmp_path / "run"
     argv = tiny_argv(
@@ -146,6 +147,7 @@ def test_a_non_segformer_folder_without_image_processor_fails_at_start_up(tmp_pa
     assert "mobilevitv2" in str(error.value) and "Add the preprocessor_config.json" in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_non_segformer_student_exports_to_onnx_matching_pytorch(tmp_path):
     from duda_hf.export.onnx_export import OnnxSegmenter, export_onnx
 

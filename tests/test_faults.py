@@ -201,6 +201,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_resume_reads_no_pickle_and_is_bit_identical(reference, tiny_benchmark, tmp_path):
     """Every file of a checkpoint is safetensors or JSON, and a resume with torch.load and pickle made to fail ends
     exactly like the uninterrupted run."""
@@ -215,6 +216,7 @@ def test_a_resume_reads_no_pickle_and_is_bit_identical(reference, tiny_benchmark
     assert train_loss(resumed) == train_loss(reference)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_earlier_pickled_format_still_resumes_exactly(reference, tiny_benchmark, tmp_path):
     """optimizer.pt, scheduler.pt and rng_state.pth, as duda-hf wrote them before: read by Trainer with
     torch.load(weights_only=True), and the run ends as the uninterrupted one; its next checkpoints have no pickle."""
@@ -238,6 +240,7 @@ def test_a_checkpoint_of_the_earlier_pickled_format_still_resumes_exactly(refere
     assert assert_checkpoints_complete(run_dir) == [4, 5, 6]  # the run's next checkpoints: the new format
 
 
+@pytest.mark.slow
 def test_a_resume_that_restores_callback_states_keeps_the_whole_runs_loss(reference, tiny_benchmark, tmp_path):
     """`--restore_callback_states_from_checkpoint`: Trainer rebuilds the run-loss callback from the checkpoint's record."""
     run_dir = tmp_path / "run"
@@ -342,6 +345,7 @@ def truncated_copy(folder: str, indices: set[int], out: Path) -> str:
     return str(out)
 
 
+@pytest.mark.slow
 def test_truncated_images_in_a_stored_set_are_skipped_and_counted(tiny_benchmark, tmp_path):
     source = truncated_copy(tiny_benchmark["source"], {1, 5, 9}, tmp_path / "source")
     run = Run({**tiny_benchmark, "source": source}, tmp_path / "run", "--max_bad_sample_share", "0.9")
@@ -356,6 +360,7 @@ def test_truncated_images_in_a_stored_set_are_skipped_and_counted(tiny_benchmark
     assert logged and int(logged[-1]) == results["bad_samples"]["count"]  # the count so far, at each logging step
 
 
+@pytest.mark.slow
 def test_a_set_with_too_many_undecodable_images_stops_with_one_line(tiny_benchmark, tmp_path):
     source = truncated_copy(tiny_benchmark["source"], set(range(12)), tmp_path / "source")
     run = Run({**tiny_benchmark, "source": source}, tmp_path / "run")
@@ -387,6 +392,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_next_start_cleans_up(reference, tiny_benchmark, tmp_path):
     wrapper = tmp_path / "disk_full.py"
     wrapper.write_text(DISK_FULL)

@@ -53,6 +53,7 @@ def test_an_extra_teacher_from_a_folder_is_recorded_not_stored_and_the_resume_is
     assert weights_sha256(again) == frozen["extra_teacher_0"]["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_a_frozen_teacher_whose_weights_changed_is_refused_in_one_line(tiny_benchmark, tmp_path, teacher_folder):
     flags = ("--extra_teachers", str(teacher_folder), "--save_strategy", "steps", "--save_steps", "2", "--max_steps", "2")
     make_trainer(tiny_benchmark, tmp_path / "run", *flags).train()
@@ -92,6 +93,7 @@ EARLIER = ("--ema_schedule", "copy_first", "--loss_denominator", "valid_pixels",
 EARLIER += ("--weight_decay_exempt", "norms_and_biases", "--teacher_train_mode", "false")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_the_earlier_format_with_its_frozen_teacher_still_resumes(tiny_benchmark, tmp_path, teacher_folder):
     """Checkpoints written before 2026-12-07 hold the frozen networks in model.safetensors, no `frozen_sources`, and
     training arguments without the flags that came with DAFormer's defaults: resumed with the defaults they stop in one
@@ -180,6 +182,7 @@ def _run_imagenet(benchmark, home, output_dir, *extra) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.slow
 def test_the_imagenet_encoder_is_rebuilt_from_the_cache_at_resume(tiny_benchmark, tmp_path):
     home = _imagenet_cache(tmp_path / "home")
     full = _run_imagenet(tiny_benchmark, home, tmp_path / "run")

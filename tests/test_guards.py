@@ -146,6 +146,7 @@ def test_an_error_that_is_not_the_projects_keeps_its_traceback(tiny_benchmark, t
         train_duda.main(tiny_argv(tiny_benchmark, tmp_path))
 
 
+@pytest.mark.slow
 def test_the_installed_command_prints_one_line_and_no_traceback(tiny_benchmark, tmp_path):
     command = Path(sys.executable).parent / "duda-train"
     done = subprocess.run(

@@ -110,6 +110,7 @@ def test_an_hrda_step_trains_the_detail_crop_beside_the_fused_prediction(tiny_be
     assert all(p.grad is not None for p in aux.scale_attention.parameters())
 
 
+@pytest.mark.slow
 def test_an_hrda_run_evaluates_with_fused_inference_and_resumes_bit_for_bit(tiny_benchmark, tmp_path):
     argv = tiny_argv(tiny_benchmark, tmp_path / "run", *HRDA, "--save_strategy", "steps", "--save_steps", "2")
     results = run_training(*parse_args(argv))

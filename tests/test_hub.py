@@ -39,6 +39,7 @@ def trained_run(tiny_benchmark, tmp_path_factory):
     return output
 
 
+@pytest.mark.slow
 def test_export_has_no_pickles_and_card_validates_with_the_numbers(trained_run):
     results = load_strict_json(trained_run / "eval_results.json")
     # a class absent from the 6 validation labels has no accuracy: null in the file, "—" in the card
@@ -167,6 +168,7 @@ def test_a_baselines_card_says_what_the_baseline_did(trained_run, tiny_benchmark
         assert "It was trained without any target data" in text
 
 
+@pytest.mark.slow
 def test_pipeline_returns_cityscapes_named_masks(trained_run):
     code = (
         "import sys, numpy as np\n"
@@ -355,6 +357,7 @@ def olah_mirror(trained_run, tmp_path):
     yield from _serve_olah(tmp_path, {"org/duda-mitb0-gta2cs": trained_run / "student"})
 
 
+@pytest.mark.slow
 def test_download_by_repo_id_through_a_local_mirror(trained_run, olah_mirror, tmp_path):
     code = (
         "import sys, torch\n"
@@ -462,6 +465,7 @@ def _train(argv: list[str], **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_a_run_resumes_from_a_checkpoint_on_the_hub(tiny_benchmark, trained_run, tmp_path):
     """`--resume_from_checkpoint ORG/NAME` downloads the repo's last-checkpoint/ by repo id (over HTTP, from a local
     mirror) and continues bit for bit, on a machine with an empty output folder; a repo without a checkpoint is one
@@ -497,6 +501,7 @@ def test_a_run_resumes_from_a_checkpoint_on_the_hub(tiny_benchmark, trained_run,
     ]
 
 
+@pytest.mark.slow
 def test_the_space_describes_a_hub_model_from_its_card_and_shows_its_pictures(trained_run, olah_mirror, tmp_path):
     """The Space (which has no duda_hf) given a repo id whose weights are already cached (as on a restarted Space): the
     card, its result and the pictures it embeds come through the Hub into the cache.

@@ -27,6 +27,8 @@ import pytest
 from .conftest import tiny_argv
 from .test_hub import STUDENT_FILES
 
+# every test here trains in another process and uploads to a local Hub: the slow lane (docs/contributing.md)
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "me/duda-bg"
 
@@ -310,7 +312,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_a_slow_upload_does_not_stop_a_ddp_run_at_its_timeout(tiny_benchmark, tmp_path, hub_root):
     """Two processes (gloo, CPU) with `--ddp_timeout 10`: the commit of checkpoint-2 takes 15 s to answer. The main
     process uploads it in the background, so the other never waits for it in a collective operation (which would

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import tiny_argv
 
 COMMIT = "0" * 40
@@ -53,6 +55,7 @@ def _loading_lines(output: str) -> list[str]:
     return re.findall(r"^\S+ \S+ (INFO|WARNING) duda_hf\.networks\.loading: (.*)$", output, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_the_imagenet_init_says_one_line_per_network(tiny_benchmark, tmp_path):
     output = _train(tiny_benchmark, _imagenet_cache(tmp_path / "home"), tmp_path / "run")
     assert _loading_lines(output) == [
@@ -66,6 +69,7 @@ def test_the_imagenet_init_says_one_line_per_network(tiny_benchmark, tmp_path):
     assert re.search(r"^step 2/2  loss ", output, re.MULTILINE)
 
 
+@pytest.mark.slow
 def test_an_imagenet_checkpoint_that_differs_keeps_the_load_report(tiny_benchmark, tmp_path):
     output = _train(tiny_benchmark, _imagenet_cache(tmp_path / "home", broken=True), tmp_path / "run")
     assert output.count("LOAD REPORT") == 2  # transformers' report, for each network

@@ -174,6 +174,7 @@ def test_bad_mic_flags_are_refused_in_one_line(tiny_benchmark, tmp_path):
         make_trainer(tiny_benchmark, tmp_path, "--mic_lambda", "1", "--mic_mask_ratio", "1")
 
 
+@pytest.mark.slow
 def test_a_mic_run_resumes_bit_identically(tiny_benchmark, tmp_path):
     output = tmp_path / "run"
     argv = tiny_argv(

@@ -273,6 +273,7 @@ def test_prepare_resumes_after_an_interruption(tmp_path):
         prepare_native(tmp_path / "gta5", "gta5", tmp_path / "out", progress=False)
 
 
+@pytest.mark.slow
 def test_prepare_script_splits_and_unlabelled(tmp_path):
     make_cityscapes(tmp_path / "cs", "train")
     make_cityscapes(tmp_path / "cs", "val", cities=("frankfurt",), per_city=1)
@@ -390,6 +391,7 @@ def test_unreadable_and_truncated_images(tmp_path):
 # ---- training from native folders ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_starts_from_native_folders(tmp_path):
     make_gta5(tmp_path / "gta5", count=6, height=64, width=96)
     make_cityscapes(tmp_path / "cs", "train", per_city=3)
@@ -416,6 +418,7 @@ def test_training_starts_from_native_folders(tmp_path):
     assert (tmp_path / "run/student/model.safetensors").exists() and (tmp_path / "run/eval_results.json").exists()
 
 
+@pytest.mark.slow
 def test_a_truncated_native_image_mid_run_is_skipped_named_and_counted(tmp_path):
     """A GTA5 image cut short after its header (the start-up checks read headers only): the run goes on with a warning
     naming the dataset, the index and the file, and eval_results.json counts it."""

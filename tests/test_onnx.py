@@ -15,6 +15,8 @@ onnx = pytest.importorskip("onnx", reason='pip install -e ".[onnx]"')
 from duda_hf.export.onnx_export import FP32_TOLERANCE, OPSET, OnnxExportError, OnnxSegmenter, export_onnx
 
 # int8 (dynamic, uint8 weights per tensor) against PyTorch on a random image: the share of pixels with the same argmax.
+# every test here exports ONNX: the slow lane (docs/contributing.md)
+pytestmark = pytest.mark.slow
 MIN_INT8_ARGMAX_AGREEMENT = 0.95
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

@@ -21,6 +21,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the TOML reader pip vendors
     from pip._vendor import tomli as tomllib
 
+# every test here builds or installs the package: the slow lane (docs/contributing.md)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -63,6 +63,7 @@ def test_pretrain_command_writes_cached_networks_that_train_as_students(tmp_path
     )
 
 
+@pytest.mark.slow
 def test_an_interrupted_pretraining_resumes_from_its_checkpoint_and_ends_identical(tmp_path, monkeypatch, capsys, caplog):
     """A run stopped after its step-2 checkpoint continues from it and writes the same weights as a run never stopped."""
     from duda_hf.cli import pretrain_synthetic

@@ -75,6 +75,7 @@ def test_the_saved_arguments_say_that_the_networks_were_compiled(tmp_path, flags
     assert (plain["torch_compile"], plain["torch_compile_backend"], plain["torch_compile_mode"]) == (False, None, None)
 
 
+@pytest.mark.slow
 def test_a_compiled_runs_checkpoint_records_the_compilation(tiny_benchmark, tmp_path):
     """A real run with each network compiled (the eager backend: the compilation without code generation)."""
     from duda_hf.cli.arguments import parse_args

@@ -72,6 +72,7 @@ def test_image_helpers_take_height_width():
     assert to_rgb_array(image).shape == (64, 128, 3)
 
 
+@pytest.mark.slow
 def test_training_crops_resizes_and_evaluates_without_transposing(sized_run, tiny_benchmark):
     _, shapes, trainer = sized_run
     dataset = trainer.train_dataset

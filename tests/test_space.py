@@ -654,6 +654,7 @@ def test_browser_shows_messages_for_empty_submit_and_non_images(space, tmp_path)
     assert "Traceback" not in body and 'File "' not in body
 
 
+@pytest.mark.slow
 def test_browser_round_trip_with_b0_at_1024x512(tmp_path_factory, app, tmp_path):
     """The issue's bar: B0 student, 1024x512 street image, legend on the page within 3 s on this CPU.
 
@@ -670,6 +671,7 @@ def test_browser_round_trip_with_b0_at_1024x512(tmp_path_factory, app, tmp_path)
     assert seconds < 6.0, f"{seconds:.2f} s from click to legend with B0"
 
 
+@pytest.mark.slow
 def test_an_onnx_student_answers_through_onnx_runtime_like_pytorch(app, tmp_path, monkeypatch):
     from duda_hf.export.onnx_export import export_onnx
 

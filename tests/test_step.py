@@ -96,6 +96,7 @@ def toy_term(t):
     return TOY_WEIGHT * (t.model.student.decode_head.classifier.bias - TARGET).square().sum()
 
 
+@pytest.mark.slow
 def test_a_loss_term_added_through_the_trainer_is_logged_and_optimised(tiny_benchmark, tmp_path):
     # plain SGD at a constant rate: one step moves each parameter by exactly -lr * gradient
     extra = ("--max_steps", "1", "--optim", "sgd", "--lr_schedule", "trainer", "--lr_scheduler_type", "constant", "--warmup_steps", "0")
@@ -148,6 +149,7 @@ def test_the_training_set_must_cover_the_run_in_order(tiny_benchmark, tmp_path):
         DudaTrainer(trainer.model, trainer.args, trainer.train_dataset)
 
 
+@pytest.mark.slow
 def test_kd_confidence_weight_false_lets_an_unconfident_teacher_teach(tiny_benchmark, tmp_path):
     """At step 0 a random teacher has no pixel above the 0.968 confidence threshold (quality 0): the specified KD
     term weighs its target pixels by that quality, `--kd_confidence_weight false` by 1 (times the class weights)."""
@@ -192,6 +194,7 @@ def test_what_the_student_sees_of_the_teacher_is_logged(tiny_benchmark, tmp_path
     assert float(result.diagnostics["teacher_pixel_weight"]) == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_kd_on_the_clean_target_is_the_students_clean_output_against_the_teachers(tiny_benchmark, tmp_path):
     """`--kd_clean_target w` adds `w * lam_t * KD(s(x_t), p_tau)` over the target pixels outside the margins, weighted
     by the pseudo-label's class weight; the student's clean-target logits come from the same forward pass."""
@@ -299,6 +302,7 @@ def test_in_the_distillation_stage_only_the_student_learns_from_the_frozen_teach
     assert all("loss_student_kd" in entry and "loss_student_kd_clean" in entry for entry in logs[1:])
 
 
+@pytest.mark.slow
 def test_a_target_only_stage_learns_from_the_clean_target_alone(tiny_benchmark, tmp_path):
     """`--distill_stage_target_only`: in the stage the student's only term is the clean-target distillation."""
     trainer = make_trainer(

@@ -95,6 +95,7 @@ def tensorboard_scalars(output_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.slow
 def test_trackio_and_tensorboard_get_every_value_with_the_per_class_series_grouped(tiny_benchmark, tmp_path):
     pytest.importorskip("trackio", reason="pip install -e '.[trackio]'")
     pytest.importorskip("tensorboard", reason="pip install -e '.[tensorboard]'")
@@ -148,6 +149,7 @@ def test_trackio_and_tensorboard_get_every_value_with_the_per_class_series_group
     assert "class_weight" not in done.stdout and "_iou/" not in done.stdout
 
 
+@pytest.mark.slow
 def test_an_evaluation_after_training_goes_to_the_same_trackio_run(tiny_benchmark, tmp_path):
     """Without evaluations during training the program evaluates once at the end, after Trainer has finished the
     trackio run: the result continues that run, not a new one."""

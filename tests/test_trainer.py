@@ -225,6 +225,7 @@ def test_signals_act_as_before_once_training_has_ended_by_an_error(tiny_benchmar
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_training_script_writes_student_results_tensorboard_and_debug_images(tiny_benchmark, tmp_path):
     import subprocess
     import sys
