@@ -122,3 +122,18 @@ def require_packages(*names: str, install: str) -> None:
     missing = [name for name in names if importlib.util.find_spec(name) is None]
     if missing:
         fail(f"this benchmark needs {', '.join(missing)}, not installed here; run `{install}`")
+
+
+INPUT_SIZES = [(512, 1024), (1024, 2048)]  # (H, W): DAFormer's Cityscapes evaluation size and the full image
+
+
+def add_size_flag(parser) -> None:
+    """`--size H W`, repeatable, for the benchmarks that time inference; `args.size or INPUT_SIZES` is the list."""
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        action="append",
+        metavar=("H", "W"),
+        help="an input size, H W, height first; repeat it for more (default: 512 1024 and 1024 2048)",
+    )

@@ -43,8 +43,8 @@ MARK = "@@part"
 PHASES = {
     "start-up (data, networks, checks)": [("duda_hf/cli/training_run.py", "build_trainer")],
     "training loop": [("transformers/trainer.py", "train")],
-    "evaluations": [("duda_hf/training/trainer.py", "evaluate")],
-    "checkpoints": [("transformers/trainer.py", "_save_checkpoint")],
+    "evaluations": [("duda_hf/training/trainer_evaluation.py", "evaluate")],
+    "checkpoints": [("duda_hf/training/trainer.py", "_save_checkpoint")],
     "export (folders, plots, card)": [
         ("duda_hf/export/network.py", "export_network"),
         ("duda_hf/cli/training_run.py", "write_plots"),
@@ -98,7 +98,11 @@ def profile_training(training_part: str, clone: Path, env: dict) -> dict[str, fl
     done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"first_command.py: error: the profiled training failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    stats = pstats.Stats(str(profile))
+    return phases(pstats.Stats(str(profile)))
+
+
+def phases(stats: pstats.Stats) -> dict[str, float]:
+    """Seconds per phase of a profiled training run (PHASES)."""
     seconds = {phase: sum(cumulative(stats, *where) for where in places) for phase, places in PHASES.items()}
     seconds["training steps"] = seconds["training loop"] - seconds["evaluations"] - seconds["checkpoints"]
     seconds["other (imports, arguments, final evaluation)"] = seconds["process"] - sum(

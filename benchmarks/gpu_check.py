@@ -54,7 +54,7 @@ VARIANTS = [
 
 
 def run_tests() -> dict:
-    command = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     lines = [line for line in done.stdout.strip().splitlines() if line.strip()]

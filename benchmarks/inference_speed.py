@@ -24,6 +24,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from _prerequisites import INPUT_SIZES, add_size_flag
+
 from duda_hf.jsonio import write_json
 
 
@@ -65,14 +67,7 @@ def child(preset: str, width: int, height: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        action="append",
-        metavar=("H", "W"),
-        help="an input size, H W, height first; repeat it for more (default: 512 1024 and 1024 2048)",
-    )
+    add_size_flag(parser)
     parser.add_argument("--models", nargs="+", default=["mit-b0", "mit-b5"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "W", "H"), help=argparse.SUPPRESS)
@@ -88,7 +83,7 @@ def main() -> None:
         "repeats": args.repeats,
         "results": {},
     }
-    for height, width in args.size or [(512, 1024), (1024, 2048)]:
+    for height, width in args.size or INPUT_SIZES:
         size = f"{width}x{height}"  # the results' key, as people read sizes: W x H
         row = {}
         for preset in args.models:

@@ -43,7 +43,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from _prerequisites import ONNX_INSTALL, command_line, fail, require_packages, synthetic_split
+from _prerequisites import INPUT_SIZES, ONNX_INSTALL, add_size_flag, command_line, fail, require_packages, synthetic_split
 
 from duda_hf.jsonio import write_json
 
@@ -256,14 +256,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--size",
-        nargs=2,
-        type=int,
-        action="append",
-        metavar=("H", "W"),
-        help="an input size, H W, height first; repeat it for more (default: 512 1024 and 1024 2048)",
-    )
+    add_size_flag(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of PyTorch and ONNX Runtime (default: one per core)")
     parser.add_argument("--student_dir", default=None, help="a trained student folder for the target mIoU (skipped without)")
@@ -328,7 +321,7 @@ def main() -> None:
         report["export_s"] = round(time.perf_counter() - started, 1)
         paths[TEACHER] = teacher
         report["size_mib"] = {name: size_mib(path) for name, path in paths.items()}
-        for height, width in args.size or [(512, 1024), (1024, 2048)]:
+        for height, width in args.size or INPUT_SIZES:
             size = f"{width}x{height}"  # the results' key, as people read sizes: W x H
             row = {}
             for name in (*VARIANTS, TEACHER):

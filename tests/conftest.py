@@ -107,3 +107,12 @@ def assert_resume_ends_with(argv, checkpoint, final):
     for key, value in final.items():
         assert torch.equal(state[key], value), key
     return resumed
+
+
+def one_line_error(main, argv, capfd) -> str:
+    """Run a program's `main` in this process: it must return 2 and write exactly one line, `error: ...`, on stderr."""
+    capfd.readouterr()
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err

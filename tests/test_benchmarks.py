@@ -194,3 +194,26 @@ def test_a_script_that_needs_nothing_generated_runs(other_lane, script):
     check(done, OTHERS[script][1])
     if script == "gpu_check":
         assert "needs a CUDA GPU" in done.stderr and "python benchmarks/gpu_check.py" in done.stderr
+
+
+def test_the_first_commands_phases_name_functions_that_exist():
+    """benchmarks/first_command.py splits the profiled training by the cumulative time of named functions: each still
+    exists where the script looks for it (a function that moved would count as 0 s, silently)."""
+    import inspect
+
+    import transformers
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import first_command
+    finally:
+        sys.path.pop(0)
+    for phase, places in first_command.PHASES.items():
+        for file_suffix, function in places:
+            if file_suffix.startswith("duda_hf/"):
+                source = (ROOT / file_suffix).read_text()
+                assert re.search(rf"^\s*def {function}\(", source, re.MULTILINE), f"{phase}: no {function} in {file_suffix}"
+            else:
+                assert file_suffix == "transformers/trainer.py", file_suffix
+                found = inspect.getsourcefile(getattr(transformers.Trainer, function))
+                assert found.replace(os.sep, "/").endswith(file_suffix), f"{phase}: Trainer.{function} is in {found}"

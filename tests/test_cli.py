@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the TOML reader pip vendors
+    from pip._vendor import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 # benchmarks/_*.py are modules the benchmarks share, not programs
 PROGRAMS = sorted((ROOT / "scripts").glob("*.py")) + sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
@@ -81,8 +86,6 @@ def test_every_console_command_has_its_script():
 
 def test_the_cli_package_docstring_lists_every_console_command():
     """duda_hf/cli/__init__.py's table names each program of [project.scripts], with its module and its script."""
-    import tomllib
-
     import duda_hf.cli
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

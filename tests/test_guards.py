@@ -27,7 +27,7 @@ from duda_hf.export.network import export_network
 from duda_hf.networks.loading import build_network
 from duda_hf.training.resume import ResumeError, resolve_checkpoint
 
-from .conftest import broken_model_copy, load_strict_json, tiny_argv
+from .conftest import broken_model_copy, load_strict_json, one_line_error, tiny_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,15 +52,6 @@ def save_pairs(path: Path, labels: list[np.ndarray], image_size_hw=None, label_f
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     return export_network(build_network("tiny", "random"), tmp_path_factory.mktemp("guards") / "student", eval_size_hw=(32, 64))
-
-
-def one_line_error(main, argv, capfd) -> str:
-    """Run a program's `main` in this process: it must return 2 and write exactly one line, `error: ...`, on stderr."""
-    capfd.readouterr()
-    assert main(argv) == 2
-    err = capfd.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
 
 
 # ---------------------------------------------------------------------------------------------------------------------

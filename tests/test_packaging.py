@@ -65,6 +65,7 @@ def test_the_package_list_names_every_folder_of_the_package_and_maps_the_card_te
         ".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "duda_hf").rglob("*.py") if "__pycache__" not in path.parts
     }
     assert set(setuptools["packages"]) - {"duda_hf.model_cards"} == folders, "add the new folder to pyproject.toml's packages"
+    # the mapping as written (the isolated-build test below checks what it puts in the wheel)
     assert setuptools["package-dir"] == {"duda_hf.model_cards": "model_cards"}
     assert setuptools["package-data"] == {"duda_hf.model_cards": ["*.md"]}
     assert setuptools["exclude-package-data"] == {"duda_hf.model_cards": ["README.md"]}  # the folder's description
@@ -79,8 +80,12 @@ def test_the_build_requires_setuptools_only():
 def test_a_checkout_reads_the_templates_from_model_cards():
     # `pip install -e .` (the README's commands and CI) maps duda_hf.model_cards onto the repository's folder: an edit
     # of the template shows in the next card without reinstalling
+    import importlib.util
+
     from duda_hf.export import model_card
 
+    # through the install's mapping, not the fallback for a checkout never installed (which reads the same file)
+    assert Path(importlib.util.find_spec("duda_hf.model_cards").origin).resolve() == ROOT / "model_cards" / "__init__.py"
     assert Path(str(model_card.TEMPLATE)).resolve() == ROOT / "model_cards" / "duda_student.md"
 
 

@@ -242,5 +242,7 @@ def test_an_evaluation_written_before_schema_3_is_read_with_its_eval_size_height
         assert (read.get("window"), read.get("stride")) == (([512, 512], [341, 341]) if "models" not in content else (None, None)), name
     assert read_results(files["schema 2"], EVALUATION)["settings"]["eval_size"] == [512, 1024]
     assert files["schema 2"]["settings"]["eval_size"] == [1024, 512]  # a dict is read, not changed
+    once = read_results(files["schema 2"], EVALUATION)
+    assert once["schema_version"] == 3 and read_results(once, EVALUATION) == once  # read again: nothing turns back
     unsized = read_results({"schema_version": 2, "kind": EVALUATION, "settings": {"eval_size": None}, "metrics": {}}, EVALUATION)
     assert unsized["settings"]["eval_size"] is None  # the native size

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from .conftest import tiny_argv
+from .conftest import one_line_error, tiny_argv
 
 # --eval_resize 64 96 is H W: the networks must see 64 x 96 (H x W) images; the tiny benchmark's are 64 x 128
 EVAL_FLAGS = ("--eval_resize", "64", "96")
@@ -158,15 +158,6 @@ def test_evaluate_takes_eval_size_window_and_stride_height_first(
 # ---------------------------------------------------------------------------------------------------------------------
 # A size given width first is an error where the images' size is known: at the start of training, evaluation and
 # conversion. The tiny benchmark's images are 128x64 (W x H), landscape.
-
-
-def one_line_error(main, argv, capfd) -> str:
-    """Run a program's `main`: it must return 2 and write one line, `error: ...`, on stderr."""
-    capfd.readouterr()
-    assert main(argv) == 2
-    err = capfd.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
 
 
 @pytest.mark.parametrize(

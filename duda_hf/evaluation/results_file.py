@@ -111,6 +111,7 @@ def read_results(source: str | os.PathLike | dict, kind: str | None = TRAINING_R
         results = dict(content)
         if results.get("kind") == EVALUATION and version < EVAL_SIZE_HEIGHT_FIRST:
             results["settings"] = _eval_size_height_first(results.get("settings") or {})
+        results["schema_version"] = SCHEMA_VERSION  # what it now is: reading it again changes nothing
     if kind is not None and results.get("kind") != kind:
         raise ResultsFileError(
             f"{where} is {KINDS.get(results.get('kind'), repr(results.get('kind')))}, not {KINDS[kind]}; pass {_WANTED[kind]}"
