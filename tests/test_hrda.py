@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.training_run import build_trainer, run_training
 from duda_hf.method.config import DudaConfig
-from duda_hf.method.step import _aux_ce, duda_step, hrda_detail_box
+from duda_hf.method.step import _aux_ce, duda_step
+from duda_hf.method.step_tensors import hrda_detail_box
 from duda_hf.networks.daformer.modeling_daformer import hrda_fuse_crop
 
 from .conftest import assert_resume_ends_with, tiny_argv

@@ -14,7 +14,8 @@ from duda_hf.cli.arguments import parse_args
 from duda_hf.cli.training_run import build_trainer, run_training
 from duda_hf.method.config import resolve_block_size
 from duda_hf.method.masking import block_mask, block_mask_from_draws, mask_images
-from duda_hf.method.step import aux_masked_ce, masked_batch, student_masked_ce
+from duda_hf.method.step import aux_masked_ce, student_masked_ce
+from duda_hf.method.step_tensors import masked_batch
 from duda_hf.networks.inputs import IMAGENET_MEAN
 
 from .conftest import tiny_argv

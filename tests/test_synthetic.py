@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 
-from duda_hf.data import synthetic
+from duda_hf.data import synthetic_layout
 from duda_hf.data.labels import CITYSCAPES_CLASSES
 from duda_hf.data.synthetic import DOMAINS, TargetShift, build_synthetic_benchmark, render_scene
 
@@ -25,7 +25,7 @@ def scenes(domain, seed, n, **size):
 
 def test_class_constants_follow_cityscapes_train_ids():
     for train_id, name in enumerate(CITYSCAPES_CLASSES):
-        assert getattr(synthetic, name.upper().replace(" ", "_")) == train_id
+        assert getattr(synthetic_layout, name.upper().replace(" ", "_")) == train_id
 
 
 @pytest.mark.parametrize("domain", DOMAINS)

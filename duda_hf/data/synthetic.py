@@ -23,58 +23,8 @@ import numpy as np
 from PIL import Image
 
 from duda_hf.data.synthetic_appearance import TargetShift, colour_scene
-from duda_hf.data.synthetic_layout import (
-    BICYCLE,
-    BUILDING,
-    BUS,
-    CAR,
-    FENCE,
-    MOTORCYCLE,
-    PERSON,
-    POLE,
-    RIDER,
-    ROAD,
-    SIDEWALK,
-    SKY,
-    TERRAIN,
-    TRAFFIC_LIGHT,
-    TRAFFIC_SIGN,
-    TRAIN,
-    TRUCK,
-    VEGETATION,
-    WALL,
-    street_layout,
-)
+from duda_hf.data.synthetic_layout import street_layout
 from duda_hf.jsonio import write_json
-
-# the benchmark's names, with the Cityscapes trainIds of synthetic_layout.py, imported from here before it was split off
-__all__ = [
-    "BICYCLE",
-    "BUILDING",
-    "BUS",
-    "CAR",
-    "DOMAINS",
-    "FENCE",
-    "MOTORCYCLE",
-    "PERSON",
-    "POLE",
-    "RIDER",
-    "ROAD",
-    "SIDEWALK",
-    "SKY",
-    "SYNTHETIC_BENCHMARKS",
-    "TERRAIN",
-    "TRAFFIC_LIGHT",
-    "TRAFFIC_SIGN",
-    "TRAIN",
-    "TRUCK",
-    "VEGETATION",
-    "WALL",
-    "TargetShift",
-    "build_pretraining_domain",
-    "build_synthetic_benchmark",
-    "render_scene",
-]
 
 # `pretrain`, the pretraining domain (a stand-in for ImageNet pretraining, docs/reproducibility.md): the same layouts
 # with every material instance in a random colour, random texture, exposure, colour cast, noise and blur, so that only

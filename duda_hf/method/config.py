@@ -773,7 +773,8 @@ class DudaConfig(TrainingArguments):
         if self.ddp_find_unused_parameters is None:
             # in the distillation stage the auxiliary student gets no gradient, so DDP must not wait for one
             self.ddp_find_unused_parameters = bool(self.distill_stage_steps_resolved)
-        if not _has_accelerator() and (not self.use_cpu or self.dataloader_pin_memory):
+        accelerator = _has_accelerator()
+        if not accelerator and (not self.use_cpu or self.dataloader_pin_memory):
             logger.info(
                 "no GPU (CUDA, MPS or XPU) found: use_cpu set to True and dataloader_pin_memory to False (were %s, %s), so "
                 "that `accelerate launch --multi_gpu` forms one DDP group of CPU processes",
@@ -794,7 +795,7 @@ class DudaConfig(TrainingArguments):
                 self.compile_networks,
             )
             self.torch_compile, self.torch_compile_backend, self.torch_compile_mode = False, None, None
-        if self.accelerator_config is None and _has_accelerator():
+        if self.accelerator_config is None and accelerator:
             # Batches are copied to the device from pinned memory without waiting for it.
             self.accelerator_config = {"non_blocking": True}
         if self.lr_scheduler_type == "polynomial" and not self.lr_scheduler_kwargs:

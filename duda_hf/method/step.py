@@ -38,31 +38,7 @@ from duda_hf.method.losses import (
     weighted_cross_entropy,
 )
 from duda_hf.method.mixing import mix
-from duda_hf.method.step_tensors import StepTensors, hrda_detail_box, masked_batch, step_tensors
-
-# the step's public names, with those of step_tensors.py that were imported from here before it was split off
-__all__ = [
-    "TERMS",
-    "LossTerm",
-    "StepResult",
-    "StepTensors",
-    "aux_masked_ce",
-    "aux_mix_ce",
-    "aux_source_ce",
-    "duda_step",
-    "feature_distance_term",
-    "hrda_detail_box",
-    "masked_batch",
-    "step_diagnostics",
-    "step_tensors",
-    "student_cwd_clean_target",
-    "student_kd",
-    "student_kd_clean_target",
-    "student_masked_ce",
-    "student_mix_ce",
-    "student_mix_hard",
-    "student_source_ce",
-]
+from duda_hf.method.step_tensors import StepTensors, step_tensors
 
 
 class LossTerm(NamedTuple):
