@@ -4,7 +4,7 @@ Read top to bottom, this module follows docs/method.md, "One training step", fro
 (3. auxiliary student, 4. student, 6. feature distance, then this project's additions); `TERMS`, their order in the
 sum (5.); and `duda_step`, which computes them. What the terms read (`StepTensors`: 1. pseudo-labels, 2. mixing and
 strong augmentation, the forward passes, the weights of 4.) is built by `step_tensors` in
-`duda_hf/method/step_tensors.py`; its names are importable from here too.
+`duda_hf/method/step_tensors.py` (`StepTensors`, which a custom loss term reads, is also importable from here).
 
 `duda_step` writes nothing to the trainer, the networks' parameters or the inconsistency state (a network's own
 forward pass in training mode still updates its BatchNorm statistics, as any forward does). `DudaTrainer.compute_loss`
